@@ -1,0 +1,37 @@
+"""The ``bakeoff`` command. Each front door lives in its own module and registers itself.
+
+Modules here import only typer and the standard library at top level, so that
+``bakeoff --help`` stays instant: litellm and docker are imported when a model is really
+called or a Docker sandbox is really made.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="bakeoff",
+    help=(
+        "Plan a coding task as a graph of parallel tool calls, fan out candidate edits in "
+        "sandboxes, test and time every one, and ship the fastest correct candidate."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Each module defines ``register(app)``. Order is the order shown in --help.
+COMMAND_MODULES = ["run", "chat", "batch", "select", "demo", "config", "action"]
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"agent.cli.{_name}").register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Test-wide switches.
+
+No test may reach a real model API: every outbound network connection that is not to
+loopback or a Unix socket fails the test. Tests use ``ScriptedModel`` through the Model seam;
+tests marked ``live`` (never run in CI) may opt out with ``--allow-network``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+import pytest
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+_real_getaddrinfo = socket.getaddrinfo
+
+
+class RealNetworkCallError(AssertionError):
+    """A test tried to reach the network (a real model call, most likely)."""
+
+
+def _is_local(address) -> bool:
+    if not isinstance(address, tuple):  # AF_UNIX paths: the Docker socket, etc.
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _guarded_connect(self, address):
+    if not _is_local(address):
+        raise RealNetworkCallError(f"test tried to connect to {address!r}: real network calls are forbidden in tests")
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self, address):
+    if not _is_local(address):
+        raise RealNetworkCallError(f"test tried to connect to {address!r}: real network calls are forbidden in tests")
+    return _real_connect_ex(self, address)
+
+
+def _guarded_getaddrinfo(host, *args, **kwargs):
+    if host not in (None, "localhost") and not _is_local((host, 0)):
+        raise RealNetworkCallError(f"test tried to resolve {host!r}: real network calls are forbidden in tests")
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--allow-network", action="store_true", help="let tests marked live reach the network")
+
+
+@pytest.fixture(autouse=True)
+def _forbid_network(request, monkeypatch):
+    if request.config.getoption("--allow-network") and request.node.get_closest_marker("live"):
+        yield
+        return
+    monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", _guarded_connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", _guarded_getaddrinfo)
+    # Keys in the developer's environment must not turn a test into a live call.
+    for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "BAKEOFF_MODEL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    yield
