@@ -1,0 +1,77 @@
+"""Timing statistics: medians and bootstrap intervals of a speedup.
+
+Speed claims need statistics: timings are interleaved (baseline, candidate, baseline, ...)
+so machine noise hits both alike, and a candidate is "faster" only when the interval of
+its speedup lies above 1.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections.abc import Awaitable, Callable, Sequence
+
+from agent.types import Timing
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def speedup_interval(
+    baseline: Sequence[float],
+    candidate: Sequence[float],
+    *,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(speedup, low, high): median(baseline)/median(candidate) and its bootstrap interval."""
+    if not baseline or not candidate:
+        raise ValueError("speedup needs at least one timing on each side")
+    point = median(baseline) / max(median(candidate), 1e-12)
+    if len(baseline) < 2 or len(candidate) < 2:
+        return point, point, point
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(resamples):
+        b = [rng.choice(baseline) for _ in baseline]
+        c = [rng.choice(candidate) for _ in candidate]
+        ratios.append(median(b) / max(median(c), 1e-12))
+    ratios.sort()
+    tail = (1.0 - confidence) / 2.0
+    low = ratios[int(tail * (resamples - 1))]
+    high = ratios[int((1.0 - tail) * (resamples - 1))]
+    return point, low, high
+
+
+def timing_from_samples(baseline: Sequence[float], candidate: Sequence[float], threads: int | None = None) -> Timing:
+    speed, low, high = speedup_interval(baseline, candidate)
+    return Timing(
+        baseline_s=list(baseline), candidate_s=list(candidate), speedup=speed, low=low, high=high, threads=threads
+    )
+
+
+async def interleaved(
+    run_baseline: Callable[[], Awaitable[float]],
+    run_candidate: Callable[[], Awaitable[float]],
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+    threads: int | None = None,
+) -> Timing:
+    """Time A B A B ... ``repeats`` times each (after ``warmup`` unrecorded pairs)."""
+    for _ in range(warmup):
+        await run_baseline()
+        await run_candidate()
+    base: list[float] = []
+    cand: list[float] = []
+    for i in range(repeats):
+        # Alternate which goes first so a drift in machine load does not favour one side.
+        if i % 2 == 0:
+            base.append(await run_baseline())
+            cand.append(await run_candidate())
+        else:
+            cand.append(await run_candidate())
+            base.append(await run_baseline())
+    return timing_from_samples(base, cand, threads)
