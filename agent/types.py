@@ -171,3 +171,5 @@ class RunReport(BaseModel):
     duration_s: float = 0.0
     trace: list[ToolCall] = Field(default_factory=list)
     error: str | None = None
+    run_id: str | None = None  # names the run's saved event log and report
+    base_commit: str | None = None  # the commit the run read; apply refuses if the repo moved
