@@ -1,0 +1,176 @@
+"""``bakeoff action gate|run|deliver``: the three steps of the GitHub Action (see action.yml)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+action_app = typer.Typer(
+    help="The GitHub Action's steps. gate and deliver hold GITHUB_TOKEN and run no PR code; "
+    "run holds the model key, never GITHUB_TOKEN, and runs PR code only in sandboxes.",
+    no_args_is_help=True,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(action_app, name="action")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"bakeoff action: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _client(repo: str, api_url: str | None):
+    from agent.github import GitHub
+
+    token = os.environ.get("GITHUB_TOKEN", "")
+    if not token:
+        _fail("GITHUB_TOKEN is not set: pass `github-token` to the action (it defaults to the workflow's token)")
+    return GitHub(token, repo, api_url=api_url or os.environ.get("GITHUB_API_URL", "https://api.github.com"))
+
+
+@action_app.command()
+def gate(
+    event: Optional[Path] = typer.Option(None, help="webhook payload (default: $GITHUB_EVENT_PATH)"),
+    event_name: Optional[str] = typer.Option(None, help="event name (default: $GITHUB_EVENT_NAME)"),
+    trigger_out: Path = typer.Option(Path("bakeoff-trigger.json"), help="where to write the trigger for later steps"),
+    phrase: str = typer.Option("/bakeoff", help="comment prefix that triggers a run"),
+    label: str = typer.Option("bakeoff", help="PR label that triggers a run"),
+    instruction: str = typer.Option(
+        "Make the code this pull request changes faster without changing its behaviour.",
+        help="instruction used when a label triggers the run",
+    ),
+    allow_bots: bool = typer.Option(False, help="let bots trigger runs"),
+    api_url: Optional[str] = typer.Option(None, help="GitHub API URL (default: $GITHUB_API_URL)"),
+) -> None:
+    """Decide whether to run; post the status comment; write the trigger."""
+    from agent.action import WRITE_PERMISSIONS, Skip, read_trigger, status_body, write_outputs
+
+    event_path = event or (Path(os.environ["GITHUB_EVENT_PATH"]) if os.environ.get("GITHUB_EVENT_PATH") else None)
+    name = event_name or os.environ.get("GITHUB_EVENT_NAME")
+    if event_path is None or not name:
+        _fail("no event: run inside a GitHub workflow, or pass --event FILE and --event-name NAME")
+    try:
+        payload = json.loads(event_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        _fail(f"cannot read the event payload {event_path}: {err}")
+
+    outputs = os.environ.get("GITHUB_OUTPUT")
+    decided = read_trigger(name, payload, phrase=phrase, label=label, default_instruction=instruction, allow_bots=allow_bots)
+    if isinstance(decided, Skip):
+        typer.echo(f"bakeoff: not running: {decided.reason}", err=True)
+        write_outputs(outputs, {"run": "false", "reason": decided.reason})
+        return
+
+    gh = _client(decided.repo, api_url)
+    permission = gh.permission(decided.actor)
+    if permission not in WRITE_PERMISSIONS:
+        reason = f"{decided.actor} has {permission} access; bakeoff runs only for actors with write access"
+        typer.echo(f"bakeoff: not running: {reason}", err=True)
+        write_outputs(outputs, {"run": "false", "reason": reason})
+        return
+    if not decided.head_sha:  # a PR comment's payload names the PR, not its head
+        pull = gh.pull(decided.pr)
+        decided.head_sha = pull["head"]["sha"]
+        decided.head_ref = pull["head"]["ref"]
+        decided.base_ref = pull["base"]["ref"]
+        decided.head_repo = (pull["head"].get("repo") or {}).get("full_name", "")
+    decided.status_comment_id = gh.create_comment(decided.pr, status_body(decided, "started"))
+    trigger_out.write_text(decided.model_dump_json(indent=2), encoding="utf-8")
+    write_outputs(
+        outputs,
+        {
+            "run": "true",
+            "pr": str(decided.pr),
+            "head-sha": decided.head_sha,
+            "head-repo": decided.head_repo or decided.repo,
+            "trigger": str(trigger_out),
+        },
+    )
+    typer.echo(f"bakeoff: running on #{decided.pr} at {decided.head_sha[:12]} for {decided.actor}", err=True)
+
+
+@action_app.command("run")
+def run_step(
+    trigger: Path = typer.Option(..., help="the trigger the gate wrote"),
+    repo: Path = typer.Option(Path("."), help="checkout of the PR head"),
+    out: Path = typer.Option(Path("bakeoff-result"), help="folder for report.json and winner.patch"),
+    n: Optional[int] = typer.Option(None, help="candidates"),
+    budget: Optional[float] = typer.Option(None, help="budget in dollars"),
+    model: Optional[str] = typer.Option(None, help="model for every role"),
+    sandbox: str = typer.Option("docker", help="sandbox backend (the Action defaults to docker)"),
+) -> None:
+    """Run bakeoff on the PR head. Refuses to run while GITHUB_TOKEN is in the environment."""
+    import asyncio
+
+    from agent.action import Trigger, load_json, task_text
+
+    if os.environ.get("GITHUB_TOKEN"):
+        _fail("GITHUB_TOKEN is set in the run step: this step runs pull-request code, so it must not hold it")
+    try:
+        decided = Trigger.model_validate(load_json(trigger))
+    except (OSError, ValueError) as err:
+        _fail(f"cannot read the trigger {trigger}: {err}")
+
+    from agent.config import load_settings
+    from agent.events import EventBus
+    from agent.session import Session
+
+    flags = {k: v for k, v in {"n": n, "budget_usd": budget, "model": model, "sandbox": sandbox}.items() if v is not None}
+    settings, _ = load_settings(repo, os.environ, flags)
+    events = EventBus()
+    events.subscribe(lambda e: print(json.dumps({"kind": e.kind, **e.data}, default=str)[:300], file=sys.stderr))
+    session = Session(settings, repo, events=events)
+    report = asyncio.run(session.run(task_text(decided)))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(report.model_dump_json(indent=2), encoding="utf-8")
+    (out / "winner.patch").write_text(report.patch, encoding="utf-8")
+    typer.echo(f"bakeoff: {report.status}; report in {out}/report.json", err=True)
+
+
+@action_app.command()
+def deliver(
+    trigger: Path = typer.Option(..., help="the trigger the gate wrote"),
+    result: Path = typer.Option(Path("bakeoff-result"), help="the run step's folder"),
+    repo: Path = typer.Option(Path("."), help="checkout of the PR head (read only)"),
+    mode: str = typer.Option("review", help="review: suggestions on the PR; fix: a commit on a branch and a draft PR"),
+    api_url: Optional[str] = typer.Option(None, help="GitHub API URL (default: $GITHUB_API_URL)"),
+) -> None:
+    """Post the result: a review with suggestions, or a branch and a draft PR; finish the status."""
+    from agent.action import Trigger, load_json, report_markdown, status_body, write_outputs
+    from agent.action import deliver as do_deliver
+
+    if mode not in ("review", "fix"):
+        _fail(f"mode must be review or fix, not {mode!r}")
+    try:
+        decided = Trigger.model_validate(load_json(trigger))
+    except (OSError, ValueError) as err:
+        _fail(f"cannot read the trigger {trigger}: {err}")
+    gh = _client(decided.repo, api_url)
+    report_path = result / "report.json"
+    if not report_path.exists():
+        if decided.status_comment_id:
+            gh.update_comment(decided.status_comment_id, status_body(decided, "failed", "The run step produced no report; see the workflow log."))
+        write_outputs(os.environ.get("GITHUB_OUTPUT"), {"conclusion": "error", "winner-summary": "", "patch-path": "", "cost": "0"})
+        _fail(f"no report at {report_path}: the run step failed", code=1)
+    report = load_json(report_path)
+    outcome = do_deliver(gh, decided, report, repo=repo, mode=mode)
+    state = "done" if report.get("status") == "success" else "failed"
+    if decided.status_comment_id:
+        gh.update_comment(decided.status_comment_id, status_body(decided, state, outcome + "\n\n" + report_markdown(report)))
+    write_outputs(
+        os.environ.get("GITHUB_OUTPUT"),
+        {
+            "conclusion": report.get("status", "error"),
+            "winner-summary": outcome,
+            "patch-path": str(result / "winner.patch"),
+            "cost": f"{report.get('cost_usd', 0.0):.4f}",
+        },
+    )
+    typer.echo(f"bakeoff: {outcome}", err=True)

@@ -1,0 +1,144 @@
+"""The few GitHub REST endpoints the Action uses, over the standard library.
+
+Everything the Action posts goes through ``sanitize`` first: text written by a model or taken
+from a pull request may carry secrets, mass @mentions or more than GitHub accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.error
+import urllib.request
+from typing import Any
+
+COMMENT_LIMIT = 60_000  # GitHub rejects bodies over 65,536 characters; leave room for the footer
+
+_SECRET_PATTERNS = [
+    re.compile(r"gh[pousr]_[A-Za-z0-9]{20,}"),  # GitHub tokens
+    re.compile(r"github_pat_[A-Za-z0-9_]{20,}"),
+    re.compile(r"sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{16,}"),  # OpenAI / Anthropic style keys
+    re.compile(r"AKIA[0-9A-Z]{16}"),  # AWS access key ids
+    re.compile(r"AIza[0-9A-Za-z_\-]{30,}"),  # Google API keys
+    re.compile(r"xox[baprs]-[A-Za-z0-9-]{10,}"),  # Slack tokens
+]
+_SECRET_ENV_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
+
+
+class GitHubError(RuntimeError):
+    """A GitHub API call failed; the message says which call and what GitHub answered."""
+
+
+def secret_values(environ: dict[str, str] | None = None) -> list[str]:
+    """Values of environment variables whose names look secret (long enough to matter)."""
+    env = os.environ if environ is None else environ
+    return sorted({v for k, v in env.items() if _SECRET_ENV_NAME.search(k) and len(v) >= 8}, key=len, reverse=True)
+
+
+def sanitize(text: str, *, limit: int = COMMENT_LIMIT, environ: dict[str, str] | None = None) -> str:
+    """Make text safe to post: no secrets, no @mentions that ping, no more than ``limit`` chars."""
+    for value in secret_values(environ):
+        text = text.replace(value, "[redacted]")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub("[redacted]", text)
+    # A zero-width space after @ keeps the name readable but stops notifications.
+    text = re.sub(r"@(?=[A-Za-z0-9][A-Za-z0-9-]*)", "@\u200b", text)
+    if len(text) > limit:
+        marker = "\n\n… (cut: the full report is in the workflow run's artifacts)"
+        text = text[: limit - len(marker)] + marker
+    return text
+
+
+class GitHub:
+    """A minimal REST client. ``api_url`` is https://api.github.com or a test server."""
+
+    def __init__(self, token: str, repo: str, *, api_url: str = "https://api.github.com", timeout: float = 30) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", repo):
+            raise ValueError(f"not an owner/name repository: {repo!r}")
+        self.token = token
+        self.repo = repo
+        self.api_url = api_url.rstrip("/")
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        url = f"{self.api_url}{path}"
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("Accept", "application/vnd.github+json")
+        req.add_header("X-GitHub-Api-Version", "2022-11-28")
+        req.add_header("User-Agent", "bakeoff-action")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as err:
+            detail = err.read().decode(errors="replace")[:500]
+            raise GitHubError(f"{method} {path} answered {err.code}: {detail}") from None
+        except urllib.error.URLError as err:
+            raise GitHubError(f"{method} {path} failed: {err.reason} (is GITHUB_API_URL right?)") from None
+        return json.loads(raw) if raw.strip() else None
+
+    # -- the endpoints used ---------------------------------------------------------------
+
+    def permission(self, user: str) -> str:
+        """'admin', 'maintain', 'write', 'triage', 'read' or 'none'."""
+        try:
+            answer = self.request("GET", f"/repos/{self.repo}/collaborators/{user}/permission")
+        except GitHubError as err:
+            if " 404:" in str(err):
+                return "none"
+            raise
+        return answer.get("role_name") or answer.get("permission", "none")
+
+    def pull(self, number: int) -> dict:
+        return self.request("GET", f"/repos/{self.repo}/pulls/{number}")
+
+    def pull_files(self, number: int) -> list[dict]:
+        return self.request("GET", f"/repos/{self.repo}/pulls/{number}/files?per_page=100")
+
+    def create_comment(self, number: int, body: str) -> int:
+        return self.request("POST", f"/repos/{self.repo}/issues/{number}/comments", {"body": sanitize(body)})["id"]
+
+    def update_comment(self, comment_id: int, body: str) -> None:
+        self.request("PATCH", f"/repos/{self.repo}/issues/comments/{comment_id}", {"body": sanitize(body)})
+
+    def create_review(self, number: int, commit_sha: str, body: str, comments: list[dict]) -> int:
+        payload = {
+            "commit_id": commit_sha,
+            "event": "COMMENT",
+            "body": sanitize(body),
+            "comments": [{**c, "body": sanitize(c["body"], limit=20_000)} for c in comments],
+        }
+        return self.request("POST", f"/repos/{self.repo}/pulls/{number}/reviews", payload)["id"]
+
+    def commit_files(self, base_sha: str, files: dict[str, str | None], message: str) -> str:
+        """One commit on top of ``base_sha`` writing ``files`` (None deletes); returns its sha."""
+        base = self.request("GET", f"/repos/{self.repo}/git/commits/{base_sha}")
+        tree = []
+        for path, content in sorted(files.items()):
+            if content is None:
+                tree.append({"path": path, "mode": "100644", "type": "blob", "sha": None})
+            else:
+                blob = self.request("POST", f"/repos/{self.repo}/git/blobs", {"content": content, "encoding": "utf-8"})
+                tree.append({"path": path, "mode": "100644", "type": "blob", "sha": blob["sha"]})
+        new_tree = self.request("POST", f"/repos/{self.repo}/git/trees", {"base_tree": base["tree"]["sha"], "tree": tree})
+        commit = self.request(
+            "POST",
+            f"/repos/{self.repo}/git/commits",
+            {"message": sanitize(message), "tree": new_tree["sha"], "parents": [base_sha]},
+        )
+        return commit["sha"]
+
+    def create_branch(self, name: str, sha: str) -> None:
+        self.request("POST", f"/repos/{self.repo}/git/refs", {"ref": f"refs/heads/{name}", "sha": sha})
+
+    def create_draft_pull(self, head: str, base: str, title: str, body: str) -> dict:
+        return self.request(
+            "POST",
+            f"/repos/{self.repo}/pulls",
+            {"title": sanitize(title, limit=250), "head": head, "base": base, "body": sanitize(body), "draft": True},
+        )

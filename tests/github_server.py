@@ -1,0 +1,98 @@
+"""A local HTTP server implementing the few GitHub REST endpoints bakeoff's Action uses.
+
+It records every request (method, path, JSON body) so tests can assert the exact calls.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class FakeGitHub:
+    def __init__(self, *, permissions: dict[str, str] | None = None, pulls: dict[int, dict] | None = None,
+                 pull_files: dict[int, list[dict]] | None = None) -> None:
+        self.permissions = permissions or {}
+        self.pulls = pulls or {}
+        self.pull_files = pull_files or {}
+        self.requests: list[tuple[str, str, Any]] = []
+        self._next_id = 1000
+        self._lock = threading.Lock()
+        handler = self._handler()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> FakeGitHub:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def calls(self, method: str | None = None) -> list[tuple[str, str, Any]]:
+        return [r for r in self.requests if method is None or r[0] == method]
+
+    def _new_id(self) -> int:
+        with self._lock:
+            self._next_id += 1
+            return self._next_id
+
+    def route(self, method: str, path: str, body: Any, auth: str) -> tuple[int, Any]:
+        if not auth.startswith("Bearer "):
+            return 401, {"message": "Requires authentication"}
+        path = path.split("?")[0]
+        if m := re.fullmatch(r"/repos/[^/]+/[^/]+/collaborators/([^/]+)/permission", path):
+            perm = self.permissions.get(m[1])
+            return (404, {"message": "Not Found"}) if perm is None else (200, {"permission": perm, "role_name": perm})
+        if m := re.fullmatch(r"/repos/[^/]+/[^/]+/pulls/(\d+)", path):
+            return 200, self.pulls[int(m[1])]
+        if m := re.fullmatch(r"/repos/[^/]+/[^/]+/pulls/(\d+)/files", path):
+            return 200, self.pull_files.get(int(m[1]), [])
+        if re.fullmatch(r"/repos/[^/]+/[^/]+/issues/\d+/comments", path) and method == "POST":
+            return 201, {"id": self._new_id()}
+        if re.fullmatch(r"/repos/[^/]+/[^/]+/issues/comments/\d+", path) and method == "PATCH":
+            return 200, {"id": int(path.rsplit("/", 1)[1])}
+        if re.fullmatch(r"/repos/[^/]+/[^/]+/pulls/\d+/reviews", path) and method == "POST":
+            return 200, {"id": self._new_id()}
+        if m := re.fullmatch(r"/repos/[^/]+/[^/]+/git/commits/([0-9a-f]+)", path):
+            return 200, {"sha": m[1], "tree": {"sha": "tree" + m[1][:8]}}
+        if re.fullmatch(r"/repos/[^/]+/[^/]+/git/(blobs|trees|commits)", path) and method == "POST":
+            return 201, {"sha": f"{self._new_id():040x}"}
+        if re.fullmatch(r"/repos/[^/]+/[^/]+/git/refs", path) and method == "POST":
+            return 201, {"ref": body["ref"]}
+        if re.fullmatch(r"/repos/[^/]+/[^/]+/pulls", path) and method == "POST":
+            return 201, {"number": 99, "draft": body.get("draft", False)}
+        return 404, {"message": f"no route for {method} {path}"}
+
+    def _handler(self):
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body = json.loads(raw) if raw else None
+                outer.requests.append((self.command, self.path, body))
+                status, answer = outer.route(self.command, self.path, body, self.headers.get("Authorization", ""))
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PATCH = _serve
+
+            def log_message(self, *args) -> None:  # keep test output clean
+                pass
+
+        return Handler
