@@ -1,0 +1,384 @@
+"""``bakeoff batch TASKS``: many tasks over git repositories, resumable.
+
+TASKS is JSONL, JSON or YAML: a list of ``{id, repo, base, instruction, test?, build?}``
+(``repo`` a path or a URL; ``base`` a ref, HEAD by default). Tasks run ``--workers`` at a
+time, sharing one sandbox pool and one budget. Under ``--out DIR`` each task gets
+``tasks/<id>/``: ``patch.diff``, ``report.json``, ``events.jsonl`` and ``result.json``
+(written last: a task with it is finished); with ``--branch`` the winning patch is
+committed on that branch in ``tasks/<id>/clone``. ``results.jsonl`` and ``summary.txt``
+cover the whole batch. Every file is written to a temporary name and renamed, so an
+interrupted batch never leaves half a file; re-running it skips finished tasks and
+restarts unfinished ones from a fresh clone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import typer
+
+EXIT_HELP = (
+    "Exit codes: 0 every task succeeded; 1 some task found no correct candidate or failed; "
+    "2 usage or configuration error; 3 the budget ran out."
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("batch", help=f"Run many tasks over git repositories (JSONL or YAML), resumably.\n\n{EXIT_HELP}")(
+        batch_command
+    )
+
+
+def batch_command(
+    tasks: Path = typer.Argument(..., help="JSONL, JSON or YAML file of {id, repo, base, instruction, test?, build?}."),
+    out: Path = typer.Option(Path("bakeoff-out"), "--out", help="Directory for per-task results, results.jsonl and summary.txt."),
+    workers: int | None = typer.Option(None, "--workers", help="Tasks run at once (they share the sandbox pool and the budget)."),
+    branch: str | None = typer.Option(None, "--branch", help="Commit each winning patch on this branch in a clone under --out."),
+    model: str | None = typer.Option(None, "--model", help="Model for every role (litellm model string or scripted:PATH)."),
+    n: int | None = typer.Option(None, "--n", help="Candidates per task."),
+    budget: float | None = typer.Option(None, "--budget", help="Dollars the whole batch may spend."),
+    budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Tokens the whole batch may spend."),
+    sandbox: str | None = typer.Option(None, "--sandbox", help="auto, local or docker."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run again the tasks that ended in an error."),
+) -> None:
+    import asyncio
+
+    from agent.cli.run import fail, load
+
+    if not tasks.is_file():
+        fail(f"task file {tasks} does not exist")
+    try:
+        items = read_tasks(tasks)
+    except ValueError as exc:
+        fail(str(exc))
+    flags = {"model.default": model, "n": n, "budget_usd": budget, "budget_tokens": budget_tokens,
+             "sandbox": sandbox, "workers": workers}
+    settings, _ = load(Path.cwd(), flags)
+    from agent.models import ModelNotConfigured
+
+    try:
+        for role in ("planner", "editor", "tester", "judge"):
+            settings.model.for_role(role)
+    except ModelNotConfigured as exc:
+        fail(str(exc))
+    batch = Batch(items, out, flags=flags, settings=settings, branch=branch, retry_failed=retry_failed)
+    code = asyncio.run(batch.run())
+    raise typer.Exit(code)
+
+
+# --------------------------------------------------------------------------- task file
+
+
+def _task_model():
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+    class BatchTask(BaseModel):
+        model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+        id: str
+        repo: str
+        base: str = Field("HEAD", alias="base_ref")
+        instruction: str
+        test: str | None = None
+        build: str | None = None
+
+        @field_validator("id")
+        @classmethod
+        def _safe_id(cls, value: str) -> str:
+            # The id names a directory under --out: keep it one plain path component.
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", value):
+                raise ValueError("use letters, digits, '.', '_' and '-' (it names a directory)")
+            return value
+
+    return BatchTask
+
+
+def read_tasks(path: Path) -> list[Any]:
+    """The tasks of a JSONL, JSON or YAML file; ``ValueError`` says which entry is wrong and why."""
+    from pydantic import ValidationError
+
+    BatchTask = _task_model()
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        raw = []
+        for no, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    raw.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{no}: not JSON ({exc.msg})") from None
+    else:
+        import yaml  # YAML reads JSON too
+
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML or JSON ({exc})") from None
+        if isinstance(raw, dict) and "tasks" in raw:
+            raw = raw["tasks"]
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{path}: expected a non-empty list of tasks")
+    tasks, seen = [], set()
+    for i, entry in enumerate(raw, 1):
+        try:
+            task = BatchTask.model_validate(entry)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"{path}: task {i}: {problems}") from None
+        if task.id in seen:
+            raise ValueError(f"{path}: task id {task.id!r} appears twice; ids name output directories")
+        seen.add(task.id)
+        if "://" not in task.repo and not task.repo.startswith("git@"):
+            local = Path(task.repo).expanduser()
+            if not local.is_absolute():
+                local = (path.parent / local).resolve()
+            task.repo = str(local)
+        tasks.append(task)
+    return tasks
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_atomic(path: Path, text: str) -> None:
+    from agent.session import _write_atomic
+
+    _write_atomic(path, text)
+
+
+def clone(task: Any, dest: Path) -> None:
+    """A fresh clone of the task's repository at its base, HEAD detached."""
+    import subprocess
+
+    from agent.session import SessionError, git
+
+    if "://" not in task.repo and not task.repo.startswith("git@") and not Path(task.repo).is_dir():
+        raise SessionError(f"task {task.id}: repository {task.repo} does not exist")
+    proc = subprocess.run(["git", "clone", "--quiet", "--no-checkout", task.repo, str(dest)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SessionError(f"task {task.id}: cannot clone {task.repo}: {proc.stderr.strip()}")
+    for ref in (task.base, f"origin/{task.base}"):
+        sha = git(dest, "rev-parse", "--verify", "-q", f"{ref}^{{commit}}", check=False)
+        if sha:
+            git(dest, "checkout", "--quiet", "--detach", sha)
+            return
+    raise SessionError(f"task {task.id}: base {task.base!r} is not a commit of {task.repo}")
+
+
+# --------------------------------------------------------------------------- running
+
+
+class Batch:
+    def __init__(self, tasks: list[Any], out: Path, *, flags: dict[str, Any], settings: Any,
+                 branch: str | None, retry_failed: bool) -> None:
+        self.tasks = tasks
+        self.out = out
+        self.flags = flags
+        self.settings = settings
+        self.branch = branch
+        self.retry_failed = retry_failed
+        self.results: dict[str, dict[str, Any]] = {}
+        self.running: set[str] = set()
+        self.durations: list[float] = []
+
+    def task_dir(self, task: Any) -> Path:
+        return self.out / "tasks" / task.id
+
+    def finished(self, task: Any) -> dict[str, Any] | None:
+        marker = self.task_dir(task) / "result.json"
+        if not marker.is_file():
+            return None
+        result = json.loads(marker.read_text(encoding="utf-8"))
+        if self.retry_failed and result.get("status") == "error":
+            return None
+        return result
+
+    async def run(self) -> int:
+        import asyncio
+        import shutil
+
+        from rich.console import Console
+
+        from agent.budget import Budget
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.console = Console(stderr=True)
+        todo = []
+        for task in self.tasks:
+            done = self.finished(task)
+            if done is not None:
+                self.results[task.id] = done
+                continue
+            # An unfinished task restarts from nothing: whatever it left is removed.
+            shutil.rmtree(self.task_dir(task), ignore_errors=True)
+            todo.append(task)
+        skipped = len(self.results)
+        self.console.print(
+            f"batch: {len(self.tasks)} tasks, {skipped} already finished, {len(todo)} to run, "
+            f"{self.settings.workers} at a time"
+        )
+        self.budget = Budget(max_usd=self.settings.budget_usd, max_tokens=self.settings.budget_tokens)
+        self.pool = None
+        if todo:
+            from sandboxes.pool import SandboxPool
+
+            self.pool = SandboxPool(kind=self.settings.sandbox, max_concurrent=self.settings.max_sandboxes)
+        self.started = asyncio.get_running_loop().time()
+        gate = asyncio.Semaphore(self.settings.workers)
+        self._start_panel()
+        try:
+            async def guarded(task: Any) -> None:
+                async with gate:
+                    await self.run_task(task)
+
+            await asyncio.gather(*(guarded(t) for t in todo))
+        finally:
+            self._stop_panel()
+            if self.pool is not None and hasattr(self.pool, "close"):
+                closed = self.pool.close()
+                if asyncio.iscoroutine(closed):
+                    await closed
+        self.write_results()
+        self.print_summary()
+        statuses = [r.get("status") for r in self.results.values()]
+        if "budget-exhausted" in statuses:
+            return 3
+        return 0 if all(s == "success" for s in statuses) else 1
+
+    async def run_task(self, task: Any) -> None:
+        import asyncio
+        import shutil
+        import time
+
+        from agent.cli.run import user_errors
+        from agent.config import ConfigError, load_settings
+        from agent.events import EventBus
+        from agent.session import Session, SessionError
+
+        tdir = self.task_dir(task)
+        tdir.mkdir(parents=True, exist_ok=True)
+        self.running.add(task.id)
+        self._refresh()
+        started = time.monotonic()
+        result: dict[str, Any] = {"id": task.id, "repo": task.repo, "base": task.base, "status": "error"}
+        repo = tdir / "clone"
+        try:
+            await asyncio.to_thread(clone, task, repo)
+            result["base_commit"] = (await asyncio.to_thread(_head, repo))
+            flags = {**self.flags, "build": task.build, "test": task.test}
+            try:
+                settings, _ = load_settings(repo, _environ(), flags)
+            except ConfigError as exc:
+                raise SessionError(f"task {task.id}: {exc}") from None
+            events = EventBus()
+            session = Session(settings, repo, events=events, budget=self.budget, pool=self.pool,
+                              state=self.out / "state")
+            report = await session.run(task.instruction, run_id=f"{task.id}-{int(time.time())}")
+            log = self.out / "state" / "runs" / str(report.run_id) / "events.jsonl"
+            if log.is_file():
+                write_atomic(tdir / "events.jsonl", log.read_text(encoding="utf-8"))
+            write_atomic(tdir / "report.json", report.model_dump_json(indent=2))
+            write_atomic(tdir / "patch.diff", report.patch)
+            result.update(status=report.status, winner=report.winner.id if report.winner else None,
+                          cost_usd=report.cost_usd, tokens=report.tokens, error=report.error,
+                          patch_lines=len(report.patch.splitlines()))
+            if self.branch and report.status == "success" and report.patch:
+                await asyncio.to_thread(session.apply, report, self.branch)
+                result["branch"] = self.branch
+                result["clone"] = str(repo)
+        except user_errors() as exc:
+            result["error"] = str(exc)
+        if not result.get("branch"):
+            shutil.rmtree(repo, ignore_errors=True)  # the clone was only the run's read-only view
+        result["duration_s"] = round(time.monotonic() - started, 3)
+        self.durations.append(result["duration_s"])
+        write_atomic(tdir / "result.json", json.dumps(result, indent=2))
+        self.results[task.id] = result
+        self.running.discard(task.id)
+        self.write_results()
+        self._refresh()
+
+    # ------------------------------------------------------------------ output
+
+    def write_results(self) -> None:
+        lines = [json.dumps(self.results[t.id]) for t in self.tasks if t.id in self.results]
+        write_atomic(self.out / "results.jsonl", "".join(line + "\n" for line in lines))
+
+    def summary_table(self):
+        from rich.table import Table
+
+        table = Table(title="batch", title_justify="left")
+        for col in ("task", "status", "winner", "cost", "tokens", "time"):
+            table.add_column(col)
+        for t in self.tasks:
+            r = self.results.get(t.id)
+            if r is None:
+                table.add_row(t.id, "not run", "-", "-", "-", "-")
+                continue
+            table.add_row(
+                t.id, r.get("status", "?"), r.get("winner") or "-", f"${r.get('cost_usd', 0.0):.4f}",
+                str(r.get("tokens", 0)), f"{r.get('duration_s', 0):.1f}s",
+            )
+        return table
+
+    def print_summary(self) -> None:
+        import io
+
+        from rich.console import Console
+
+        buf = io.StringIO()
+        Console(file=buf, width=100, no_color=True).print(self.summary_table())
+        write_atomic(self.out / "summary.txt", buf.getvalue())
+        Console().print(self.summary_table())
+        total = sum(r.get("cost_usd", 0.0) for r in self.results.values())
+        Console().print(f"total cost ${total:.4f} · results in {self.out / 'results.jsonl'}")
+
+    def panel(self):
+        from rich.text import Text
+
+        done = [r for r in self.results.values()]
+        failed = sum(1 for r in done if r.get("status") != "success")
+        remaining = len(self.tasks) - len(done)
+        cost = sum(r.get("cost_usd", 0.0) for r in done)
+        eta = "-"
+        if self.durations:
+            per = sum(self.durations) / len(self.durations)
+            eta = f"{per * remaining / max(1, self.settings.workers):.0f}s"
+        return Text(
+            f"done {len(done) - failed} · failed {failed} · running {len(self.running)} · "
+            f"waiting {remaining - len(self.running)} · cost ${cost:.4f} · ETA {eta}"
+        )
+
+    def _start_panel(self) -> None:
+        from rich.live import Live
+
+        self._live = None
+        if self.console.is_terminal:
+            self._live = Live(self.panel(), console=self.console, refresh_per_second=4)
+            self._live.start()
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self.panel())
+        else:
+            self.console.print(self.panel())
+
+    def _stop_panel(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+
+def _head(repo: Path) -> str | None:
+    from agent.session import head_commit
+
+    return head_commit(repo)
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)

@@ -1,0 +1,302 @@
+"""How the terminal doors show a run: the plan as it forms, a live board of candidates, cost.
+
+``Progress`` subscribes to a Session's EventBus. On a terminal it keeps a live board of
+candidates (state, tests passed, group, speedup, cost) under the scrolling log; elsewhere
+(a pipe, a CI log) it prints one plain line per change. Imported only once a command runs,
+so ``bakeoff --help`` never pays for rich.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from agent.events import Event
+from agent.types import Candidate, RunReport
+
+STATE_STYLE = {
+    "editing": "cyan", "building": "blue", "testing": "magenta", "profiling": "yellow",
+    "repairing": "cyan", "done": "green", "failed": "red", "won": "bold green",
+}
+
+
+def money(usd: float | None) -> str:
+    return "-" if usd is None else f"${usd:.4f}"
+
+
+def short(value: Any, limit: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def speedup_text(speedup: float | None, low: float | None = None, high: float | None = None) -> str:
+    if speedup is None:
+        return "-"
+    if low is not None and high is not None:
+        return f"{speedup:.2f}x [{low:.2f}, {high:.2f}]"
+    return f"{speedup:.2f}x"
+
+
+class CandidateBoard:
+    """The latest known state of each candidate of the current fan-out."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def update(self, data: dict[str, Any]) -> dict[str, Any]:
+        cid = str(data.get("candidate") or data.get("id") or data.get("candidate_id") or "?")
+        row = self.rows.setdefault(cid, {"state": "editing"})
+        for key, value in data.items():
+            if value is not None and key not in ("candidate", "id", "candidate_id"):
+                row[key] = value
+        return row
+
+    def table(self, title: str = "candidates") -> Table:
+        table = Table(title=title, title_justify="left", expand=False)
+        for col in ("candidate", "state", "tests", "group", "speedup", "cost"):
+            table.add_column(col, justify="right" if col in ("tests", "cost") else "left")
+        for cid, row in self.rows.items():
+            state = str(row.get("state", ""))
+            tests = row.get("tests_passed")
+            total = row.get("tests_total")
+            table.add_row(
+                cid,
+                Text(state, style=STATE_STYLE.get(state, "")),
+                "-" if tests is None else (f"{tests}/{total}" if total else str(tests)),
+                "-" if row.get("group") is None else str(row["group"]),
+                speedup_text(row.get("speedup"), row.get("low"), row.get("high")),
+                money(row.get("cost_usd")),
+            )
+        return table
+
+
+class Progress:
+    """Renders a Session's events on ``console`` (stderr for the headless door)."""
+
+    def __init__(self, console: Console, *, live: bool | None = None, stream_model: bool = False,
+                 verbose: bool = False) -> None:
+        self.console = console
+        self.live_enabled = console.is_terminal if live is None else live
+        self.stream_model = stream_model
+        self.verbose = verbose
+        self.board = CandidateBoard()
+        self.plan: list[str] = []
+        self.cost_usd = 0.0
+        self._live: Live | None = None
+        self._lock = threading.RLock()
+        self._streaming = False
+
+    # The EventBus calls this for every event.
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            handler = getattr(self, "_on_" + event.kind.replace(".", "_"), None)
+            if handler is not None:
+                handler(event.data)
+            elif self.verbose:
+                self._line(f"[dim]{event.kind} {escape(short(event.data, 100))}[/dim]")
+
+    def _line(self, markup: str) -> None:
+        if self._streaming:
+            self.console.print()
+            self._streaming = False
+        if self._live is not None:
+            self._live.console.print(markup)
+        else:
+            self.console.print(markup, highlight=False)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._live is not None:
+                self._live.stop()
+                self._live = None
+
+    # ------------------------------------------------------------------ run
+
+    def _on_run_start(self, d: dict[str, Any]) -> None:
+        self.board = CandidateBoard()
+        self.plan = []
+        models = d.get("models") or {}
+        names = sorted(set(models.values())) if isinstance(models, dict) else []
+        self._line(f"[bold]run {d.get('run_id', '')}[/bold] n={d.get('n')} model={', '.join(names) or '?'}")
+
+    def _on_run_end(self, d: dict[str, Any]) -> None:
+        self.stop()
+        status = d.get("status", "?")
+        style = "green" if status == "success" else "yellow" if status == "no-correct-candidate" else "red"
+        winner = f" winner {d['winner']}" if d.get("winner") else ""
+        err = f" ({escape(str(d['error']))})" if d.get("error") and status != "success" else ""
+        self._line(
+            f"[{style}]{status}[/{style}]{winner}{err} · cost {money(d.get('cost_usd'))} · "
+            f"{d.get('tokens', 0)} tokens · {d.get('duration_s', 0):.1f}s"
+        )
+
+    # ------------------------------------------------------------------ plan and tasks
+
+    def _on_plan_task(self, d: dict[str, Any]) -> None:
+        task = d.get("task", d)
+        deps = task.get("deps") or []
+        line = f"{task.get('id')}. {task.get('tool')}({short(task.get('args', {}), 70)})"
+        if deps:
+            line += f" after {', '.join(map(str, deps))}"
+        self.plan.append(line)
+        self._line(f"  [cyan]plan[/cyan] {escape(line)}")
+
+    def _on_plan_error(self, d: dict[str, Any]) -> None:
+        self._line(f"  [yellow]plan line rejected[/yellow] {escape(short(d.get('error', d), 100))}")
+
+    def _on_task_start(self, d: dict[str, Any]) -> None:
+        if self.verbose:
+            self._line(f"  [dim]start {d.get('task_id', d.get('id'))} {d.get('tool', '')}[/dim]")
+
+    def _on_task_end(self, d: dict[str, Any]) -> None:
+        status = d.get("status", "ok")
+        style = "green" if status == "ok" else "red"
+        took = d.get("duration_s")
+        if took is None and d.get("ended_at") and d.get("started_at"):
+            took = d["ended_at"] - d["started_at"]
+        took_text = f" {took:.1f}s" if isinstance(took, (int, float)) else ""
+        err = f" {escape(short(d['error'], 80))}" if d.get("error") else ""
+        self._line(f"  [{style}]{status}[/{style}] {d.get('task_id', d.get('id'))} {d.get('tool', '')}{took_text}{err}")
+
+    def _on_replan(self, d: dict[str, Any]) -> None:
+        self._line(f"  [yellow]replan[/yellow] {escape(short(d.get('reason', ''), 90))}")
+
+    _on_plan_replan = _on_replan
+    _on_joiner_replan = _on_replan
+
+    # ------------------------------------------------------------------ candidates
+
+    def _on_candidate_state(self, d: dict[str, Any]) -> None:
+        row = self.board.update(d)
+        if self.live_enabled:
+            if self._live is None:
+                self._live = Live(self.board.table(), console=self.console, refresh_per_second=8, transient=False)
+                self._live.start()
+            self._live.update(self.board.table())
+        else:
+            cid = d.get("candidate") or d.get("id") or d.get("candidate_id")
+            extra = []
+            if row.get("tests_passed") is not None:
+                extra.append(f"tests {row['tests_passed']}")
+            if row.get("speedup") is not None:
+                extra.append(f"speedup {row['speedup']:.2f}x")
+            self._line(f"  candidate {cid}: {row.get('state')}" + (f" ({', '.join(extra)})" if extra else ""))
+
+    _on_candidate_start = _on_candidate_state
+    _on_candidate_end = _on_candidate_state
+
+    def _on_fan_out_end(self, d: dict[str, Any]) -> None:
+        self.stop()
+        if d.get("winner"):
+            self._line(f"  [green]fan-out winner[/green] {d['winner']}")
+
+    _on_fanout_end = _on_fan_out_end
+
+    # ------------------------------------------------------------------ model
+
+    def _on_model_delta(self, d: dict[str, Any]) -> None:
+        if self.stream_model and self._live is None:
+            self.console.print(Text(str(d.get("text", "")), style="dim"), end="")
+            self._streaming = True
+
+    def _on_model_call(self, d: dict[str, Any]) -> None:
+        self.cost_usd += float(d.get("cost_usd") or 0.0)
+
+
+# --------------------------------------------------------------------------- results
+
+
+def report_table(report: RunReport) -> Table:
+    """The selection table: one row per candidate, the same data as the JSON report."""
+    table = Table(title="bake-off", title_justify="left")
+    for col in ("candidate", "built", "tests", "group", "flaky", "correct", "speedup", "cost", "note"):
+        table.add_column(col)
+    winner = report.winner.id if report.winner else None
+    rows = report.verdict.rows if report.verdict else []
+    if rows:
+        for r in rows:
+            table.add_row(
+                Text(r.candidate + (" *" if r.candidate == winner else ""), style="bold green" if r.candidate == winner else ""),
+                _yes_no(r.built), f"{r.tests_passed}/{r.tests_total}",
+                "-" if r.group is None else str(r.group), "yes" if r.flaky else "no", _yes_no(r.correct),
+                speedup_text(r.speedup, r.low, r.high), money(r.cost_usd), r.note,
+            )
+    else:
+        for c in report.candidates:
+            table.add_row(
+                c.id + (" *" if c.id == winner else ""), _yes_no(c.built),
+                "-" if c.tests_passed is None else str(c.tests_passed), "-", "-", "-",
+                speedup_text(c.timing.speedup, c.timing.low, c.timing.high) if c.timing else "-",
+                money(c.cost_usd), c.error or "",
+            )
+    return table
+
+
+def _yes_no(value: bool | None) -> str:
+    return "-" if value is None else "yes" if value else "no"
+
+
+def print_result(console: Console, report: RunReport, *, show_patch: bool = True) -> None:
+    """A finished run for people: answer, table, verdict, winning patch, cost."""
+    parts: list[Any] = []
+    if report.answer:
+        parts.append(Text(report.answer))
+    if report.candidates or (report.verdict and report.verdict.rows):
+        parts.append(report_table(report))
+    if report.verdict and report.verdict.reason:
+        parts.append(Text(f"verdict ({report.verdict.method}): {report.verdict.reason}"))
+    if report.error and report.status != "success":
+        parts.append(Text(f"{report.status}: {report.error}", style="red"))
+    if show_patch and report.patch:
+        parts.append(Text(report.patch))
+    parts.append(Text(f"cost {money(report.cost_usd)} · {report.tokens} tokens · {report.duration_s:.1f}s"))
+    console.print(Group(*parts))
+
+
+def diff_text(patch: str) -> Text:
+    """A unified diff, coloured."""
+    text = Text()
+    for line in patch.splitlines():
+        style = (
+            "bold" if line.startswith(("diff ", "+++", "---"))
+            else "green" if line.startswith("+") else "red" if line.startswith("-")
+            else "cyan" if line.startswith("@@") else ""
+        )
+        text.append(line + "\n", style=style)
+    return text
+
+
+def result_document(report: RunReport, applied: Any = None) -> dict[str, Any]:
+    """The one JSON document ``bakeoff run --json`` prints."""
+    return {
+        "status": report.status,
+        "task": report.task,
+        "run_id": report.run_id,
+        "base_commit": report.base_commit,
+        "answer": report.answer,
+        "winner": report.winner.model_dump(mode="json", exclude={"messages"}) if report.winner else None,
+        "verdict": report.verdict.model_dump(mode="json") if report.verdict else None,
+        "patch": report.patch,
+        "report": [c.model_dump(mode="json", exclude={"messages"}) for c in report.candidates],
+        "cost": {"usd": report.cost_usd, "tokens": report.tokens},
+        "duration_s": report.duration_s,
+        "error": report.error,
+        "applied": _plain(applied),
+    }
+
+
+def _plain(obj: Any) -> Any:
+    if obj is None:
+        return None
+    dump = getattr(obj, "model_dump", None)
+    if dump is not None:
+        return dump(mode="json")
+    return json.loads(json.dumps(obj, default=str))

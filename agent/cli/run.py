@@ -1,0 +1,163 @@
+"""``bakeoff run "TASK"``: one task, headless, for scripts and CI.
+
+Progress goes to stderr, the result to stdout. Also home of the helpers every terminal door
+shares: loading settings and opening a Session, with user-fixable errors turned into a
+message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+
+EXIT_OK = 0
+EXIT_NO_CORRECT = 1
+EXIT_USAGE = 2
+EXIT_BUDGET = 3
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 a correct candidate was found (or the question answered); "
+    "1 no correct candidate (or the run failed); 2 usage or configuration error "
+    "(bad flag, missing repository, no model configured, no Docker); 3 budget exhausted."
+)
+
+STATUS_EXIT = {
+    "success": EXIT_OK,
+    "no-correct-candidate": EXIT_NO_CORRECT,
+    "error": EXIT_NO_CORRECT,
+    "budget-exhausted": EXIT_BUDGET,
+}
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """A user-fixable problem: say what to do, exit with ``code``."""
+    typer.echo(f"bakeoff: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean the user must change something (exit 2), not a bug."""
+    from agent.config import ConfigError
+    from agent.models import ModelNotConfigured
+    from agent.session import SessionError
+
+    errors: list[type[BaseException]] = [ConfigError, ModelNotConfigured, SessionError]
+    try:
+        from sandboxes import SandboxUnavailable
+
+        errors.append(SandboxUnavailable)
+    except ImportError:  # the sandboxes package is optional for doors that run no code
+        pass
+    try:
+        from agent.patches import PatchRejected
+
+        errors.append(PatchRejected)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def load(repo: Path, flags: dict[str, Any]):
+    """Settings for ``repo`` with ``flags`` on top; exit 2 with the reason when invalid."""
+    import os
+
+    from agent.config import ConfigError, load_settings
+
+    if not repo.is_dir():
+        fail(f"repository {repo} does not exist: pass --repo PATH to a checkout")
+    try:
+        return load_settings(repo, os.environ, flags)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def open_session(repo: Path, flags: dict[str, Any], events, *, model_override=None, **kwargs):
+    from agent.session import Session
+
+    settings, _ = load(repo, flags)
+    try:
+        return Session(settings, repo, events=events, model_override=model_override, **kwargs)
+    except user_errors() as exc:
+        fail(str(exc))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run", help=f"Run one task headless: progress to stderr, result to stdout.\n\n{EXIT_CODES_HELP}")(run_command)
+
+
+def run_command(
+    task: str = typer.Argument(..., help="What to do, e.g. \"make the loop in kernel.c parallel and faster\"."),
+    repo: Path = typer.Option(Path("."), "--repo", help="The repository to work on (read-only until --apply)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document: status, verdict, winner, patch, report, cost."),
+    jsonl: bool = typer.Option(False, "--jsonl", help="Stream every event as a JSON line on stdout; the last line is the result."),
+    apply: bool = typer.Option(False, "--apply", help="Commit the winning patch to the repository."),
+    branch: str | None = typer.Option(None, "--branch", help="With --apply: commit on this new branch."),
+    patch: Path | None = typer.Option(None, "--patch", help="Write the winning patch to this file."),
+    model: str | None = typer.Option(None, "--model", help="Model for every role (a litellm model string or scripted:PATH)."),
+    n: int | None = typer.Option(None, "--n", help="Candidates developed in parallel."),
+    budget: float | None = typer.Option(None, "--budget", help="Dollars this run may spend."),
+    sandbox: str | None = typer.Option(None, "--sandbox", help="auto, local or docker."),
+    planner: str | None = typer.Option(None, "--planner", help="compiler (parallel plan) or react (one call per turn)."),
+) -> None:
+    import asyncio
+    import json
+
+    from rich.console import Console
+
+    from agent.cli.render import Progress, print_result, result_document
+    from agent.events import EventBus
+
+    if branch and not apply:
+        fail("--branch needs --apply")
+    if json_out and jsonl:
+        fail("choose one of --json and --jsonl")
+    flags = {"model.default": model, "n": n, "budget_usd": budget, "sandbox": sandbox, "planner": planner}
+    events = EventBus()
+    err = Console(stderr=True)
+    if jsonl:
+        def emit_line(event) -> None:
+            sys.stdout.write(event.model_dump_json() + "\n")
+            sys.stdout.flush()
+
+        events.subscribe(emit_line)
+    else:
+        progress = Progress(err)
+        events.subscribe(progress)
+    session = open_session(repo, flags, events)
+
+    async def go():
+        try:
+            return await session.run(task)
+        finally:
+            await session.close()
+
+    try:
+        report = asyncio.run(go())
+    except user_errors() as exc:
+        fail(str(exc))
+    finally:
+        if not jsonl:
+            progress.stop()
+
+    applied = None
+    if patch is not None and report.patch:
+        patch.write_text(report.patch, encoding="utf-8")
+    if apply and report.status == "success" and report.patch:
+        try:
+            applied = session.apply(report, branch=branch)
+        except user_errors() as exc:
+            fail(f"not applied: {exc}")
+    doc = result_document(report, applied)
+    if json_out:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    elif jsonl:
+        sys.stdout.write(json.dumps({"kind": "result", "data": doc}) + "\n")
+    else:
+        print_result(Console(), report)
+        if applied is not None:
+            where = f"branch {branch}" if branch else "the current branch"
+            err.print(f"applied as one commit on {where}")
+    raise typer.Exit(STATUS_EXIT.get(report.status, EXIT_NO_CORRECT))

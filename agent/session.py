@@ -1,0 +1,451 @@
+"""One Session behind every front door: chat, run, batch, demo and the GitHub Action.
+
+A Session holds what one user's work on one repository needs: the validated settings, a
+read-only view of the repository at a recorded base commit, one Budget shared by every
+model call, the models per role (each wrapped by the budget), the sandbox pool, and the
+tool registry with ``fan_out``. ``run`` turns a task into a ``RunReport``; ``apply`` and
+``undo`` are the only ways bakeoff writes the user's tree, and only when asked.
+
+Event logs, reports and history go to the state directory (``agent.config.state_dir``),
+never into the user's repository.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from agent.config import Settings, state_dir
+from agent.events import EventBus, JsonlSink
+from agent.seams import Completion, Message, Model, ToolContext, Workspace
+from agent.types import Candidate, RunReport, ToolCall
+
+ROLES = ("planner", "joiner", "editor", "tester", "judge")
+
+
+class SessionError(Exception):
+    """Something the user can fix (a missing repository, nothing to apply, a changed tree)."""
+
+
+class CostMeter:
+    """What one run spent, counted from the completions its models returned.
+
+    The Budget may be shared by concurrent runs (a batch), so a run's own cost is counted
+    here rather than read off the budget.
+    """
+
+    def __init__(self) -> None:
+        self.cost_usd = 0.0
+        self.tokens = 0
+        self.calls = 0
+
+    def add(self, completion: Completion) -> None:
+        self.cost_usd += completion.cost_usd or 0.0
+        self.tokens += completion.usage.total_tokens
+        self.calls += 1
+
+
+class MeteredModel:
+    """A model whose completions are counted on a ``CostMeter``; streamed text becomes
+    ``model.delta`` events so a door can show the model writing."""
+
+    def __init__(self, inner: Model, meter: CostMeter, events: EventBus, role: str) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.meter = meter
+        self.events = events
+        self.role = role
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        n: int = 1,
+        temperature: float = 0.0,
+        max_tokens: int | None = None,
+    ) -> Completion:
+        completion = await self.inner.complete(messages, n=n, temperature=temperature, max_tokens=max_tokens)
+        self._count(completion)
+        return completion
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int | None = None,
+    ) -> AsyncIterator[str | Completion]:
+        async for piece in self.inner.stream(messages, temperature=temperature, max_tokens=max_tokens):
+            if isinstance(piece, Completion):
+                self._count(piece)
+            else:
+                self.events.emit("model.delta", role=self.role, text=piece)
+            yield piece
+
+    def _count(self, completion: Completion) -> None:
+        self.meter.add(completion)
+
+
+def git(repo: Path, *args: str, check: bool = True) -> str:
+    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise SessionError(f"git {' '.join(args)} failed in {repo}: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def head_commit(repo: Path) -> str | None:
+    """The commit checked out in ``repo``, or None when it is not a git repository (or empty)."""
+    proc = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "-q", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary name, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+class Session:
+    """Shared by every front door. Construction validates everything a run needs.
+
+    ``model_override`` replaces every role's model (the demo's scripted model). ``budget``
+    and ``pool`` may be passed in to share one of each between sessions (a batch).
+    Raises ``SessionError`` for a missing repository and ``ModelNotConfigured`` when no
+    model is configured and none is given.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        repo: Path,
+        *,
+        events: EventBus,
+        model_override: Model | None = None,
+        budget: Any = None,
+        pool: Any = None,
+        state: Path | None = None,
+    ) -> None:
+        repo = Path(repo).expanduser()
+        if not repo.is_dir():
+            raise SessionError(f"repository {repo} does not exist: pass --repo PATH to a checkout")
+        self.repo = repo.resolve()
+        self.events = events
+        self.state = state or state_dir()
+        self.base_commit = head_commit(self.repo)
+        self.settings = settings
+        self.model_override = model_override
+        self._shared_budget = budget
+        self._shared_pool = pool
+        self._pool = pool
+        self.history: list[RunReport] = []
+        self.applied: list[Any] = []  # AppliedChange, newest last
+        self.cost_usd = 0.0
+        self.tokens = 0
+        self._configure(settings)
+
+    # ------------------------------------------------------------------ configuration
+
+    def _configure(self, settings: Settings) -> None:
+        from agent.budget import Budget, BudgetedModel
+
+        self.settings = settings
+        self.budget = self._shared_budget or Budget(max_usd=settings.budget_usd, max_tokens=settings.budget_tokens)
+        self._raw_models = self._models_per_role(settings)
+        self._budgeted = {
+            role: BudgetedModel(model, self.budget, role=role, events=self.events)
+            for role, model in self._raw_models.items()
+        }
+
+    def _models_per_role(self, settings: Settings) -> dict[str, Model]:
+        """One model per role. Roles naming the same spec share one model object, so a
+        scripted model's responses are shared between roles as its file intends."""
+        models: dict[str, Model] = {}
+        by_spec: dict[str, Model] = {}
+        for role in ROLES:
+            if self.model_override is not None:
+                base = self.model_override
+            else:
+                # The joiner is the planner's second half; it uses the planner's model.
+                spec = settings.model.for_role("planner" if role == "joiner" else role)
+                if spec not in by_spec:
+                    by_spec[spec] = settings.model.resolve("planner" if role == "joiner" else role)
+                base = by_spec[spec]
+            for_role = getattr(base, "for_role", None)
+            models[role] = for_role(role) if callable(for_role) else base
+        return models
+
+    def update(self, **changes: Any) -> Settings:
+        """Change settings between runs (chat's /model, /n, /budget, /sandbox); validated again."""
+        data = self.settings.model_dump()
+        for key, value in changes.items():
+            if key == "model":
+                data["model"]["default"] = value
+            else:
+                data[key] = value
+        settings = Settings.model_validate(data)
+        if "sandbox" in changes or "max_sandboxes" in changes:
+            self._pool = self._shared_pool
+        if "budget_usd" in changes or "budget_tokens" in changes:
+            self._shared_budget = None
+        if "model" in changes:
+            self.model_override = None
+        self._configure(settings)
+        return settings
+
+    @property
+    def model_names(self) -> dict[str, str]:
+        return {role: model.name for role, model in self._raw_models.items()}
+
+    @property
+    def pool(self) -> Any:
+        if self._pool is None:
+            from sandboxes.pool import SandboxPool
+
+            self._pool = SandboxPool(kind=self.settings.sandbox, max_concurrent=self.settings.max_sandboxes)
+        return self._pool
+
+    # ------------------------------------------------------------------ running
+
+    def registry(self) -> Any:
+        from agent.trajectory import FanOut
+        from tools.registry import default_registry
+
+        registry = default_registry()
+        if registry.get(FanOut.name) is None:
+            registry.register(FanOut())
+        return registry
+
+    def _context(self) -> str:
+        s = self.settings
+        lines = [
+            f"Repository: {self.repo} at commit {self.base_commit or '(not a git repository)'}.",
+            f"Candidates per fan_out: {s.n}; repair rounds: {s.rounds}.",
+        ]
+        if s.build:
+            lines.append(f"Build command: {s.build}")
+        if s.test:
+            lines.append(f"Test command: {s.test}")
+        return "\n".join(lines)
+
+    async def run(self, task: str, *, run_id: str | None = None) -> RunReport:
+        """Plan, fan out, select and join one task; the user's tree is not touched.
+
+        The run is saved as it goes under ``<state>/runs/<id>/`` (events.jsonl, report.json).
+        A cancelled run (Ctrl-C) re-raises ``CancelledError`` after recording that it stopped.
+        """
+        from agent.budget import BudgetExceeded
+
+        self.base_commit = head_commit(self.repo)  # the user may have committed since the last run
+        run_id = run_id or new_run_id()
+        run_dir = self.state / "runs" / run_id
+        sink = JsonlSink(run_dir / "events.jsonl")
+        unsubscribe = self.events.subscribe(sink)
+        meter = CostMeter()
+        started = time.monotonic()
+        self.events.emit(
+            "run.start",
+            run_id=run_id,
+            task=task,
+            repo=str(self.repo),
+            base_commit=self.base_commit,
+            models=self.model_names,
+            n=self.settings.n,
+            run_dir=str(run_dir),
+        )
+        report = RunReport(task=task, status="error", base_commit=self.base_commit, run_id=run_id)
+        try:
+            report = await self._run(task, run_id, meter)
+        except BudgetExceeded as exc:
+            report.status = "budget-exhausted"
+            report.error = str(exc)
+        except asyncio.CancelledError:
+            report.status = "error"
+            report.error = "cancelled"
+            self._finish(report, meter, started, run_dir)
+            unsubscribe()
+            sink.close()
+            raise
+        self._finish(report, meter, started, run_dir)
+        unsubscribe()
+        sink.close()
+        return report
+
+    async def _run(self, task: str, run_id: str, meter: CostMeter) -> RunReport:
+        from agent.trajectory import FanOutResult
+
+        models = {role: MeteredModel(m, meter, self.events, role) for role, m in self._budgeted.items()}
+        ctx = ToolContext(
+            workspace=self.repo,
+            extras={
+                "models": models,
+                "pool": self.pool,
+                "workspace": Workspace(path=self.repo, commit=self.base_commit),
+                "budget": self.budget,
+                "events": self.events,
+                "settings": self.settings,
+            },
+        )
+        if self.settings.planner == "react":
+            from agent.react import ReActAgent as Planner
+        else:
+            from agent.compiler import LLMCompiler as Planner
+        agent = Planner(
+            models["planner"], models["joiner"], self.registry(), ctx,
+            events=self.events, max_replans=self.settings.max_replans,
+        )
+        result = await agent.run(task, context=self._context())
+
+        fan_outs = [r for r in _values(result.results) if isinstance(r, FanOutResult)]
+        fan = fan_outs[-1] if fan_outs else None
+        trace = [t if isinstance(t, ToolCall) else ToolCall.model_validate(t) for t in result.trace]
+        report = RunReport(task=task, status="success", answer=result.answer or "", trace=trace,
+                           base_commit=self.base_commit, run_id=run_id)
+        if fan is not None:
+            report.verdict = fan.verdict
+            report.candidates = list(fan.candidates)
+            report.winner = fan.winner
+            report.patch = fan.patch or ""
+            if fan.winner is None:
+                report.status = "no-correct-candidate"
+                if _budget_ran_out(self.budget, fan.candidates):
+                    report.status = "budget-exhausted"
+                    report.error = "the budget ran out before a candidate was verified"
+        elif not result.finished:
+            report.status = "error"
+            report.error = "the planner stopped without finishing (replans used up)"
+            if _budget_ran_out(self.budget, []):
+                report.status = "budget-exhausted"
+        if report.status == "budget-exhausted" and not report.error:
+            report.error = f"budget exhausted: {self.budget.describe()}"
+        return report
+
+    def _finish(self, report: RunReport, meter: CostMeter, started: float, run_dir: Path) -> None:
+        report.cost_usd = meter.cost_usd
+        report.tokens = meter.tokens
+        report.duration_s = time.monotonic() - started
+        self.cost_usd += meter.cost_usd
+        self.tokens += meter.tokens
+        self.history.append(report)
+        _write_atomic(run_dir / "report.json", report.model_dump_json(indent=2))
+        self.events.emit(
+            "run.end",
+            run_id=report.run_id,
+            status=report.status,
+            winner=report.winner.id if report.winner else None,
+            cost_usd=report.cost_usd,
+            tokens=report.tokens,
+            session_cost_usd=self.cost_usd,
+            duration_s=report.duration_s,
+            error=report.error,
+        )
+
+    # ------------------------------------------------------------------ delivering
+
+    def candidate(self, report: RunReport, candidate_id: str | None = None) -> Candidate:
+        """The winner, or the candidate named ``candidate_id``."""
+        if candidate_id is None:
+            if report.winner is None:
+                raise SessionError("no verified winner in this run: name a candidate (see /candidates)")
+            return report.winner
+        for cand in report.candidates:
+            if cand.id == candidate_id:
+                return cand
+        known = ", ".join(c.id for c in report.candidates) or "none"
+        raise SessionError(f"no candidate {candidate_id!r} in this run (candidates: {known})")
+
+    def apply(self, report: RunReport, branch: str | None = None, yes: bool = False,
+              candidate_id: str | None = None) -> Any:
+        """Commit the winner's patch (or ``candidate_id``'s) to the user's repository.
+
+        One commit on the current branch, or on a new ``branch``. Refuses when the
+        repository moved since the run's base commit. A candidate that is not the verified
+        winner is applied only with ``yes=True``. Returns the ``AppliedChange`` for ``undo``.
+        """
+        from agent.patches import apply_patch
+
+        cand = self.candidate(report, candidate_id)
+        verified = report.winner is not None and cand.id == report.winner.id
+        if not verified and not yes:
+            raise SessionError(f"candidate {cand.id} was not chosen as correct; apply it anyway with --yes")
+        patch = cand.patch or (report.patch if verified else "")
+        if not patch.strip():
+            raise SessionError(f"candidate {cand.id} changed nothing: nothing to apply")
+        if report.base_commit is None:
+            raise SessionError(f"{self.repo} is not a git repository: save the patch with --patch FILE instead")
+        current = head_commit(self.repo)
+        if current != report.base_commit:
+            raise SessionError(
+                f"the repository moved since the run (base {report.base_commit[:10]}, now {str(current)[:10]}): "
+                "run the task again on the new state"
+            )
+        change = apply_patch(
+            self.repo, patch, base_commit=report.base_commit,
+            message=f"bakeoff: {report.task.splitlines()[0][:60]}\n\ncandidate {cand.id}, run {report.run_id}",
+            branch=branch,
+        )
+        self.applied.append(change)
+        self.base_commit = head_commit(self.repo)
+        self.events.emit("apply", candidate=cand.id, branch=branch, run_id=report.run_id,
+                         change=_dump(change))
+        return change
+
+    def undo(self) -> Any:
+        """Restore exactly the state before the last apply of this session."""
+        from agent.patches import undo
+
+        if not self.applied:
+            raise SessionError("nothing to undo: no change was applied in this session")
+        change = self.applied[-1]
+        undo(self.repo, change)
+        self.applied.pop()
+        self.base_commit = head_commit(self.repo)
+        self.events.emit("undo", change=_dump(change))
+        return change
+
+    async def close(self) -> None:
+        if self._pool is not None and self._pool is not self._shared_pool:
+            closer = getattr(self._pool, "close", None)
+            if closer is not None:
+                result = closer()
+                if asyncio.iscoroutine(result):
+                    await result
+            self._pool = None
+
+
+def _values(results: Any) -> list[Any]:
+    if isinstance(results, dict):
+        return list(results.values())
+    return list(results or [])
+
+
+def _dump(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _budget_ran_out(budget: Any, candidates: Sequence[Candidate]) -> bool:
+    """True when the budget cannot pay for another call, or every candidate died of it."""
+    from agent.budget import MIN_COMPLETION_TOKENS
+
+    left = budget.remaining
+    if left.usd is not None and left.usd <= 1e-9:
+        return True
+    if left.tokens is not None and left.tokens < MIN_COMPLETION_TOKENS:
+        return True
+    return bool(candidates) and all("budget" in (c.error or "").lower() for c in candidates)
