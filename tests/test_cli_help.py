@@ -1,0 +1,71 @@
+"""``bakeoff --help`` stays light (no litellm, no docker) and usage mistakes say what to do."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = r"""
+import json, sys
+sys.argv = ["bakeoff", *sys.argv[1:]]
+from agent.cli.main import app
+try:
+    app()
+except SystemExit as exc:
+    code = exc.code
+heavy = sorted(m for m in ("litellm", "docker", "git", "openai", "agent.models", "agent.session") if m in sys.modules)
+print("PROBE" + json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
+"""
+
+
+def probe(*args: str) -> tuple[dict, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BAKEOFF_")}
+    env["COLUMNS"] = "120"
+    proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env, timeout=60)
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("PROBE")][-1]
+    return json.loads(line[5:]), proc.stdout, proc.stderr
+
+
+def test_top_level_help_lists_the_doors_without_heavy_imports():
+    result, out, _ = probe("--help")
+    assert result == {"code": 0, "heavy": []}
+    for command in ("run", "chat", "batch", "demo", "config"):
+        assert command in out
+
+
+@pytest.mark.parametrize("command", ["run", "chat", "batch", "demo", "config"])
+def test_each_command_help_is_light(command):
+    result, out, _ = probe(command, "--help")
+    assert result == {"code": 0, "heavy": []}
+    assert "--" in out  # shows its options
+
+
+def test_run_help_documents_exit_codes():
+    _, out, _ = probe("run", "--help")
+    text = " ".join(out.replace("│", " ").split())
+    for fragment in ("0 a correct candidate", "1 no correct candidate", "2 usage or configuration", "3 budget exhausted"):
+        assert fragment in text
+
+
+def test_typing_mistakes_suggest_and_exit_2():
+    result, _, err = probe("rnu")
+    assert result["code"] == 2 and "Did you mean 'run'" in err
+    result, _, err = probe("run", "--jsn", "task")
+    assert result["code"] == 2 and "--json" in err
+
+
+def test_missing_repository_says_what_to_do(tmp_path):
+    result, _, err = probe("run", "--repo", str(tmp_path / "nope"), "do something")
+    assert result["code"] == 2
+    assert "does not exist" in err and "--repo" in err
+
+
+def test_no_model_configured_lists_the_ways_to_configure_one(tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    result, _, err = probe("run", "--repo", str(tmp_path), "do something")
+    assert result["code"] == 2
+    assert "no model configured" in err and "BAKEOFF_MODEL" in err and "--model" in err
