@@ -1,0 +1,318 @@
+"""A sandbox's private copy of a workspace, its pristine base, and safe archive extraction.
+
+The user's tree is sacred: a sandbox never sees the user's directory or a writable ``.git``.
+A plain directory is copied (its ``.git`` left out); a git repository at a commit is exported
+with ``git archive``. The base is committed to a private git repository kept next to the
+copy (outside what sandboxed code can reach), so ``diff()`` is an ordinary git diff with
+new and deleted files included.
+
+Every sandbox directory carries a marker naming the process that owns it, so a later start
+can remove what a killed orchestrator left behind (``reap_stale``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import tarfile
+import tempfile
+import time
+from pathlib import Path, PurePosixPath
+
+from agent.seams import Workspace
+
+MARKER = ".bakeoff-owner"
+ENV_MARKER = "BAKEOFF_SANDBOX"  # set in every sandboxed process: "<owner pid>:<sandbox id>"
+_PREFIX = "bakeoff-sb-"
+
+
+class UnsafeArchive(ValueError):
+    """An archive tried to place something outside its destination (or a device file)."""
+
+
+class WorkspaceError(RuntimeError):
+    """The workspace given by the user cannot be copied (not a directory, unknown commit…)."""
+
+
+def sandbox_root() -> Path:
+    """Where sandbox directories live (``$BAKEOFF_SANDBOX_DIR`` or the system temp dir)."""
+    root = Path(os.environ.get("BAKEOFF_SANDBOX_DIR") or Path(tempfile.gettempdir()) / "bakeoff-sandboxes")
+    root.mkdir(parents=True, exist_ok=True)
+    # Sandboxed users must traverse it to reach their own directory, but not list others.
+    os.chmod(root, 0o711)
+    return root
+
+
+def new_sandbox_dir(root: Path | None = None) -> Path:
+    """A fresh directory owned (by marker) by this process."""
+    path = Path(tempfile.mkdtemp(prefix=_PREFIX, dir=root or sandbox_root()))
+    os.chmod(path, 0o711)
+    (path / MARKER).write_text(f"{os.getpid()}\n")
+    return path
+
+
+# --------------------------------------------------------------------------- copying
+
+
+def _git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+         input: bytes | None = None) -> bytes:
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(["git", "-c", "safe.directory=*", *args], cwd=cwd, env=full_env,
+                          input=input, capture_output=True)
+    if proc.returncode != 0:
+        raise WorkspaceError(f"git {' '.join(args)} failed: {proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout
+
+
+def copy_workspace(workspace: Workspace, dest: Path) -> None:
+    """Fill the empty directory ``dest`` with the workspace's files (never its ``.git``)."""
+    src = workspace.path
+    if not src.is_dir():
+        raise WorkspaceError(f"workspace {src} is not a directory")
+    if workspace.commit is None:
+        shutil.copytree(src, dest, symlinks=True, ignore=shutil.ignore_patterns(".git"),
+                        dirs_exist_ok=True)
+        return
+    tar = _git("archive", "--format=tar", workspace.commit, cwd=src)
+    safe_extract(tar, dest)
+
+
+class BaseSnapshot:
+    """A private git repository recording the workspace as it was when the sandbox started."""
+
+    def __init__(self, git_dir: Path, work_tree: Path) -> None:
+        self.git_dir = git_dir
+        self.work_tree = work_tree
+        self._env = {
+            "GIT_DIR": str(git_dir), "GIT_WORK_TREE": str(work_tree),
+            # The user's git configuration (filters, hooks, excludes) has no say here.
+            "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_AUTHOR_NAME": "bakeoff", "GIT_AUTHOR_EMAIL": "bakeoff@localhost",
+            "GIT_COMMITTER_NAME": "bakeoff", "GIT_COMMITTER_EMAIL": "bakeoff@localhost",
+        }
+
+    @classmethod
+    def record(cls, git_dir: Path, work_tree: Path) -> BaseSnapshot:
+        snap = cls(git_dir, work_tree)
+        snap._run("init", "-q")
+        snap._run("config", "core.autocrlf", "false")
+        snap._run("config", "core.fileMode", "true")
+        snap._run("add", "-A", "--force")
+        snap._run("commit", "-q", "--allow-empty", "--no-verify", "-m", "base")
+        return snap
+
+    def _run(self, *args: str, extra_env: dict[str, str] | None = None) -> bytes:
+        return _git(*args, cwd=self.work_tree, env={**self._env, **(extra_env or {})})
+
+    def diff(self, include_binary: bool = False) -> str:
+        """Git-format diff of the work tree against the base (new and deleted files included).
+
+        New binary files are left out unless asked for: they are build products, not edits.
+        """
+        index = self.git_dir / "diff-index"
+        shutil.copyfile(self.git_dir / "index", index)
+        try:
+            env = {"GIT_INDEX_FILE": str(index)}
+            self._run("add", "-A", "--force", extra_env=env)
+            out = self._run("diff", "--cached", "--no-renames", "--no-color", "--no-ext-diff",
+                            "HEAD", extra_env=env).decode("utf-8", errors="replace")
+        finally:
+            index.unlink(missing_ok=True)
+        if include_binary or not out:
+            return out
+        sections = _split_diff(out)
+        kept = [s for s in sections if not ("\nnew file mode" in s.split("\n@@", 1)[0] and "\nBinary files " in s)]
+        return "".join(kept)
+
+
+def _split_diff(text: str) -> list[str]:
+    parts: list[str] = []
+    current: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("diff --git ") and current:
+            parts.append("".join(current))
+            current = []
+        current.append(line)
+    if current:
+        parts.append("".join(current))
+    return parts
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def safe_extract(tar_bytes: bytes, dest: Path) -> list[str]:
+    """Extract a tar archive into ``dest``, refusing anything that would land outside it.
+
+    Refused (``UnsafeArchive``, nothing extracted): absolute names, ``..`` components, links
+    whose target leaves ``dest``, hard links to outside names, device files and FIFOs.
+    Returns the names extracted.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:*") as tar:
+        members = tar.getmembers()
+        names = []
+        for m in members:
+            _check_member(m)
+            names.append(m.name)
+        # The checks above are complete; the "tar" filter is a second line of defence.
+        tar.extractall(dest, members=members, filter="tar")
+    return names
+
+
+def _check_member(m: tarfile.TarInfo) -> None:
+    name = m.name
+    if name.startswith("/") or PurePosixPath(name).is_absolute():
+        raise UnsafeArchive(f"absolute path in archive: {name}")
+    parts = PurePosixPath(name).parts
+    if ".." in parts:
+        raise UnsafeArchive(f"path with '..' in archive: {name}")
+    if m.ischr() or m.isblk() or m.isfifo() or m.isdev():
+        raise UnsafeArchive(f"device or special file in archive: {name}")
+    if m.issym():
+        target = m.linkname
+        if target.startswith("/"):
+            raise UnsafeArchive(f"symlink {name} points outside (absolute target {target})")
+        if not _stays_inside(PurePosixPath(name).parent, target):
+            raise UnsafeArchive(f"symlink {name} points outside: {target}")
+    if m.islnk():
+        target = m.linkname
+        if target.startswith("/") or ".." in PurePosixPath(target).parts:
+            raise UnsafeArchive(f"hard link {name} points outside: {target}")
+
+
+def _stays_inside(base: PurePosixPath, rel: str) -> bool:
+    depth = len([p for p in base.parts if p not in ("", ".")])
+    for part in PurePosixPath(rel).parts:
+        if part in ("", "."):
+            continue
+        depth = depth - 1 if part == ".." else depth + 1
+        if depth < 0:
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- reaping
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner(path: Path) -> int | None:
+    try:
+        return int((path / MARKER).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def unmount_below(path: Path) -> None:
+    """Lazily unmount every mount point at or below ``path`` (deepest first)."""
+    prefix = str(path.resolve())
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return
+    points = [ln.split()[1].encode().decode("unicode_escape") for ln in lines if len(ln.split()) > 1]
+    for point in sorted((p for p in points if p == prefix or p.startswith(prefix + "/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a sandbox directory, including files sandboxed code made read-only."""
+    unmount_below(path)
+
+    def _writable_then_retry(func, p, _exc):
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            if not os.path.islink(p) and os.path.isdir(p):
+                os.chmod(p, 0o700)
+            func(p)
+        except FileNotFoundError:
+            pass
+
+    if path.exists():
+        shutil.rmtree(path, onerror=_writable_then_retry)
+
+
+def processes_with_marker(predicate) -> list[int]:
+    """Pids whose environment carries the sandbox marker and whose value satisfies ``predicate``."""
+    found = []
+    needle = (ENV_MARKER + "=").encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry.name}/environ").read_bytes()
+        except OSError:
+            continue
+        for item in environ.split(b"\0"):
+            if item.startswith(needle) and predicate(item[len(needle):].decode(errors="replace")):
+                found.append(int(entry.name))
+                break
+    return found
+
+
+def reap_stale(root: Path | None = None) -> int:
+    """Remove sandbox directories (and kill sandboxed processes) whose owner has died.
+
+    Returns how many directories were removed.
+    """
+    root = root or sandbox_root()
+
+    def _dead_owner(value: str) -> bool:
+        owner = value.split(":", 1)[0]
+        return owner.isdigit() and not _alive(int(owner))
+
+    for pid in processes_with_marker(_dead_owner):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    removed = 0
+    if not root.is_dir():
+        return 0
+    for entry in root.iterdir():
+        if not entry.name.startswith(_PREFIX) or not entry.is_dir():
+            continue
+        owner = _owner(entry)
+        if owner is not None and _alive(owner):
+            continue
+        if owner is None and not (entry / MARKER).exists():
+            # A directory being created right now has no marker yet; leave young ones alone.
+            if time.time() - entry.stat().st_mtime < 60:
+                continue
+        remove_tree(entry)
+        removed += 1
+    for lock in root.glob(".uid-*"):
+        owner_text = lock.read_text().strip() if lock.is_file() else ""
+        if owner_text.isdigit() and not _alive(int(owner_text)):
+            lock.unlink(missing_ok=True)
+    return removed
+
+
+def is_regular_inside(root: Path, rel: str) -> Path:
+    """Resolve ``rel`` under ``root``; raise ``ValueError`` if it escapes (also via symlinks)."""
+    if not rel or os.path.isabs(rel):
+        raise ValueError(f"path must be relative to the workspace: {rel!r}")
+    root_real = Path(os.path.realpath(root))
+    target = Path(os.path.realpath(root_real / rel))
+    if target != root_real and root_real not in target.parents:
+        raise ValueError(f"path escapes the workspace: {rel!r}")
+    try:
+        if stat.S_ISLNK(os.lstat(target).st_mode):
+            raise ValueError(f"path is a symlink: {rel!r}")
+    except FileNotFoundError:
+        pass
+    return target
