@@ -13,6 +13,7 @@ never into the user's repository.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -93,6 +94,48 @@ class MeteredModel:
 
     def _count(self, completion: Completion) -> None:
         self.meter.add(completion)
+
+
+class LazySandbox:
+    """The sandbox the planner's own tools (run, build, test, edit) work in: a copy of the
+    repository at base, made from the pool only when a tool first needs it."""
+
+    def __init__(self, pool: Any, workspace: Workspace) -> None:
+        self._pool = pool
+        self._workspace = workspace
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._sandbox: Any = None
+        self._lock = asyncio.Lock()
+        self.backend = "lazy"
+
+    async def _get(self) -> Any:
+        async with self._lock:
+            if self._sandbox is None:
+                self._stack = contextlib.AsyncExitStack()
+                self._sandbox = await self._stack.enter_async_context(self._pool.sandbox(self._workspace))
+                self.backend = self._sandbox.backend
+            return self._sandbox
+
+    @property
+    def started(self) -> bool:
+        return self._sandbox is not None
+
+    async def exec(self, cmd: Any, timeout: float | None = None, env: Any = None, cwd: str | None = None) -> Any:
+        return await (await self._get()).exec(cmd, timeout=timeout, env=env, cwd=cwd)
+
+    async def write_file(self, path: str, content: str | bytes) -> None:
+        await (await self._get()).write_file(path, content)
+
+    async def read_file(self, path: str) -> bytes:
+        return await (await self._get()).read_file(path)
+
+    async def diff(self) -> str:
+        return await self._sandbox.diff() if self._sandbox is not None else ""
+
+    async def close(self) -> None:
+        if self._stack is not None:
+            stack, self._stack, self._sandbox = self._stack, None, None
+            await stack.aclose()
 
 
 def git(repo: Path, *args: str, check: bool = True) -> str:
@@ -269,32 +312,40 @@ class Session:
         )
         report = RunReport(task=task, status="error", base_commit=self.base_commit, run_id=run_id)
         try:
-            report = await self._run(task, run_id, meter)
-        except BudgetExceeded as exc:
-            report.status = "budget-exhausted"
-            report.error = str(exc)
-        except asyncio.CancelledError:
-            report.status = "error"
-            report.error = "cancelled"
+            try:
+                report = await self._run(task, run_id, meter)
+            except BudgetExceeded as exc:
+                report.status = "budget-exhausted"
+                report.error = str(exc)
+            except BaseException as exc:
+                # Recorded, then raised on: a cancelled step (Ctrl-C), an unreachable model.
+                report.error = "cancelled" if isinstance(exc, asyncio.CancelledError) else f"{type(exc).__name__}: {exc}"
+                self._finish(report, meter, started, run_dir)
+                raise
             self._finish(report, meter, started, run_dir)
+        finally:
             unsubscribe()
             sink.close()
-            raise
-        self._finish(report, meter, started, run_dir)
-        unsubscribe()
-        sink.close()
         return report
 
     async def _run(self, task: str, run_id: str, meter: CostMeter) -> RunReport:
-        from agent.trajectory import FanOutResult
-
         models = {role: MeteredModel(m, meter, self.events, role) for role, m in self._budgeted.items()}
+        workspace = Workspace(path=self.repo, commit=self.base_commit)
+        scratch = LazySandbox(self.pool, workspace)
+        try:
+            return await self._plan_and_run(task, run_id, models, workspace, scratch)
+        finally:
+            await scratch.close()
+
+    async def _plan_and_run(self, task: str, run_id: str, models: dict[str, Any], workspace: Workspace,
+                            scratch: LazySandbox) -> RunReport:
         ctx = ToolContext(
             workspace=self.repo,
+            sandbox=scratch,
             extras={
                 "models": models,
                 "pool": self.pool,
-                "workspace": Workspace(path=self.repo, commit=self.base_commit),
+                "workspace": workspace,
                 "budget": self.budget,
                 "events": self.events,
                 "settings": self.settings,
@@ -310,9 +361,10 @@ class Session:
         )
         result = await agent.run(task, context=self._context())
 
-        fan_outs = [r for r in _values(result.results) if isinstance(r, FanOutResult)]
+        fan_outs = [_fan_out_result(r) for r in _values(result.results)]
+        fan_outs = [r for r in fan_outs if r is not None]
         fan = fan_outs[-1] if fan_outs else None
-        trace = [t if isinstance(t, ToolCall) else ToolCall.model_validate(t) for t in result.trace]
+        trace = [_light(t if isinstance(t, ToolCall) else ToolCall.model_validate(t)) for t in result.trace]
         report = RunReport(task=task, status="success", answer=result.answer or "", trace=trace,
                            base_commit=self.base_commit, run_id=run_id)
         if fan is not None:
@@ -325,7 +377,9 @@ class Session:
                 if _budget_ran_out(self.budget, fan.candidates):
                     report.status = "budget-exhausted"
                     report.error = "the budget ran out before a candidate was verified"
-        elif not result.finished:
+        else:
+            report.patch = await scratch.diff()  # edits the planner made itself, unverified
+        if fan is None and not result.finished:
             report.status = "error"
             report.error = "the planner stopped without finishing (replans used up)"
             if _budget_ran_out(self.budget, []):
@@ -359,9 +413,11 @@ class Session:
     def candidate(self, report: RunReport, candidate_id: str | None = None) -> Candidate:
         """The winner, or the candidate named ``candidate_id``."""
         if candidate_id is None:
-            if report.winner is None:
-                raise SessionError("no verified winner in this run: name a candidate (see /candidates)")
-            return report.winner
+            if report.winner is not None:
+                return report.winner
+            if report.patch.strip():
+                return Candidate(id="plan", patch=report.patch)  # the planner's own edits, unverified
+            raise SessionError("no verified winner in this run: name a candidate (see /candidates)")
         for cand in report.candidates:
             if cand.id == candidate_id:
                 return cand
@@ -425,6 +481,27 @@ class Session:
                 if asyncio.iscoroutine(result):
                     await result
             self._pool = None
+
+
+def _fan_out_result(value: Any) -> Any:
+    """A fan_out's result, whether the trace kept the object or its JSON form."""
+    from agent.trajectory import FanOutResult
+
+    if isinstance(value, FanOutResult):
+        return value
+    if isinstance(value, dict) and "verdict" in value and "candidates" in value:
+        return FanOutResult.model_validate(value)
+    return None
+
+
+def _light(call: ToolCall) -> ToolCall:
+    """The trace entry with its result summarized: the report keeps the candidates whole
+    already, and a tool's full output (files, logs) would swell every saved report."""
+    from agent.scheduler import summarize_result
+
+    if call.result is None or isinstance(call.result, (int, float, bool)):
+        return call
+    return call.model_copy(update={"result": summarize_result(call.result, 2000)})
 
 
 def _values(results: Any) -> list[Any]:

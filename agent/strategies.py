@@ -80,11 +80,6 @@ _PYTHON = [
         "exactly the same answers on every input, including ties and edge cases.",
     ),
     Strategy(
-        name="py-numpy",
-        hint="Vectorize with numpy: replace Python loops by array operations; keep the return type and "
-        "exact values the same.",
-    ),
-    Strategy(
         name="py-multiprocessing",
         hint="Split independent work across processes (multiprocessing or concurrent.futures) in "
         "chunks large enough to pay for starting them.",
@@ -98,6 +93,12 @@ _PYTHON = [
         name="py-caching",
         hint="Remove repeated work: hoist invariants out of loops, cache or memoize results that are "
         "computed more than once.",
+    ),
+    # Last: it adds a dependency the repository may not have.
+    Strategy(
+        name="py-numpy",
+        hint="Vectorize with numpy: replace Python loops by array operations; keep the return type and "
+        "exact values the same.",
     ),
 ]
 

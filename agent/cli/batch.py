@@ -206,6 +206,8 @@ class Batch:
         from agent.budget import Budget
 
         self.out.mkdir(parents=True, exist_ok=True)
+        for stale in self.out.glob(".*.tmp"):
+            stale.unlink()  # a temp file of a killed batch; its real file is whole or absent
         self.console = Console(stderr=True)
         todo = []
         for task in self.tasks:

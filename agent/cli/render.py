@@ -66,7 +66,8 @@ class CandidateBoard:
         for cid, row in self.rows.items():
             state = str(row.get("state", ""))
             tests = row.get("tests_passed")
-            total = row.get("tests_total")
+            failed = row.get("tests_failed")
+            total = None if tests is None or failed is None else tests + failed
             table.add_row(
                 cid,
                 Text(state, style=STATE_STYLE.get(state, "")),
@@ -150,7 +151,15 @@ class Progress:
         self._line(f"  [cyan]plan[/cyan] {escape(line)}")
 
     def _on_plan_error(self, d: dict[str, Any]) -> None:
-        self._line(f"  [yellow]plan line rejected[/yellow] {escape(short(d.get('error', d), 100))}")
+        self._line(f"  [yellow]plan line rejected[/yellow] {escape(short(d.get('message', d), 100))}")
+
+    def _on_join(self, d: dict[str, Any]) -> None:
+        if d.get("action") == "replan":
+            self._line(f"  [yellow]replan[/yellow] {escape(short(d.get('text', ''), 90))}")
+
+    def _on_fanout_start(self, d: dict[str, Any]) -> None:
+        self.board = CandidateBoard()
+        self._line(f"  [bold]fan-out[/bold] {d.get('n')} candidates on {', '.join(d.get('files') or [])}")
 
     def _on_task_start(self, d: dict[str, Any]) -> None:
         if self.verbose:
@@ -165,12 +174,6 @@ class Progress:
         took_text = f" {took:.1f}s" if isinstance(took, (int, float)) else ""
         err = f" {escape(short(d['error'], 80))}" if d.get("error") else ""
         self._line(f"  [{style}]{status}[/{style}] {d.get('task_id', d.get('id'))} {d.get('tool', '')}{took_text}{err}")
-
-    def _on_replan(self, d: dict[str, Any]) -> None:
-        self._line(f"  [yellow]replan[/yellow] {escape(short(d.get('reason', ''), 90))}")
-
-    _on_plan_replan = _on_replan
-    _on_joiner_replan = _on_replan
 
     # ------------------------------------------------------------------ candidates
 
@@ -190,15 +193,12 @@ class Progress:
                 extra.append(f"speedup {row['speedup']:.2f}x")
             self._line(f"  candidate {cid}: {row.get('state')}" + (f" ({', '.join(extra)})" if extra else ""))
 
-    _on_candidate_start = _on_candidate_state
-    _on_candidate_end = _on_candidate_state
-
-    def _on_fan_out_end(self, d: dict[str, Any]) -> None:
+    def _on_fanout_end(self, d: dict[str, Any]) -> None:
         self.stop()
         if d.get("winner"):
-            self._line(f"  [green]fan-out winner[/green] {d['winner']}")
-
-    _on_fanout_end = _on_fan_out_end
+            self._line(f"  [green]winner[/green] {d['winner']}: {escape(short(d.get('reason', ''), 120))}")
+        else:
+            self._line(f"  [yellow]no correct candidate[/yellow] {escape(short(d.get('reason', ''), 120))}")
 
     # ------------------------------------------------------------------ model
 

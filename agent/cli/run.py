@@ -41,10 +41,14 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean the user must change something (exit 2), not a bug."""
     from agent.config import ConfigError
-    from agent.models import ModelNotConfigured
+    from agent.models import ModelCallFailed, ModelNotConfigured, ScriptExhausted, ScriptFileError
     from agent.session import SessionError
 
-    errors: list[type[BaseException]] = [ConfigError, ModelNotConfigured, SessionError]
+    # A model that cannot be reached (after retries and fallbacks) or a script that does
+    # not fit the run: the user fixes the configuration, so these are usage errors too.
+    errors: list[type[BaseException]] = [
+        ConfigError, ModelNotConfigured, SessionError, ModelCallFailed, ScriptExhausted, ScriptFileError,
+    ]
     try:
         from sandboxes import SandboxUnavailable
 
@@ -99,6 +103,7 @@ def run_command(
     model: str | None = typer.Option(None, "--model", help="Model for every role (a litellm model string or scripted:PATH)."),
     n: int | None = typer.Option(None, "--n", help="Candidates developed in parallel."),
     budget: float | None = typer.Option(None, "--budget", help="Dollars this run may spend."),
+    budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Tokens this run may spend."),
     sandbox: str | None = typer.Option(None, "--sandbox", help="auto, local or docker."),
     planner: str | None = typer.Option(None, "--planner", help="compiler (parallel plan) or react (one call per turn)."),
 ) -> None:
@@ -114,7 +119,8 @@ def run_command(
         fail("--branch needs --apply")
     if json_out and jsonl:
         fail("choose one of --json and --jsonl")
-    flags = {"model.default": model, "n": n, "budget_usd": budget, "sandbox": sandbox, "planner": planner}
+    flags = {"model.default": model, "n": n, "budget_usd": budget, "budget_tokens": budget_tokens,
+             "sandbox": sandbox, "planner": planner}
     events = EventBus()
     err = Console(stderr=True)
     if jsonl:

@@ -1,0 +1,234 @@
+"""Run untrusted Python candidates on tests, one fresh process per program.
+
+A ``PyJob`` is one program plus a batch of asserts (pass/fail) and calls (the returned
+value). The batch runs in one process for speed: the program is loaded once, then each
+assert and call runs under its own alarm. The process has a memory cap and a file-size cap
+(rlimits set in the child), a scrubbed environment, a throwaway working directory, its own
+process group (killed whole at the wall-clock limit), and no access to bakeoff's modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+CHILD = Path(__file__).with_name("pyexec_child.py")
+
+CellOutcome = Literal["pass", "fail", "error", "timeout"]
+
+
+class PyJob(BaseModel):
+    source: str
+    entry: str | None = None
+    asserts: list[str] = Field(default_factory=list)
+    calls: list[str] = Field(default_factory=list)
+    timeout_s: float = 1.0  # per assert and per call
+    max_timeouts: int = 3  # abandon the program after this many timeouts
+    memory_mb: int = 1024
+    hash_seed: int = 0
+    call_repeats: int = 1  # times each call runs in the process (for timing)
+
+
+class CallResult(BaseModel):
+    outcome: CellOutcome
+    value: Any = None  # encoded by pyexec_child.encode; None unless outcome == "pass"
+    error: str = ""
+    seconds: list[float] = Field(default_factory=list)
+
+
+class PyResult(BaseModel):
+    load_error: str | None = None
+    asserts: list[CellOutcome] = Field(default_factory=list)
+    calls: list[CallResult] = Field(default_factory=list)
+    duration_s: float = 0.0
+    killed: bool = False  # the whole process hit the wall-clock limit
+
+
+def _wall_limit(job: PyJob) -> float:
+    # Every item may use its full alarm until the abandon threshold, plus interpreter start.
+    return 5.0 + job.timeout_s * (job.max_timeouts + 1) + 0.05 * (len(job.asserts) + len(job.calls) * job.call_repeats)
+
+
+def run_job(job: PyJob) -> PyResult:
+    """Run ``job`` in a fresh interpreter and collect what it reported (blocking)."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": str(job.hash_seed), "OMP_NUM_THREADS": "1", "LANG": "C.UTF-8"}
+    start = time.perf_counter()
+    killed = False
+    with tempfile.TemporaryDirectory(prefix="bakeoff-py-") as cwd:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", str(CHILD)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            raw, _ = proc.communicate(job.model_dump_json().encode(), timeout=_wall_limit(job))
+        except subprocess.TimeoutExpired:
+            killed = True
+            raw = b""
+        finally:
+            if proc.poll() is None or killed:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                out, _ = proc.communicate()
+                raw = raw or out or b""
+    result = _collect(job, raw.decode("utf-8", "replace"), killed=killed)
+    result.duration_s = time.perf_counter() - start
+    return result
+
+
+def _collect(job: PyJob, text: str, *, killed: bool = False) -> PyResult:
+    asserts: list[CellOutcome | None] = [None] * len(job.asserts)
+    calls: list[CallResult | None] = [None] * len(job.calls)
+    load_error: str | None = "the program died before it loaded"
+    abandoned = False
+    for line in text.splitlines():
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        kind = msg.get("k")
+        if kind == "load":
+            load_error = msg.get("error")
+        elif kind == "a" and 0 <= msg.get("i", -1) < len(asserts):
+            asserts[msg["i"]] = msg["o"]
+        elif kind == "c" and 0 <= msg.get("i", -1) < len(calls):
+            calls[msg["i"]] = CallResult(
+                outcome=msg["o"], value=msg.get("v"), error=msg.get("e", ""), seconds=msg.get("t", [])
+            )
+        elif kind == "abandon":
+            abandoned = True
+    # Items with no report: the program was abandoned after timeouts, hung, or killed itself.
+    missing: CellOutcome = "timeout" if abandoned or killed else "error"
+    if killed and load_error == "the program died before it loaded":
+        load_error = "timeout while loading"
+    return PyResult(
+        load_error=load_error,
+        killed=killed,
+        asserts=[a or ("error" if load_error else missing) for a in asserts],
+        calls=[c or CallResult(outcome="error" if load_error else missing) for c in calls],
+    )
+
+
+def run_jobs(jobs: Sequence[PyJob], *, workers: int | None = None) -> list[PyResult]:
+    """Run many jobs, ``workers`` processes at a time (default: one per core)."""
+    workers = workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(run_job, jobs))
+
+
+async def run_jobs_async(jobs: Sequence[PyJob], *, workers: int | None = None) -> list[PyResult]:
+    return await asyncio.to_thread(run_jobs, jobs, workers=workers)
+
+
+# --------------------------------------------------------------------------- values
+
+
+def decode(value: Any) -> Any:
+    """Turn pyexec_child.encode's JSON form back into comparable Python values."""
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    if isinstance(value, dict):
+        if "t" in value:
+            return tuple(decode(v) for v in value["t"])
+        if "s" in value:
+            return _Unordered(decode(v) for v in value["s"])
+        if "d" in value:
+            return {_hashable(decode(k)): decode(v) for k, v in value["d"]}
+        if "f" in value:
+            return float(value["f"])
+        if "big" in value:
+            return int(value["big"])
+        if "c" in value:
+            return complex(*value["c"])
+        if "y" in value:
+            return bytes.fromhex(value["y"])
+        return _Opaque(value.get("r", ""))
+    return value
+
+
+class _Unordered(list):
+    """A set's items; compared ignoring order."""
+
+
+class _Opaque(str):
+    """The repr of a value with no JSON form; compared as text."""
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((repr(k), _hashable(x)) for k, x in v.items()))
+    return v
+
+
+def values_equal(a: Any, b: Any, *, rel: float = 1e-9, abs_tol: float = 1e-12, unordered: bool = False) -> bool:
+    """Exact for ints, strs and structure; floats within ``rel``/``abs_tol``; sets and, when
+    ``unordered``, top-level sequences compared as multisets."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        if isinstance(a, int) and isinstance(b, int):
+            return a == b
+        fa, fb = float(a), float(b)
+        if math.isnan(fa) or math.isnan(fb):
+            return math.isnan(fa) and math.isnan(fb)
+        return math.isclose(fa, fb, rel_tol=rel, abs_tol=abs_tol)
+    if isinstance(a, _Unordered) or isinstance(b, _Unordered) or (unordered and isinstance(a, (list, tuple))):
+        if not isinstance(b, (list, tuple)) or not isinstance(a, (list, tuple)) or len(a) != len(b):
+            return False
+        rest = list(b)
+        for x in a:
+            for j, y in enumerate(rest):
+                if values_equal(x, y, rel=rel, abs_tol=abs_tol):
+                    del rest[j]
+                    break
+            else:
+                return False
+        return True
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        if type(a) is not type(b) or len(a) != len(b):
+            return False
+        return all(values_equal(x, y, rel=rel, abs_tol=abs_tol) for x, y in zip(a, b))
+    if isinstance(a, dict) or isinstance(b, dict):
+        if not (isinstance(a, dict) and isinstance(b, dict)) or a.keys() != b.keys():
+            return False
+        return all(values_equal(a[k], b[k], rel=rel, abs_tol=abs_tol) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def signature(value: Any, digits: int = 9) -> str:
+    """A canonical text of an encoded value with floats rounded, for grouping equal outputs."""
+
+    def canon(v: Any) -> Any:
+        if isinstance(v, float):
+            return {"f": format(v, f".{digits}g")} if math.isfinite(v) else {"f": str(v)}
+        if isinstance(v, int) and not isinstance(v, bool):
+            # 2 and 2.0 compare equal in Python, so they group together.
+            return {"f": format(float(v), f".{digits}g")} if abs(v) < 2**53 else v
+        if isinstance(v, list):
+            return [canon(x) for x in v]
+        if isinstance(v, dict):
+            return {k: canon(x) for k, x in v.items()}
+        return v
+
+    return json.dumps(canon(value), sort_keys=True, separators=(",", ":"))

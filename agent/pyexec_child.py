@@ -1,0 +1,172 @@
+"""Runs one untrusted Python program on a batch of asserts and calls; started by agent.pyexec.
+
+This file is executed by path with ``python -I`` (never imported by bakeoff), so the
+candidate cannot shadow stdlib modules with files next to it. It reads one JSON job on
+stdin and writes one JSON line per result on a private copy of stdout, flushing each, so a
+candidate that kills its own process still leaves the results it produced before dying.
+Only the standard library is used.
+"""
+
+import json
+import math
+import os
+import re
+import resource
+import signal
+import sys
+import time
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_MAX_ITEMS = 10000
+
+
+class _Deadline(BaseException):
+    """Raised by the alarm; a BaseException so that ``except Exception`` in a candidate does not swallow it."""
+
+
+def _alarm(signum, frame):
+    raise _Deadline()
+
+
+def encode(value, depth=0):
+    """A JSON form of a result that keeps the distinctions equality makes (tuple vs list, sets)."""
+    if depth > 50:
+        return {"r": "<too deep>"}
+    if value is None or isinstance(value, (bool, int, str)):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63:
+            return {"big": str(value)}
+        return value
+    if isinstance(value, float):
+        if math.isnan(value):
+            return {"f": "nan"}
+        if math.isinf(value):
+            return {"f": "inf" if value > 0 else "-inf"}
+        return value
+    if isinstance(value, list):
+        return [encode(v, depth + 1) for v in value[:_MAX_ITEMS]]
+    if isinstance(value, tuple):
+        return {"t": [encode(v, depth + 1) for v in value[:_MAX_ITEMS]]}
+    if isinstance(value, (set, frozenset)):
+        items = [encode(v, depth + 1) for v in list(value)[:_MAX_ITEMS]]
+        return {"s": sorted(items, key=lambda x: json.dumps(x, sort_keys=True))}
+    if isinstance(value, dict):
+        pairs = [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in list(value.items())[:_MAX_ITEMS]]
+        return {"d": pairs}
+    if isinstance(value, complex):
+        return {"c": [value.real, value.imag]}
+    if isinstance(value, bytes):
+        return {"y": value.hex()}
+    try:
+        text = repr(value)
+    except BaseException:
+        text = "<unrepresentable>"
+    return {"r": type(value).__name__ + ":" + _ADDRESS.sub("", text)[:2000]}
+
+
+def _limits(job):
+    mem = int(job.get("memory_mb", 1024)) * 1024 * 1024
+    for limit, value in (
+        (resource.RLIMIT_AS, mem),
+        (resource.RLIMIT_FSIZE, 16 * 1024 * 1024),
+        (resource.RLIMIT_CORE, 0),
+    ):
+        try:
+            resource.setrlimit(limit, (value, value))
+        except (ValueError, OSError):
+            pass
+
+
+def main():
+    job = json.loads(sys.stdin.read())
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    _limits(job)
+    signal.signal(signal.SIGALRM, _alarm)
+    timeout = float(job.get("timeout_s", 1.0))
+    max_timeouts = int(job.get("max_timeouts", 3))
+    repeat_calls = int(job.get("call_repeats", 1))
+
+    def emit(obj):
+        try:
+            line = json.dumps(obj)
+        except (TypeError, ValueError):
+            obj = {k: v for k, v in obj.items() if k != "v"}
+            obj["v"] = {"r": "<unencodable>"}
+            line = json.dumps(obj)
+        out.write(line + "\n")
+        out.flush()
+
+    def guarded(fn):
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            return fn()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    namespace = {"__name__": "__candidate__"}
+    try:
+        code = compile(job["source"], "<candidate>", "exec")
+        guarded(lambda: exec(code, namespace))
+    except _Deadline:
+        emit({"k": "load", "error": "timeout"})
+        return
+    except BaseException as exc:
+        emit({"k": "load", "error": type(exc).__name__ + ": " + str(exc)[:300]})
+        return
+    entry = job.get("entry")
+    if entry and not callable(namespace.get(entry)):
+        emit({"k": "load", "error": "entry function %r not defined" % entry})
+        return
+    emit({"k": "load", "error": None})
+
+    timeouts = 0
+    for i, text in enumerate(job.get("asserts", [])):
+        if timeouts >= max_timeouts:
+            emit({"k": "abandon"})
+            return
+        try:
+            test_code = compile(text, "<test>", "exec")
+        except SyntaxError:
+            emit({"k": "a", "i": i, "o": "error", "e": "SyntaxError"})
+            continue
+        try:
+            guarded(lambda: exec(test_code, dict(namespace)))
+            emit({"k": "a", "i": i, "o": "pass"})
+        except _Deadline:
+            timeouts += 1
+            emit({"k": "a", "i": i, "o": "timeout"})
+        except AssertionError:
+            emit({"k": "a", "i": i, "o": "fail"})
+        except BaseException as exc:
+            emit({"k": "a", "i": i, "o": "error", "e": type(exc).__name__})
+
+    for i, text in enumerate(job.get("calls", [])):
+        if timeouts >= max_timeouts:
+            emit({"k": "abandon"})
+            return
+        try:
+            call_code = compile(text, "<call>", "eval")
+        except SyntaxError:
+            emit({"k": "c", "i": i, "o": "error", "e": "SyntaxError"})
+            continue
+        try:
+            elapsed = []
+            value = None
+            for _ in range(repeat_calls):
+                scope = dict(namespace)
+                start = time.perf_counter()
+                value = guarded(lambda: eval(call_code, scope))
+                elapsed.append(time.perf_counter() - start)
+            emit({"k": "c", "i": i, "o": "pass", "v": encode(value), "t": elapsed})
+        except _Deadline:
+            timeouts += 1
+            emit({"k": "c", "i": i, "o": "timeout"})
+        except BaseException as exc:
+            emit({"k": "c", "i": i, "o": "error", "e": type(exc).__name__})
+    emit({"k": "done"})
+
+
+if __name__ == "__main__":
+    main()

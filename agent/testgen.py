@@ -1,0 +1,405 @@
+"""Tests for candidates: parsing model-written tests, asking the tester model for them, and
+the Python differential harness (the original function is the reference).
+
+``parse_generated_tests`` is pure: model text in, ``TestCase``s out. ``PythonHarness``
+implements ``agent.harness.DifferentialHarness`` for a Python function: inputs come from its
+type hints plus model-proposed edge cases, every candidate runs on every input in its own
+process (see ``agent.pyexec``), several times, and its outputs are compared with the
+reference's.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import random
+import re
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from agent.types import ExecutionMatrix, Outcome, Task, TestCase, Timing
+
+_FENCE = re.compile(r"```[a-zA-Z0-9_+-]*\n(.*?)(?:```|\Z)", re.S)
+_ASSERT = re.compile(r"(?<![\w.])assert(?=[\s(])")
+# Where a generated assert ends (CodeT's stop strings, plus the next assert).
+_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint", "\nassert")
+
+
+def _test_id(code: str) -> str:
+    return "gen-" + hashlib.sha1(code.encode()).hexdigest()[:10]
+
+
+def _code_blocks(text: str) -> str:
+    blocks = _FENCE.findall(text)
+    return "\n".join(blocks) if blocks else text
+
+
+def _longest_compiling_prefix(piece: str) -> str | None:
+    lines = piece.splitlines()
+    for k in range(len(lines), 0, -1):
+        code = "\n".join(lines[:k]).rstrip()
+        try:
+            tree = ast.parse(code)
+        except SyntaxError:
+            continue
+        if len(tree.body) == 1 and isinstance(tree.body[0], ast.Assert):
+            return code
+        return None
+    return None
+
+
+def _names(code: str) -> set[str]:
+    return {n.id for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Name)}
+
+
+def _pytest_functions(code: str, entry: str) -> list[str]:
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return []
+    found = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
+            src = ast.get_source_segment(code, node)
+            if src and entry in _names(src) and not node.args.args:
+                found.append(f"{src}\n\n{node.name}()")
+    return found
+
+
+def parse_generated_tests(text: str, entry: str) -> list[TestCase]:
+    """Asserts and pytest-style test functions that call ``entry``, from raw model output.
+
+    Copes with what models write: code fences, prose around the code, a line cut off at the
+    token limit (dropped), ``assert`` followed by a line break (joined), tests that do not
+    mention ``entry`` (dropped). A test written k times is returned once with weight k.
+    """
+    code = _code_blocks(text)
+    found: list[str] = []
+    if re.search(r"^\s*def test", code, re.M):
+        found.extend(_pytest_functions(code, entry))
+        if found:
+            # Asserts inside the functions are already covered; top-level ones are taken below.
+            code = "\n".join(
+                line for line in code.splitlines() if not line.startswith((" ", "\t")) and not line.startswith("def ")
+            )
+    starts = [m.start() for m in _ASSERT.finditer(code)]
+    for i, start in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else len(code)
+        piece = code[start:end]
+        for stop in _STOPS:
+            cut = piece.find(stop, 1)
+            if cut != -1:
+                piece = piece[:cut]
+        # "assert\n    f(x) == y": join the expression onto the assert line.
+        piece = "assert " + piece[len("assert") :].lstrip()
+        assertion = _longest_compiling_prefix(piece)
+        if assertion is not None and entry in _names(assertion):
+            found.append(assertion)
+    tests: dict[str, TestCase] = {}
+    for item in found:
+        if item in tests:
+            tests[item].weight += 1
+        else:
+            tests[item] = TestCase(id=_test_id(item), kind="generated", code=item)
+    return list(tests.values())
+
+
+def call_of(assertion: str, entry: str) -> str | None:
+    """The outermost call of ``entry`` in a test: the input it probes, without its expected value."""
+    try:
+        tree = ast.parse(assertion)
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == entry:
+            return ast.get_source_segment(assertion, node)
+    return None
+
+
+async def generate_tests(model: Any, task: Task | str, code: str, entry: str, *, n: int = 1) -> list[TestCase]:
+    """Ask the tester model for tests of ``entry`` (prompt testgen.j2); ``n`` samples, merged."""
+    from agent.prompting import render
+    from agent.seams import Message
+
+    goal = task.goal if hasattr(task, "goal") else str(task)
+    prompt = render("testgen", task=goal, code=code, entry=entry)
+    completion = await model.complete([Message(role="user", content=prompt)], n=n, temperature=0.8 if n > 1 else 0.0)
+    merged: dict[str, TestCase] = {}
+    for text in completion.texts:
+        for test in parse_generated_tests(text, entry):
+            if test.code in merged:
+                merged[test.code].weight += test.weight
+            else:
+                merged[test.code] = test
+    return list(merged.values())
+
+
+def parse_inputs(text: str, entry: str) -> list[str]:
+    """Calls of ``entry`` with their arguments, one per proposed input, from model output."""
+    calls: list[str] = []
+    for line in _code_blocks(text).splitlines():
+        line = line.strip().rstrip(",;")
+        if not line or line.startswith("#"):
+            continue
+        call = call_of(line if not line.startswith("assert") else line, entry)
+        if call and call not in calls:
+            calls.append(call)
+    return calls
+
+
+# --------------------------------------------------------------------------- type-driven inputs
+
+
+class _ValueMaker:
+    """Random values from a parameter's annotation (ast), sized by ``size``."""
+
+    def __init__(self, rng: random.Random, size: int):
+        self.rng = rng
+        self.size = size
+
+    def make(self, ann: ast.expr | None, depth: int = 0) -> Any:
+        r = self.rng
+        if ann is None or depth > 4:
+            return r.randint(-10, 10)
+        if isinstance(ann, ast.Constant) and isinstance(ann.value, str):
+            try:
+                return self.make(ast.parse(ann.value, mode="eval").body, depth)
+            except SyntaxError:
+                return r.randint(-10, 10)
+        if isinstance(ann, ast.BinOp) and isinstance(ann.op, ast.BitOr):  # X | None
+            options = [a for a in (ann.left, ann.right) if not (isinstance(a, ast.Constant) and a.value is None)]
+            return None if r.random() < 0.1 else self.make(r.choice(options) if options else None, depth)
+        name, args = self._split(ann)
+        if name == "int":
+            return r.randint(-self.size, self.size) if r.random() < 0.5 else r.randint(0, 10)
+        if name == "float":
+            return round(r.uniform(-self.size, self.size), 3)
+        if name == "bool":
+            return r.random() < 0.5
+        if name == "str":
+            n = r.randint(0, min(self.size, 12) if self.size < 100 else self.size)
+            return "".join(r.choice("abcdeABC xyz01") for _ in range(n))
+        if name in ("list", "List", "Sequence", "Iterable", "set", "Set", "frozenset"):
+            n = r.randint(0, self.size if depth == 0 else min(self.size, 8))
+            items = [self.make(args[0] if args else None, depth + 1) for _ in range(n)]
+            return set(_freeze(i) for i in items) if name in ("set", "Set", "frozenset") else items
+        if name in ("tuple", "Tuple"):
+            if len(args) == 2 and isinstance(args[1], ast.Constant) and args[1].value is Ellipsis:
+                return tuple(self.make(args[0], depth + 1) for _ in range(r.randint(0, self.size)))
+            return tuple(self.make(a, depth + 1) for a in args)
+        if name in ("dict", "Dict", "Mapping"):
+            n = r.randint(0, self.size)
+            k, v = (args + [None, None])[:2]
+            return {_freeze(self.make(k, depth + 1)): self.make(v, depth + 1) for _ in range(n)}
+        if name == "Optional":
+            return None if r.random() < 0.1 else self.make(args[0] if args else None, depth)
+        if name == "Union" and args:
+            return self.make(r.choice(args), depth)
+        return r.randint(-10, 10)
+
+    @staticmethod
+    def _split(ann: ast.expr) -> tuple[str, list[ast.expr]]:
+        if isinstance(ann, ast.Subscript):
+            base = ann.value
+            name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
+            sl = ann.slice
+            args = list(sl.elts) if isinstance(sl, ast.Tuple) else [sl]
+            return name, args
+        if isinstance(ann, ast.Attribute):
+            return ann.attr, []
+        if isinstance(ann, ast.Name):
+            return ann.id, []
+        if isinstance(ann, ast.Constant) and ann.value is None:
+            return "None", []
+        return "", []
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_freeze(x) for x in v)
+    if isinstance(v, (set, dict)):
+        return tuple(sorted(map(repr, v)))
+    return v
+
+
+def _parameters(source: str, entry: str) -> list[ast.arg]:
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry:
+            return [a for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
+    raise ValueError(f"function {entry!r} is not defined in the reference")
+
+
+def typed_inputs(source: str, entry: str, *, count: int, size: int, seed: int = 0) -> list[str]:
+    """``count`` calls of ``entry`` with random arguments drawn from its type hints, sizes
+    growing from 0 to ``size`` so that empty and tiny inputs come first."""
+    params = _parameters(source, entry)
+    rng = random.Random(seed)
+    calls: list[str] = []
+    for i in range(count * 3):
+        maker = _ValueMaker(rng, size if count == 1 else max(0, min(size, i * size // max(count - 1, 1))))
+        args = ", ".join(repr(maker.make(p.annotation)) for p in params)
+        call = f"{entry}({args})"
+        if call not in calls:
+            calls.append(call)
+        if len(calls) == count:
+            break
+    return calls
+
+
+# --------------------------------------------------------------------------- the Python harness
+
+Runner = Callable[[Sequence["PyJob"]], list["PyResult"]]
+
+
+class PythonHarness:
+    """The differential harness for one Python function (``agent.harness.DifferentialHarness``).
+
+    The reference's outputs are the expected values. Each candidate runs ``repeats`` times,
+    each in a fresh process with a different hash seed, so set-order and other
+    nondeterminism shows; a result that changes between runs is ``flaky``.
+    """
+
+    language = "python"
+
+    def __init__(
+        self,
+        reference_source: str,
+        entry: str,
+        *,
+        runner: Runner | None = None,
+        float_tol: tuple[float, float] = (1e-9, 1e-12),
+        unordered: bool = False,
+        repeats: int = 3,
+        count: int = 24,
+        size: int = 8,
+        timing_size: int = 2000,
+        timeout_s: float = 2.0,
+        seed: int = 0,
+    ):
+        from agent.pyexec import run_jobs
+
+        self.reference_source = reference_source
+        self.entry = entry
+        self.runner: Runner = runner or run_jobs
+        self.rel, self.abs = float_tol
+        self.unordered = unordered
+        self.repeats = repeats
+        self.count = count
+        self.size = size
+        self.timing_size = timing_size
+        self.timeout_s = timeout_s
+        self.seed = seed
+        _parameters(reference_source, entry)  # the user's error, reported now: no such function
+
+    def _calls(self, extra_inputs: Sequence[Any]) -> list[str]:
+        calls = typed_inputs(self.reference_source, self.entry, count=self.count, size=self.size, seed=self.seed)
+        for x in extra_inputs:
+            text = x if isinstance(x, str) else repr(tuple(x) if isinstance(x, list) else x)
+            if not text.lstrip().startswith(self.entry):
+                text = f"{self.entry}{text if text.startswith('(') else '(' + text + ')'}"
+            call = call_of(text, self.entry)
+            if call and call not in calls:
+                calls.append(call)
+        return calls
+
+    def _job(self, source: str, tests: Sequence[TestCase], seed: int):
+        from agent.pyexec import PyJob
+
+        return PyJob(
+            source=source,
+            entry=self.entry,
+            asserts=[t.code for t in tests if t.input is None],
+            calls=[t.input for t in tests if t.input is not None],
+            timeout_s=self.timeout_s,
+            max_timeouts=2,
+            hash_seed=seed,
+        )
+
+    async def make_tests(self, extra_inputs: Sequence[Any] = ()) -> list[TestCase]:
+        import asyncio
+
+        calls = self._calls(extra_inputs)
+        probe = [TestCase(id=f"diff-{i}", kind="differential", code=c, input=c) for i, c in enumerate(calls)]
+        runs = await asyncio.to_thread(self.runner, [self._job(self.reference_source, probe, s) for s in (0, 1)])
+        if runs[0].load_error:
+            raise ValueError(f"the reference does not load: {runs[0].load_error}")
+        tests = []
+        for i, t in enumerate(probe):
+            a, b = runs[0].calls[i], runs[1].calls[i]
+            # An input the reference fails on, or answers differently twice, is no test.
+            if a.outcome == "pass" and b.outcome == "pass" and self._same(a.value, b.value):
+                tests.append(t.model_copy(update={"expected": a.value, "valid": True}))
+        return tests
+
+    def _same(self, a: Any, b: Any) -> bool:
+        from agent.pyexec import decode, values_equal
+
+        return values_equal(decode(a), decode(b), rel=self.rel, abs_tol=self.abs, unordered=self.unordered)
+
+    async def run_matrix(self, sources: Mapping[str, str], tests: Sequence[TestCase]) -> ExecutionMatrix:
+        import asyncio
+
+        from agent.pyexec import signature
+
+        ids = list(sources)
+        jobs = [self._job(sources[c], tests, seed) for c in ids for seed in range(self.repeats)]
+        results = await asyncio.to_thread(self.runner, jobs)
+        matrix = ExecutionMatrix()
+        asserts = [t for t in tests if t.input is None]
+        calls = [t for t in tests if t.input is not None]
+        for n, c in enumerate(ids):
+            runs = results[n * self.repeats : (n + 1) * self.repeats]
+            for j, t in enumerate(asserts):
+                seen = {r.asserts[j] for r in runs}
+                matrix.set(c, t.id, seen.pop() if len(seen) == 1 else "flaky")
+            for j, t in enumerate(calls):
+                cells = [r.calls[j] for r in runs]
+                outcome, output = self._judge_call(cells, t)
+                matrix.set(c, t.id, outcome, output if output is not None else None)
+            if runs and runs[0].load_error:
+                for t in tests:
+                    matrix.set(c, t.id, "error", "!" + runs[0].load_error[:200])
+        return matrix
+
+    def _judge_call(self, cells, test: TestCase) -> tuple[Outcome, str | None]:
+        from agent.pyexec import signature
+
+        kinds = {c.outcome for c in cells}
+        if kinds != {"pass"}:
+            if len(kinds) > 1:
+                return "flaky", None
+            return kinds.pop(), "!" + cells[0].outcome
+        first = cells[0].value
+        if any(not self._same(first, c.value) for c in cells[1:]):
+            return "flaky", signature(first)
+        if test.expected is None:
+            return "pass", signature(first)
+        return ("pass" if self._same(test.expected, first) else "fail"), signature(first)
+
+    async def time(self, sources: Mapping[str, str], *, repeats: int = 5) -> dict[str, Timing]:
+        """Interleaved timing (reference, candidate, ...) of one call on a larger typed input;
+        each sample is the median of 3 calls in one fresh process."""
+        import asyncio
+        import statistics
+
+        from agent.pyexec import PyJob, run_job
+        from agent.stats import interleaved
+
+        call = typed_inputs(self.reference_source, self.entry, count=1, size=self.timing_size, seed=self.seed + 1)[0]
+
+        def sampler(source: str):
+            async def sample() -> float:
+                job = PyJob(source=source, entry=self.entry, calls=[call], call_repeats=3, timeout_s=30.0, max_timeouts=1)
+                res = await asyncio.to_thread(run_job, job)
+                cell = res.calls[0] if res.calls else None
+                if cell is None or cell.outcome != "pass":
+                    return float("inf")
+                return statistics.median(cell.seconds)
+
+            return sample
+
+        timings: dict[str, Timing] = {}
+        for c, src in sources.items():
+            timings[c] = await interleaved(sampler(self.reference_source), sampler(src), repeats=repeats)
+        return timings

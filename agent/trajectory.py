@@ -1,0 +1,645 @@
+"""Trajectories and the ``fan_out`` tool: N candidate edits developed at once, then a vote.
+
+A ``Trajectory`` is one candidate's loop in its own sandbox: the editor model proposes an
+edit, it is applied, built, tested with the repository's own tests and profiled against the
+base; on a parse error, an edit that does not apply, a build error, a test failure or no
+speed-up, the feedback goes back to the model for a bounded number of repair rounds. It ends
+as a ``Candidate``.
+
+``fan_out`` starts n trajectories with diversity on purpose (strategy hints for the language,
+spread temperatures, several editor models in turn), in waves: when the first wave already
+agrees, the rest of the budget is not spent. Then every candidate runs every test (the
+repo's suite as the gate, tests the tester model wrote, the differential harness with the
+base version as reference), the vote says who is correct, the winners are timed, and the
+fastest correct one wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import io
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.events import EventBus
+from agent.prompting import render
+from agent.seams import ExecResult, Message, ToolContext, Workspace
+from agent.strategies import Strategy, language_of, spread, strategies_for, temperatures
+from agent.types import Candidate, ExecutionMatrix, TestCase, Timing, Verdict
+
+STATES = ("queued", "editing", "building", "testing", "profiling", "done", "failed")
+_TAIL_CHARS = 3000  # of failing output sent back to the model
+REPO_TESTS = "repo-tests"  # the matrix column for the repository's own suite
+
+
+class FanOutError(Exception):
+    """A fan_out call the planner can fix (a file that does not exist, nothing to edit)."""
+
+
+class FanOutSettings(BaseModel):
+    """How a fan-out runs. Built from the session's settings; the rest are defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(4, ge=1)
+    max_n: int = Field(16, ge=1)
+    rounds: int = Field(2, ge=0)  # repair rounds after the first answer
+    first_wave: float = Field(0.5, gt=0.0, le=1.0)  # share of n started before the early-stop check
+    temperature_low: float = 0.2
+    temperature_high: float = 1.0
+    strategies: list[Strategy] = Field(default_factory=list)  # tried before the built-in hints
+    build: str | None = None  # build command; detected when None
+    test: str | None = None  # test command; detected when None
+    profile: str | None = None  # benchmark command; detected when None
+    profile_repeats: int = Field(3, ge=1)  # interleaved pairs per candidate in its trajectory
+    timing_repeats: int = Field(5, ge=1)  # interleaved pairs per winner at selection
+    command_timeout_s: float = 300.0
+    test_samples: int = Field(1, ge=0)  # tester model samples (0: no generated tests)
+
+    @classmethod
+    def from_any(cls, settings: Any) -> FanOutSettings:
+        """From ``None``, a dict, a ``FanOutSettings`` or the session's ``agent.config.Settings``."""
+        if settings is None:
+            return cls()
+        if isinstance(settings, cls):
+            return settings
+        if isinstance(settings, Mapping):
+            return cls.model_validate(dict(settings))
+        known = {k: getattr(settings, k) for k in cls.model_fields if getattr(settings, k, None) is not None}
+        return cls.model_validate(known)
+
+
+class Commands(BaseModel):
+    build: str | None = None
+    test: str | None = None
+    profile: str | None = None
+
+
+class Baseline(BaseModel):
+    """What the base version does: the reference point of the gate and of timing."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    commands: Commands
+    built: bool = True
+    tests_ok: bool = True
+    tests_failed: int | None = None
+    profile_output: str | None = None
+    sandbox: Any = None  # kept open for interleaved timing
+    files: dict[str, str] = Field(default_factory=dict)
+
+
+class Feedback(BaseModel):
+    """Why an attempt is not finished, in words the model can act on."""
+
+    kind: str  # parse | apply | build | test | speed
+    details: str
+    command: str = ""
+
+
+def _model_errors() -> tuple[type[BaseException], ...]:
+    """Errors of one model call: they end that candidate, never the run (RELIABILITY 22)."""
+    from agent.budget import BudgetExceeded
+    from agent.models import ModelCallFailed, ScriptExhausted
+
+    return (BudgetExceeded, ModelCallFailed, ScriptExhausted, TimeoutError, asyncio.TimeoutError)
+
+
+def _tail(text: str, limit: int = _TAIL_CHARS) -> str:
+    return text if len(text) <= limit else "[... cut ...]\n" + text[-limit:]
+
+
+def _test_counts(result: ExecResult) -> tuple[int | None, int | None]:
+    from tools.exec import parse_test_counts
+
+    counts = parse_test_counts(result.stdout + "\n" + result.stderr)
+    if counts is None:
+        return None, None
+    return counts.passed, counts.failed + counts.errors
+
+
+async def _time(sandbox: Any, cmd: str, timeout: float) -> float:
+    from tools.profile import time_command
+
+    return await time_command(sandbox, cmd, timeout=timeout)
+
+
+class Trajectory:
+    """One candidate: edit, apply, build, test, profile, repair; ends as a ``Candidate``."""
+
+    def __init__(
+        self,
+        cid: str,
+        *,
+        goal: str,
+        files: Sequence[str],
+        language: str,
+        entry: str | None,
+        strategy: Strategy,
+        temperature: float,
+        model: Any,
+        pool: Any,
+        workspace: Workspace,
+        baseline: Baseline,
+        settings: FanOutSettings,
+        events: EventBus,
+        budget: Any = None,
+        timing_lock: asyncio.Lock | None = None,
+    ) -> None:
+        self.cid, self.goal, self.files, self.language, self.entry = cid, goal, list(files), language, entry
+        self.strategy, self.temperature, self.model = strategy, temperature, model
+        self.pool, self.workspace, self.baseline, self.settings = pool, workspace, baseline, settings
+        self.events, self.budget = events, budget
+        self.timing_lock = timing_lock or asyncio.Lock()
+        self.profile_output: str | None = None  # what the benchmark printed: a cheap behaviour check
+        self.candidate = Candidate(
+            id=cid, model=getattr(model, "name", ""), strategy=strategy.name, temperature=temperature
+        )
+
+    async def run(self) -> Candidate:
+        cand = self.candidate
+        try:
+            async with self.pool.sandbox(self.workspace) as sb:
+                await self._loop(sb, cand)
+                cand.patch = await sb.diff()
+                cand.source = await self._entry_source(sb)
+        except _model_errors() as exc:
+            cand.error = f"model call failed: {type(exc).__name__}: {exc}"
+        ok = cand.error is None and bool(cand.patch.strip())
+        if cand.error is None and not cand.patch.strip():
+            cand.error = "no change was made"
+        self._state("done" if ok else "failed", detail=cand.error or "")
+        return cand
+
+    async def _loop(self, sb: Any, cand: Candidate) -> None:
+        contents = {p: self.baseline.files[p] for p in self.files}
+        prompt = render(
+            "editor", goal=self.goal, language=self.language, entry=self.entry or "",
+            strategy_name=self.strategy.name, strategy_hint=self.strategy.hint,
+            files=[{"path": p, "content": c} for p, c in contents.items()],
+        )
+        messages = [Message(role="user", content=prompt)]
+        try:
+            for round_ in range(self.settings.rounds + 1):
+                self._check_budget()  # limits are checked before each model call
+                self._state("editing", round=round_)
+                completion = await self.model.complete(messages, temperature=self.temperature)
+                cand.cost_usd += completion.cost_usd or 0.0
+                cand.tokens += completion.usage.total_tokens
+                messages.append(Message(role="assistant", content=completion.text))
+                problem = await self._attempt(sb, cand, completion.text, contents, round_)
+                cand.error = None if problem is None or problem.kind == "speed" else f"{problem.kind}: {problem.details[:300]}"
+                if problem is None or round_ == self.settings.rounds:
+                    break
+                cand.rounds = round_ + 1
+                messages.append(Message(role="user", content=render(
+                    "repair", round=round_ + 1, rounds=self.settings.rounds, strategy_name=self.strategy.name,
+                    kind=problem.kind, details=problem.details, command=problem.command,
+                )))
+        finally:
+            cand.messages = [m.model_dump() for m in messages]
+
+    async def _attempt(self, sb: Any, cand: Candidate, reply: str, contents: dict[str, str], round_: int) -> Feedback | None:
+        """Apply one answer and check it; None when it is finished (or the model declined to go on)."""
+        from tools.edit import EditError, EditParseError, apply_edit_blocks, parse_edit_blocks
+
+        try:
+            blocks = parse_edit_blocks(reply, default_path=self.files[0] if len(self.files) == 1 else None)
+        except EditParseError as exc:
+            if round_ > 0 and cand.tests_failed == 0 and cand.built:
+                return None  # a working candidate whose author sends no further edit: keep it
+            return Feedback(kind="parse", details=str(exc))
+        for block in blocks:
+            if block.path not in contents:
+                try:
+                    contents[block.path] = (await sb.read_file(block.path)).decode("utf-8", "replace")
+                except (FileNotFoundError, ValueError):
+                    pass  # a new file, or a path the sandbox refuses: apply_edit_blocks says which
+        try:
+            updated = apply_edit_blocks(contents, blocks)
+        except EditError as exc:
+            return Feedback(kind="apply", details=str(exc))
+        for path, text in updated.items():
+            if contents.get(path) != text:
+                try:
+                    await sb.write_file(path, text)
+                except ValueError as exc:  # a path outside the workspace
+                    return Feedback(kind="apply", details=f"{path}: {exc}")
+        contents.update(updated)
+        return await self._check(sb, cand)
+
+    async def _check(self, sb: Any, cand: Candidate) -> Feedback | None:
+        cmds, timeout = self.baseline.commands, self.settings.command_timeout_s
+        if cmds.build:
+            self._state("building")
+            res = await sb.exec(cmds.build, timeout=timeout)
+            cand.built, cand.build_log = res.ok, _tail(res.summary(limit=20_000), 20_000)
+            if not res.ok:
+                return Feedback(kind="build", details=_tail(res.summary(limit=_TAIL_CHARS)), command=cmds.build)
+        else:
+            cand.built = True
+        if cmds.test:
+            self._state("testing")
+            res = await sb.exec(cmds.test, timeout=timeout)
+            passed, failed = _test_counts(res)
+            cand.tests_passed, cand.tests_failed = passed, (failed if failed is not None else (0 if res.ok else 1))
+            if not res.ok and (self.baseline.tests_ok or (failed or 1) > (self.baseline.tests_failed or 0)):
+                return Feedback(kind="test", details=_tail(res.summary(limit=_TAIL_CHARS)), command=cmds.test)
+        if cmds.profile and self.baseline.sandbox is not None:
+            return await self._profile(sb, cand, cmds.profile)
+        return None
+
+    async def _profile(self, sb: Any, cand: Candidate, cmd: str) -> Feedback | None:
+        from agent.stats import interleaved
+        from tools.profile import CommandFailed
+
+        timeout = self.settings.command_timeout_s
+        async with self.timing_lock:  # one timing at a time: candidates must not slow each other down
+            self._state("profiling")
+            res = await sb.exec(cmd, timeout=timeout)  # also the warm-up run
+            self.profile_output = res.stdout.strip() if res.ok else None
+            if not res.ok:
+                return Feedback(kind="test", command=cmd, details=_tail(res.summary(limit=_TAIL_CHARS)))
+            try:
+                cand.timing = await interleaved(
+                    lambda: _time(self.baseline.sandbox, cmd, timeout), lambda: _time(sb, cmd, timeout),
+                    repeats=self.settings.profile_repeats, warmup=0,
+                )
+            except CommandFailed as exc:  # a run that fails only sometimes: the model can look into it
+                return Feedback(kind="test", command=cmd, details=_tail(str(exc)))
+        if cand.timing.faster:
+            return None
+        t = cand.timing
+        return Feedback(kind="speed", command=cmd, details=(
+            f"median {min(t.candidate_s):.3f}-{max(t.candidate_s):.3f}s against the base's "
+            f"{min(t.baseline_s):.3f}-{max(t.baseline_s):.3f}s: speedup {t.speedup:.2f}x "
+            f"(interval {t.low:.2f}-{t.high:.2f}), which does not exclude 1"
+        ))
+
+    async def _entry_source(self, sb: Any) -> str | None:
+        path = _file_of(self.entry, self.baseline.files) if self.entry else None
+        path = path or (self.files[0] if len(self.files) == 1 else None)
+        return (await sb.read_file(path)).decode("utf-8", "replace") if path else None
+
+    def _check_budget(self) -> None:
+        from agent.budget import BudgetExceeded
+
+        left = getattr(self.budget, "remaining", None)
+        if left is not None and ((left.tokens is not None and left.tokens <= 0) or (left.usd is not None and left.usd <= 0)):
+            raise BudgetExceeded(f"budget exhausted before candidate {self.cid}'s next model call: {self.budget.describe()}")
+
+    def _state(self, state: str, **extra: Any) -> None:
+        c = self.candidate
+        t = c.timing
+        self.events.emit(
+            "candidate.state", id=c.id, state=state, strategy=c.strategy, model=c.model,
+            temperature=c.temperature, round=extra.pop("round", c.rounds), built=c.built,
+            tests_passed=c.tests_passed, tests_failed=c.tests_failed,
+            speedup=t.speedup if t else None, cost_usd=c.cost_usd, **extra,
+        )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+_DEF_PY = re.compile(r"^(?:async\s+)?def\s+([A-Za-z_]\w*)\s*\(", re.M)
+_DEF_C = re.compile(r"^[A-Za-z_][\w\s\*]*?\b([A-Za-z_]\w*)\s*\([^;{)]*\)\s*\{", re.M)
+
+
+def functions_in(source: str, language: str) -> list[str]:
+    """Names of the top-level functions a source defines (C: not ``static`` ones first)."""
+    if language == "python":
+        return _DEF_PY.findall(source)
+    names = []
+    for m in _DEF_C.finditer(source):
+        if m.group(1) not in ("if", "for", "while", "switch", "return"):
+            names.append((m.group(0).lstrip().startswith("static"), m.group(1)))
+    return [name for _, name in sorted(names, key=lambda x: x[0])]
+
+
+def _file_of(entry: str, files: Mapping[str, str]) -> str | None:
+    for path, text in files.items():
+        if entry in functions_in(text, language_of([path])):
+            return path
+    return None
+
+
+def guess_entry(goal: str, files: Mapping[str, str]) -> str | None:
+    """The function a goal is about: one it names, else the only public function of the files."""
+    found: list[str] = []
+    for path, text in files.items():
+        found.extend(functions_in(text, language_of([path])))
+    named = [f for f in found if re.search(rf"\b{re.escape(f)}\b", goal)]
+    if named:
+        return named[0]
+    public = [f for f in dict.fromkeys(found) if not f.startswith("_") and f != "main"]
+    return public[0] if len(public) == 1 else None
+
+
+async def _detect_commands(sb: Any, settings: FanOutSettings) -> Commands:
+    """The build, test and benchmark commands: configured ones, else what the repository has."""
+
+    async def has(path: str) -> str | None:
+        try:
+            return (await sb.read_file(path)).decode("utf-8", "replace")
+        except (FileNotFoundError, ValueError, OSError):
+            return None
+
+    makefile = await has("Makefile")
+    targets = set(re.findall(r"^([A-Za-z][\w.-]*)\s*:", makefile or "", re.M))
+    build, test, profile = settings.build, settings.test, settings.profile
+    if makefile is not None:
+        build = build or "make -s"
+        test = test or ("make -s test" if "test" in targets else None)
+        bench = next((t for t in ("bench-run", "run-bench", "benchmark", "bench") if t in targets), None)
+        profile = profile or (f"make -s {bench}" if bench else None)
+    if test is None and (await has("pytest.ini") is not None or await has("tests/conftest.py") is not None
+                         or await has("pyproject.toml") is not None):
+        test = "python3 -m pytest -q -p no:cacheprovider"
+    if profile is None and await has("bench.py") is not None:
+        profile = "python3 bench.py"
+    return Commands(build=build, test=test, profile=profile)
+
+
+async def _baseline(sb: Any, files: Sequence[str], settings: FanOutSettings) -> Baseline:
+    contents: dict[str, str] = {}
+    for path in files:
+        try:
+            contents[path] = (await sb.read_file(path)).decode("utf-8", "replace")
+        except (FileNotFoundError, ValueError) as exc:
+            raise FanOutError(f"fan_out: cannot read {path!r} in the repository ({exc}): pass paths relative to its root") from exc
+    cmds = await _detect_commands(sb, settings)
+    base = Baseline(commands=cmds, files=contents, sandbox=sb)
+    timeout = settings.command_timeout_s
+    if cmds.build:
+        base.built = (await sb.exec(cmds.build, timeout=timeout)).ok
+    if cmds.test and base.built:
+        res = await sb.exec(cmds.test, timeout=timeout)
+        base.tests_ok = res.ok
+        base.tests_failed = _test_counts(res)[1]
+    if cmds.profile and base.built:
+        res = await sb.exec(cmds.profile, timeout=timeout)  # also the warm-up run
+        base.profile_output = res.stdout.strip() if res.ok else None
+        if not res.ok:
+            base.sandbox = None  # a benchmark that fails at base cannot time anyone
+    else:
+        base.sandbox = None
+    return base
+
+
+def _numbers(text: str) -> list[str]:
+    return re.findall(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf", text or "")
+
+
+def same_output(a: str | None, b: str | None, rel: float = 1e-6) -> bool:
+    """Two benchmark outputs agree: same text around the numbers, integers exact, floats within ``rel``."""
+    if a is None or b is None:
+        return a == b
+    if re.sub(r"[-+\d.eE]+", "#", a) != re.sub(r"[-+\d.eE]+", "#", b):
+        return False
+    for x, y in zip(_numbers(a), _numbers(b)):
+        if x == y:
+            continue
+        if re.fullmatch(r"[-+]?\d+", x) and re.fullmatch(r"[-+]?\d+", y):
+            return False
+        try:
+            fx, fy = float(x), float(y)
+        except ValueError:
+            return False
+        if not math.isclose(fx, fy, rel_tol=rel, abs_tol=1e-12):
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- fan_out
+
+
+class FanOutResult(BaseModel):
+    """What a fan-out produced: the verdict, every candidate, the winner and its patch, the table."""
+
+    verdict: Verdict
+    candidates: list[Candidate] = Field(default_factory=list)
+    winner: Candidate | None = None
+    patch: str = ""
+    report_table: str = ""
+
+
+def _editors(models: Mapping[str, Any]) -> list[Any]:
+    """The editor models, used in turn: ``models["editors"]`` or ``models["editor"]`` (one or a list)."""
+    found = models.get("editors") or models.get("editor")
+    if found is None:
+        raise FanOutError("fan_out needs an editor model: configure one (--model, or [model] editor = ...)")
+    return list(found) if isinstance(found, (list, tuple)) else [found]
+
+
+def _harness(language: str, entry: str | None, source: str | None) -> Any:
+    """The differential harness for the entry function, with the base version as reference.
+
+    None when there is no entry function or no harness for the language: the vote then
+    rests on the repo's tests, the benchmark's output and the generated tests.
+    """
+    if entry is None or source is None:
+        return None
+    if language == "python" and hasattr(_testgen(), "PythonHarness"):
+        return _testgen().PythonHarness(source, entry)
+    if language in ("c", "cpp") and importlib.util.find_spec("agent.differential_c") is not None:
+        from agent.differential_c import CHarness
+
+        return CHarness(source, entry, language=language)
+    return None
+
+
+def _testgen() -> Any:
+    import agent.testgen
+
+    return agent.testgen
+
+
+class _Tests(BaseModel):
+    tests: list[TestCase] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
+async def _make_tests(harness: Any, tester: Any, goal: str, source: str | None, entry: str | None,
+                      language: str, settings: FanOutSettings) -> _Tests:
+    """Generated tests (tester model) and differential cases (harness), made while candidates develop."""
+    out = _Tests()
+    if tester is not None and entry and source and language == "python" and settings.test_samples:
+        from agent.testgen import generate_tests
+
+        try:
+            out.tests.extend(await generate_tests(tester, goal, source, entry, n=settings.test_samples))
+        except _model_errors() as exc:
+            out.notes.append(f"no generated tests: {type(exc).__name__}: {exc}")
+    if harness is not None:
+        out.tests.extend(await harness.make_tests())
+    return out
+
+
+def _early_stop(trajectories: Sequence[Trajectory], results: Sequence[Candidate]) -> bool:
+    """A clear, tested majority: at least 3 candidates, all through the gate, all giving the same output."""
+    if len(results) < 3 or any(c.error is not None or not c.patch for c in results):
+        return False
+    outputs = [t.profile_output for t in trajectories]
+    return all(same_output(outputs[0], o) for o in outputs[1:])
+
+
+async def _matrix(
+    candidates: Sequence[Candidate], tests: list[TestCase], harness: Any, baseline: Baseline,
+    trajectories: Mapping[str, Trajectory], base_source: str | None,
+) -> ExecutionMatrix:
+    """Every candidate on every test: the repo's suite, the benchmark's output, then the harness."""
+    matrix = ExecutionMatrix()
+    for c in candidates:
+        gate = c.error is None and bool(c.patch)
+        matrix.set(c.id, REPO_TESTS, "pass" if gate else "fail")
+        if baseline.profile_output is not None:
+            out = trajectories[c.id].profile_output
+            ok = gate and same_output(out, baseline.profile_output)
+            matrix.set(c.id, "bench-output", "pass" if ok else ("error" if out is None else "fail"), output=out)
+    if harness is None or not tests:
+        return matrix
+    sources = {c.id: c.source for c in candidates if c.source and c.error is None and c.patch}
+    if base_source is not None:
+        sources["base"] = base_source
+    run = await harness.run_matrix(sources, tests)
+    for t in tests:
+        if "base" in run.cells and t.valid is None:
+            t.valid = run.cells["base"].get(t.id) == "pass"  # a test the reference fails is dropped
+    for c in candidates:
+        for t in tests:
+            outcome = run.cells.get(c.id, {}).get(t.id, "error")
+            matrix.set(c.id, t.id, outcome, output=run.outputs.get(c.id, {}).get(t.id))
+    return matrix
+
+
+def _table_text(verdict: Verdict) -> str:
+    from rich.console import Console
+
+    from agent.selection import render_table
+
+    buf = io.StringIO()
+    Console(file=buf, width=140, force_terminal=False, color_system=None).print(render_table(verdict))
+    return buf.getvalue()
+
+
+async def fan_out(
+    goal: str,
+    files: Sequence[str],
+    n: int,
+    *,
+    services: Mapping[str, Any],
+    entry: str | None = None,
+    language: str | None = None,
+) -> FanOutResult:
+    """Develop ``n`` candidates for ``goal`` on ``files`` at once, test them all, ship the fastest correct one.
+
+    ``services``: ``models`` (role -> Model), ``pool`` (SandboxPool), ``workspace``
+    (the repo at base), and optionally ``budget``, ``events``, ``settings``.
+    """
+    from agent.selection import choose, vote
+
+    settings = FanOutSettings.from_any(services.get("settings"))
+    events: EventBus = services.get("events") or EventBus()
+    models, pool, workspace = services.get("models") or {}, services["pool"], services["workspace"]
+    if not files:
+        raise FanOutError("fan_out needs at least one file to edit: pass files=[...] relative to the repository root")
+    editors = _editors(models)
+    language = language or language_of(files)
+    n = max(1, min(n, settings.max_n))
+    hints = spread(strategies_for(language, goal, settings.strategies), n)
+    temps = temperatures(n, settings.temperature_low, settings.temperature_high)
+    events.emit("fanout.start", goal=goal, files=list(files), n=n, language=language)
+    async with pool.sandbox(workspace) as base_sb:
+        baseline = await _baseline(base_sb, files, settings)
+        entry = entry or guess_entry(goal, baseline.files)
+        entry_path = _file_of(entry, baseline.files) if entry else None
+        base_source = baseline.files.get(entry_path) if entry_path else None
+        harness = _harness(language_of([entry_path]) if entry_path else language, entry, base_source)
+        tests_job = asyncio.create_task(
+            _make_tests(harness, models.get("tester"), goal, base_source, entry, language, settings)
+        )
+        lock = asyncio.Lock()
+        trajectories = {
+            f"c{i + 1}": Trajectory(
+                f"c{i + 1}", goal=goal, files=files, language=language, entry=entry, strategy=hints[i],
+                temperature=temps[i], model=editors[i % len(editors)], pool=pool, workspace=workspace,
+                baseline=baseline, settings=settings, events=events, budget=services.get("budget"),
+                timing_lock=lock,
+            )
+            for i in range(n)
+        }
+        order = list(trajectories)
+        for t in trajectories.values():
+            t._state("queued")
+        first = max(1, min(n, math.ceil(n * settings.first_wave)))
+        candidates = list(await asyncio.gather(*(trajectories[c].run() for c in order[:first])))
+        if first < n and _early_stop([trajectories[c] for c in order[:first]], candidates):
+            events.emit("fanout.early_stop", started=first, skipped=n - first)
+            for c in order[first:]:
+                trajectories[c]._state("failed", detail="not started: the first wave already agreed")
+            order = order[:first]
+        elif first < n:
+            events.emit("fanout.wave", started=n - first)
+            candidates += await asyncio.gather(*(trajectories[c].run() for c in order[first:]))
+        made = await tests_job
+        tests = [*made.tests]
+        matrix = await _matrix(candidates, tests, harness, baseline, trajectories, base_source)
+        gate = {c.id: c.error is None and bool(c.patch) for c in candidates}
+        all_tests = [
+            TestCase(id=REPO_TESTS, kind="given", valid=True),
+            *([TestCase(id="bench-output", kind="differential", expected=baseline.profile_output, valid=True)]
+              if baseline.profile_output is not None else []),
+            *tests,
+        ]
+        ballot = vote(matrix, all_tests, reference=True, gate=gate)
+        timings: dict[str, Timing] = {}
+        if harness is not None and ballot.winners:
+            sources = {c.id: c.source for c in candidates if c.id in ballot.winners and c.source}
+            timings = await harness.time(sources, repeats=settings.timing_repeats)
+    verdict = choose(ballot, candidates, matrix, all_tests, timings=timings or None)
+    if made.notes:
+        verdict.reason += " " + " ".join(made.notes)
+    by_id = {c.id: c for c in candidates}
+    for cid, timing in timings.items():
+        by_id[cid].timing = timing
+    winner = by_id.get(verdict.winner) if verdict.winner else None
+    events.emit("fanout.end", winner=verdict.winner, reason=verdict.reason, correct=verdict.correct)
+    return FanOutResult(
+        verdict=verdict, candidates=candidates, winner=winner,
+        patch=winner.patch if winner else "", report_table=_table_text(verdict),
+    )
+
+
+class FanOutArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    goal: str = Field(description="what the candidates must achieve, e.g. 'make f in a.c parallel and faster'")
+    files: list[str] = Field(description="files the candidates may edit, relative to the repository root")
+    n: int = Field(4, ge=1, le=64, description="candidates developed in parallel")
+    entry: str | None = Field(None, description="the function the goal is about (guessed from the goal when omitted)")
+    language: str | None = Field(None, description="c, cpp, cuda or python (from the file names when omitted)")
+
+
+class FanOut:
+    """The ``fan_out`` tool: n candidate edits at once, tested, voted, and the fastest correct one chosen."""
+
+    name: ClassVar[str] = "fan_out"
+    description: ClassVar[str] = (
+        "Develop n candidate edits for a goal in parallel, each in its own sandbox (edit, build, test, profile, "
+        "repair), run every candidate on every test, and return the fastest one the vote says is correct."
+    )
+    Args: ClassVar[type[BaseModel]] = FanOutArgs
+    Result: ClassVar[type[BaseModel]] = FanOutResult
+
+    async def __call__(self, args: FanOutArgs, ctx: ToolContext) -> FanOutResult:
+        services = dict(ctx.extras)
+        for needed in ("models", "pool", "workspace"):
+            if needed not in services:
+                raise FanOutError(f"fan_out needs the session's {needed!r}; it runs inside a bakeoff session")
+        return await fan_out(args.goal, args.files, args.n, services=services, entry=args.entry, language=args.language)

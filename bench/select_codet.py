@@ -1,0 +1,230 @@
+"""Selection on humaneval-codet-dev: choose 1 of 100 CodeGen samples using only model-written asserts.
+
+Runs every distinct program on every distinct generated assert (pass/fail) and on the input
+of each assert (the value it returns), then lets bakeoff's vote (agent.selection.vote,
+no reference) pick. Labels are read only to score the picks. Prints selected pass@1 next
+to a random pick, the oracle and the CodeT rule recomputed from the same execution results.
+
+    python3 bench/select_codet.py [--data DIR] [--problems K] [--workers N] [--json PATH]
+
+Execution results are cached under bench/out/codet-cache/ keyed by a hash of program, tests
+and runner, so a re-run only re-scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agent.pyexec import PyJob, PyResult, run_job, signature  # noqa: E402
+from agent.testgen import call_of, parse_generated_tests  # noqa: E402
+from agent.types import ExecutionMatrix, TestCase  # noqa: E402
+
+DEFAULT_DATA = Path("/work/shared/bench/humaneval-codet-dev")
+CACHE = ROOT / "bench" / "out" / "codet-cache"
+RUNNER_VERSION = "1"
+
+
+def load(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def problem_tests(gen: dict, entry: str) -> tuple[Counter, Counter]:
+    """(CodeT's parsed asserts, bakeoff's parse of the raw generations), each with counts."""
+    codet = Counter(gen["tests"])
+    ours: Counter = Counter()
+    for raw in gen["raw_generations"]:
+        # Each raw generation continues a prompt that ends in "assert ".
+        for test in parse_generated_tests("assert " + raw, entry):
+            ours[test.code] += test.weight
+    return codet, ours
+
+
+def _key(*parts: str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:20]
+
+
+def outcome_record(res: PyResult) -> dict:
+    calls = []
+    for c in res.calls:
+        calls.append(signature(c.value) if c.outcome == "pass" else "!" + c.outcome)
+    return {"load_error": res.load_error, "asserts": list(res.asserts), "calls": calls}
+
+
+def execute(problems: list[dict], by_task: dict, gens: dict, workers: int) -> dict:
+    """task_id -> {asserts, calls, programs: {program_key: record}, index_program: [...]}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    plans = {}
+    jobs: list[tuple[str, str, PyJob]] = []
+    for p in problems:
+        tid, entry = p["task_id"], p["entry_point"]
+        codet, ours = problem_tests(gens[tid], entry)
+        asserts = sorted(set(codet) | set(ours))
+        calls = sorted({c for c in (call_of(a, entry) for a in asserts) if c})
+        cache_file = CACHE / (tid.replace("/", "_") + ".json")
+        cached = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+        index_program = []
+        programs: dict[str, dict] = {}
+        for cand in sorted(by_task[tid], key=lambda c: c["index"]):
+            source = p["prompt"] + cand["completion"]
+            key = _key(RUNNER_VERSION, source, *asserts, "|", *calls)
+            index_program.append(key)
+            if key in programs:
+                continue
+            if key in cached:
+                programs[key] = cached[key]
+            else:
+                programs[key] = {}
+                job = PyJob(source=source, entry=entry, asserts=asserts, calls=calls, timeout_s=1.0, max_timeouts=3)
+                jobs.append((tid, key, job))
+        plans[tid] = {
+            "entry": entry, "asserts": asserts, "calls": calls, "codet": codet, "ours": ours,
+            "programs": programs, "index_program": index_program, "cache_file": cache_file,
+        }
+    if jobs:
+        print(f"executing {len(jobs)} distinct programs on {workers} workers ...", flush=True)
+        done = 0
+        start = time.time()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for (tid, key, _), res in zip(jobs, pool.map(lambda j: run_job(j[2]), jobs)):
+                plans[tid]["programs"][key] = outcome_record(res)
+                done += 1
+                if done % 500 == 0:
+                    print(f"  {done}/{len(jobs)} programs, {time.time() - start:.0f} s", flush=True)
+        for tid, plan in plans.items():
+            plan["cache_file"].write_text(json.dumps(plan["programs"]))
+    return plans
+
+
+def matrix_for(plan: dict, which: str) -> tuple[ExecutionMatrix, list[TestCase]]:
+    """The execution matrix of one problem: asserts (from ``which`` parse) and, for bakeoff's
+    vote, the assert inputs as probes whose returned values are compared across candidates."""
+    weights: Counter = plan[which]
+    a_index = {a: i for i, a in enumerate(plan["asserts"])}
+    c_index = {c: i for i, c in enumerate(plan["calls"])}
+    tests = [TestCase(id=f"a{a_index[a]}", kind="generated", code=a, weight=w) for a, w in sorted(weights.items())]
+    probes = []
+    if which == "ours":
+        used = sorted({c for c in (call_of(a, plan["entry"]) for a in weights) if c})
+        probes = [TestCase(id=f"c{c_index[c]}", kind="differential", code=c) for c in used]
+    m = ExecutionMatrix()
+    for i, key in enumerate(plan["index_program"]):
+        rec = plan["programs"][key]
+        cid = str(i)
+        for t in tests:
+            m.set(cid, t.id, rec["asserts"][int(t.id[1:])])
+        for t in probes:
+            sig = rec["calls"][int(t.id[1:])]
+            m.set(cid, t.id, "pass" if not sig.startswith("!") else ("timeout" if sig == "!timeout" else "error"), sig)
+    return m, tests + probes
+
+
+def codet_rule(m: ExecutionMatrix, tests: list[TestCase]) -> list[str]:
+    """CodeT's paper formula: group by the set of passed tests; score = group size x weighted tests passed."""
+    weight = {t.id: t.weight for t in tests if t.kind == "generated"}
+    groups: dict[frozenset, list[str]] = {}
+    for c in m.candidates:
+        groups.setdefault(frozenset(t for t in m.passed(c) if t in weight), []).append(c)
+    scored = [(len(g) * sum(weight[t] for t in ps), g) for ps, g in groups.items()]
+    best = max((s for s, _ in scored), default=0)
+    if best <= 0:
+        return []
+    return [c for s, g in scored if s == best for c in g]
+
+
+def expected(picks: list[str], labels: dict[str, bool]) -> float:
+    """Mean label over tied picks; no pick falls back to a random sample."""
+    pool = picks or list(labels)
+    return sum(labels[c] for c in pool) / len(pool)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--problems", type=int, default=None, help="only the first K problems")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    start = time.time()
+    problems = load(args.data / "problems.jsonl")[: args.problems]
+    by_task: dict[str, list] = {}
+    for c in load(args.data / "candidates.jsonl"):
+        by_task.setdefault(c["task_id"], []).append(c)
+    gens = {g["task_id"]: g for g in load(args.data / "generated_tests.jsonl")}
+    plans = execute(problems, by_task, gens, args.workers)
+    from agent.selection import vote
+
+    exec_s = time.time() - start
+
+    # Labels are read only now, to score picks made above.
+    labels: dict[str, dict[str, bool]] = {}
+    for row in load(args.data / "labels.jsonl"):
+        labels.setdefault(row["task_id"], {})[str(row["index"])] = bool(row["passed"])
+
+    rows = []
+    for p in problems:
+        tid = p["task_id"]
+        plan = plans[tid]
+        lab = labels[tid]
+        m_codet, t_codet = matrix_for(plan, "codet")
+        m_ours, t_ours = matrix_for(plan, "ours")
+        v = vote(m_ours, t_ours, reference=False)
+        rows.append({
+            "task_id": tid,
+            "random": sum(lab.values()) / len(lab),
+            "oracle": float(any(lab.values())),
+            "codet": expected(codet_rule(m_codet, t_codet), lab),
+            "selected": expected(v.winners, lab),
+            "winners": len(v.winners),
+            "close_call": v.close_call,
+        })
+    n = len(rows)
+    mean = {k: sum(r[k] for r in rows) / n for k in ("random", "oracle", "codet", "selected")}
+    gap = mean["oracle"] - mean["random"]
+    closed = (mean["selected"] - mean["random"]) / gap if gap else 0.0
+    codet_closed = (mean["codet"] - mean["random"]) / gap if gap else 0.0
+    total_s = time.time() - start
+
+    print(f"\nhumaneval-codet ({args.data}): {n} problems, {sum(len(by_task[p['task_id']]) for p in problems)} samples")
+    print(f"{'rule':<44}{'pass@1':>9}{'gap closed':>12}")
+    print(f"{'random sample (mean pass rate)':<44}{mean['random']:>9.2%}{0:>12.2f}")
+    print(f"{'oracle (any sample correct)':<44}{mean['oracle']:>9.2%}{1:>12.2f}")
+    print(f"{'CodeT rule (own execution, CodeT asserts)':<44}{mean['codet']:>9.2%}{codet_closed:>12.2f}")
+    print(f"{'bakeoff vote':<44}{mean['selected']:>9.2%}{closed:>12.2f}")
+    print(f"close calls: {sum(r['close_call'] for r in rows)}; execution {exec_s:.0f} s, total {total_s:.0f} s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "problems": n,
+            "selected_pass1": mean["selected"],
+            "random_pass1": mean["random"],
+            "oracle": mean["oracle"],
+            "codet_rule": mean["codet"],
+            "gap_closed": closed,
+            "codet_gap_closed": codet_closed,
+            "execution_s": exec_s,
+            "total_s": total_s,
+            "per_problem": rows,
+        }, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

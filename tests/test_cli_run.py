@@ -1,0 +1,88 @@
+"""``bakeoff run`` end to end: a real subprocess, a real git repository, the scripted model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_session import CALC, WRONG_EDIT, bakeoff, cli_env, git, make_repo, write_script
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return make_repo(tmp_path / "repo")
+
+
+def test_json_document_and_patch_file(repo, tmp_path):
+    script = write_script(tmp_path / "s.json")
+    patch_file = tmp_path / "win.diff"
+    proc = bakeoff("run", "--repo", str(repo), "--model", f"scripted:{script}", "--json", "--patch", str(patch_file),
+                   "make total faster", env=cli_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "success"
+    assert doc["winner"]["id"] in ("c1", "c2")
+    assert "return sum(xs)" in doc["patch"] and "+ 1" not in doc["patch"]
+    assert doc["verdict"]["winner"] == doc["winner"]["id"]
+    assert sorted(c["id"] for c in doc["report"]) == ["c1", "c2"]
+    assert set(doc["cost"]) == {"usd", "tokens"} and doc["cost"]["tokens"] > 0
+    assert patch_file.read_text() == doc["patch"]
+    assert "plan" in proc.stderr  # progress went to stderr, not into the JSON
+    assert git(repo, "status", "--porcelain") == "" and (repo / "calc.py").read_text() == CALC
+
+
+def test_apply_on_a_new_branch_is_one_commit(repo, tmp_path):
+    script = write_script(tmp_path / "s.json")
+    base = git(repo, "rev-parse", "HEAD")
+    proc = bakeoff("run", "--repo", str(repo), "--model", f"scripted:{script}", "--apply", "--branch", "faster",
+                   "make total faster", env=cli_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert git(repo, "rev-list", "--count", f"{base}..faster") == "1"
+    assert "return sum(xs)" in git(repo, "show", "faster:calc.py")
+    assert git(repo, "rev-parse", "main") == base  # the branch the user was on is untouched
+    assert git(repo, "status", "--porcelain") == ""
+
+
+def test_no_correct_candidate_exits_1(repo, tmp_path):
+    script = write_script(tmp_path / "s.json", editors=[WRONG_EDIT, WRONG_EDIT])
+    proc = bakeoff("run", "--repo", str(repo), "--model", f"scripted:{script}", "--json", "make total faster",
+                   env=cli_env(tmp_path))
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "no-correct-candidate" and doc["winner"] is None and doc["patch"] == ""
+
+
+def test_budget_exhausted_exits_3(repo, tmp_path):
+    script = write_script(tmp_path / "s.json")
+    proc = bakeoff("run", "--repo", str(repo), "--model", f"scripted:{script}", "--budget-tokens", "40", "--json",
+                   "make total faster", env=cli_env(tmp_path))
+    assert proc.returncode == 3, proc.stderr
+    assert json.loads(proc.stdout)["status"] == "budget-exhausted"
+
+
+def test_jsonl_streams_events_then_the_result(repo, tmp_path):
+    script = write_script(tmp_path / "s.json")
+    proc = bakeoff("run", "--repo", str(repo), "--model", f"scripted:{script}", "--jsonl", "make total faster",
+                   env=cli_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    kinds = [line["kind"] for line in lines]
+    assert kinds[0] == "run.start" and kinds[-1] == "result"
+    assert "plan.task" in kinds and "candidate.state" in kinds and "run.end" in kinds
+    assert lines[-1]["data"]["status"] == "success"
+
+
+def test_plain_output_and_configuration_errors(repo, tmp_path):
+    script = write_script(tmp_path / "s.json")
+    proc = bakeoff("run", "--repo", str(repo), "--model", f"scripted:{script}", "make total faster",
+                   env=cli_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "+    return sum(xs)" in proc.stdout and "c1" in proc.stdout
+    bad = bakeoff("run", "--repo", str(repo), "--model", f"scripted:{script}", "--n", "0", "x", env=cli_env(tmp_path))
+    assert bad.returncode == 2 and "flag --n" in bad.stderr
+    missing = bakeoff("run", "--repo", str(repo), "--model", f"scripted:{tmp_path / 'none.yaml'}", "x",
+                      env=cli_env(tmp_path))
+    assert missing.returncode == 2 and "cannot read it" in missing.stderr
+    nodocker = bakeoff("run", "--repo", str(repo), "--branch", "b", "x", env=cli_env(tmp_path))
+    assert nodocker.returncode == 2 and "--branch needs --apply" in nodocker.stderr

@@ -1,0 +1,183 @@
+"""Vote and choose, table-driven: each case is a small execution matrix and what must win."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.models import ScriptedModel, ScriptedResponse
+from agent.selection import Group, Vote, choose, parse_judgement, render_table, resolve_close_call, select, vote
+from agent.types import Candidate, ExecutionMatrix, TestCase, Timing
+
+
+def build(rows: dict[str, str], weights: dict[str, int] | None = None, outputs: dict[str, list[str]] | None = None):
+    """rows: candidate -> one letter per test (p pass, f fail, e error, t timeout, x flaky).
+    outputs: candidate -> one value per probe (probes are extra tests named q0, q1, ...)."""
+    letter = {"p": "pass", "f": "fail", "e": "error", "t": "timeout", "x": "flaky"}
+    n = len(next(iter(rows.values())))
+    tests = [TestCase(id=f"t{i}", kind="generated", code=f"assert f({i})", weight=(weights or {}).get(f"t{i}", 1))
+             for i in range(n)]
+    m = ExecutionMatrix()
+    for cand, cells in rows.items():
+        for i, ch in enumerate(cells):
+            m.set(cand, f"t{i}", letter[ch])
+    if outputs:
+        k = len(next(iter(outputs.values())))
+        tests += [TestCase(id=f"q{i}", kind="differential", code=f"f({i})") for i in range(k)]
+        for cand, outs in outputs.items():
+            for i, o in enumerate(outs):
+                m.set(cand, f"q{i}", "error" if o.startswith("!") else "pass", o)
+    return m, tests
+
+
+VOTE_CASES = [
+    # (name, rows, kwargs, expected winners)
+    ("reference: all validated tests", {"a": "ppp", "b": "ppf", "c": "ppp"}, {"reference": True}, ["a", "c"]),
+    ("reference: flaky disqualifies", {"a": "ppx", "b": "ppp"}, {"reference": True}, ["b"]),
+    ("reference: nobody correct", {"a": "fpp", "b": "ppf"}, {"reference": True}, []),
+    ("reference: gate drops", {"a": "ppp", "b": "ppp"}, {"reference": True, "gate": {"a": False, "b": True}}, ["b"]),
+    ("dual agreement: big group wins", {"a": "ppf", "b": "ppf", "c": "ppf", "d": "ppp"}, {"reference": False},
+     ["a", "b", "c"]),
+    ("dual agreement: more tests beat size", {"a": "pff", "b": "pff", "c": "ppp"}, {"reference": False}, ["c"]),
+    ("dual agreement: flaky never wins", {"a": "ppp", "b": "ppp", "c": "xpp", "d": "xpp", "e": "xpp"},
+     {"reference": False}, ["a", "b"]),
+    ("dual agreement: nothing passes", {"a": "fff", "b": "eee"}, {"reference": False}, []),
+    ("all gated", {"a": "ppp"}, {"reference": True, "gate": {"a": False}}, []),
+]
+
+
+@pytest.mark.parametrize("name,rows,kwargs,winners", VOTE_CASES, ids=[c[0] for c in VOTE_CASES])
+def test_vote_table(name, rows, kwargs, winners):
+    m, tests = build(rows)
+    v = vote(m, tests, **kwargs)
+    assert sorted(v.winners) == sorted(winners), v.reason
+    assert v.reason
+
+
+def test_reference_vote_ignores_tests_the_reference_rejected():
+    m, tests = build({"a": "ppf", "b": "ppp"})
+    tests[2] = tests[2].model_copy(update={"valid": False})
+    v = vote(m, tests, reference=True)
+    assert sorted(v.winners) == ["a", "b"]
+
+
+def test_weights_count_like_repeated_tests():
+    # b passes one test written 5 times; a passes two written once each.
+    m, tests = build({"a": "ppf", "b": "ffp"}, weights={"t2": 5})
+    assert vote(m, tests, reference=False).winners == ["b"]
+
+
+def test_outputs_split_a_pass_set_group():
+    # Same pass-set, but c and d return different values on a probe than a, b and e do.
+    rows = {"a": "pf", "b": "pf", "c": "pf", "d": "pf", "e": "pf", "w": "pp"}
+    outs = {"a": ["1"], "b": ["1"], "e": ["1"], "c": ["2"], "d": ["3"], "w": ["1"]}
+    m, tests = build(rows, outputs=outs)
+    v = vote(m, tests, reference=False)
+    groups = {tuple(sorted(g.members)) for g in v.groups}
+    assert ("a", "b", "e") in groups and ("c",) in groups
+
+
+def test_close_call_flagged_when_scores_near():
+    m, tests = build({"a": "ppf", "b": "ppf", "c": "pfp", "d": "pfp"})
+    v = vote(m, tests, reference=False)
+    assert v.close_call
+
+
+def timing(s: float, lo: float, hi: float) -> Timing:
+    return Timing(baseline_s=[1.0], candidate_s=[1.0 / s], speedup=s, low=lo, high=hi)
+
+
+CHOOSE_CASES = [
+    # (name, timings, diff sizes, expected winner)
+    ("faster only with a separated interval", {"a": timing(2.0, 1.8, 2.2), "b": timing(3.0, 2.5, 3.5)}, {"a": 1, "b": 50},
+     "b"),
+    ("overlapping intervals tie: smaller diff", {"a": timing(2.0, 1.5, 2.6), "b": timing(2.3, 1.9, 2.8)},
+     {"a": 3, "b": 10}, "a"),
+    ("no timings: smaller diff", {}, {"a": 9, "b": 2}, "b"),
+    ("untimed loses to a proven speed-up", {"a": timing(1.5, 1.2, 1.8)}, {"a": 40, "b": 1}, "a"),
+    ("untimed ties with an unproven one", {"a": timing(1.1, 0.9, 1.3)}, {"a": 40, "b": 1}, "b"),
+]
+
+
+@pytest.mark.parametrize("name,timings,diffs,expected", CHOOSE_CASES, ids=[c[0] for c in CHOOSE_CASES])
+def test_choose_table(name, timings, diffs, expected):
+    m, tests = build({"a": "pp", "b": "pp", "c": "pf"})
+    v = vote(m, tests, reference=True)
+    verdict = choose(v, [Candidate(id=c) for c in "abc"], m, tests, timings=timings, diff_sizes=diffs)
+    assert verdict.winner == expected
+    assert verdict.reason.startswith(f"{expected} won")
+    row = {r.candidate: r for r in verdict.rows}
+    assert row["c"].correct is False and row["c"].tests_passed == 1 and row["c"].tests_total == 2
+    assert row[expected].correct is True
+
+
+def test_verdict_serializes_and_renders():
+    m, tests = build({"a": "pp", "b": "xp"})
+    verdict = select(m, tests, [Candidate(id="a", cost_usd=0.25), Candidate(id="b")], reference=True,
+                     timings={"a": timing(2.0, 1.5, 2.5)})
+    assert verdict.winner == "a"
+    again = type(verdict).model_validate_json(verdict.model_dump_json())
+    assert again == verdict
+    flaky_row = next(r for r in verdict.rows if r.candidate == "b")
+    assert flaky_row.flaky and "flaky" in flaky_row.note
+    from rich.console import Console
+
+    console = Console(record=True, width=160)
+    console.print(render_table(verdict))
+    text = console.export_text()
+    assert "2.00x" in text and "$0.2500" in text and "a won" in text
+
+
+def test_no_winner_says_why():
+    m, tests = build({"a": "pf", "b": "fp"})
+    verdict = select(m, tests, [], reference=True)
+    assert verdict.winner is None and verdict.reason.startswith("no winner")
+
+
+# --------------------------------------------------------------------------- close calls
+
+def close_vote() -> Vote:
+    return Vote(method="dual-agreement", groups=[Group(members=["a", "b"], passed=["t0"], score=4.0),
+                                              Group(members=["c", "d"], passed=["t1"], score=4.0)],
+                winners=["a", "b", "c", "d"], close_call=True, reason="tied")
+
+
+OUTPUTS = {  # input -> candidate -> output
+    "f(0)": {"a": "0", "b": "0", "c": "1", "d": "1", "ref": "1", "e": "1"},
+    "f(1)": {"a": "2", "b": "2", "c": "2", "d": "2", "ref": "2", "e": "2"},
+}
+
+
+async def fake_distinguish(groups):
+    assert len(groups) == 2
+    return list(OUTPUTS)
+
+
+async def run_outputs(inputs, ids):
+    return {c: {x: OUTPUTS[x][c] for x in inputs} for c in ids}
+
+
+async def test_close_call_settled_by_reference():
+    v = await resolve_close_call(close_vote(), distinguish=fake_distinguish, run=run_outputs, reference="ref")
+    assert v.winners == ["c", "d"] and "reference" in v.reason and not v.close_call
+
+
+async def test_close_call_settled_by_judge_with_scripted_model():
+    judge = ScriptedModel(responses=[ScriptedResponse(text="f(0) counts zeros, so 0.\nANSWER: A")])
+    v = await resolve_close_call(close_vote(), distinguish=fake_distinguish, run=run_outputs, judge=judge, task="t")
+    assert v.winners == ["a", "b"] and "judge" in v.reason
+
+
+async def test_close_call_stays_open_without_distinguishing_inputs():
+    async def nothing(groups):
+        return []
+
+    v = await resolve_close_call(close_vote(), distinguish=nothing, run=run_outputs)
+    assert v.close_call and sorted(v.winners) == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize("text,n,expected", [
+    ("ANSWER: B", 3, [1]), ("reasoning...\nanswer: a, c", 3, [0, 2]), ("ANSWER: NONE", 2, []),
+    ("no verdict", 2, []), ("ANSWER: Z", 2, []),
+])
+def test_parse_judgement(text, n, expected):
+    assert parse_judgement(text, n) == expected

@@ -1,0 +1,213 @@
+"""The Session end to end with the scripted model, on real git repositories in tmp dirs.
+
+Also home of the small repository and script every front-door test uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+CALC = """\
+def total(xs):
+    s = 0
+    for x in xs:
+        s = s + x
+    return s
+"""
+
+TEST_CALC = """\
+from calc import total
+
+
+def test_total():
+    assert total([1, 2, 3]) == 6
+    assert total([]) == 0
+"""
+
+GOOD_EDIT = """\
+The builtin is faster than the loop.
+
+calc.py
+<<<<<<< SEARCH
+    s = 0
+    for x in xs:
+        s = s + x
+    return s
+=======
+    return sum(xs)
+>>>>>>> REPLACE
+"""
+
+WRONG_EDIT = """\
+Start from one.
+
+calc.py
+<<<<<<< SEARCH
+    s = 0
+    for x in xs:
+        s = s + x
+    return s
+=======
+    return sum(xs) + 1
+>>>>>>> REPLACE
+"""
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid",
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                          env={**os.environ, **GIT_ENV})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def make_repo(path: Path, *, extra_config: str = "") -> Path:
+    """A small Python project with a passing test suite, committed on branch main."""
+    (path / "tests").mkdir(parents=True)
+    (path / "calc.py").write_text(CALC)
+    (path / "tests" / "test_calc.py").write_text(TEST_CALC)
+    (path / "tests" / "conftest.py").write_text("import sys, pathlib\nsys.path.insert(0, str(pathlib.Path(__file__).parent.parent))\n")
+    (path / "bakeoff.toml").write_text(
+        'sandbox = "local"\nrounds = 0\nn = 2\ntest = "python3 -m pytest -q -p no:cacheprovider"\n' + extra_config
+    )
+    git(path, "init", "-q", "-b", "main")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "base")
+    return path
+
+
+def write_script(path: Path, *, editors: list[str] | None = None, first_token_s: float = 0.0,
+                 plans: int = 1, planner_delay_s: float = 0.0) -> Path:
+    """A scripted model: the planner fans out two candidates, one right and one wrong."""
+    editors = editors if editors is not None else [GOOD_EDIT, WRONG_EDIT]
+    plan = textwrap.dedent("""\
+        1. fan_out(goal="make total in calc.py faster", files=["calc.py"], n=2, entry="total")
+        join()
+    """)
+    responses = []
+    for _ in range(plans):
+        responses.append({"role": "planner", "text": plan})
+        responses += [{"role": "editor", "text": e} for e in editors]
+    responses += [
+        {"role": "joiner", "text": "Finish: total now uses the builtin sum.", "repeat": True},
+        {"role": "tester", "text": "```python\nassert total([1, 2, 3]) == 6\nassert total([5]) == 5\n```", "repeat": True},
+    ]
+    doc = {"latency": {"first_token_s": first_token_s}, "responses": responses}
+    path.write_text(json.dumps(doc, indent=1))
+    return path
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BAKEOFF_", "XDG_"))}
+    env.update(GIT_ENV)
+    env.update(BAKEOFF_STATE_DIR=str(tmp_path / "state"), HOME=str(tmp_path / "home"), COLUMNS="120",
+               BAKEOFF_SANDBOX="local")
+    env.update(extra)
+    return env
+
+
+def bakeoff(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 120,
+            input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, input=input)
+
+
+# --------------------------------------------------------------------------- Session
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return make_repo(tmp_path / "repo")
+
+
+def session_for(repo: Path, script: Path, state: Path, **flags):
+    from agent.config import load_settings
+    from agent.events import EventBus
+    from agent.session import Session
+
+    settings, _ = load_settings(repo, {"HOME": str(state / "home")}, {"model.default": f"scripted:{script}", **flags})
+    events = EventBus()
+    seen: list = []
+    events.subscribe(seen.append)
+    return Session(settings, repo, events=events, state=state), seen
+
+
+async def test_run_picks_the_correct_candidate_and_leaves_the_tree_alone(repo, tmp_path):
+    session, seen = session_for(repo, write_script(tmp_path / "s.json"), tmp_path / "state")
+    head = git(repo, "rev-parse", "HEAD")
+    report = await session.run("make total faster")
+    await session.close()
+
+    assert report.status == "success", report.error
+    assert report.winner is not None and "return sum(xs)\n" in report.patch and "+ 1" not in report.patch
+    assert {c.id for c in report.candidates} == {"c1", "c2"}
+    assert report.base_commit == head and report.run_id
+    # Nothing of the user's changed, and nothing was written into the repository.
+    assert git(repo, "rev-parse", "HEAD") == head and git(repo, "status", "--porcelain") == ""
+    # The run is saved under the state directory: its events and its report.
+    run_dir = tmp_path / "state" / "runs" / report.run_id
+    saved = json.loads((run_dir / "report.json").read_text())
+    assert saved["status"] == "success" and saved["patch"] == report.patch
+    kinds = [json.loads(line)["kind"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert kinds[0] == "run.start" and kinds[-1] == "run.end"
+    assert "plan.task" in kinds and "candidate.state" in kinds
+    assert [e.kind for e in seen][-1] == "run.end"
+
+
+async def test_apply_commits_once_refuses_a_moved_tree_and_undo_restores(repo, tmp_path):
+    session, _ = session_for(repo, write_script(tmp_path / "s.json"), tmp_path / "state")
+    head = git(repo, "rev-parse", "HEAD")
+    report = await session.run("make total faster")
+    await session.close()
+
+    (repo / "notes.txt").write_text("mine, untracked\n")
+    session.apply(report)
+    assert git(repo, "rev-list", "--count", f"{head}..HEAD") == "1"
+    assert "return sum(xs)" in (repo / "calc.py").read_text()
+    assert (repo / "notes.txt").read_text() == "mine, untracked\n"
+    session.undo()
+    assert git(repo, "rev-parse", "HEAD") == head
+    assert (repo / "calc.py").read_text() == CALC
+    assert (repo / "notes.txt").read_text() == "mine, untracked\n"
+
+    # The user commits something after the run: applying that run's result is refused.
+    (repo / "other.txt").write_text("x\n")
+    git(repo, "add", "other.txt")
+    git(repo, "commit", "-q", "-m", "user work")
+    from agent.session import SessionError
+
+    with pytest.raises(SessionError, match="moved"):
+        session.apply(report)
+    assert (repo / "calc.py").read_text() == CALC
+
+
+async def test_budget_exhausted_is_its_own_status(repo, tmp_path):
+    session, _ = session_for(repo, write_script(tmp_path / "s.json"), tmp_path / "state", budget_tokens=50)
+    report = await session.run("make total faster")
+    await session.close()
+    assert report.status == "budget-exhausted"
+    assert "budget" in (report.error or "")
+    assert report.patch == ""
+
+
+def test_a_missing_repository_and_no_model_are_user_errors(tmp_path):
+    from agent.config import Settings
+    from agent.events import EventBus
+    from agent.models import ModelNotConfigured
+    from agent.session import Session, SessionError
+
+    with pytest.raises(SessionError, match="does not exist"):
+        Session(Settings(), tmp_path / "nope", events=EventBus(), state=tmp_path / "state")
+    with pytest.raises(ModelNotConfigured, match="BAKEOFF_MODEL"):
+        Session(Settings(), tmp_path, events=EventBus(), state=tmp_path / "state")
