@@ -226,9 +226,11 @@ def _parse_whole_files(lines: list[str], default_path: str | None) -> list[EditB
     if len(unnamed) == 1 and default_path:
         return [EditBlock(path=default_path, search="", replace=unnamed[0][1], whole_file=True)]
     if unnamed:
-        where = ", ".join(str(n) for n, _ in unnamed)
+        where = ("the code block at line " if len(unnamed) == 1 else "the code blocks at lines ") + ", ".join(
+            str(n) for n, _ in unnamed
+        )
         raise EditParseError(
-            f"code blocks at lines {where} have no file name, so it is unclear which file they replace: "
+            f"{where} {'has' if len(unnamed) == 1 else 'have'} no file name, so it is unclear which file they replace: "
             f"put the file's path alone on the line before the opening fence, or use SEARCH/REPLACE blocks.\n{FORMAT_HINT}"
         )
     raise EditParseError(f"the answer contains no edit: no SEARCH/REPLACE block and no fenced file.\n{FORMAT_HINT}")

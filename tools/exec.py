@@ -100,6 +100,7 @@ _NVCC = re.compile(
     r"^(?P<file>[^\s(][^(\n]*?)\((?P<line>\d+)\):\s*(?P<sev>error|warning)(?:\s*#[\w-]+)?\s*:\s*(?P<msg>.+)$"
 )
 _LINKER = re.compile(r"^(?:\S*ld(?:\.\w+)?: )?(?:(?P<file>[^:\n]+):\([^)]*\): )?(?P<msg>undefined reference to .+)$")
+_QUOTES = str.maketrans("\u2018\u2019\u201c\u201d", "''\"\"")
 _CMAKE = re.compile(r"^CMake Error at (?P<file>[^:\n]+):(?P<line>\d+)")
 
 
@@ -128,6 +129,8 @@ def parse_compiler_errors(output: str, root: str | None = None) -> list[Compiler
             diag = CompilerError(file=m.group("file"), line=int(m.group("line")), message=detail or "CMake error")
         if diag is None:
             continue
+        # gcc quotes with ‘’ under a UTF-8 locale; plain quotes read the same and grep alike.
+        diag.message = diag.message.translate(_QUOTES)
         if root and diag.file and diag.file.startswith(root.rstrip("/") + "/"):
             diag.file = diag.file[len(root.rstrip("/")) + 1:]
         key = (diag.file, diag.line, diag.column, diag.severity, diag.message)
