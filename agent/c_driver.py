@@ -8,7 +8,8 @@ value and every non-const reference or pointer argument. Inputs are a pure funct
 
 Constraints (a mapping, e.g. from a JSON file), all optional:
 
-``vars``      size variables: ``{"N": {"small": [2, 8], "medium": 64, "large": 600}}``;
+``vars``      size variables: ``{"N": {"small": [2, 8], "medium": 64, "large": 600}}``
+              (``"pow2": true`` draws powers of two);
               small tests draw from the range, one medium test exposes races, the timing
               input uses large. Default: ``{"n": {"small": [1, 16], "medium": 2048,
               "large": 1048576}}``.
@@ -18,7 +19,8 @@ Constraints (a mapping, e.g. from a JSON file), all optional:
               ``[lo, hi]`` (scalars and elements), ``init`` (``"zero"`` or ``"random"`` for
               written containers; default zero when the function also has read-only inputs),
               ``elem`` (spec of the elements), ``fields`` (specs of struct fields),
-              ``charset``/``strlen`` (strings), ``sorted``, ``unique``, ``sorted_by``,
+              ``charset``/``strlen`` (strings), ``bernoulli`` (an expression p: elements are 1 with
+              probability p, else 0), ``sorted``, ``unique``, ``sorted_by``,
               ``unique_by`` (struct fields), ``symmetric``/``zero_diagonal``/
               ``diag_dominant`` (an expression N: the container is an NxN row-major matrix),
               ``coo`` ``{"rows", "cols", "density", "diagonal", "row", "col"}`` (a vector of
@@ -162,6 +164,8 @@ class _Gen:
         """Code that assigns a random value of type ``t`` to ``lhs``."""
         if "value" in spec:
             self.emit(f"{lhs} = ({t.spell(self.ns)}){self.plan.slot(spec['value'])};")
+        elif "bernoulli" in spec:
+            self.emit(f"{lhs} = R.uniform() < {self.plan.slot(spec['bernoulli'])} ? 1 : 0;")
         elif t.kind == "scalar":
             cls = t.scalar_class
             if cls == "bool":
@@ -329,7 +333,7 @@ def run_function(plan: DriverPlan, side: str, callee: str, literals: Sequence[Ma
             g.coo(lhs, st, spec)
         elif st.kind in ("vector", "array"):
             init = spec.get("init") or (default_init(sig, p) if p.is_output else "random")
-            elem_spec = spec.get("elem") or {k: v for k, v in spec.items() if k in ("range", "fields", "charset", "strlen")}
+            elem_spec = spec.get("elem") or {k: v for k, v in spec.items() if k in ("range", "fields", "charset", "strlen", "bernoulli")}
             g.container(lhs, st, elem_spec, plan.lengths.get(p.name, 0), init)
         elif "value" in spec or p.name not in plan.vars:
             g.value(lhs, p.type, spec)

@@ -1,0 +1,467 @@
+"""The C/C++ differential harness: the original function is the reference for every candidate.
+
+``CHarness`` reads the function's signature (``agent.c_signature``), generates a driver that
+builds random inputs from the types and the constraints (``agent.c_driver``), and compiles
+the reference and each candidate into one program per candidate, each in its own namespace
+(C++) or with its global symbols renamed (C). The driver runs the reference once per test,
+then the candidate at every thread count several times, and compares inside the process:
+exact for integers, relative/absolute tolerance for floats, order-insensitive when asked.
+A result that changes between runs or thread counts is ``flaky`` (a race).
+
+Processes run through a ``Sandbox`` when one is given; otherwise as plain subprocesses in a
+temporary directory, with the same timeouts (faster, and what the benchmarks use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import random
+import re
+import shlex
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from agent import c_driver, c_runtime
+from agent.c_signature import Signature, defined_functions, guess_language, parse_signature
+from agent.events import EventBus
+from agent.seams import ExecResult, Sandbox
+from agent.stats import timing_from_samples
+from agent.types import ExecutionMatrix, Outcome, TestCase, Timing
+
+_LOG_LIMIT = 4000
+_SIGALRM_CODES = (128 + signal.SIGALRM, -signal.SIGALRM)
+
+
+def _h(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
+def _cap(text: str, limit: int = 65536) -> str:
+    return text if len(text) <= limit else text[: limit // 2] + "\n[... cut ...]\n" + text[-limit // 2 :]
+
+
+# --------------------------------------------------------------------------- where commands run
+
+
+class _LocalRunner:
+    """Plain subprocesses in a directory of our own; each in its own process group."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def path(self, name: str) -> str:
+        return str(self.root / name)
+
+    async def write(self, name: str, text: str) -> None:
+        (self.root / name).write_text(text)
+
+    async def exists(self, name: str) -> bool:
+        return (self.root / name).exists()
+
+    async def run(self, cmd: str, timeout: float) -> ExecResult:
+        start = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            "bash", "-c", cmd, cwd=self.root, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )
+        timed_out = False
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            timed_out = True
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            out, err = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        return ExecResult(
+            exit_code=proc.returncode, stdout=_cap(out.decode(errors="replace")),
+            stderr=_cap(err.decode(errors="replace")), duration_s=time.monotonic() - start, timed_out=timed_out,
+        )
+
+
+class _SandboxRunner:
+    """The same through the Sandbox seam, in a subdirectory of the sandbox's workspace."""
+
+    def __init__(self, sandbox: Sandbox, subdir: str = ".bakeoff-diff"):
+        self.sandbox = sandbox
+        self.subdir = subdir
+
+    def path(self, name: str) -> str:
+        return name
+
+    async def write(self, name: str, text: str) -> None:
+        await self.sandbox.write_file(f"{self.subdir}/{name}", text)
+
+    async def exists(self, name: str) -> bool:
+        res = await self.sandbox.exec(f"test -e {shlex.quote(self.subdir + '/' + name)}", timeout=30)
+        return res.exit_code == 0
+
+    async def run(self, cmd: str, timeout: float) -> ExecResult:
+        return await self.sandbox.exec(["bash", "-c", f"mkdir -p {self.subdir} && cd {self.subdir} && {cmd}"], timeout=timeout)
+
+
+# --------------------------------------------------------------------------- the harness
+
+
+def _default_threads() -> list[int]:
+    cores = os.cpu_count() or 2
+    # Oversubscription (4x the cores) exposes races that two threads on two cores hide.
+    return sorted({1, 2, cores, 2 * cores, 4 * cores})
+
+
+class CHarness:
+    """Differential harness for one C or C++ function (see ``agent.harness``)."""
+
+    def __init__(
+        self,
+        reference_source: str,
+        function: str,
+        *,
+        language: Literal["c", "c++"] | None = None,
+        sandbox: Sandbox | None = None,
+        constraints: Mapping[str, Any] | None = None,
+        threads: Sequence[int] | None = None,
+        repeats: int = 3,
+        float_rel: float = 1e-6,
+        float_abs: float = 1e-9,
+        unordered: bool = False,
+        compile_flags: Sequence[str] = ("-O2", "-fopenmp"),
+        small_tests: int = 4,
+        medium_tests: int = 1,
+        seed: int = 0,
+        call_timeout: float = 10.0,
+        build_timeout: float = 120.0,
+        timing_threads: int = 2,
+        jobs: int | None = None,
+        limiter: asyncio.Semaphore | None = None,
+        events: EventBus | None = None,
+        cache_dir: Path | None = None,
+    ):
+        self.reference_source = reference_source
+        self.function = function
+        self.language: str = language or guess_language(reference_source)
+        self.constraints: Mapping[str, Any] = dict(constraints or {})
+        self.signature: Signature = parse_signature(reference_source, function)
+        self.plan = c_driver.build_plan(self.signature, self.constraints)
+        self.threads = list(threads or _default_threads())
+        self.repeats = repeats
+        self.float_rel = float(self.constraints.get("float_rel", float_rel))
+        self.float_abs = float(self.constraints.get("float_abs", float_abs))
+        self.unordered = bool(self.constraints.get("unordered", unordered))
+        self.flags = list(compile_flags)
+        self.small_tests, self.medium_tests, self.seed = small_tests, medium_tests, seed
+        self.call_timeout, self.build_timeout = call_timeout, build_timeout
+        self.timing_threads = timing_threads
+        self.events = events
+        self.limiter = limiter or asyncio.Semaphore(jobs or os.cpu_count() or 2)
+        self.build_logs: dict[str, str] = {}  # candidate id -> why it did not build
+        self.details: dict[str, dict[str, str]] = {}  # candidate id -> test id -> what happened
+        self.notes: list[str] = []
+        self.timing_errors: dict[str, str] = {}
+        self._sandbox = sandbox
+        self._tmp: Path | None = None
+        if sandbox is not None:
+            self._runner: _LocalRunner | _SandboxRunner = _SandboxRunner(sandbox)
+            self._rt_dir = "rt"
+        else:
+            self._tmp = Path(tempfile.mkdtemp(prefix="bakeoff-diff-"))
+            self._runner = _LocalRunner(self._tmp)
+            self._rt_dir = str(cache_dir or Path(tempfile.gettempdir()) / f"bakeoff-cxx-runtime-{os.getuid()}")
+        self._rt_lock = asyncio.Lock()
+        self._rt_ready = False
+        self._builds: dict[str, asyncio.Task[tuple[str | None, str]]] = {}
+        self._support = str(self.constraints.get("support", ""))
+        self._support_names = defined_functions(self._support) if self._support else set()
+
+    # ------------------------------------------------------------------ building
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        if self.events is not None:
+            self.events.emit(kind, **data)
+
+    def _cxx(self) -> str:
+        std = [] if any(f.startswith("-std=") for f in self.flags) else ["-std=c++17"]
+        return shlex.join(["g++", *std, *self.flags])
+
+    async def _ensure_runtime(self) -> str:
+        """The precompiled header and the main object, built once per flag set and machine."""
+        async with self._rt_lock:
+            key = _h(self._cxx(), c_runtime.RUNTIME_HEADER, c_runtime.RUNTIME_MAIN)
+            rt = f"{self._rt_dir}/{key}"
+            if self._rt_ready:
+                return rt
+            if isinstance(self._runner, _LocalRunner):
+                Path(self._rt_dir).mkdir(parents=True, exist_ok=True)
+                ready = (Path(rt) / "bk_main.o").exists() and (Path(rt) / "bk_rt.h.gch").exists()
+            else:
+                ready = await self._runner.exists(f"{rt}/bk_main.o")
+            if not ready:
+                # Build in a private directory, then rename: other processes may share the cache.
+                tmp = f"{rt}.tmp{os.getpid()}.{random.randrange(1 << 30)}"
+                await self._runner.run(f"mkdir -p {shlex.quote(tmp)}", 30)
+                await self._runner.write(f"{tmp}/bk_rt.h", c_runtime.RUNTIME_HEADER)
+                await self._runner.write(f"{tmp}/bk_main.cpp", c_runtime.RUNTIME_MAIN)
+                cmd = (
+                    f"cd {shlex.quote(tmp)} && {self._cxx()} -x c++-header bk_rt.h -o bk_rt.h.gch && "
+                    f"{self._cxx()} -c bk_main.cpp -o bk_main.o && cd .. && "
+                    f"(mv -T {shlex.quote(Path(tmp).name)} {shlex.quote(Path(rt).name)} 2>/dev/null || rm -rf {shlex.quote(Path(tmp).name)})"
+                )
+                async with self.limiter:
+                    res = await self._runner.run(cmd, self.build_timeout)
+                if not res.ok:
+                    raise RuntimeError(f"the driver runtime does not build with {self._cxx()}: {res.summary()}")
+            self._rt_ready = True
+            return rt
+
+    def _literals(self, tests: Sequence[TestCase]) -> list[dict[str, Any]]:
+        return [t.input for t in tests if isinstance(t.input, dict) and t.input.get("values")]
+
+    def _support_for(self, source: str) -> str:
+        if self._support and not (self._support_names & defined_functions(source)):
+            return self._support
+        return ""
+
+    def _side_cmd(self, side: str, source: str, literals: Sequence[Mapping[str, Any]], stem: str, rt: str) -> tuple[dict[str, str], str, list[str]]:
+        """Files to write, the command that makes the side's objects, and those objects."""
+        inc = f"-I {shlex.quote(rt)}"
+        if self.language == "c++":
+            files = {f"{stem}.cpp": c_driver.cxx_side(self.plan, side, source, self._support_for(source), literals)}
+            return files, f"{self._cxx()} {inc} -c {stem}.cpp -o {stem}.o", [f"{stem}.o"]
+        files = {
+            f"{stem}.c": c_driver.c_side(source, self._support_for(source), side),
+            f"{stem}.run.cpp": c_driver.c_runner(self.plan, side, literals),
+        }
+        cc = shlex.join(["gcc", *self.flags])
+        cmd = (
+            f"{cc} -c {stem}.c -o {stem}.raw.o && "
+            f"nm -g --defined-only -P {stem}.raw.o | awk '{{print $1\" bk_{side}_\"$1}}' > {stem}.syms && "
+            f"objcopy --redefine-syms={stem}.syms {stem}.raw.o {stem}.o && "
+            f"{self._cxx()} {inc} -c {stem}.run.cpp -o {stem}.run.o"
+        )
+        return files, cmd, [f"{stem}.o", f"{stem}.run.o"]
+
+    async def _build_ref(self, literals: Sequence[Mapping[str, Any]]) -> list[str]:
+        rt = await self._ensure_runtime()
+        stem = "ref_" + _h(self.language, self._cxx(), self.reference_source, c_driver.literal_digest(literals))
+        _, objs = await self._build(stem, "ref", self.reference_source, literals, rt, link=False)
+        if objs is None:
+            raise RuntimeError(f"the reference does not build: {self.build_logs.get('@reference', '')}")
+        return objs
+
+    async def _build(self, stem: str, side: str, source: str, literals: Sequence[Mapping[str, Any]], rt: str,
+                     link: bool, extra_objs: Sequence[str] = ()) -> tuple[str, list[str] | None]:
+        """Compile (and link) once per stem; concurrent callers share the work."""
+        task = self._builds.get(stem)
+        if task is None:
+            task = asyncio.ensure_future(self._do_build(stem, side, source, literals, rt, link, extra_objs))
+            self._builds[stem] = task
+        log, out = await task
+        if out is None:
+            return log or "", None
+        return "", out.split(" ")
+
+    async def _do_build(self, stem: str, side: str, source: str, literals: Sequence[Mapping[str, Any]], rt: str,
+                        link: bool, extra_objs: Sequence[str]) -> tuple[str | None, str | None]:
+        files, cmd, objs = self._side_cmd(side, source, literals, stem, rt)
+        for name, text in files.items():
+            await self._runner.write(name, text)
+        if link:
+            lib = " -lm" if self.language == "c" else ""
+            cmd += f" && {self._cxx()} {shlex.quote(rt)}/bk_main.o {' '.join(extra_objs)} {' '.join(objs)}{lib} -o {stem}.bin"
+        async with self.limiter:
+            res = await self._runner.run(cmd, self.build_timeout)
+        if not res.ok:
+            return _cap(res.summary(_LOG_LIMIT), _LOG_LIMIT), None
+        return None, (f"{stem}.bin" if link else " ".join(objs))
+
+    async def _build_candidate(self, source: str, literals: Sequence[Mapping[str, Any]]) -> tuple[str | None, str]:
+        """(binary or None, build log)."""
+        ref_objs = await self._build_ref(literals)
+        rt = await self._ensure_runtime()
+        stem = "cand_" + _h(self.language, self._cxx(), source, c_driver.literal_digest(literals), self.reference_source)
+        log, out = await self._build(stem, "cand", source, literals, rt, link=True, extra_objs=ref_objs)
+        return (out[0] if out else None), log
+
+    # ------------------------------------------------------------------ running
+
+    def _spec_lines(self, tests: Sequence[TestCase], indices: Sequence[int]) -> str:
+        literal_ids: dict[int, int] = {}
+        k = 0
+        for i, t in enumerate(tests):
+            if isinstance(t.input, dict) and t.input.get("values"):
+                literal_ids[i] = k
+                k += 1
+        lines = []
+        for i in indices:
+            inp = tests[i].input
+            P = self.plan.values(inp["vars"])
+            lines.append(f"{i} {int(inp['seed'])} {literal_ids.get(i, -1)} {len(P)} " + " ".join(repr(float(x)) for x in P))
+        return "\n".join(lines) + "\n"
+
+    async def _protocol(self, binary: str, args: str, tests: Sequence[TestCase], per_test_runs: int) -> dict[int, list[str]]:
+        """Run ``binary`` over all tests, resuming after a test that crashed or hung.
+        Returns test index -> the fields of its ``T`` line (or ["error"|"timeout", why])."""
+        remaining = list(range(len(tests)))
+        results: dict[int, list[str]] = {}
+        while remaining:
+            name = f"specs_{_h(binary, args, str(remaining))}.txt"
+            await self._runner.write(name, self._spec_lines(tests, remaining))
+            backstop = self.call_timeout * (per_test_runs + 1) * len(remaining) + 30
+            async with self.limiter:
+                res = await self._runner.run(f"./{binary} {args} < {name}", backstop)
+            began = None
+            for line in res.stdout.splitlines():
+                at = line.find("@@BK ")
+                if at < 0:
+                    continue
+                fields = line[at + 5 :].split(" ")
+                if fields[0] == "B":
+                    began = int(fields[1])
+                elif fields[0] == "T":
+                    idx = int(fields[1])
+                    results[idx] = [fields[2], *fields[3:6], " ".join(fields[6:])] if len(fields) > 2 else ["error"]
+                    began = None
+            if all(i in results for i in remaining):
+                break
+            stuck = began if began is not None else next(i for i in remaining if i not in results)
+            hung = res.timed_out or res.exit_code in _SIGALRM_CODES
+            why = (
+                f"no result within {self.call_timeout:g}s" if hung
+                else f"crashed (exit {res.exit_code}): {res.stderr.strip()[-300:]}"
+            )
+            results[stuck] = ["timeout" if hung else "error", why]
+            remaining = [i for i in remaining if i not in results]
+        return results
+
+    # ------------------------------------------------------------------ the protocol
+
+    async def make_tests(self, extra_inputs: Sequence[Any] = ()) -> list[TestCase]:
+        rng = random.Random(self.seed)
+        vars_spec = self.plan.vars
+        tests: list[TestCase] = []
+        for k in range(self.small_tests):
+            tests.append(TestCase(id=f"diff-small-{k}", kind="differential",
+                                  input={"seed": rng.randrange(1 << 31), "vars": c_driver.draw_vars(vars_spec, rng, "small")}))
+        for k in range(self.medium_tests):
+            tests.append(TestCase(id=f"diff-medium-{k}", kind="differential",
+                                  input={"seed": rng.randrange(1 << 31), "vars": c_driver.draw_vars(vars_spec, rng, "medium")}))
+        for k, extra in enumerate([*(self.constraints.get("edge") or []), *extra_inputs]):
+            if not isinstance(extra, Mapping):
+                raise c_driver.ConstraintError(f"an edge case must be a mapping with 'vars' and/or 'values', not {extra!r}")
+            drawn = c_driver.draw_vars(vars_spec, rng, "small")
+            drawn.update({k2: float(v) for k2, v in (extra.get("vars") or {}).items()})
+            inp: dict[str, Any] = {"seed": rng.randrange(1 << 31), "vars": drawn}
+            if extra.get("values"):
+                inp["values"] = dict(extra["values"])
+            tests.append(TestCase(id=f"diff-edge-{k}", kind="differential", input=inp))
+        literals = self._literals(tests)
+        ref_objs = await self._build_ref(literals)
+        rt = await self._ensure_runtime()
+        stem = "refbin_" + _h(self.language, self._cxx(), self.reference_source, c_driver.literal_digest(literals))
+        log, out = await self._build(stem, "cand", self.reference_source, literals, rt, link=True, extra_objs=ref_objs)
+        if out is None:
+            raise RuntimeError(f"the reference does not build: {log}")
+        results = await self._protocol(out[0], "ref", tests, 1)
+        kept = []
+        for i, t in enumerate(tests):
+            r = results.get(i, ["error", "no result"])
+            if r[0] != "ok":
+                self.notes.append(f"{t.id} dropped: the reference {('threw: ' + r[-1]) if r[0] == 'exc' else r[-1]}")
+                continue
+            kept.append(t.model_copy(update={"expected": {"digest": r[1], "preview": r[2]}, "valid": True}))
+        self._emit("differential.tests", function=self.function, kept=len(kept), dropped=len(tests) - len(kept))
+        return kept
+
+    async def run_matrix(self, sources: Mapping[str, str], tests: Sequence[TestCase]) -> ExecutionMatrix:
+        matrix = ExecutionMatrix(candidates=list(sources), tests=[t.id for t in tests])
+        literals = self._literals(tests)
+        by_source: dict[str, list[str]] = {}
+        for cid, src in sources.items():
+            by_source.setdefault(src, []).append(cid)
+        args = (f"check {self.float_rel!r} {self.float_abs!r} {int(self.unordered)} "
+                f"{','.join(map(str, self.threads))} {self.repeats} {max(1, int(round(self.call_timeout)))}")
+        runs = len(self.threads) * self.repeats + 1
+
+        async def one(src: str, cids: list[str]) -> None:
+            binary, log = await self._build_candidate(src, literals)
+            if binary is None:
+                for cid in cids:
+                    self.build_logs[cid] = log
+                    for t in tests:
+                        matrix.set(cid, t.id, "error", "build failed")
+                return
+            results = await self._protocol(binary, args, tests, runs)
+            for i, t in enumerate(tests):
+                r = results[i]
+                status = r[0]
+                outcome: Outcome
+                if status in ("pass", "fail", "flaky", "error", "timeout"):
+                    outcome = status  # type: ignore[assignment]
+                else:  # "referr": the reference threw on an input it handled in make_tests
+                    outcome = "error"
+                if len(r) >= 5 and isinstance(t.expected, dict) and r[1] not in ("-", t.expected.get("digest")):
+                    self.notes.append(f"{t.id}: the reference gave a different output than when the tests were made")
+                output = r[2] if len(r) >= 5 and status in ("pass", "fail") else f"{status}: {r[-1]}"
+                for cid in cids:
+                    matrix.set(cid, t.id, outcome, output)
+                    self.details.setdefault(cid, {})[t.id] = f"{status} {' '.join(r[1:])}"
+
+        await asyncio.gather(*(one(src, cids) for src, cids in by_source.items()))
+        # Keep the caller's order of candidates and tests.
+        matrix.candidates = list(sources)
+        matrix.tests = [t.id for t in tests]
+        self._emit("differential.matrix", function=self.function, candidates=len(sources), builds=len(by_source))
+        return matrix
+
+    def timing_input(self) -> TestCase:
+        rng = random.Random(self.seed + 1)
+        return TestCase(id="diff-timing", kind="differential",
+                        input={"seed": rng.randrange(1 << 31), "vars": c_driver.draw_vars(self.plan.vars, rng, "large")})
+
+    async def time(self, sources: Mapping[str, str], *, repeats: int = 5) -> dict[str, Timing]:
+        """Candidate against reference on the large input at ``timing_threads`` threads, A B A B
+        inside one process, timing only the call. Run this with nothing else running."""
+        test = self.timing_input()
+        out: dict[str, Timing] = {}
+        done: dict[str, Timing | str] = {}
+        for cid, src in sources.items():
+            if src not in done:
+                binary, log = await self._build_candidate(src, [])
+                if binary is None:
+                    done[src] = f"does not build: {log}"
+                else:
+                    name = f"timing_{_h(binary)}.txt"
+                    await self._runner.write(name, self._spec_lines([test], [0]))
+                    res = await self._runner.run(f"./{binary} time {self.timing_threads} {repeats} 1 < {name}",
+                                                 self.call_timeout * (2 * repeats + 2) + 30)
+                    base, cand = [], []
+                    for line in res.stdout.splitlines():
+                        m = re.search(r"@@BK X (ref|cand) (\S+)", line)
+                        if m:
+                            (base if m.group(1) == "ref" else cand).append(float(m.group(2)))
+                    if len(base) == repeats and len(cand) == repeats:
+                        done[src] = timing_from_samples(base, cand, self.timing_threads)
+                    else:
+                        done[src] = f"timing run failed: {res.summary(500)}"
+            result = done[src]
+            if isinstance(result, Timing):
+                out[cid] = result
+            else:
+                self.timing_errors[cid] = result
+        return out
+
+    async def close(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
