@@ -405,8 +405,13 @@ def _drop_to(uid: int | None, rlimits: list[tuple[int, int]], cgroup_fds: list[i
 
 
 @functools.cache
-def bwrap_status(uid: int | None) -> tuple[bool, str]:
-    """Whether bwrap really works here (it may exist and still fail inside a container)."""
+def bwrap_status() -> tuple[bool, str]:
+    """Whether bwrap really works here (it may exist and still fail inside a container).
+
+    Probed once, as the kind of user sandboxes run as: a dedicated uid when bakeoff is root
+    (the last of the range, handed out only when all others are taken), else bakeoff's own.
+    """
+    uid = UID_BASE + UID_COUNT - 1 if os.geteuid() == 0 else None
     exe = shutil.which("bwrap")
     if exe is None:
         return False, "bwrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
@@ -524,7 +529,7 @@ class LocalSandbox:
             _chown_tree(fs, self.uid)
         os.chmod(fs, 0o700 if self.uid is not None else 0o755)
 
-        ok, why = bwrap_status(self.uid)
+        ok, why = bwrap_status()
         if use_bwrap and not ok:
             raise SandboxBroken(f"bwrap was asked for but {why}")
         self._bwrap = ok if use_bwrap is None else use_bwrap
