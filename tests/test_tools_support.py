@@ -2,83 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
-import signal
 import subprocess
-import tempfile
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
-from agent.seams import ExecResult
+from agent.seams import Workspace
+from sandboxes.local import LocalSandbox
 
 
-class CopySandbox:
-    """A minimal Sandbox double: a tmp copy of the workspace, commands as real subprocesses."""
-
-    backend = "test-copy"
-
-    def __init__(self, source: Path) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="bakeoff-tools-test-"))
-        self.work = self.root / "work"
-        shutil.copytree(source, self.work, symlinks=True)
-
-    def _path(self, rel: str) -> Path:
-        full = (self.work / rel).resolve()
-        if not full.is_relative_to(self.work.resolve()):
-            raise ValueError(f"{rel!r} escapes the sandbox")
-        return full
-
-    async def exec(
-        self,
-        cmd: str | Sequence[str],
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-    ) -> ExecResult:
-        environment = {**os.environ, **(env or {})}
-        where = self._path(cwd) if cwd else self.work
-        start = time.perf_counter()
-        if isinstance(cmd, str):
-            proc = await asyncio.create_subprocess_shell(
-                cmd, cwd=where, env=environment, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True,
-            )
-        else:
-            proc = await asyncio.create_subprocess_exec(
-                *cmd, cwd=where, env=environment, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True,
-            )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout or 120)
-        except TimeoutError:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-            return ExecResult(exit_code=None, duration_s=time.perf_counter() - start, timed_out=True)
-        return ExecResult(
-            exit_code=proc.returncode, stdout=out.decode("utf-8", "replace"), stderr=err.decode("utf-8", "replace"),
-            duration_s=time.perf_counter() - start,
-        )
-
-    async def write_file(self, path: str, content: str | bytes) -> None:
-        full = self._path(path)
-        full.parent.mkdir(parents=True, exist_ok=True)
-        full.write_bytes(content.encode() if isinstance(content, str) else content)
-
-    async def read_file(self, path: str) -> bytes:
-        return self._path(path).read_bytes()
-
-    async def diff(self) -> str:
-        return ""
-
-    async def close(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-async def make_sandbox(source: Path) -> CopySandbox:
-    return CopySandbox(source)
+async def make_sandbox(source: Path) -> LocalSandbox:
+    """The real local sandbox over a copy of ``source`` (bubblewrap where it works)."""
+    return await LocalSandbox.create(Workspace(path=source))
 
 
 def write_tree(root: Path, files: Mapping[str, str]) -> Path:

@@ -412,10 +412,15 @@ class Edit:
                 continue
             except UnicodeDecodeError as exc:
                 raise ToolError(f"{path} is not UTF-8 text, so it cannot be edited with search/replace") from exc
+            except ValueError as exc:  # the sandbox refuses paths that leave it, symlinks included
+                raise ToolError(f"{path} cannot be edited: {exc}") from exc
         after = apply_edit_blocks(before, blocks)
         changed = [p for p in after if after[p] != before.get(p)]
         for path in changed:
-            await ctx.sandbox.write_file(path, after[path])
+            try:
+                await ctx.sandbox.write_file(path, after[path])
+            except ValueError as exc:
+                raise ToolError(f"{path} cannot be written: {exc}") from exc
         return self.Result(
             changed=changed, created=[p for p in changed if p not in before], diff=unified_diff(before, after)
         )

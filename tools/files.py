@@ -361,6 +361,8 @@ async def read_bytes(ctx: ToolContext, path: str) -> bytes:
             return await ctx.sandbox.read_file(rel)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise ToolError(f"no file {rel!r} in the repository: use list_files or search to find the right path") from exc
+        except ValueError as exc:  # the sandbox refuses paths that leave it, symlinks included
+            raise ToolError(f"path {path!r} cannot be read: {exc}") from exc
     if ctx.workspace is None:
         raise ToolError("this tool needs a sandbox or a workspace; the session provided neither")
     root = Path(ctx.workspace).resolve()
