@@ -379,7 +379,11 @@ class Session:
                     report.error = "the budget ran out before a candidate was verified"
         else:
             report.patch = await scratch.diff()  # edits the planner made itself, unverified
-        if fan is None and not result.finished:
+        failed_fan_outs = [t for t in trace if t.tool == "fan_out" and t.status != "ok"]
+        if fan is None and failed_fan_outs:
+            report.status = "error"
+            report.error = f"fan_out failed: {failed_fan_outs[-1].error}"
+        elif fan is None and not result.finished:
             report.status = "error"
             report.error = "the planner stopped without finishing (replans used up)"
             if _budget_ran_out(self.budget, []):

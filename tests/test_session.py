@@ -22,13 +22,12 @@ def total(xs):
     return s
 """
 
-TEST_CALC = """\
+CHECK = """\
 from calc import total
 
-
-def test_total():
-    assert total([1, 2, 3]) == 6
-    assert total([]) == 0
+assert total([1, 2, 3]) == 6
+assert total([]) == 0
+print("2 passed")
 """
 
 GOOD_EDIT = """\
@@ -73,14 +72,11 @@ def git(repo: Path, *args: str) -> str:
 
 
 def make_repo(path: Path, *, extra_config: str = "") -> Path:
-    """A small Python project with a passing test suite, committed on branch main."""
-    (path / "tests").mkdir(parents=True)
+    """A small Python project with a passing check, committed on branch main."""
+    path.mkdir(parents=True)
     (path / "calc.py").write_text(CALC)
-    (path / "tests" / "test_calc.py").write_text(TEST_CALC)
-    (path / "tests" / "conftest.py").write_text("import sys, pathlib\nsys.path.insert(0, str(pathlib.Path(__file__).parent.parent))\n")
-    (path / "bakeoff.toml").write_text(
-        'sandbox = "local"\nrounds = 0\nn = 2\ntest = "python3 -m pytest -q -p no:cacheprovider"\n' + extra_config
-    )
+    (path / "check.py").write_text(CHECK)  # the repository's test suite: plain asserts start fast
+    (path / "bakeoff.toml").write_text('sandbox = "local"\nrounds = 0\nn = 2\ntest = "python3 check.py"\n' + extra_config)
     git(path, "init", "-q", "-b", "main")
     git(path, "add", "-A")
     git(path, "commit", "-q", "-m", "base")
@@ -113,6 +109,9 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env.update(GIT_ENV)
     env.update(BAKEOFF_STATE_DIR=str(tmp_path / "state"), HOME=str(tmp_path / "home"), COLUMNS="120",
                BAKEOFF_SANDBOX="local")
+    # The checkout's own code, whatever the current directory and however it was installed.
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     env.update(extra)
     return env
 

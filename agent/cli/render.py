@@ -144,7 +144,8 @@ class Progress:
     def _on_plan_task(self, d: dict[str, Any]) -> None:
         task = d.get("task", d)
         deps = task.get("deps") or []
-        line = f"{task.get('id')}. {task.get('tool')}({short(task.get('args', {}), 70)})"
+        args = ", ".join(f"{k}={short(v, 50)}" for k, v in (task.get("args") or {}).items())
+        line = f"{task.get('id')}. {task.get('tool')}({short(args, 90)})"
         if deps:
             line += f" after {', '.join(map(str, deps))}"
         self.plan.append(line)
