@@ -30,6 +30,7 @@ import io
 import json
 import os
 import posixpath
+import secrets
 import shutil
 import socket
 import subprocess
@@ -43,6 +44,7 @@ from typing import Any, TypeVar
 
 from agent.events import EventBus
 from agent.seams import ExecResult, SandboxLimits, Workspace
+from sandboxes import SandboxUnavailable
 from sandboxes.workspace import UnsafeArchive, WorkspaceError, safe_extract
 
 T = TypeVar("T")
@@ -59,20 +61,32 @@ LABEL = "bakeoff.sandbox"
 LABEL_OWNER = "bakeoff.owner-pid"
 LABEL_HOST = "bakeoff.owner-host"
 LABEL_EXPIRES = "bakeoff.expires"
+LABEL_BACKEND = "bakeoff.backend"  # which DockerBackend object made it (for diagnostics and tests)
 
 KILL_AFTER_S = 1  # between the inside timeout's TERM and its KILL
 OUTSIDE_GRACE_S = 3.0  # the outside deadline trails the inside one by this much
 GIVE_UP_S = 5.0  # after killing everything, how long the output stream may still take
 MIN_POOL_LIFE_S = 600  # a warm container closer than this to its expiry is not handed out
+                      # (or than half the expiry, for short-lived backends)
 
 # Runs the command in its own process group (``timeout`` makes one), then kills whatever of
 # that group is left, so a background child that keeps stdout open cannot hold up the call.
+# A child that left the group (setsid) still carries this command's BAKEOFF_EXEC token in its
+# environment; the scan for it runs only when processes beyond init, the keeper and this shell
+# remain, so the common case costs no extra process.
 _RUN = r"""t=$1; d=$2; shift 2
 cd -- "$d" || exit 126
 timeout -k %d "$t" "$@" </dev/null &
 p=$!
 wait "$p"; rc=$?
 kill -9 "-$p" 2>/dev/null
+set -- /proc/[0-9]*
+if [ "$#" -gt 3 ]; then
+  for d in "$@"; do
+    [ "${d#/proc/}" = "$$" ] && continue
+    grep -qsz "^BAKEOFF_EXEC=$BAKEOFF_EXEC\$" "$d/environ" && kill -9 "${d#/proc/}" 2>/dev/null
+  done
+fi
 exit "$rc"
 """ % KILL_AFTER_S
 
@@ -91,7 +105,7 @@ exit 0
 _OOM_COUNT = "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null"
 
 
-class DockerUnavailable(RuntimeError):
+class DockerUnavailable(SandboxUnavailable):
     """No Docker engine answers (or it stopped answering): start it, or use --sandbox local."""
 
 
@@ -330,6 +344,7 @@ class DockerBackend:
         self._orphans: set[str] = set()  # containers we failed to remove while the engine was away
         self._bases: dict[tuple[str, str], _Base] = {}
         self._closed = False
+        self.id = secrets.token_hex(6)
         atexit.register(self._remove_all_blocking)
 
     # ------------------------------------------------------------------ construction
@@ -389,8 +404,12 @@ class DockerBackend:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: self._call(fn, *args))
 
+    def ensure_image(self) -> str:
+        """Connect, reap what a dead orchestrator left, and resolve (or build) the image, once.
+        Blocking; returns the image tag. ``create`` and ``warm`` call it themselves."""
+        return self._ensure_ready_blocking()
+
     def _ensure_ready_blocking(self) -> str:
-        """Connect, reap what a dead orchestrator left, resolve or build the image. Once."""
         if self._closed:
             raise RuntimeError("this DockerBackend is closed")
         if self._image is not None:
@@ -457,7 +476,7 @@ class DockerBackend:
         image = self._ensure_ready_blocking()
         expires = time.time() + self.expiry_s
         labels = {LABEL: "1", LABEL_OWNER: str(os.getpid()), LABEL_HOST: socket.gethostname(),
-                  LABEL_EXPIRES: str(int(expires))}
+                  LABEL_EXPIRES: str(int(expires)), LABEL_BACKEND: self.id}
         inodes = max(4096, limits.disk_bytes // 4096)
         workspace = Mount(
             target=WORKDIR, source=None, type="volume", labels=labels,
@@ -523,7 +542,7 @@ class DockerBackend:
             pool = self._pool.get(key, [])
             while pool:
                 cid, expires = pool.pop(0)
-                if expires - time.time() > MIN_POOL_LIFE_S:
+                if expires - time.time() > min(MIN_POOL_LIFE_S, self.expiry_s / 2):
                     return cid
                 self._executor.submit(self._remove_quietly, cid)
         return None
@@ -564,6 +583,12 @@ class DockerBackend:
         """How many warm containers are ready for these limits right now."""
         with self._lock:
             return len(self._pool.get(_limits_key(limits or SandboxLimits()), []))
+
+    def containers(self) -> dict[str, list[str]]:
+        """The containers this backend holds: ``warm`` (ready in the pool) and ``live`` (handed out)."""
+        with self._lock:
+            return {"warm": [cid for pool in self._pool.values() for cid, _ in pool],
+                    "live": list(self._live)}
 
     # ------------------------------------------------------------------ workspace
 
@@ -731,20 +756,25 @@ class DockerSandbox:
         cwd: str | None = None,
     ) -> ExecResult:
         """Run ``cmd`` (a shell string, or an argv) in the workspace; a failing command is data."""
+        import docker
+
         self._check_open()
         limit = float(timeout if timeout is not None else self.limits.wall_seconds)
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         if not argv:
             raise ValueError("empty command")
         workdir = WORKDIR if cwd in (None, "", ".") else f"{WORKDIR}/{_inside_path(cwd)}"
-        environment = _exec_env(env)
+        environment = {**_exec_env(env), "BAKEOFF_EXEC": secrets.token_hex(8)}
         wrapped = ["sh", "-c", _RUN, "bakeoff-run", f"{limit:g}", workdir, *argv]
         owner = self._owner
         api = owner.api
         started = time.monotonic()
-        exec_id = (await owner._run(lambda: api.exec_create(
-            self.container_id, wrapped, stdout=True, stderr=True, user=USER,
-            environment=environment)))["Id"]
+        try:
+            exec_id = (await owner._run(lambda: api.exec_create(
+                self.container_id, wrapped, stdout=True, stderr=True, user=USER,
+                environment=environment)))["Id"]
+        except docker.errors.APIError as exc:
+            raise self._gone(exc) from exc
         stream = await owner._run(lambda: api.exec_start(exec_id, stream=True, demux=True))
         out, err = _Capture(self.limits.output_bytes), _Capture(self.limits.output_bytes)
 
@@ -832,10 +862,15 @@ class DockerSandbox:
     # ------------------------------------------------------------------ files
 
     async def write_file(self, path: str, content: str | bytes) -> None:
+        import docker
+
         self._check_open()
         rel = _inside_path(path)
         data = content.encode() if isinstance(content, str) else bytes(content)
-        await self._owner._run(self._owner.api.put_archive, self.container_id, WORKDIR, _file_tar(rel, data))
+        try:
+            await self._owner._run(self._owner.api.put_archive, self.container_id, WORKDIR, _file_tar(rel, data))
+        except docker.errors.APIError as exc:
+            raise self._gone(exc) from exc
 
     async def read_file(self, path: str) -> bytes:
         """The file's bytes; symlinks are followed only while they stay inside the workspace."""
@@ -849,6 +884,8 @@ class DockerSandbox:
                     self._owner.api.get_archive, self.container_id, f"{WORKDIR}/{rel}")
                 data = await self._owner._run(lambda: b"".join(chunks))
             except docker.errors.NotFound as exc:
+                if isinstance(self._gone(exc), DockerSandboxGone):
+                    raise self._gone(exc) from exc
                 raise FileNotFoundError(f"{path}: no such file in the sandbox") from exc
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
                 member = tar.next()
@@ -871,8 +908,13 @@ class DockerSandbox:
     async def diff(self) -> str:
         """Git-format diff of the workspace against its base; new binary files (build products)
         are left out. Raises ``UnsafeArchive`` when the workspace holds a link leaving it."""
+        import docker
+
         self._check_open()
-        chunks, _ = await self._owner._run(self._owner.api.get_archive, self.container_id, f"{WORKDIR}/.")
+        try:
+            chunks, _ = await self._owner._run(self._owner.api.get_archive, self.container_id, f"{WORKDIR}/.")
+        except docker.errors.APIError as exc:
+            raise self._gone(exc) from exc
         changed, a_tar, b_tar = await self._owner._run(_changed_entries, self._base.tar, self._base.index, chunks)
         if not changed:
             return ""
@@ -887,8 +929,24 @@ class DockerSandbox:
         self._closed = True
         with self._owner._lock:
             self._owner._live.pop(self.container_id, None)
-        await asyncio.shield(self._owner._run(self._owner._remove_blocking, self.container_id))
+        try:
+            await asyncio.shield(self._owner._run(self._owner._remove_blocking, self.container_id))
+        except DockerUnavailable as exc:
+            # Recorded as an orphan: the next reap_leftovers removes it once the engine answers.
+            self._owner.events.emit("sandbox.close_failed", backend="docker",
+                                    container=self.container_id[:12], error=str(exc))
+            return
         self._owner.events.emit("sandbox.close", backend="docker", container=self.container_id[:12])
+
+    def _gone(self, exc: Exception) -> Exception:
+        """The error to raise when the engine refuses a call about this container."""
+        status = getattr(exc, "status_code", None)
+        text = str(getattr(exc, "explanation", None) or exc)
+        if status == 409 or (status == 404 and "no such container" in text.lower()):
+            return DockerSandboxGone(
+                f"the container of {self!r} is gone (its {self._owner.expiry_s} s expiry passed, "
+                f"or it was removed): {getattr(exc, 'explanation', None) or exc}")
+        return exc
 
     def _check_open(self) -> None:
         if self._closed:
