@@ -77,6 +77,7 @@ class ScriptFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     latency: ScriptedLatency = Field(default_factory=ScriptedLatency)
+    usd_per_token: float = Field(0.0, ge=0)  # a price, to model what a run would cost
     responses: list[ScriptedResponse]
 
 
@@ -117,7 +118,7 @@ class ScriptedModel:
     A response with ``match`` answers any prompt its regex matches; the others are used in
     order. Each response is used once unless it says ``repeat``. Latency: ``first_token_s``
     before the first token, then ``per_token_s`` per token; tokens are ``chars_per_token``
-    characters. Cost is 0. Safe to share between concurrent calls and threads.
+    characters. Cost is 0 unless ``usd_per_token`` prices it. Safe to share between concurrent calls and threads.
     """
 
     def __init__(
@@ -130,8 +131,10 @@ class ScriptedModel:
         name: str = "scripted",
         role: str | None = None,
         source: str = "<inline script>",
+        usd_per_token: float = 0.0,
     ) -> None:
         self.name = name
+        self.usd_per_token = usd_per_token
         self.role = role
         self.first_token_s = first_token_s
         self.per_token_s = per_token_s
@@ -163,6 +166,7 @@ class ScriptedModel:
             name=f"scripted:{p}",
             role=role,
             source=str(p),
+            usd_per_token=script.usd_per_token,
         )
 
     def for_role(self, role: str) -> ScriptedModel:
@@ -176,7 +180,7 @@ class ScriptedModel:
         return math.ceil(len(text) / self.chars_per_token)
 
     def estimate_cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
-        return 0.0
+        return (prompt_tokens + completion_tokens) * self.usd_per_token
 
     def _cap(self, text: str, max_tokens: int | None) -> str:
         # A real API stops at max_tokens; so does the script, so budgets bound it the same way.
@@ -199,7 +203,10 @@ class ScriptedModel:
         if delay > 0:
             await asyncio.sleep(delay)
         usage = Usage(prompt_tokens=self.tokens(prompt), completion_tokens=sum(self.tokens(t) for t in texts))
-        return Completion(model=self.name, texts=texts, usage=usage, cost_usd=0.0, latency_s=time.monotonic() - started)
+        return Completion(
+            model=self.name, texts=texts, usage=usage, cost_usd=usage.total_tokens * self.usd_per_token,
+            latency_s=time.monotonic() - started,
+        )
 
     async def stream(
         self,
@@ -227,7 +234,10 @@ class ScriptedModel:
             yield text[i * cpt : j * cpt]
             i = j
         usage = Usage(prompt_tokens=self.tokens(prompt), completion_tokens=ntok)
-        yield Completion(model=self.name, texts=[text], usage=usage, cost_usd=0.0, latency_s=time.monotonic() - started)
+        yield Completion(
+            model=self.name, texts=[text], usage=usage, cost_usd=usage.total_tokens * self.usd_per_token,
+            latency_s=time.monotonic() - started,
+        )
 
 
 # --------------------------------------------------------------------------- litellm
@@ -241,8 +251,23 @@ class ModelCallFailed(Exception):
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
 
 
-def _retryable(exc: BaseException) -> bool:
+def _litellm():
+    """litellm, imported on first use (it takes seconds), without its console banners."""
     import litellm
+
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+def _api_error(exc: BaseException) -> bool:
+    """An error from the model API (as opposed to a bug in bakeoff)."""
+    import openai  # litellm's exceptions derive from the OpenAI SDK's
+
+    return isinstance(exc, openai.OpenAIError) or _retryable(exc)
+
+
+def _retryable(exc: BaseException) -> bool:
+    litellm = _litellm()
 
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError, json.JSONDecodeError, _MalformedResponse)):
         return True
@@ -326,7 +351,7 @@ class LitellmModel:
 
     def cost(self, model: str, usage: Usage) -> float | None:
         """Dollars for ``usage`` from litellm's price table; None when the price is unknown."""
-        import litellm
+        litellm = _litellm()
 
         try:
             prompt_cost, completion_cost = litellm.cost_per_token(
@@ -374,8 +399,7 @@ class LitellmModel:
         temperature: float = 0.0,
         max_tokens: int | None = None,
     ) -> Completion:
-        import litellm
-
+        litellm = _litellm()
         errors: list[str] = []
         for model in self._models():
             params = self._params(model, messages, temperature, max_tokens)
@@ -394,7 +418,7 @@ class LitellmModel:
             try:
                 resp, texts, latency = await self._with_retries(model, call)
             except Exception as e:
-                if not isinstance(e, (litellm.exceptions.APIError, litellm.OpenAIError)) and not _retryable(e):
+                if not _api_error(e):
                     raise  # not an API failure: a bug, let it show
                 errors.append(f"{model}: {type(e).__name__}: {str(e)[:300]}")
                 continue
@@ -413,8 +437,7 @@ class LitellmModel:
         temperature: float = 0.0,
         max_tokens: int | None = None,
     ) -> AsyncIterator[str | Completion]:
-        import litellm
-
+        litellm = _litellm()
         errors: list[str] = []
         for model in self._models():
             params = self._params(model, messages, temperature, max_tokens)
@@ -437,8 +460,7 @@ class LitellmModel:
                                 parts.append(delta)
                                 yield delta
                 except Exception as e:
-                    api_error = isinstance(e, (litellm.exceptions.APIError, litellm.OpenAIError)) or _retryable(e)
-                    if not api_error:
+                    if not _api_error(e):
                         raise
                     if parts:
                         # Text already went to the caller; a retry would repeat it.

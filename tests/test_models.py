@@ -1,0 +1,326 @@
+"""The Model seam: the scripted model, model configuration, and LitellmModel against a real
+OpenAI-compatible HTTP server on loopback (429, 500, malformed JSON, SSE streaming, fallbacks)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from agent.models import (
+    LitellmModel,
+    ModelCallFailed,
+    ModelConfig,
+    ModelNotConfigured,
+    ScriptedModel,
+    ScriptedResponse,
+    ScriptExhausted,
+    ScriptFileError,
+    resolve_model,
+)
+from agent.seams import Completion, Message, Model
+
+
+def msgs(text: str) -> list[Message]:
+    return [Message(role="system", content="you are a test"), Message(role="user", content=text)]
+
+
+# --------------------------------------------------------------------------- scripted
+
+
+async def test_scripted_in_order_match_and_repeat():
+    model = ScriptedModel([
+        ScriptedResponse(text="first"),
+        ScriptedResponse(match=r"build failed", text="fix the include", repeat=True),
+        ScriptedResponse(text="second"),
+    ])
+    assert isinstance(model, Model)
+    assert (await model.complete(msgs("hello"))).text == "first"
+    assert (await model.complete(msgs("the build failed: x.h"))).text == "fix the include"
+    assert (await model.complete(msgs("again: build failed"))).text == "fix the include"
+    assert (await model.complete(msgs("hello"))).text == "second"
+    with pytest.raises(ScriptExhausted) as e:
+        await model.complete(msgs("one more question please"))
+    assert "one more question" in str(e.value) and "<inline script>" in str(e.value)
+
+
+async def test_scripted_samples_cycle_and_usage():
+    model = ScriptedModel([ScriptedResponse(texts=["aaaa", "bbbbbbbb"])], chars_per_token=4)
+    c = await model.complete([Message(role="user", content="x" * 10)], n=3)
+    assert c.texts == ["aaaa", "bbbbbbbb", "aaaa"]
+    assert c.usage.prompt_tokens == 3  # ceil(10 / 4)
+    assert c.usage.completion_tokens == 1 + 2 + 1
+    assert c.cost_usd == 0.0
+
+
+async def test_scripted_max_tokens_caps_the_text():
+    model = ScriptedModel([ScriptedResponse(text="x" * 100)], chars_per_token=4)
+    c = await model.complete(msgs("q"), max_tokens=5)
+    assert c.text == "x" * 20 and c.usage.completion_tokens == 5
+
+
+async def test_scripted_stream_paces_tokens_and_ends_with_completion():
+    text = "line one\nline two\n" * 4  # 72 chars = 18 tokens
+    model = ScriptedModel([ScriptedResponse(text=text)], first_token_s=0.1, per_token_s=0.01, chars_per_token=4)
+    started = time.monotonic()
+    arrivals, parts, final = [], [], None
+    async for item in model.stream(msgs("go")):
+        if isinstance(item, Completion):
+            final = item
+        else:
+            arrivals.append(time.monotonic() - started)
+            parts.append(item)
+    assert "".join(parts) == text
+    assert final is not None and final.text == text and final.usage.completion_tokens == 18
+    assert len(parts) > 3  # streamed in pieces, not at once
+    assert arrivals[0] >= 0.1  # nothing before the first-token latency
+    assert arrivals[-1] >= 0.1 + 17 * 0.01 - 0.005
+
+
+async def test_scripted_roles_share_one_script(tmp_path):
+    path = tmp_path / "demo.yaml"
+    path.write_text(
+        "latency: {first_token_s: 0, per_token_s: 0, chars_per_token: 4}\n"
+        "responses:\n"
+        "  - {role: joiner, text: 'Finish: 42'}\n"
+        "  - {role: planner, text: '1. search(pattern=\"x\")'}\n"
+    )
+    planner = resolve_model(f"scripted:{path}", role="planner")
+    joiner = planner.for_role("joiner")
+    assert (await joiner.complete(msgs("j"))).text == "Finish: 42"
+    assert (await planner.complete(msgs("p"))).text.startswith("1. search")
+    with pytest.raises(ScriptExhausted) as e:
+        await joiner.complete(msgs("j again"))
+    assert str(path) in str(e.value) and "joiner" in str(e.value)
+
+
+def test_scripted_from_json_file_and_bad_files(tmp_path):
+    good = tmp_path / "s.json"
+    good.write_text(json.dumps({"latency": {"first_token_s": 0.5, "per_token_s": 0.02}, "responses": [{"text": "hi"}]}))
+    model = ScriptedModel.from_file(good)
+    assert model.first_token_s == 0.5 and model.per_token_s == 0.02 and model.chars_per_token == 4
+    assert model.name == f"scripted:{good}"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("responses:\n  - {match: x}\n")  # no text
+    with pytest.raises(ScriptFileError, match="exactly one of"):
+        ScriptedModel.from_file(bad)
+    with pytest.raises(ScriptFileError, match="cannot read"):
+        ScriptedModel.from_file(tmp_path / "missing.yaml")
+
+
+async def test_scripted_is_safe_under_concurrency():
+    model = ScriptedModel([ScriptedResponse(text=f"r{i}") for i in range(200)], first_token_s=0.001)
+    results = await asyncio.gather(*(model.complete(msgs("q")) for _ in range(200)))
+    assert sorted(c.text for c in results) == sorted(f"r{i}" for i in range(200))
+
+    threaded = ScriptedModel([ScriptedResponse(text=f"t{i}") for i in range(400)])
+    seen: list[str] = []
+
+    def worker():
+        for _ in range(100):
+            seen.append(asyncio.run(threaded.complete(msgs("q"))).text)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seen) == sorted(f"t{i}" for i in range(400))  # each response used exactly once
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_model_config_roles_and_missing_model_message():
+    cfg = ModelConfig(default="openai/gpt-4o-mini", editor="anthropic/claude-3-5-sonnet-latest")
+    assert cfg.for_role("editor") == "anthropic/claude-3-5-sonnet-latest"
+    assert cfg.for_role("planner") == "openai/gpt-4o-mini"
+    with pytest.raises(ModelNotConfigured) as e:
+        ModelConfig().for_role("tester")
+    message = str(e.value)
+    for way in ("bakeoff.toml", "[tool.bakeoff.model]", "BAKEOFF_MODEL", "BAKEOFF_TESTER_MODEL", "--model", "scripted:PATH"):
+        assert way in message
+    with pytest.raises(ValueError):
+        ModelConfig(defualt="x")  # extra="forbid": a typo is an error
+
+
+def test_model_config_from_env():
+    cfg = ModelConfig.from_env({
+        "BAKEOFF_MODEL": "openai/gpt-4o-mini",
+        "BAKEOFF_JUDGE_MODEL": "openai/o3",
+        "BAKEOFF_MODEL_EDITOR": "ollama/qwen2.5-coder",
+        "BAKEOFF_MODEL_FALLBACKS": "openai/gpt-4o, anthropic/claude-3-5-haiku-latest",
+        "BAKEOFF_MODEL_TIMEOUT": "30",
+        "HOME": "/root",
+    })
+    assert cfg.for_role("judge") == "openai/o3" and cfg.for_role("editor") == "ollama/qwen2.5-coder"
+    assert cfg.for_role("planner") == "openai/gpt-4o-mini"
+    assert cfg.fallbacks == ["openai/gpt-4o", "anthropic/claude-3-5-haiku-latest"] and cfg.timeout == 30
+    assert cfg.model_fields_set == {"default", "judge", "editor", "fallbacks", "timeout"}
+    assert ModelConfig.from_env({}).model_fields_set == set()
+
+
+def test_resolve_model_is_lazy_about_litellm(tmp_path):
+    script = tmp_path / "s.yaml"
+    script.write_text("responses: [{text: hi}]\n")
+    code = (
+        "import sys\n"
+        "from agent.models import resolve_model, LitellmModel, ScriptedModel\n"
+        f"assert isinstance(resolve_model('scripted:{script}'), ScriptedModel)\n"
+        "m = resolve_model('openai/gpt-4o-mini', fallbacks=['ollama/llama3'])\n"
+        "assert isinstance(m, LitellmModel) and m.fallbacks == ['ollama/llama3']\n"
+        "assert 'litellm' not in sys.modules, 'litellm imported before any call'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+# --------------------------------------------------------------------------- litellm, offline
+
+
+class FakeOpenAI:
+    """A real HTTP server on 127.0.0.1 speaking the OpenAI chat API. ``plan`` says what each
+    request gets: an HTTP status, "malformed", "slow" (sleeps past the timeout), or "ok"."""
+
+    def __init__(self, plan: list) -> None:
+        self.plan = list(plan)
+        self.requests: list[dict] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append(body)
+                step = fake.plan.pop(0) if fake.plan else "ok"
+                if isinstance(step, int):
+                    return self._send(step, json.dumps({"error": {"message": f"status {step}", "type": "test"}}).encode())
+                if step == "malformed":
+                    return self._send(200, b'{"id": "x", "choices": [{"index": 0, "message": {"role": "assist')
+                if step == "slow":
+                    time.sleep(1.5)
+                n, model = body.get("n", 1), body["model"]
+                if body.get("stream"):
+                    chunks = [
+                        {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                        for piece in ("1. search(", 'pattern="omp")\n', "join()\n")
+                    ]
+                    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                    chunks.append({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 9, "total_tokens": 16}})
+                    sse = "".join(
+                        f"data: {json.dumps({'id': 'c', 'object': 'chat.completion.chunk', 'created': 1, 'model': model, **c})}\n\n"
+                        for c in chunks
+                    ) + "data: [DONE]\n\n"
+                    return self._send(200, sse.encode(), "text/event-stream")
+                resp = {
+                    "id": "c", "object": "chat.completion", "created": 1, "model": model,
+                    "choices": [
+                        {"index": i, "message": {"role": "assistant", "content": f"answer {i}"}, "finish_reason": "stop"}
+                        for i in range(n)
+                    ],
+                    "usage": {"prompt_tokens": 11, "completion_tokens": 5 * n, "total_tokens": 11 + 5 * n},
+                }
+                self._send(200, json.dumps(resp).encode())
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_api():
+    servers: list[FakeOpenAI] = []
+
+    def make(plan: list) -> FakeOpenAI:
+        servers.append(FakeOpenAI(plan))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+@pytest.mark.slow
+async def test_litellm_retries_429_500_and_malformed_then_succeeds(fake_api):
+    api = fake_api([429, 500, "malformed", "ok"])
+    model = LitellmModel("openai/gpt-4o-mini", api_base=api.url, api_key="test", backoff_s=0.01)
+    c = await model.complete(msgs("hi"), n=2, temperature=0.7, max_tokens=50)
+    assert c.texts == ["answer 0", "answer 1"]
+    assert c.usage.prompt_tokens == 11 and c.usage.completion_tokens == 10
+    assert c.cost_usd is not None and c.cost_usd > 0  # gpt-4o-mini is in litellm's price table
+    assert len(api.requests) == 4
+    assert api.requests[-1]["n"] == 2 and api.requests[-1]["temperature"] == 0.7 and api.requests[-1]["max_tokens"] == 50
+    assert [a.split(": ")[2] for a in model.attempts] == ["RateLimitError", "InternalServerError", "InternalServerError"]
+
+
+@pytest.mark.slow
+async def test_litellm_backoff_grows_and_gives_up(fake_api):
+    api = fake_api([503] * 10)
+    model = LitellmModel("openai/gpt-4o-mini", api_base=api.url, api_key="test", max_retries=3, backoff_s=0.1)
+    started = time.monotonic()
+    with pytest.raises(ModelCallFailed) as e:
+        await model.complete(msgs("hi"))
+    # Waits of ~0.1, 0.2 and 0.4 s (each at least half of that with jitter): >= 0.35 s in all.
+    assert time.monotonic() - started >= 0.35
+    assert len(api.requests) == 4 and "ServiceUnavailableError" in str(e.value)
+
+
+@pytest.mark.slow
+async def test_litellm_timeout_is_retried(fake_api):
+    api = fake_api(["slow", "ok"])
+    model = LitellmModel("openai/gpt-4o-mini", api_base=api.url, api_key="test", timeout=0.5, backoff_s=0.01)
+    c = await model.complete(msgs("hi"))
+    assert c.text == "answer 0" and len(api.requests) == 2 and "Timeout" in model.attempts[0]
+
+
+@pytest.mark.slow
+async def test_litellm_streams_sse_with_usage_and_unknown_price(fake_api):
+    api = fake_api([503, "ok"])
+    model = LitellmModel("openai/no-such-model-anywhere", api_base=api.url, api_key="test", backoff_s=0.01)
+    items = [item async for item in model.stream(msgs("plan"))]
+    deltas = [i for i in items if isinstance(i, str)]
+    final = items[-1]
+    assert deltas == ["1. search(", 'pattern="omp")\n', "join()\n"]
+    assert isinstance(final, Completion) and final.text == "".join(deltas)
+    assert final.usage.prompt_tokens == 7 and final.usage.completion_tokens == 9
+    assert final.cost_usd is None  # unknown price: tokens only, no crash
+    assert api.requests[-1]["stream"] is True and api.requests[-1]["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.slow
+async def test_litellm_falls_back_in_order(fake_api):
+    api = fake_api([401, 404])  # first model: bad key; second: unknown model; third answers
+    model = LitellmModel(
+        "openai/first", fallbacks=["openai/second", "openai/third"], api_base=api.url, api_key="test", backoff_s=0.01
+    )
+    c = await model.complete(msgs("hi"))
+    assert c.model == "openai/third" and c.text == "answer 0"
+    assert [r["model"] for r in api.requests] == ["first", "second", "third"]  # no retries of 4xx
+
+
+@pytest.mark.slow
+async def test_litellm_all_failing_names_every_model(fake_api):
+    api = fake_api([400, 400])
+    model = LitellmModel("openai/a", fallbacks=["openai/b"], api_base=api.url, api_key="test", backoff_s=0.01)
+    with pytest.raises(ModelCallFailed) as e:
+        await model.complete(msgs("hi"))
+    assert "openai/a" in str(e.value) and "openai/b" in str(e.value) and "BadRequestError" in str(e.value)
