@@ -140,6 +140,8 @@ class Chat:
         self.console.print(f"session cost {_usd(s.cost_usd)} · {s.tokens} tokens")
 
     def step(self, task: str) -> None:
+        from rich.markup import escape
+
         from agent.cli.render import diff_text, print_result
         from agent.cli.run import user_errors
 
@@ -151,7 +153,7 @@ class Chat:
             return
         except user_errors() as exc:
             self.progress.stop()
-            self.console.print(f"[red]{exc}[/red]")
+            self.console.print(f"[red]{escape(str(exc))}[/red]")
             return
         self.progress.stop()
         self.report = report
@@ -170,6 +172,8 @@ class Chat:
     def command(self, line: str) -> str | None:
         import difflib
 
+        from rich.markup import escape
+
         name, _, arg = line.partition(" ")
         arg = arg.strip() or None
         handler = {
@@ -183,28 +187,29 @@ class Chat:
             names = [c.split()[0] for c in COMMANDS]
             guess = difflib.get_close_matches(name, names, n=1)
             hint = f" Did you mean {guess[0]}?" if guess else ""
-            self.console.print(f"[red]unknown command {name}.[/red]{hint} /help lists them.")
+            self.console.print(f"[red]unknown command {escape(name)}.[/red]{hint} /help lists them.")
             return None
         from agent.cli.run import user_errors
 
         try:
             handler(arg)
         except user_errors() as exc:
-            self.console.print(f"[red]{exc}[/red]")
+            self.console.print(f"[red]{escape(str(exc))}[/red]")
         return None
 
     def help(self, _: str | None) -> None:
         for cmd, text in COMMANDS.items():
-            self.console.print(f"  [bold]{cmd:<16}[/bold] {text}")
+            self.console.print(f"  {cmd:<16} {text}", markup=False)
         self.console.print("  anything else is a task for bakeoff")
 
     def _set(self, key: str, value: Any, shown: str) -> None:
         from pydantic import ValidationError
+        from rich.markup import escape
 
         try:
             self.session.update(**{key: value})
         except ValidationError as exc:
-            self.console.print(f"[red]{shown}: {exc.errors()[0]['msg']}[/red]")
+            self.console.print(f"[red]{escape(shown)}: {escape(exc.errors()[0]['msg'])}[/red]")
             return
         self.console.print(f"{shown} set")
 
@@ -248,11 +253,12 @@ class Chat:
 
     def plan(self, _: str | None) -> None:
         report = self._need_report()
-        if self.progress.plan:
-            for line in self.progress.plan:
-                self.console.print(f"  {line}")
+        for line in self.progress.plan:
+            self.console.print(f"  {line}", markup=False)
         for call in report.trace:
-            self.console.print(f"  {call.task_id}. {call.tool} [{call.status}] {call.ended_at - call.started_at:.1f}s")
+            took = call.ended_at - call.started_at
+            self.console.print(f"  {call.task_id}. {call.tool}: {call.status} in {took:.1f}s"
+                               + (f" ({call.error})" if call.error else ""), markup=False)
 
     def candidates(self, _: str | None) -> None:
         from agent.cli.render import report_table
@@ -289,7 +295,7 @@ class Chat:
 
     def cost(self, _: str | None) -> None:
         for i, r in enumerate(self.session.history, 1):
-            self.console.print(f"  {i}. {_usd(r.cost_usd)} {r.tokens} tokens [{r.status}] {r.task[:50]}")
+            self.console.print(f"  {i}. {_usd(r.cost_usd)} {r.tokens} tokens, {r.status}: {r.task[:50]}", markup=False)
         self.console.print(f"  session {_usd(self.session.cost_usd)} · {self.session.tokens} tokens")
 
 

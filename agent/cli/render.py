@@ -9,6 +9,7 @@ so ``bakeoff --help`` never pays for rich.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from typing import Any
 
@@ -38,9 +39,9 @@ def short(value: Any, limit: int = 60) -> str:
 
 
 def speedup_text(speedup: float | None, low: float | None = None, high: float | None = None) -> str:
-    if speedup is None:
+    if speedup is None or math.isnan(speedup):
         return "-"
-    if low is not None and high is not None:
+    if low is not None and high is not None and not (math.isnan(low) or math.isnan(high)):
         return f"{speedup:.2f}x [{low:.2f}, {high:.2f}]"
     return f"{speedup:.2f}x"
 
