@@ -139,3 +139,16 @@ def test_glob_matcher():
     assert glob_matcher("src/**/*.py")("src/x.py") and glob_matcher("src/**/*.py")("src/a/b/x.py")
     assert not glob_matcher("src/*.py")("src/a/x.py")
     assert glob_matcher("test_[a-c].py")("t/test_b.py") and not glob_matcher("test_[!a-c].py")("test_b.py")
+
+
+async def test_large_listing_fits_the_sandbox_output_cap(tmp_path):
+    names = {f"generated/module_with_a_rather_long_name_{i:05d}.py": "x = 1\n" for i in range(2500)}
+    write_tree(tmp_path, names)
+    sandbox = await make_sandbox(tmp_path)
+    try:
+        result = await ListFiles()(ListFiles.Args(limit=5000), ToolContext(sandbox=sandbox))
+        assert result.total == 2500 and result.truncated and 1000 < len(result.files) < 2500
+        found = await Search()(Search.Args(pattern="x = 1", limit=1000), ToolContext(sandbox=sandbox))
+        assert found.total == 2500 and found.truncated and len(found.matches) == 1000
+    finally:
+        await sandbox.close()

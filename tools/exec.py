@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.seams import ExecResult, ToolContext
 from tools.errors import ToolError
-from tools.files import _probe_script, probe
+from tools.files import probe, probe_script
 
 _JOBS = "$(nproc 2>/dev/null || echo 2)"
 _C_EXTS = (".c",)
@@ -246,8 +246,9 @@ class Build:
 
     async def __call__(self, args: Args, ctx: ToolContext) -> Result:
         sandbox = need_sandbox(ctx, self.name)
-        found = await probe(ctx, {"mode": "detect"})
-        plan = plan_build(found, args.command)
+        # A configured command needs no detection (nor python3 in the sandbox).
+        found = await probe(ctx, {"mode": "detect"}) if not args.command else None
+        plan = BuildPlan(system="command", command=args.command) if args.command else plan_build(found or {})
         if plan is None:
             raise ToolError(
                 "found nothing to build (no Makefile, CMakeLists.txt, C/C++/CUDA or Python sources): "
@@ -255,11 +256,11 @@ class Build:
             )
         if plan.system == "python":
             res = await sandbox.exec(
-                ["python3", "-c", _probe_script(), json.dumps({"mode": "compile_python"})], timeout=args.timeout
+                ["python3", "-c", probe_script(), json.dumps({"mode": "compile_python"})], timeout=args.timeout
             )
             return self._python_result(plan, res)
         res = await sandbox.exec(plan.command, timeout=args.timeout)
-        diags = parse_compiler_errors(res.stdout + "\n" + res.stderr, root=found.get("root"))
+        diags = parse_compiler_errors(res.stdout + "\n" + res.stderr, root=(found or {}).get("root"))
         errors = [d for d in diags if d.severity == "error"]
         return self.Result(
             system=plan.system, command=plan.command, ok=res.ok, exit_code=res.exit_code, timed_out=res.timed_out,
@@ -427,8 +428,7 @@ class Test:
 
     async def __call__(self, args: Args, ctx: ToolContext) -> Result:
         sandbox = need_sandbox(ctx, self.name)
-        found = await probe(ctx, {"mode": "detect"}) if not args.command else None
-        planned = plan_tests(found, args.command) if found is not None else ("command", args.command or "")
+        planned = ("command", args.command) if args.command else plan_tests(await probe(ctx, {"mode": "detect"}))
         if planned is None:
             raise ToolError(
                 "found no tests (no pytest files, no 'test' or 'check' make target, no CTest): pass 'command' "

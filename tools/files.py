@@ -12,6 +12,7 @@ patterns, ``**``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import re
@@ -227,14 +228,22 @@ def run_probe(root: str, req: dict) -> dict:
 
     mode = req["mode"]
     files = walk_files(root)
+    # Answers stay under ``budget`` characters: a sandbox caps what a command may print.
+    budget = req.get("budget", 100_000)
     if mode == "list":
         match = glob_matcher(req.get("glob") or "")
         hits = [f for f in files if match(f)]
-        return {"files": hits[: req["limit"]], "total": len(hits)}
+        shown, size = [], 0
+        for f in hits[: req["limit"]]:
+            size += len(f) + 4
+            if size > budget:
+                break
+            shown.append(f)
+        return {"files": shown, "total": len(hits)}
     if mode == "search":
         match = glob_matcher(req.get("glob") or "")
         rx = re.compile(req["pattern"], re.IGNORECASE if req.get("ignore_case") else 0)
-        matches, total, searched = [], 0, 0
+        matches, total, searched, size = [], 0, 0, 0
         for f in files:
             if not match(f):
                 continue
@@ -245,9 +254,11 @@ def run_probe(root: str, req: dict) -> dict:
             for no, line in enumerate(text.splitlines(), 1):
                 if rx.search(line):
                     total += 1
-                    if len(matches) < req["limit"]:
-                        cut = req["max_line"]
-                        matches.append([f, no, line if len(line) <= cut else line[:cut] + " [...]"])
+                    cut = req["max_line"]
+                    text_shown = line if len(line) <= cut else line[:cut] + " [...]"
+                    size += len(f) + len(text_shown) + 16
+                    if len(matches) < req["limit"] and size <= budget:
+                        matches.append([f, no, text_shown])
         return {"matches": matches, "total": total, "files_searched": searched}
     if mode == "detect":
         import os
@@ -298,7 +309,9 @@ _PROBE_FUNCTIONS = (
 )
 
 
-def _probe_script() -> str:
+@functools.cache
+def probe_script() -> str:
+    """The probe as a ``python3 -c`` program: argv[1] is the JSON request, stdout the JSON answer."""
     consts = (
         f"_SKIP_DIRS = {_SKIP_DIRS!r}\n_SOURCE_EXTS = {_SOURCE_EXTS!r}\n_MARKER_FILES = {_MARKER_FILES!r}\n"
     )
@@ -316,16 +329,10 @@ class ProbeFailed(RuntimeError):
     """The sandbox could not list its own files (no python3 in the image, most likely)."""
 
 
-_PROBE_SCRIPT: str | None = None
-
-
 async def probe(ctx: ToolContext, request: dict[str, Any]) -> dict[str, Any]:
     """Run one probe request on the sandbox if there is one, else on the read-only workspace."""
-    global _PROBE_SCRIPT
     if ctx.sandbox is not None:
-        if _PROBE_SCRIPT is None:
-            _PROBE_SCRIPT = _probe_script()
-        res = await ctx.sandbox.exec(["python3", "-c", _PROBE_SCRIPT, json.dumps(request)], timeout=120)
+        res = await ctx.sandbox.exec(["python3", "-c", probe_script(), json.dumps(request)], timeout=120)
         if not res.ok or res.truncated:
             raise ProbeFailed(
                 "listing files inside the sandbox failed (the sandbox needs python3 on its PATH): "
