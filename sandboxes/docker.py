@@ -806,6 +806,16 @@ class DockerSandbox:
         await self._reraise_stream_error(reader, gave_up)
         duration = time.monotonic() - started
         info = await owner._run(api.exec_inspect, exec_id)
+        for _ in range(20):  # the exit status may trail the end of the stream by a moment
+            if gave_up or not info.get("Running"):
+                break
+            await asyncio.sleep(0.05)
+            info = await owner._run(api.exec_inspect, exec_id)
+        else:
+            await owner._run(self._kill_all_blocking)
+            raise DockerUnavailable(
+                f"the output stream of a command in {self!r} broke while the command still ran: "
+                "the connection to the Docker engine was cut. Check the engine, or use --sandbox local")
         code = None if info.get("Running") else info.get("ExitCode")
         oom = False
         if code in (137, -9) or gave_up:
