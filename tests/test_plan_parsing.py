@@ -61,7 +61,7 @@ class Build(_Sleep):
     Args: ClassVar[type[BaseModel]] = BuildArgs
 
 
-class TestsArgs(BaseModel):
+class RunTestsArgs(BaseModel):
     target: str
     names: list[str] = []
 
@@ -69,7 +69,7 @@ class TestsArgs(BaseModel):
 class RunTests(_Sleep):
     name: ClassVar[str] = "run_tests"
     description: ClassVar[str] = "Run tests."
-    Args: ClassVar[type[BaseModel]] = TestsArgs
+    Args: ClassVar[type[BaseModel]] = RunTestsArgs
 
 
 REG = Registry([ReadFile(), Search(), Build(), RunTests()])
