@@ -44,6 +44,7 @@ from sandboxes.workspace import (
     is_regular_inside,
     new_sandbox_dir,
     processes_with_marker,
+    reap_stale,
     remove_tree,
     sandbox_root,
 )
@@ -383,6 +384,8 @@ def _bwrap_argv(*, work: Path, home: Path, tmp: Path, chdir: str) -> list[str]:
              "--bind", str(work), INSIDE_WORKSPACE,
              "--bind", str(home), INSIDE_HOME,
              "--bind", str(tmp), "/tmp",
+             # The new root holds only mount points; nothing may be written beside them.
+             "--remount-ro", "/",
              "--chdir", chdir]
     return argv
 
@@ -437,6 +440,13 @@ def bwrap_status() -> tuple[bool, str]:
 # --------------------------------------------------------------------------- uids
 
 
+@functools.cache
+def _reap_once(root: Path) -> int:
+    """The first sandbox of a process clears what killed orchestrators left (RELIABILITY 21)."""
+    return reap_stale(root)
+
+
+
 def _allocate_uid(root: Path) -> int | None:
     if os.geteuid() != 0:
         return None
@@ -477,7 +487,7 @@ class LocalSandbox:
         self._bwrap = False
         self._use_cgroup = False
         self._snapshot: BaseSnapshot | None = None
-        self._id = ""
+        self.sandbox_id = ""
         self._events: EventBus | None = None
         self._closed = False
         self._running: set[asyncio.subprocess.Process] = set()
@@ -500,6 +510,7 @@ class LocalSandbox:
         self.limits = limits or SandboxLimits()
         self._events = events
         root = sandbox_root()
+        await asyncio.to_thread(_reap_once, root)
         self.dir = new_sandbox_dir(root)
         try:
             await asyncio.to_thread(self._prepare, workspace, root, use_bwrap, use_cgroup, cap_disk)
@@ -512,7 +523,7 @@ class LocalSandbox:
 
     def _prepare(self, workspace: Workspace, root: Path, use_bwrap: bool | None,
                  use_cgroup: bool | None, cap_disk: bool | None) -> None:
-        self._id = f"{os.getpid()}:{self.dir.name}"
+        self.sandbox_id = f"{os.getpid()}:{self.dir.name}"
         self.uid = _allocate_uid(root)
         fs = self.dir / "fs"
         fs.mkdir()
@@ -594,7 +605,7 @@ class LocalSandbox:
         else:
             home, tmpdir = str(fs / "home"), str(fs / "tmp")
         environment, dropped = build_env(os.environ, env, home=home, tmpdir=tmpdir,
-                                         path=_sandbox_path(self._bwrap), marker=self._id)
+                                         path=_sandbox_path(self._bwrap), marker=self.sandbox_id)
         if dropped and self._events is not None:
             self._events.emit("sandbox.env_dropped", names=dropped)
 
@@ -722,7 +733,7 @@ class LocalSandbox:
                 if info is not None and info[1] == leader:
                     candidates.add(pid)
         if self.uid is None:
-            needle = self._id
+            needle = self.sandbox_id
             candidates.update(processes_with_marker(lambda v: v == needle))
         live = set()
         for pid in candidates:
@@ -744,7 +755,7 @@ class LocalSandbox:
                 return
             _signal_all(members, signal.SIGKILL)
             await asyncio.sleep(0.01)
-        raise SandboxBroken(f"processes of sandbox {self._id} survive SIGKILL: {sorted(members)}")
+        raise SandboxBroken(f"processes of sandbox {self.sandbox_id} survive SIGKILL: {sorted(members)}")
 
     # ------------------------------------------------------------------ files
 
