@@ -62,6 +62,19 @@ PARSE_OK = [
         [("lib/util.py", "old\n", "new\n", False)],
     ),
     (
+        "'// File:' comment inside the fence",
+        f"{F}c\n// File: src/a.c\n<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE\n{F}\n",
+        None,
+        [("src/a.c", "a\n", "b\n", False)],
+    ),
+    (
+        "numbered list with indented blocks, two files back to back",
+        "1. `src/a.c`\n   <<<<<<< SEARCH\n   a\n   =======\n   b\n   >>>>>>> REPLACE\n"
+        "2. src/b.c\n   <<<<<<< SEARCH\n   c\n   =======\n       d\n   >>>>>>> REPLACE\n",
+        None,
+        [("src/a.c", "a\n", "b\n", False), ("src/b.c", "c\n", "    d\n", False)],
+    ),
+    (
         "second block without a name reuses the first's",
         f"main.c\n{F}c\n<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE\n{F}\n\nAnd the second change:\n\n{F}c\n"
         f"<<<<<<< SEARCH\nc\n=======\nd\n>>>>>>> REPLACE\n{F}\n",

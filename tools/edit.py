@@ -86,6 +86,7 @@ def _clean_path(s: str) -> str:
 def _filename_from_line(line: str) -> str | None:
     """The path a line names, after removing the decorations models put around file names."""
     s = line.strip()
+    s = re.sub(r"^(?:\d+[.)]|[-+]|\*(?!\*))\s+", "", s)  # list items: '1. path', '- path'
     s = re.sub(r"^(?:\*{3,}|#+|//+|--+|>+)\s*", "", s)  # '*** path', '# path', '// path'
     s = re.sub(r"\s*(?:\*{3,}|#+)$", "", s)
     s = re.sub(r"^(?:(?:new |updated |modified )?file(?:name)?|path)\s*:\s*", "", s, flags=re.IGNORECASE)
@@ -123,6 +124,19 @@ def _path_before(lines: list[str], start: int, at: int) -> str | None:
 
 def _join(lines: list[str]) -> str:
     return "".join(line + "\n" for line in lines)
+
+
+def _dedent(head: str, search: list[str], replace: list[str]) -> tuple[list[str], list[str]]:
+    """Drop the indentation of a block nested in a list item (the markers' own indentation)."""
+    indent = head[: len(head) - len(head.lstrip())]
+    body = [line for line in search + replace if line.strip()]
+    if not indent or not all(line.startswith(indent) for line in body):
+        return search, replace
+
+    def cut(lines: list[str]) -> list[str]:
+        return [line[len(indent):] if line.strip() else "" for line in lines]
+
+    return cut(search), cut(replace)
 
 
 def parse_edit_blocks(text: str, default_path: str | None = None) -> list[EditBlock]:
@@ -182,7 +196,8 @@ def parse_edit_blocks(text: str, default_path: str | None = None) -> list[EditBl
                 f"the block opened at line {head + 1} (for {path}) has no '=======' line between its "
                 f"SEARCH and REPLACE parts.\n{FORMAT_HINT}"
             )
-        blocks.append(EditBlock(path=path, search=_join(lines[head + 1:divider]), replace=_join(lines[divider + 1:tail])))
+        search, replace = _dedent(lines[head], lines[head + 1:divider], lines[divider + 1:tail])
+        blocks.append(EditBlock(path=path, search=_join(search), replace=_join(replace)))
         last_path = path
         region_start = tail + 1
         i = tail + 1
