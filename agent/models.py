@@ -91,7 +91,7 @@ class _Script:
         # A threading lock: the script may be shared by event loops in several threads.
         self.lock = threading.Lock()
 
-    def take(self, prompt: str, role: str | None) -> ScriptedResponse:
+    def take(self, prompt: str, role: str | None, last: str = "") -> ScriptedResponse:
         with self.lock:
             for matching in (True, False):
                 for i, r in enumerate(self.responses):
@@ -105,8 +105,10 @@ class _Script:
                         self.used[i] = True
                     return r
         start = prompt[:160].replace("\n", " ")
+        # In a conversation every prompt starts alike: the last message tells them apart.
+        tail = f", whose last message starts {last[:160]!r}" if last and not prompt.startswith(last) else ""
         raise ScriptExhausted(
-            f"scripted model {self.source}: no response left for the prompt starting {start!r}"
+            f"scripted model {self.source}: no response left for the prompt starting {start!r}{tail}"
             f"{f' (role {role})' if role else ''}; add one to the script (with 'match: REGEX' "
             "to answer prompts like this one, or 'repeat: true' to reuse it)"
         )
@@ -196,7 +198,7 @@ class ScriptedModel:
     ) -> Completion:
         started = time.monotonic()
         prompt = prompt_text(messages)
-        texts = [self._cap(t, max_tokens) for t in self._script.take(prompt, self.role).samples(max(1, n))]
+        texts = [self._cap(t, max_tokens) for t in self._script.take(prompt, self.role, messages[-1].content if messages else "").samples(max(1, n))]
         # Samples are generated side by side: the call lasts as long as the longest one.
         longest = max(self.tokens(t) for t in texts)
         delay = self.first_token_s + longest * self.per_token_s
@@ -217,7 +219,7 @@ class ScriptedModel:
     ) -> AsyncIterator[str | Completion]:
         started = time.monotonic()
         prompt = prompt_text(messages)
-        text = self._cap(self._script.take(prompt, self.role).samples(1)[0], max_tokens)
+        text = self._cap(self._script.take(prompt, self.role, messages[-1].content if messages else "").samples(1)[0], max_tokens)
         cpt, ntok = self.chars_per_token, self.tokens(text)
         loop = asyncio.get_running_loop()
         first = loop.time() + self.first_token_s
