@@ -42,6 +42,11 @@ class Settings(BaseModel):
     build: str | None = Field(None, description="build command (detected when unset)")
     test: str | None = Field(None, description="test command (detected when unset)")
 
+    @property
+    def max_n(self) -> int:
+        """The most candidates one fan_out may start: the user's ``n``, whatever the plan asks."""
+        return self.n
+
 
 class ConfigError(Exception):
     """A setting the user wrote is wrong; the message names the source, the field and the fix."""

@@ -80,7 +80,7 @@ def demo_command(
             fail(f"no model configured and no scripted answers at {script}; configure a model (--model or BAKEOFF_MODEL)")
         override = resolve_model(f"scripted:{script}")
         err.print(f"[bold]scripted model[/bold]: replaying {script} because no model is configured "
-                  "(set BAKEOFF_MODEL or add [model] default = \"...\" to bakeoff.toml for a live run)")
+                  "(set BAKEOFF_MODEL or add \\[model] default = \"...\" to bakeoff.toml for a live run)")
     err.print(f"working on a copy of the example at {repo}")
 
     events = EventBus()
