@@ -44,14 +44,24 @@ class Registry:
             params = entry["parameters"]
             props = params.get("properties", {})
             required = set(params.get("required", []))
-            args = ", ".join(
-                f"{k}{'' if k in required else '?'}: {v.get('type', 'any')}" for k, v in props.items()
-            )
+            args = ", ".join(f"{k}{'' if k in required else '?'}: {_type_name(v)}" for k, v in props.items())
             blocks.append(f"{entry['name']}({args})\n  {entry['description']}")
         return "\n".join(blocks)
 
     def to_json(self) -> str:
         return json.dumps(self.schemas(), indent=2)
+
+
+def _type_name(schema: dict) -> str:
+    """A short type for a JSON schema: 'integer', 'array[string]', 'string|null'."""
+    if "anyOf" in schema:
+        return "|".join(_type_name(s) for s in schema["anyOf"])
+    kind = schema.get("type", "any")
+    if kind == "array" and isinstance(schema.get("items"), dict):
+        return f"array[{_type_name(schema['items'])}]"
+    if "enum" in schema:
+        return "|".join(repr(v) for v in schema["enum"])
+    return kind
 
 
 def default_registry() -> Registry:
