@@ -336,15 +336,18 @@ _DEF_PY = re.compile(r"^(?:async\s+)?def\s+([A-Za-z_]\w*)\s*\(", re.M)
 _DEF_C = re.compile(r"^[A-Za-z_][\w\s\*]*?\b([A-Za-z_]\w*)\s*\([^;{)]*\)\s*\{", re.M)
 
 
-def functions_in(source: str, language: str) -> list[str]:
-    """Names of the top-level functions a source defines (C: not ``static`` ones first)."""
+def functions_in(source: str, language: str, *, public: bool = False) -> list[str]:
+    """Names of the top-level functions a source defines; ``public``: not ``static``, not ``_private``."""
     if language == "python":
-        return _DEF_PY.findall(source)
+        return [f for f in _DEF_PY.findall(source) if not (public and f.startswith("_"))]
     names = []
     for m in _DEF_C.finditer(source):
-        if m.group(1) not in ("if", "for", "while", "switch", "return"):
-            names.append((m.group(0).lstrip().startswith("static"), m.group(1)))
-    return [name for _, name in sorted(names, key=lambda x: x[0])]
+        if m.group(1) in ("if", "for", "while", "switch", "return"):
+            continue
+        if public and re.match(r"\s*static\b", m.group(0)):
+            continue
+        names.append(m.group(1))
+    return names
 
 
 def _file_of(entry: str, files: Mapping[str, str]) -> str | None:
@@ -357,12 +360,14 @@ def _file_of(entry: str, files: Mapping[str, str]) -> str | None:
 def guess_entry(goal: str, files: Mapping[str, str]) -> str | None:
     """The function a goal is about: one it names, else the only public function of the files."""
     found: list[str] = []
+    public: list[str] = []
     for path, text in files.items():
         found.extend(functions_in(text, language_of([path])))
+        public.extend(f for f in functions_in(text, language_of([path]), public=True) if f != "main")
     named = [f for f in found if re.search(rf"\b{re.escape(f)}\b", goal)]
     if named:
         return named[0]
-    public = [f for f in dict.fromkeys(found) if not f.startswith("_") and f != "main"]
+    public = list(dict.fromkeys(public))
     return public[0] if len(public) == 1 else None
 
 
@@ -640,6 +645,8 @@ async def fan_out(
     if not files:
         raise FanOutError("fan_out needs at least one file to edit: pass files=[...] relative to the repository root")
     editors = _editors(models)
+    if getattr(pool, "max_concurrent", 2) < 2:
+        raise FanOutError("fan_out needs at least 2 sandboxes at once (the base stays open for timing): raise max_sandboxes")
     language = language or language_of(files)
     n = max(1, min(n, settings.max_n))
     hints = spread(strategies_for(language, goal, settings.strategies), n)
