@@ -164,7 +164,9 @@ class CHarness:
         self.call_timeout, self.build_timeout = call_timeout, build_timeout
         self.timing_threads = timing_threads
         self.events = events
-        self.limiter = limiter or asyncio.Semaphore(jobs or os.cpu_count() or 2)
+        # One command at a time in a sandbox: its limits (memory, processes) are for the whole
+        # sandbox, and two compilers at once can exceed them.
+        self.limiter = limiter or asyncio.Semaphore(jobs or (1 if sandbox is not None else os.cpu_count() or 2))
         self.build_logs: dict[str, str] = {}  # candidate id -> why it did not build
         self.details: dict[str, dict[str, str]] = {}  # candidate id -> test id -> what happened
         self.notes: list[str] = []

@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""Benchmark 2: bakeoff's selection on ParEval serial->OpenMP samples, built and run here.
+
+For every (model, problem): each of the 20 samples (prompt + "\\n" + completion) is built
+against the problem's serial reference with bakeoff's C++ differential harness
+(``agent.differential_c.CHarness``), run on generated inputs at 1, 2 and oversubscribed
+thread counts, voted on with the reference (``agent.selection.vote``), and the winners are
+timed against the serial reference at 2 threads; ``agent.selection.choose`` picks. The
+labels (``are_all_valid``) are used only for scoring.
+
+Input constraints the type-driven generator cannot infer (sizes, value domains) come from
+``bench/pareval/constraints.json``, read from each problem's doc comment and serial source.
+
+    python3 bench/select_pareval.py [--data DIR] [--models a,b] [--problems mixed|all]
+                                    [--workers N] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agent.differential_c import CHarness  # noqa: E402
+from agent.selection import choose, vote  # noqa: E402
+from agent.types import Candidate, ExecutionMatrix, TestCase, Timing  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "bench" / "pareval-omp-dev"
+DEFAULT_CONSTRAINTS = ROOT / "bench" / "pareval" / "constraints.json"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def geomean(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None and x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+
+def load(data: Path) -> tuple[dict[str, dict], dict[tuple[str, str], list[dict]]]:
+    problems = {}
+    for line in (data / "problems.jsonl").read_text().splitlines():
+        if line.strip():
+            p = json.loads(line)
+            problems[p["name"]] = p
+    samples: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for line in (data / "candidates.jsonl").read_text().splitlines():
+        if line.strip():
+            c = json.loads(line)
+            samples[(c["model"], c["name"])].append(c)
+    for v in samples.values():
+        v.sort(key=lambda c: c["index"])
+    return problems, samples
+
+
+def sub_matrix(m: ExecutionMatrix, cands: list[str]) -> ExecutionMatrix:
+    return ExecutionMatrix(
+        candidates=list(cands), tests=list(m.tests),
+        cells={c: dict(m.cells.get(c, {})) for c in cands},
+        outputs={c: dict(m.outputs.get(c, {})) for c in cands if c in m.outputs},
+    )
+
+
+def plurality(m: ExecutionMatrix, eligible: list[str]) -> list[str]:
+    """Largest group of candidates whose outputs agree on every test (used only when the
+    reference vote and the agreement vote both find nobody)."""
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for c in eligible:
+        cells = m.cells.get(c, {})
+        if all(o in ("pass", "fail") for o in cells.values()):
+            groups[tuple(m.outputs.get(c, {}).get(t, "") for t in m.tests)].append(c)
+    if not groups:
+        return []
+    return max(groups.values(), key=len)
+
+
+async def evaluate_problem(prob: dict, models: list[str], samples, constraints: dict, limiter, args) -> dict[str, Any]:
+    """Phase 1 of a problem: tests and the execution matrix of every selected model's samples."""
+    harness = CHarness(
+        prob["serial_source"], prob["function_name"], language="c++", constraints=constraints,
+        compile_flags=("-O3", "-fopenmp"), limiter=limiter, call_timeout=args.call_timeout,
+        medium_tests=args.medium_tests, threads=[int(t) for t in args.threads.split(",")] if args.threads else None,
+    )
+    sources = {}
+    for model in models:
+        for s in samples[(model, prob["name"])]:
+            sources[f"{model}/{s['index']}"] = prob["prompt"] + "\n" + s["completion"]
+    t0 = time.monotonic()
+    tests = await harness.make_tests()
+    matrix = await harness.run_matrix(sources, tests)
+    log(f"{prob['name']}: {len(tests)} tests, {len(set(sources.values()))} distinct programs, "
+        f"{time.monotonic() - t0:.0f}s")
+    return {"harness": harness, "tests": tests, "matrix": matrix, "sources": sources}
+
+
+def decide(model: str, prob: dict, ev: dict, samples) -> dict[str, Any]:
+    """The vote for one (model, problem); which samples must be timed."""
+    ids = [f"{model}/{s['index']}" for s in samples[(model, prob["name"])]]
+    m = sub_matrix(ev["matrix"], ids)
+    built = {c: not ev["harness"].build_logs.get(c) for c in ids}
+    v = vote(m, ev["tests"], reference=True, gate=built)
+    path = "reference"
+    winners = list(v.winners)
+    if not winners:
+        probes = [t.model_copy(update={"expected": None}) for t in ev["tests"]]
+        v2 = vote(m, probes, reference=False, gate=built)
+        if v2.winners:
+            v, winners, path = v2, list(v2.winners), "agreement"
+        else:
+            eligible = [c for c in ids if built[c] and not m.flaky(c)]
+            winners = plurality(m, eligible)
+            path = "plurality" if winners else "none"
+            v = v.model_copy(update={"winners": winners})
+    return {"ids": ids, "matrix": m, "vote": v, "winners": winners, "path": path, "ref_winners": set(v.winners) if path == "reference" else set()}
+
+
+async def main_async(args) -> int:
+    started = time.monotonic()
+    data = Path(args.data)
+    problems, samples = load(data)
+    constraints_all = json.loads(Path(args.constraints).read_text())["problems"]
+    all_models = sorted({m for m, _ in samples})
+    models = args.models.split(",") if args.models else all_models
+    pairs: dict[str, list[str]] = defaultdict(list)
+    for (model, name), ss in sorted(samples.items()):
+        if model not in models:
+            continue
+        c = sum(s["labels"]["are_all_valid"] for s in ss)
+        if args.problems == "all" or 0 < c < len(ss):
+            pairs[name].append(model)
+    names = sorted(pairs)
+    if args.limit:
+        names = names[: args.limit]
+    log(f"{sum(len(pairs[n]) for n in names)} (model, problem) pairs over {len(names)} problems, models {models}")
+
+    limiter = asyncio.Semaphore(args.workers)
+    gate = asyncio.Semaphore(max(2, args.workers))  # problems in flight at once
+
+    async def phase1(name: str):
+        async with gate:
+            return name, await evaluate_problem(problems[name], pairs[name], samples, constraints_all.get(name, {}), limiter, args)
+
+    evals = dict(await asyncio.gather(*(phase1(n) for n in names)))
+    t_matrix = time.monotonic() - started
+    log(f"matrices done in {t_matrix:.0f}s; timing winners (nothing else runs now)")
+
+    # Phase 2, alone on the machine: time the winners (what the vote needs) and, for the
+    # speed figures, the samples the labels call correct.
+    results: dict[str, list[dict]] = defaultdict(list)
+    for name in names:
+        ev = evals[name]
+        prob = problems[name]
+        decisions = {model: decide(model, prob, ev, samples) for model in pairs[name]}
+        to_time: dict[str, str] = {}
+        for model, d in decisions.items():
+            by_id = {f"{model}/{s['index']}": s for s in samples[(model, name)]}
+            need = set(d["winners"]) if len(d["winners"]) > 1 else set()
+            need |= {c for c, s in by_id.items() if s["labels"]["are_all_valid"] and not ev["harness"].build_logs.get(c)}
+            for c in need:
+                to_time[c] = ev["sources"][c]
+        timings: dict[str, Timing] = await ev["harness"].time(to_time, repeats=args.repeats) if to_time else {}
+        for model, d in decisions.items():
+            ss = samples[(model, name)]
+            cands = [Candidate(id=f"{model}/{s['index']}", source=ev["sources"][f"{model}/{s['index']}"]) for s in ss]
+            if d["winners"]:
+                verdict = choose(d["vote"].model_copy(update={"winners": d["winners"]}), cands, d["matrix"], ev["tests"],
+                                 timings={c: t for c, t in timings.items() if c in d["ids"]})
+                pick = verdict.winner
+            else:
+                pick = None
+            # Nobody eligible at all: the first sample (what a selector with no signal does).
+            chosen = int(pick.split("/")[1]) if pick else 0
+            labels = {s["index"]: s["labels"]["are_all_valid"] for s in ss}
+            sp = {s["index"]: timings[f"{model}/{s['index']}"].speedup for s in ss if f"{model}/{s['index']}" in timings}
+            results[model].append({
+                "name": name, "chosen": chosen, "path": d["path"] if pick else "none",
+                "correct": labels[chosen], "c": sum(labels.values()), "n": len(ss),
+                "speed_pick": sp.get(chosen) if labels[chosen] else None,
+                "speed_correct": [sp[i] for i in labels if labels[i] and i in sp],
+                "ref_winners": sorted(int(c.split("/")[1]) for c in d["ref_winners"]),
+                "labels": labels,
+                "flaky": sorted(int(c.split("/")[1]) for c in d["vote"].flaky),
+                "built": sum(1 for c in d["ids"] if not ev["harness"].build_logs.get(c)),
+                "label_built": sum(s["labels"]["did_build"] for s in ss),
+            })
+        log(f"{name}: timed {len(set(to_time.values()))} programs; picks " + ", ".join(
+            f"{r['name'] and m}:{r['chosen']}{'+' if r['correct'] else '-'}({r['path']})" for m in pairs[name] for r in results[m] if r["name"] == name))
+        await ev["harness"].close()
+
+    elapsed = time.monotonic() - started
+    figures = report(results, elapsed, t_matrix)
+    picks_path = Path(args.picks)
+    picks_path.parent.mkdir(parents=True, exist_ok=True)
+    with picks_path.open("w") as fh:
+        for model, rows in results.items():
+            for r in rows:
+                fh.write(json.dumps({"name": r["name"], "model": model, "chosen_index": r["chosen"]}) + "\n")
+    print(f"\nscore.py's report on the picks ({picks_path}):\n", flush=True)
+    out = subprocess.run([sys.executable, str(data / "score.py"), "--select", str(picks_path), str(data / "candidates.jsonl")],
+                         capture_output=True, text=True)
+    sel = out.stdout[out.stdout.find("Selector scoring"):] if "Selector scoring" in out.stdout else out.stdout + out.stderr
+    print(sel, flush=True)
+    if args.json:
+        figures["command"] = " ".join(sys.argv)
+        figures["rows"] = {m: [{k: v for k, v in r.items() if k != "labels"} for r in rows] for m, rows in results.items()}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(figures, indent=1, sort_keys=True))
+    return 0
+
+
+def summarize(rows: list[dict]) -> dict[str, Any]:
+    n = len(rows)
+    sel = sum(r["correct"] for r in rows) / n
+    rnd = sum(r["c"] / r["n"] for r in rows) / n
+    orc = sum(1 for r in rows if r["c"] > 0) / n
+    gap = orc - rnd
+    paired = [r for r in rows if r["speed_pick"] is not None and r["speed_correct"]]
+    yes_no = sum(1 for r in rows for i, ok in r["labels"].items() if i in r["ref_winners"] and not ok)
+    no_yes = sum(1 for r in rows for i, ok in r["labels"].items() if i not in r["ref_winners"] and ok)
+    return {
+        "problems": n,
+        "selected_accuracy": sel,
+        "random_accuracy": rnd,
+        "oracle": orc,
+        "gap_closed": (sel - rnd) / gap if gap > 1e-12 else None,
+        "speedup_pick": geomean([r["speed_pick"] for r in paired]),
+        "speedup_mean_correct": geomean([sum(r["speed_correct"]) / len(r["speed_correct"]) for r in paired]),
+        "speedup_oracle": geomean([max(r["speed_correct"]) for r in paired]),
+        "speedup_problems": len(paired),
+        "disagree_with_labels": {"bakeoff_correct_label_wrong": yes_no, "bakeoff_wrong_label_correct": no_yes,
+                                 "samples": sum(r["n"] for r in rows)},
+        "picks_label_wrong": sum(1 for r in rows if not r["correct"] and r["c"] > 0),
+        "paths": dict(Counter(r["path"] for r in rows)),
+        "built": sum(r["built"] for r in rows), "label_built": sum(r["label_built"] for r in rows),
+    }
+
+
+def fmt(x: Any, d: int = 3) -> str:
+    return "n/a" if x is None else (f"{x:.{d}f}" if isinstance(x, float) else str(x))
+
+
+def report(results: dict[str, list[dict]], elapsed: float, t_matrix: float) -> dict[str, Any]:
+    figures: dict[str, Any] = {"models": {}}
+    print(f"\npareval-omp-dev selection, measured here (2 cores), {elapsed:.0f}s in all ({t_matrix:.0f}s building and running)\n")
+    print("| model | problems | selected acc | random (pass@1) | oracle (pass@20) | gap closed | S2 pick | S2 mean-correct | S2 best | speed problems | bakeoff yes/label no | bakeoff no/label yes | wrong picks | vote path | built (labels) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    all_rows = []
+    for model in sorted(results):
+        s = summarize(results[model])
+        figures["models"][model] = s
+        all_rows += results[model]
+        print_row(model, s)
+    s = summarize(all_rows)
+    figures["overall"] = s
+    print_row("overall", s)
+    figures.update({k: s[k] for k in ("selected_accuracy", "random_accuracy", "oracle", "gap_closed", "speedup_pick",
+                                       "speedup_mean_correct", "speedup_oracle", "disagree_with_labels")})
+    figures["elapsed_s"] = elapsed
+    print("\nS2 = serial reference time / sample time at 2 threads, both measured here (median of interleaved runs), "
+          "geometric mean over problems where the pick is correct and timed; mean-correct and best over the samples the labels call correct.")
+    return figures
+
+
+def print_row(model: str, s: dict) -> None:
+    d = s["disagree_with_labels"]
+    print(f"| {model} | {s['problems']} | {fmt(s['selected_accuracy'])} | {fmt(s['random_accuracy'])} | {fmt(s['oracle'])} | "
+          f"{fmt(s['gap_closed'])} | {fmt(s['speedup_pick'], 2)} | {fmt(s['speedup_mean_correct'], 2)} | {fmt(s['speedup_oracle'], 2)} | "
+          f"{s['speedup_problems']} | {d['bakeoff_correct_label_wrong']}/{d['samples']} | {d['bakeoff_wrong_label_correct']}/{d['samples']} | "
+          f"{s['picks_label_wrong']} | {s['paths']} | {s['built']} ({s['label_built']}) |", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="a pareval-omp-dev style folder")
+    ap.add_argument("--constraints", default=str(DEFAULT_CONSTRAINTS))
+    ap.add_argument("--models", default="", help="comma-separated; default all")
+    ap.add_argument("--problems", choices=["mixed", "all"], default="all",
+                    help="mixed: only (model, problem) pairs whose samples are partly correct")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="compile/run processes at once")
+    ap.add_argument("--repeats", type=int, default=7, help="interleaved timing pairs per sample")
+    ap.add_argument("--call-timeout", type=float, default=10.0)
+    ap.add_argument("--medium-tests", type=int, default=3, help="larger inputs per problem, run to expose races")
+    ap.add_argument("--threads", default="", help="thread counts for correctness runs (default 1, 2, cores, 2x and 4x cores)")
+    ap.add_argument("--limit", type=int, default=0, help="only the first N problems (for a quick look)")
+    ap.add_argument("--picks", default=str(ROOT / "bench" / "out" / "pareval_picks.jsonl"))
+    ap.add_argument("--json", default="")
+    return asyncio.run(main_async(ap.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""The C/C++ differential harness on real compilers and real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+
+from agent.c_signature import SignatureError, guess_language, parse_signature
+from agent.cuda_run import build_and_run_cuda
+from agent.differential_c import CHarness
+from agent.harness import DifferentialHarness
+
+# --------------------------------------------------------------------------- parsing
+
+POINT = "struct Point {\n\tdouble x, y;\n};\n"
+COO = "struct COOElement {\n   size_t row, column;\n   double value;\n};\n"
+BOOK = "struct Book {\n   std::string title;\n   int pages;\n};\n"
+
+# Real signatures from pareval-omp-dev's problems.jsonl: (source prefix, signature, expected).
+SIGNATURES = [
+    ("", "void luFactorize(std::vector<double> &A, size_t N)", "void", [("A", "std::vector<double>", "ref"), ("N", "size_t", "value")]),
+    ("", "void gemm(std::vector<double> const& A, std::vector<double> const& B, std::vector<double> &C, size_t M, size_t K, size_t N)",
+     "void", [("A", "std::vector<double>", "cref"), ("B", "std::vector<double>", "cref"), ("C", "std::vector<double>", "ref"),
+              ("M", "size_t", "value"), ("K", "size_t", "value"), ("N", "size_t", "value")]),
+    ("", "void axpy(double alpha, std::vector<double> const& x, std::vector<double> const& y, std::vector<double> &z)",
+     "void", [("alpha", "double", "value"), ("x", "std::vector<double>", "cref"), ("y", "std::vector<double>", "cref"), ("z", "std::vector<double>", "ref")]),
+    ("", "void ifft(std::vector<std::complex<double>> &x)", "void", [("x", "std::vector<std::complex<double>>", "ref")]),
+    ("", "void fft(std::vector<std::complex<double>> const& x, std::vector<double> &r, std::vector<double> &i)",
+     "void", [("x", "std::vector<std::complex<double>>", "cref"), ("r", "std::vector<double>", "ref"), ("i", "std::vector<double>", "ref")]),
+    (POINT, "double smallestArea(std::vector<Point> const& points)", "double", [("points", "std::vector<Point>", "cref")]),
+    ("", "int shortestPathLength(std::vector<int> const& A, size_t N, int source, int dest)",
+     "int", [("A", "std::vector<int>", "cref"), ("N", "size_t", "value"), ("source", "int", "value"), ("dest", "int", "value")]),
+    ("", " void pixelCounts(std::vector<int> const& image, std::array<size_t, 256> &bins)",
+     "void", [("image", "std::vector<int>", "cref"), ("bins", "std::array<size_t, 256>", "ref")]),
+    ("", "void firstLetterCounts(std::vector<std::string> const& s, std::array<size_t, 26> &bins)",
+     "void", [("s", "std::vector<std::string>", "cref"), ("bins", "std::array<size_t, 26>", "ref")]),
+    ("", "bool reduceLogicalXOR(std::vector<bool> const& x)", "bool", [("x", "std::vector<bool>", "cref")]),
+    ("", "void partialMinimums(std::vector<float> &x)", "void", [("x", "std::vector<float>", "ref")]),
+    (BOOK, "size_t findLastShortBook(std::vector<Book> const& books)", "size_t", [("books", "std::vector<Book>", "cref")]),
+    ("", "void ranks(std::vector<float> const& x, std::vector<size_t> &ranks)",
+     "void", [("x", "std::vector<float>", "cref"), ("ranks", "std::vector<size_t>", "ref")]),
+    (COO, "void spmv(double alpha, std::vector<COOElement> const& A, std::vector<double> const& x, double beta, std::vector<double> &y, size_t M, size_t N)",
+     "void", [("alpha", "double", "value"), ("A", "std::vector<COOElement>", "cref"), ("x", "std::vector<double>", "cref"),
+              ("beta", "double", "value"), ("y", "std::vector<double>", "ref"), ("M", "size_t", "value"), ("N", "size_t", "value")]),
+    ("", "void mapPowersOfTwo(std::vector<int> const& x, std::vector<bool> &mask)",
+     "void", [("x", "std::vector<int>", "cref"), ("mask", "std::vector<bool>", "ref")]),
+    ("", "double sum(const double *x, size_t n)", "double", [("x", "double", "cpointer"), ("n", "size_t", "value")]),
+    ("", "void scale(float * restrict y, const float a[], unsigned long long n)",
+     "void", [("y", "float", "pointer"), ("a", "float", "cpointer"), ("n", "unsigned long long", "value")]),
+    ("", "int count(const std::vector<std::vector<int>>& grid)", "int", [("grid", "std::vector<std::vector<int>>", "cref")]),
+]
+
+
+@pytest.mark.parametrize(("prefix", "sig", "ret", "params"), SIGNATURES, ids=[s[1].split("(")[0].split()[-1] for s in SIGNATURES])
+def test_signature_table(prefix, sig, ret, params):
+    parsed = parse_signature(f"/* doc */\n{prefix}\n{sig} {{\n  return {{}};\n}}\n", sig.split("(")[0].split()[-1])
+    assert parsed.returns.spell() == ret
+    assert [(p.name, p.type.spell(), p.passing) for p in parsed.params] == params
+
+
+def test_struct_fields_are_read_from_the_source():
+    sig = parse_signature(COO + "void f(std::vector<COOElement> const& A) {}", "f")
+    assert [(n, t.spell()) for n, t in sig.structs["COOElement"].fields] == [("row", "size_t"), ("column", "size_t"), ("value", "double")]
+
+
+def test_unknown_types_and_missing_functions_are_named():
+    with pytest.raises(SignatureError, match="Matrix"):
+        parse_signature("void f(Matrix const& m) {}", "f")
+    with pytest.raises(SignatureError, match="no definition of g"):
+        parse_signature("void g(int x);\nvoid f(int x) {}", "g")
+
+
+def test_language_guess():
+    assert guess_language("double f(const double *x, int n) { return x[0]; }") == "c"
+    assert guess_language("double f(std::vector<double> const& x) { return x[0]; }") == "c++"
+
+
+# --------------------------------------------------------------------------- running
+
+REFERENCE = """
+/* Return the sum of x. */
+double total(std::vector<double> const& x) {
+  double s = 0;
+  for (size_t i = 0; i < x.size(); ++i) s += x[i];
+  return s;
+}
+"""
+REDUCTION = """#include <omp.h>
+double total(std::vector<double> const& x) {
+  double s = 0;
+  #pragma omp parallel for reduction(+:s)
+  for (size_t i = 0; i < x.size(); ++i) s += x[i];
+  return s;
+}
+"""
+RACE = """#include <omp.h>
+double total(std::vector<double> const& x) {
+  double s = 0;
+  #pragma omp parallel for
+  for (size_t i = 0; i < x.size(); ++i) s += x[i];
+  return s;
+}
+"""
+OFF_BY_ONE = """#include <omp.h>
+double total(std::vector<double> const& x) {
+  double s = 0;
+  #pragma omp parallel for reduction(+:s)
+  for (size_t i = 1; i < x.size(); ++i) s += x[i];
+  return s;
+}
+"""
+SERIAL = """
+double total(std::vector<double> const& x) {
+  double s = 0;
+  for (double v : x) s += v;
+  return s;
+}
+"""
+REVERSED = """
+double total(std::vector<double> const& x) {
+  double s = 0;
+  for (size_t i = x.size(); i-- > 0;) s += x[i];
+  return s;
+}
+"""
+SLIGHTLY_OFF = """
+double total(std::vector<double> const& x) {
+  double s = 0;
+  for (double v : x) s += v;
+  return s * (1 + 1e-3);
+}
+"""
+NO_BRACE = """#include <omp.h>
+double total(std::vector<double> const& x) {
+  double s = 0;
+  for (double v : x) s += v;
+  return s;
+"""
+
+SUM_CONSTRAINTS = {"vars": {"n": {"small": [1, 40], "medium": 2000000, "large": 2000000}}}
+
+
+@pytest.fixture(scope="module")
+def sum_run():
+    """One harness, every kind of candidate at once (the driver runtime is built only once)."""
+
+    async def go():
+        h = CHarness(REFERENCE, "total", constraints=SUM_CONSTRAINTS, small_tests=3, medium_tests=1, repeats=3)
+        assert isinstance(h, DifferentialHarness)
+        assert h.threads[-1] >= 4  # oversubscribed beyond the cores
+        try:
+            tests = await h.make_tests()
+            sources = {"reduction": REDUCTION, "race": RACE, "off_by_one": OFF_BY_ONE, "serial": SERIAL,
+                       "serial_again": SERIAL, "reversed": REVERSED, "slightly_off": SLIGHTLY_OFF, "no_brace": NO_BRACE}
+            matrix = await h.run_matrix(sources, tests)
+            timings = await h.time({"reduction": REDUCTION, "serial": SERIAL}, repeats=3)
+            return h, tests, matrix, timings
+        finally:
+            await h.close()
+
+    return asyncio.run(go())
+
+
+def test_tests_carry_the_reference_output(sum_run):
+    _, tests, _, _ = sum_run
+    assert len(tests) == 4
+    assert all(t.kind == "differential" and t.expected["digest"] for t in tests)
+    assert len({t.expected["digest"] for t in tests}) == 4
+
+
+def test_reduction_and_serial_pass(sum_run):
+    _, tests, m, _ = sum_run
+    for cand in ("reduction", "serial", "serial_again"):
+        assert all(m.cells[cand][t.id] == "pass" for t in tests), (cand, m.cells[cand])
+
+
+def test_missing_reduction_is_caught_at_many_threads(sum_run):
+    h, tests, m, _ = sum_run
+    assert m.cells["race"]["diff-medium-0"] in ("flaky", "fail"), h.details["race"]
+
+
+def test_off_by_one_fails(sum_run):
+    _, tests, m, _ = sum_run
+    assert all(m.cells["off_by_one"][t.id] == "fail" for t in tests)
+
+
+def test_float_tolerance(sum_run):
+    _, tests, m, _ = sum_run
+    # A different summation order is within 1e-6 relative; a 1e-3 relative error is not.
+    assert all(m.cells["reversed"][t.id] == "pass" for t in tests)
+    assert all(m.cells["slightly_off"][t.id] == "fail" for t in tests)
+
+
+def test_build_error_is_error_everywhere(sum_run):
+    h, tests, m, _ = sum_run
+    assert all(m.cells["no_brace"][t.id] == "error" for t in tests)
+    assert "error" in h.build_logs["no_brace"]
+
+
+def test_identical_sources_are_built_once(sum_run):
+    h, _, m, _ = sum_run
+    assert m.cells["serial"] == m.cells["serial_again"]
+    # runtime + reference objects + reference binary + 7 distinct candidates
+    assert len([k for k in h._builds if k.startswith("cand_")]) == 7
+
+
+def test_timing_has_an_interval(sum_run):
+    _, _, _, timings = sum_run
+    assert set(timings) == {"reduction", "serial"}
+    for t in timings.values():
+        assert len(t.baseline_s) == 3 and len(t.candidate_s) == 3
+        assert t.low <= t.speedup <= t.high
+        assert t.threads == 2
+
+
+UNORDERED_REF = """
+/* Store the indices of the positive values of x in out (any order); return how many. */
+int positives(std::vector<int> const& x, std::vector<int> &out) {
+  out.clear();
+  for (int i = 0; i < (int)x.size(); ++i) if (x[i] > 0) out.push_back(i);
+  return (int)out.size();
+}
+"""
+UNORDERED_CAND = """
+int positives(std::vector<int> const& x, std::vector<int> &out) {
+  out.clear();
+  for (int i = (int)x.size() - 1; i >= 0; --i) if (x[i] > 0) out.push_back(i);
+  return (int)out.size();
+}
+"""
+
+
+@pytest.mark.parametrize("unordered", [True, False])
+async def test_unordered_outputs(unordered):
+    h = CHarness(UNORDERED_REF, "positives", unordered=unordered, small_tests=2, medium_tests=0, threads=[1, 2], repeats=1)
+    try:
+        tests = await h.make_tests()
+        m = await h.run_matrix({"rev": UNORDERED_CAND}, tests)
+        expected = "pass" if unordered else "fail"
+        assert [m.cells["rev"][t.id] for t in tests] == [expected] * len(tests)
+    finally:
+        await h.close()
+
+
+C_REFERENCE = """
+typedef struct { double x, y; } Point;
+/* Sum of x * y over the points; also doubles every y. */
+double weighted(Point *p, size_t n) {
+  double s = 0;
+  for (size_t i = 0; i < n; i++) { s += p[i].x * p[i].y; p[i].y *= 2; }
+  return s;
+}
+"""
+C_CANDIDATE = """#include <omp.h>
+typedef struct { double x, y; } Point;
+static double helper(Point q) { return q.x * q.y; }
+double weighted(Point *p, size_t n) {
+  double s = 0;
+  #pragma omp parallel for reduction(+:s)
+  for (size_t i = 0; i < n; i++) { s += helper(p[i]); p[i].y *= 2; }
+  return s;
+}
+"""
+C_WRONG = C_CANDIDATE.replace("p[i].y *= 2", "p[i].y *= 3")
+
+
+async def test_c_pointers_structs_and_renamed_symbols():
+    h = CHarness(C_REFERENCE, "weighted", constraints={"args": {"n": {"value": "n"}}}, small_tests=2, medium_tests=1,
+                 threads=[1, 2, 4], repeats=2)
+    try:
+        assert h.language == "c"
+        tests = await h.make_tests()
+        m = await h.run_matrix({"good": C_CANDIDATE, "wrong": C_WRONG}, tests)
+        assert all(m.cells["good"][t.id] == "pass" for t in tests), h.details
+        assert all(m.cells["wrong"][t.id] == "fail" for t in tests)
+    finally:
+        await h.close()
+
+
+CRASH_REF = "int first(std::vector<int> const& x) {\n  return x.empty() ? -1 : x[0];\n}\n"
+CRASH = "#include <cstdlib>\nint first(std::vector<int> const& x) {\n  if (x.size() > 3) abort();\n  return x.empty() ? -1 : x[0];\n}\n"
+HANG = "int first(std::vector<int> const& x) {\n  volatile int s = 0; while (x.size() > 3) { s = s + 1; }\n  return x.empty() ? -1 : x[0];\n}\n"
+
+
+async def test_crash_is_error_and_hang_is_timeout_per_test():
+    h = CHarness(CRASH_REF, "first", constraints={"vars": {"n": {"small": [0, 2], "medium": 50}}}, small_tests=2,
+                 medium_tests=1, threads=[1, 2], repeats=1, call_timeout=1.0)
+    try:
+        tests = await h.make_tests()
+        m = await h.run_matrix({"crash": CRASH, "hang": HANG}, tests)
+        small = [t.id for t in tests if "small" in t.id]
+        assert [m.cells["crash"][t] for t in small] == ["pass", "pass"]
+        assert m.cells["crash"]["diff-medium-0"] == "error"
+        assert [m.cells["hang"][t] for t in small] == ["pass", "pass"]
+        assert m.cells["hang"]["diff-medium-0"] == "timeout"
+    finally:
+        await h.close()
+
+
+async def test_through_the_local_sandbox(tmp_path):
+    local = pytest.importorskip("sandboxes.local")
+    from agent.seams import Workspace
+
+    sandbox = await local.LocalSandbox.create(Workspace(path=tmp_path))
+    h = CHarness(REFERENCE, "total", sandbox=sandbox, small_tests=1, medium_tests=0, threads=[1, 2], repeats=1)
+    try:
+        tests = await h.make_tests()
+        m = await h.run_matrix({"reduction": REDUCTION, "off_by_one": OFF_BY_ONE}, tests)
+        assert m.cells["reduction"][tests[0].id] == "pass"
+        assert m.cells["off_by_one"][tests[0].id] == "fail"
+    finally:
+        await h.close()
+        await sandbox.close()
+
+
+CUDA = r"""
+#include <cstdio>
+__global__ void add(int *x) { x[threadIdx.x] += 1; }
+int main() {
+  int *d, h[4] = {1, 2, 3, 4};
+  cudaMalloc(&d, sizeof h);
+  cudaMemcpy(d, h, sizeof h, cudaMemcpyHostToDevice);
+  add<<<1, 4>>>(d);
+  cudaMemcpy(h, d, sizeof h, cudaMemcpyDeviceToHost);
+  printf("%d %d %d %d\n", h[0], h[1], h[2], h[3]);
+  return 0;
+}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+async def test_cuda_builds_and_says_when_there_is_no_device():
+    run = await build_and_run_cuda(CUDA)
+    assert run.built, run.build_log
+    if run.no_device:
+        assert run.message.startswith("no CUDA device")
+        assert not run.ran and run.result is None
+    else:
+        assert run.ran and run.result is not None
+        assert run.result.stdout.strip() == "2 3 4 5"
+    broken = await build_and_run_cuda(CUDA.replace("add<<<1, 4>>>(d);", "add<<<1, 4>>>(d)"))
+    assert not broken.built and "error" in broken.build_log
