@@ -268,6 +268,19 @@ def _api_error(exc: BaseException) -> bool:
     return isinstance(exc, openai.OpenAIError) or _retryable(exc)
 
 
+def _assertion_inside(exc: BaseException) -> AssertionError | None:
+    """An AssertionError under litellm's wrapping: a bug (or the test suite's network switch),
+    never an API hiccup, so it is raised as itself and not retried."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, AssertionError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def _retryable(exc: BaseException) -> bool:
     litellm = _litellm()
 
@@ -379,6 +392,9 @@ class LitellmModel:
             try:
                 return await call()
             except Exception as e:
+                bug = _assertion_inside(e)
+                if bug is not None:
+                    raise bug from e
                 if not _retryable(e) or attempt >= self.max_retries:
                     raise
                 self.attempts.append(f"{model}: attempt {attempt + 1}: {type(e).__name__}: {str(e)[:200]}")
@@ -462,6 +478,9 @@ class LitellmModel:
                                 parts.append(delta)
                                 yield delta
                 except Exception as e:
+                    bug = _assertion_inside(e)
+                    if bug is not None:
+                        raise bug from e
                     if not _api_error(e):
                         raise
                     if parts:

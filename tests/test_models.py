@@ -324,3 +324,18 @@ async def test_litellm_all_failing_names_every_model(fake_api):
     with pytest.raises(ModelCallFailed) as e:
         await model.complete(msgs("hi"))
     assert "openai/a" in str(e.value) and "openai/b" in str(e.value) and "BadRequestError" in str(e.value)
+
+
+@pytest.mark.slow
+async def test_a_real_network_call_fails_the_test_at_once():
+    from tests.conftest import RealNetworkCallError
+
+    model = LitellmModel("openai/gpt-4o-mini", fallbacks=["anthropic/claude-3-5-haiku-latest"], api_key="sk-test")
+    started = time.monotonic()
+    with pytest.raises(RealNetworkCallError):
+        await model.complete(msgs("hi"))
+    with pytest.raises(RealNetworkCallError):
+        async for _ in model.stream(msgs("hi")):
+            pass
+    assert model.attempts == []  # not retried, not hidden behind a fallback
+    assert time.monotonic() - started < 30
