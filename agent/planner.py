@@ -22,6 +22,7 @@ import asyncio
 import difflib
 import json
 import re
+from dataclasses import dataclass
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
@@ -64,8 +65,10 @@ class PlanLineError(BaseModel):
         return f"{where} `{self.line.strip()[:200]}`: {self.message}"
 
 
-class Ref(BaseModel):
-    """One reference inside an argument: task ``task_id``, then ``path`` (fields and indices)."""
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """One reference inside an argument: task ``task_id``, then ``path`` (fields and indices).
+    A dataclass, not pydantic: the scheduler resolves references on every task."""
 
     task_id: int
     path: list[str | int]
