@@ -41,7 +41,7 @@ class SandboxPool:
         self.image = image
         self.dockerfile = dockerfile
         self.workspace = workspace  # what ``map`` copies when it is given no workspace
-        self._slots = asyncio.Semaphore(max_concurrent)
+        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self._live: set[Sandbox] = set()
         self._backend: str | None = None
         self._closed = False
@@ -58,7 +58,7 @@ class SandboxPool:
         """A sandbox holding a copy of ``workspace``, closed on exit (also on cancellation)."""
         if self._closed:
             raise RuntimeError("the sandbox pool is closed")
-        async with self._slots:
+        async with self._semaphore():
             sb = await create_sandbox(workspace, self.backend, self.limits,
                                       image=self.image, dockerfile=self.dockerfile)
             self._live.add(sb)
@@ -68,6 +68,13 @@ class SandboxPool:
                 self._live.discard(sb)
                 # Closing must finish even when the task using the sandbox is cancelled.
                 await asyncio.shield(sb.close())
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        # One per event loop: a pool may outlive the loop that first used it (batch runs).
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots[0] is not loop:
+            self._slots = (loop, asyncio.Semaphore(self.max_concurrent))
+        return self._slots[1]
 
     async def map(
         self,
