@@ -58,9 +58,10 @@ def choose_backend(kind: str = "auto") -> BackendChoice:
         if ok:
             return BackendChoice(backend="docker", reason=why)
         if kind == "docker":
-            raise SandboxUnavailable(f"no Docker engine reachable ({why}): start it, or use --sandbox local")
+            raise SandboxUnavailable(why if "--sandbox local" in why else
+                                     f"no Docker engine reachable ({why}): start it, or use --sandbox local")
         local = _local_choice()
-        return local.model_copy(update={"reason": f"no Docker engine ({why}); {local.reason}"})
+        return local.model_copy(update={"reason": f"Docker not used: {why}; {local.reason}"})
     local = _local_choice()
     if kind == "local+bwrap" and local.backend != "local+bwrap":
         raise SandboxUnavailable(f"bubblewrap cannot run here ({local.reason}): install it, or use --sandbox local")

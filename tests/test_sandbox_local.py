@@ -231,6 +231,15 @@ def test_choose_local_reports_the_backend_and_why() -> None:
         choose_backend("vm")
 
 
+def test_without_a_docker_engine_auto_falls_back_and_docker_says_what_to_do(monkeypatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/bakeoff-docker.sock")
+    with pytest.raises(SandboxUnavailable) as err:
+        choose_backend("docker")
+    assert "no Docker engine reachable" in str(err.value) and "--sandbox local" in str(err.value)
+    auto = choose_backend("auto")
+    assert auto.backend in ("local+bwrap", "local") and "Docker" in auto.reason
+
+
 async def test_without_bwrap_the_sandbox_says_isolation_is_reduced(tmp_path: Path) -> None:
     bus = EventBus()
     seen = []
