@@ -468,7 +468,13 @@ class LitellmModel:
                 usage: Usage | None = None
                 try:
                     response = await asyncio.wait_for(litellm.acompletion(**params), self.timeout + 5)
-                    async for chunk in response:
+                    chunks = response.__aiter__()
+                    while True:
+                        try:
+                            # Each chunk within the timeout: a stalled stream must not hang a run.
+                            chunk = await asyncio.wait_for(chunks.__anext__(), self.timeout)
+                        except StopAsyncIteration:
+                            break
                         raw = getattr(chunk, "usage", None)
                         if raw is not None and getattr(raw, "completion_tokens", None):
                             usage = Usage(prompt_tokens=int(raw.prompt_tokens or 0), completion_tokens=int(raw.completion_tokens or 0))

@@ -138,7 +138,8 @@ def _scan_call(text: str) -> tuple[str, str, str] | str:
     return "unbalanced brackets or an unclosed string in the arguments"
 
 
-_BARE_LITERALS = {"true": "True", "false": "False", "null": "None", "none": "None"}
+_BARE_LITERALS = {"true": "True", "false": "False", "null": "None", "none": "None"}  # JSON habits
+_WORD = re.compile(r"[A-Za-z_]\w*")
 
 
 def _normalize(inner: str, colon_keys: bool) -> str:
@@ -174,7 +175,7 @@ def _normalize(inner: str, colon_keys: bool) -> str:
                 i = m.end()
                 continue
         if c.isalpha() or c == "_":
-            m = re.compile(r"[A-Za-z_]\w*").match(inner, i)
+            m = _WORD.match(inner, i)
             assert m is not None
             word = m.group(0)
             if colon_keys and depth == 0 and re.match(r"\s*:(?!=)", inner[m.end() :]):
@@ -182,7 +183,7 @@ def _normalize(inner: str, colon_keys: bool) -> str:
                 out.append(word + "=")
                 i = colon + 1
                 continue
-            out.append(_BARE_LITERALS.get(word.lower(), word) if word.lower() in _BARE_LITERALS else word)
+            out.append(_BARE_LITERALS.get(word.lower(), word))
             i = m.end()
             continue
         out.append(c)

@@ -197,7 +197,8 @@ class Scheduler:
             if call.status == "ok":
                 values[call.task_id] = call.result
             self._emit(
-                "task.end", task_id=call.task_id, tool=call.tool, status=call.status,
+                "task.end", task_id=call.task_id, tool=call.tool, args=call.args, status=call.status,
+                started_at=call.started_at, ended_at=call.ended_at,
                 duration_s=round(call.ended_at - call.started_at, 6), result_chars=call.result_chars,
                 tokens=call.tokens, cost_usd=call.cost_usd, error=call.error,
             )
