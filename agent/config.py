@@ -32,7 +32,7 @@ class Settings(BaseModel):
     n: int = Field(4, ge=1, le=64, description="candidate edits developed in parallel")
     budget_usd: float | None = Field(2.0, ge=0, description="dollars one run may spend (None: no cap)")
     budget_tokens: int | None = Field(None, ge=0, description="tokens one run may spend (None: no cap)")
-    sandbox: Literal["auto", "local", "docker"] = "auto"
+    sandbox: Literal["auto", "local", "local+bwrap", "docker"] = "auto"
     image: str | None = Field(None, description="docker image or Dockerfile path for sandboxes")
     rounds: int = Field(2, ge=0, le=10, description="repair rounds per candidate")
     workers: int = Field(2, ge=1, le=64, description="batch tasks run at once")

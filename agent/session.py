@@ -138,6 +138,16 @@ class LazySandbox:
             await stack.aclose()
 
 
+def make_pool(settings: Settings) -> Any:
+    """The sandbox pool for ``settings``: its kind, its size, and its image or Dockerfile."""
+    from sandboxes.pool import SandboxPool
+
+    image, dockerfile = settings.image, None
+    if image and (image.endswith("Dockerfile") or Path(image).expanduser().is_file()):
+        image, dockerfile = None, Path(image).expanduser()
+    return SandboxPool(kind=settings.sandbox, max_concurrent=settings.max_sandboxes, image=image, dockerfile=dockerfile)
+
+
 def git(repo: Path, *args: str, check: bool = True) -> str:
     proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
     if check and proc.returncode != 0:
@@ -199,7 +209,10 @@ class Session:
         self.applied: list[Any] = []  # AppliedChange, newest last
         self.cost_usd = 0.0
         self.tokens = 0
+        self.sandbox_choice: Any = None
         self._configure(settings)
+        if pool is None:
+            self.check_sandbox()
 
     # ------------------------------------------------------------------ configuration
 
@@ -233,7 +246,10 @@ class Session:
         return models
 
     def update(self, **changes: Any) -> Settings:
-        """Change settings between runs (chat's /model, /n, /budget, /sandbox); validated again."""
+        """Change settings between runs (chat's /model, /n, /budget, /sandbox), validated again.
+        Nothing changes when the new settings are invalid or their sandbox cannot run here."""
+        from sandboxes import choose_backend
+
         data = self.settings.model_dump()
         for key, value in changes.items():
             if key == "model":
@@ -241,12 +257,19 @@ class Session:
             else:
                 data[key] = value
         settings = Settings.model_validate(data)
-        if "sandbox" in changes or "max_sandboxes" in changes:
+        choice = choose_backend(settings.sandbox) if "sandbox" in changes else self.sandbox_choice
+        if "model" in changes:
+            override, self.model_override = self.model_override, None
+            try:
+                self._models_per_role(settings)  # raises before anything changed
+            finally:
+                self.model_override = override
+            self.model_override = None
+        if "sandbox" in changes or "max_sandboxes" in changes or "image" in changes:
             self._pool = self._shared_pool
         if "budget_usd" in changes or "budget_tokens" in changes:
             self._shared_budget = None
-        if "model" in changes:
-            self.model_override = None
+        self.sandbox_choice = choice
         self._configure(settings)
         return settings
 
@@ -257,10 +280,17 @@ class Session:
     @property
     def pool(self) -> Any:
         if self._pool is None:
-            from sandboxes.pool import SandboxPool
-
-            self._pool = SandboxPool(kind=self.settings.sandbox, max_concurrent=self.settings.max_sandboxes)
+            self._pool = make_pool(self.settings)
         return self._pool
+
+    def check_sandbox(self) -> Any:
+        """Which sandbox backend runs the candidates, and why; raises ``SandboxUnavailable``
+        (the user can fix it: start Docker, or choose another kind) when it cannot run here."""
+        from sandboxes import choose_backend
+
+        choice = choose_backend(self.settings.sandbox)
+        self.sandbox_choice = choice
+        return choice
 
     # ------------------------------------------------------------------ running
 
@@ -308,6 +338,7 @@ class Session:
             base_commit=self.base_commit,
             models=self.model_names,
             n=self.settings.n,
+            sandbox=self.sandbox_choice.backend if self.sandbox_choice else self.settings.sandbox,
             run_dir=str(run_dir),
         )
         report = RunReport(task=task, status="error", base_commit=self.base_commit, run_id=run_id)

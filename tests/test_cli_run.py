@@ -48,7 +48,7 @@ def test_no_correct_candidate_exits_1(repo, tmp_path):
     script = write_script(tmp_path / "s.json", editors=[WRONG_EDIT, WRONG_EDIT])
     proc = bakeoff("run", "--repo", str(repo), "--model", f"scripted:{script}", "--json", "make total faster",
                    env=cli_env(tmp_path))
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 1, proc.stderr + proc.stdout
     doc = json.loads(proc.stdout)
     assert doc["status"] == "no-correct-candidate" and doc["winner"] is None and doc["patch"] == ""
 
@@ -86,3 +86,11 @@ def test_plain_output_and_configuration_errors(repo, tmp_path):
     assert missing.returncode == 2 and "cannot read it" in missing.stderr
     nodocker = bakeoff("run", "--repo", str(repo), "--branch", "b", "x", env=cli_env(tmp_path))
     assert nodocker.returncode == 2 and "--branch needs --apply" in nodocker.stderr
+
+
+def test_no_docker_engine_says_what_to_do(repo, tmp_path):
+    script = write_script(tmp_path / "s.json")
+    env = cli_env(tmp_path, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")
+    proc = bakeoff("run", "--repo", str(repo), "--model", f"scripted:{script}", "--sandbox", "docker", "x", env=env)
+    assert proc.returncode == 2
+    assert "no Docker engine reachable" in proc.stderr and "--sandbox local" in proc.stderr

@@ -46,7 +46,7 @@ def batch_command(
 ) -> None:
     import asyncio
 
-    from agent.cli.run import fail, load
+    from agent.cli.run import fail, load, user_errors
 
     if not tasks.is_file():
         fail(f"task file {tasks} does not exist")
@@ -65,7 +65,12 @@ def batch_command(
     except ModelNotConfigured as exc:
         fail(str(exc))
     batch = Batch(items, out, flags=flags, settings=settings, branch=branch, retry_failed=retry_failed)
-    code = asyncio.run(batch.run())
+    try:
+        code = asyncio.run(batch.run())
+    except user_errors() as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted: finished tasks are kept; run the same command again to resume", 130)
     raise typer.Exit(code)
 
 
@@ -226,9 +231,15 @@ class Batch:
         self.budget = Budget(max_usd=self.settings.budget_usd, max_tokens=self.settings.budget_tokens)
         self.pool = None
         if todo:
-            from sandboxes.pool import SandboxPool
+            from sandboxes import choose_backend
 
-            self.pool = SandboxPool(kind=self.settings.sandbox, max_concurrent=self.settings.max_sandboxes)
+            from agent.session import make_pool
+
+            choice = choose_backend(self.settings.sandbox)
+            self.console.print(f"sandboxes: {choice.backend} ({choice.reason})", markup=False)
+            if choice.warning:
+                self.console.print(f"warning: {choice.warning}", style="yellow", markup=False)
+            self.pool = make_pool(self.settings)
         self.started = asyncio.get_running_loop().time()
         gate = asyncio.Semaphore(self.settings.workers)
         self._start_panel()

@@ -110,10 +110,14 @@ class Chat:
 
         s = self.session
         self.console.print(
-            f"[bold]bakeoff chat[/bold] on {s.repo} ({(s.base_commit or 'no git')[:10]}) · "
+            f"bakeoff chat on {s.repo} ({(s.base_commit or 'no git')[:10]}) · "
             f"model {', '.join(sorted(set(s.model_names.values())))} · n={s.settings.n} · "
-            f"budget {_usd(s.settings.budget_usd)}. /help for commands, Ctrl-C cancels a step."
+            f"budget {_usd(s.settings.budget_usd)} · sandbox {s.sandbox_choice.backend if s.sandbox_choice else s.settings.sandbox}. "
+            "/help for commands, Ctrl-C cancels a step.",
+            markup=False,
         )
+        if s.sandbox_choice is not None and s.sandbox_choice.warning:
+            self.console.print(f"warning: {s.sandbox_choice.warning}", style="yellow", markup=False)
         with asyncio.Runner() as runner:
             self.runner = runner
             try:

@@ -127,7 +127,10 @@ class Progress:
         self.plan = []
         models = d.get("models") or {}
         names = sorted(set(models.values())) if isinstance(models, dict) else []
-        self._line(f"[bold]run {d.get('run_id', '')}[/bold] n={d.get('n')} model={', '.join(names) or '?'}")
+        self._line(
+            f"[bold]run {d.get('run_id', '')}[/bold] n={d.get('n')} model={escape(', '.join(names) or '?')} "
+            f"sandbox={d.get('sandbox', '?')}"
+        )
 
     def _on_run_end(self, d: dict[str, Any]) -> None:
         self.stop()

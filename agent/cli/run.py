@@ -140,10 +140,15 @@ def run_command(
         finally:
             await session.close()
 
+    choice = session.sandbox_choice
+    if choice is not None and choice.warning:
+        err.print(f"warning: {choice.warning}", style="yellow", markup=False)
     try:
         report = asyncio.run(go())
     except user_errors() as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        fail(f"cancelled; the repository is untouched (events so far in {session.state / 'runs'})", 130)
     finally:
         if not jsonl:
             progress.stop()
