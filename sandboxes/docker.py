@@ -66,6 +66,7 @@ LABEL_BACKEND = "bakeoff.backend"  # which DockerBackend object made it (for dia
 KILL_AFTER_S = 1  # between the inside timeout's TERM and its KILL
 OUTSIDE_GRACE_S = 3.0  # the outside deadline trails the inside one by this much
 GIVE_UP_S = 5.0  # after killing everything, how long the output stream may still take
+AUTO_WARM_MAX = 4  # spares the pool grows to by itself; warm(n) may ask for more
 MIN_POOL_LIFE_S = 600  # a warm container closer than this to its expiry is not handed out
                       # (or than half the expiry, for short-lived backends)
 
@@ -344,6 +345,7 @@ class DockerBackend:
         self._orphans: set[str] = set()  # containers we failed to remove while the engine was away
         self._bases: dict[tuple[str, str], _Base] = {}
         self._closed = False
+        self._shut_down = False
         self.id = secrets.token_hex(6)
         atexit.register(self._remove_all_blocking)
 
@@ -633,7 +635,11 @@ class DockerBackend:
         cid = self._take_warm(key)
         warm_start = cid is not None
         with self._lock:
-            self._targets.setdefault(key, 1)  # once used, keep a spare ready for the next one
+            # Once used, keep a spare ready; a cold start means the spares were too few for how
+            # many sandboxes are made at once, so keep one more (up to a bound).
+            target = self._targets.get(key, 0)
+            if target == 0 or (not warm_start and target < AUTO_WARM_MAX):
+                self._targets[key] = target + 1
         if cid is None:
             cid, _ = await self._run(self._start_container, limits)
         self._schedule_refill(key, limits)
@@ -660,6 +666,8 @@ class DockerBackend:
     def reap_leftovers(self) -> int:
         """Remove containers (and their volumes) whose owner process is dead or whose expiry
         passed. Returns how many containers were removed. Called once at start-up."""
+        import docker
+
         now = time.time()
         host = socket.gethostname()
         removed = 0
@@ -682,16 +690,20 @@ class DockerBackend:
         for v in self._call(self.api.volumes, filters={"label": LABEL, "dangling": True}).get("Volumes") or []:
             try:
                 self._call(self.api.remove_volume, v["Name"])
-            except Exception as exc:  # a volume still being released by its container
-                if not getattr(exc, "status_code", None) in (404, 409):
+            except docker.errors.APIError as exc:
+                if exc.status_code not in (404, 409):  # gone already, or still being released
                     raise
         if removed:
             self.events.emit("sandbox.reaped", backend="docker", containers=removed)
         return removed
 
     async def close(self) -> None:
-        """Remove the warm pool and every sandbox still open; the backend is unusable after."""
+        """Remove the warm pool and every sandbox still open; the backend is unusable after.
+        Idempotent."""
         with self._lock:
+            if self._shut_down:
+                return
+            self._shut_down = True
             self._closed = True
             refills = list(self._refills)
         for fut in refills:
@@ -760,12 +772,14 @@ class DockerSandbox:
 
         self._check_open()
         limit = float(timeout if timeout is not None else self.limits.wall_seconds)
+        if limit <= 0:
+            raise ValueError(f"timeout must be positive, not {limit}")
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         if not argv:
             raise ValueError("empty command")
         workdir = WORKDIR if cwd in (None, "", ".") else f"{WORKDIR}/{_inside_path(cwd)}"
         environment = {**_exec_env(env), "BAKEOFF_EXEC": secrets.token_hex(8)}
-        wrapped = ["sh", "-c", _RUN, "bakeoff-run", f"{limit:g}", workdir, *argv]
+        wrapped = ["sh", "-c", _RUN, "bakeoff-run", f"{limit:.3f}", workdir, *argv]
         owner = self._owner
         api = owner.api
         started = time.monotonic()
