@@ -46,7 +46,7 @@ _BULLET = re.compile(r"^(?:[-*+>]\s+|\*\*|__)+")
 _CALL_PREFIX = re.compile(r"^(?:action|call|tool|task)\s*(?:\d+\s*)?:\s*", re.IGNORECASE)
 _CALL_HEAD = re.compile(r"([A-Za-z_][\w\-.]*)\s*\(")
 _DEPS = re.compile(
-    r"(?:deps?|dependencies|depends(?:\s+on)?|after|requires)\s*[=:]?\s*[\[(]?\s*((?:\$?\{?\d+\}?\s*(?:,|and|&)?\s*)+)[\])]?",
+    r"(?:deps?|dependencies|depends(?:\s+on)?|after)\s*[=:]?\s*[\[(]?\s*((?:\$?\{?\d+\}?\s*(?:,|and|&)?\s*)+)[\])]?",
     re.IGNORECASE,
 )
 _JOIN_WORDS = {"join", "join()", "<end_of_plan>", "end_of_plan", "end of plan", "end plan", "<end>"}

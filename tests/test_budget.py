@@ -15,7 +15,7 @@ PROMPT = [Message(role="user", content="p" * 40)]  # 10 real tokens; estimated 1
 ANSWER = "a" * 80  # 20 tokens
 
 
-def scripted(k: int, **kw) -> ScriptedModel:
+def scripted(**kw) -> ScriptedModel:
     return ScriptedModel([ScriptedResponse(text=ANSWER, repeat=True)], first_token_s=0.02, **kw)
 
 
@@ -51,7 +51,7 @@ async def test_32_concurrent_calls_never_exceed_the_token_limit(stream):
     budget = Budget(max_tokens=500)
     bus = EventBus()
     watch = Watch(budget, bus)
-    model = BudgetedModel(scripted(0), budget, role="editor", events=bus)
+    model = BudgetedModel(scripted(), budget, role="editor", events=bus)
     assert isinstance(model, Model)
     ok, refused = await _fire(model, 32, stream)
     assert ok + refused == 32
@@ -65,7 +65,7 @@ async def test_32_concurrent_calls_never_exceed_the_dollar_limit():
     budget = Budget(max_usd=0.01)
     bus = EventBus()
     watch = Watch(budget, bus)
-    model = BudgetedModel(scripted(0, usd_per_token=0.0001), budget, events=bus)  # $0.003 a call
+    model = BudgetedModel(scripted(usd_per_token=0.0001), budget, events=bus)  # $0.003 a call
     ok, refused = await _fire(model, 32)
     assert ok >= 1 and refused >= 28
     assert budget.spent_usd <= 0.01 + 1e-12 and max(watch.peaks_usd) <= 0.01 + 1e-12
@@ -74,7 +74,7 @@ async def test_32_concurrent_calls_never_exceed_the_dollar_limit():
 
 async def test_message_says_what_was_spent_and_how_to_raise_it():
     budget = Budget(max_usd=1.0, max_tokens=30)
-    model = BudgetedModel(scripted(0), budget)
+    model = BudgetedModel(scripted(), budget)
     with pytest.raises(BudgetExceeded) as e:
         await model.complete(PROMPT, max_tokens=30)  # 22 prompt tokens leave 8 of 30: too few
     text = str(e.value)
@@ -118,7 +118,7 @@ async def test_model_call_events_carry_tokens_cost_latency():
     bus = EventBus()
     events = []
     bus.subscribe(events.append)
-    model = BudgetedModel(scripted(0, usd_per_token=0.5), budget, role="judge", events=bus)
+    model = BudgetedModel(scripted(usd_per_token=0.5), budget, role="judge", events=bus)
     await model.complete(PROMPT, n=2)
     (event,) = events
     assert event.kind == "model.call" and event.data["role"] == "judge" and event.data["n"] == 2
