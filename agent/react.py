@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -28,7 +28,7 @@ _FINAL = re.compile(r"^[\s*_#]*(?:final\s+answer|finish)[\s*_]*[:(]", re.IGNOREC
 class ReActStep(BaseModel):
     """What one model turn asked for: a tool call, an answer, or something unreadable."""
 
-    kind: str  # "act", "finish" or "error"
+    kind: Literal["act", "finish", "error"]
     task: Task | None = None
     answer: str = ""
     error: str = ""
@@ -39,10 +39,11 @@ def parse_react(text: str, registry: Registry, step_id: int, known_ids: set[int]
     an error message for the model. Pure."""
     action = _ACTION.search(text)
     final = _FINAL.search(text)
-    if final is not None and (action is None or final.start() < action.start() or "finish" in action.group(1).lower()[:8]):
+    if final is not None and (action is None or final.start() < action.start()):
         return ReActStep(kind="finish", answer=parse_join(text[final.start() :]).text)
     if action is not None and action.group(1).strip().lower().startswith(("finish", "final answer")):
-        return ReActStep(kind="finish", answer=parse_join("Finish: " + action.group(1).split("(", 1)[-1].rstrip(") ")).text)
+        # LLMCompiler's "Action: Finish(answer)"
+        return ReActStep(kind="finish", answer=parse_join(text[action.start() :]).text)
     line = None
     if action is not None:
         head = action.group(1).strip()
