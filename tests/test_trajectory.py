@@ -217,8 +217,8 @@ async def test_fan_out_refuses_a_pool_that_would_deadlock(tmp_path):
 @pytest.mark.parametrize(
     ("a", "b", "same"),
     [
-        ("78906782", "78906782", True),
-        ("78906782", "78906700", False),
+        ("52599100", "52599100", True),
+        ("52599100", "52599018", False),
         ("sum = 1.0000000001", "sum = 1.0", True),
         ("sum = 1.01", "sum = 1.0", False),
         ("3 items", "3 things", False),

@@ -5,7 +5,7 @@
 
 int main(int argc, char **argv)
 {
-    long n = argc > 1 ? atol(argv[1]) : 600001;
+    long n = argc > 1 ? atol(argv[1]) : 400001;
     long *x = malloc(sizeof(long) * (size_t)n);
     unsigned long seed = 12345;
     if (!x)
