@@ -7,7 +7,8 @@ It is compiled once per harness as a precompiled header (``bk_rt.h``) and one ob
 Protocol (``@@BK`` lines on a private copy of stdout; the program's own stdout goes to
 /dev/null so a candidate's debug prints cannot corrupt it):
   ``drv ref``                        per test: ``T idx ok <digest> <preview>`` or ``T idx exc``
-  ``drv check REL ABS UNORD THREADS REPEATS ALARM``
+  ``drv check REL ABS UNORD THREADS REPEATS ALARM`` (a candidate call may take 20x the
+                                     reference's time plus 0.25 s, at most ALARM seconds)
                                      per test: ``B idx`` before, ``T idx <status> <ref> <cand>
                                      <matches>/<runs> <detail>`` after
   ``drv time THREADS REPEATS WARMUP`` ``X ref <s>`` / ``X cand <s>`` per call, interleaved
@@ -20,6 +21,7 @@ RUNTIME_HEADER = r"""
 #include <omp.h>
 #include <unistd.h>
 #include <signal.h>
+#include <sys/time.h>
 
 namespace bk {
 
@@ -194,6 +196,14 @@ static void proto(const char* fmt, ...) {
   va_end(ap);
 }
 
+static void timer(double secs) {
+  struct itimerval v;
+  memset(&v, 0, sizeof v);
+  v.it_value.tv_sec = (time_t)secs;
+  v.it_value.tv_usec = (suseconds_t)((secs - (double)(time_t)secs) * 1e6);
+  setitimer(ITIMER_REAL, &v, nullptr);
+}
+
 struct Spec { int idx; uint64_t seed; int literal; std::vector<double> P; };
 static std::vector<Spec> read_specs() {
   std::vector<Spec> out;
@@ -250,15 +260,19 @@ int main(int argc, char** argv) {
         proto("T %d referr - - 0/0 %s", s.idx, clean(err).c_str());
         continue;
       }
+      alarm(0);
+      // A candidate gets 20x the reference's time (plus a margin), never more than ALARM:
+      // one that is that much slower than the serial code is of no use, and it would eat the budget.
+      double limit = std::min((double)alarm_s, std::max(0.5, 20.0 * secs + 0.25));
       std::vector<bk::Val> outs;
       std::string status, detail = "-";
       int matches = 0, runs = 0;
       for (int t : threads) {
         for (int r = 0; r < repeats && status.empty(); ++r) {
           bk::Val c;
-          alarm(alarm_s);
+          timer(limit);
           int rc = bk_cand_run(s.seed, s.P.data(), s.literal, t, &c, &secs, &err);
-          alarm(0);
+          timer(0);
           ++runs;
           if (rc != 0) { status = "error"; detail = "exception at " + std::to_string(t) + " threads: " + err; break; }
           long long at = bk::mismatch(ref, c, rel, abs_tol);

@@ -147,6 +147,7 @@ class CHarness:
         limiter: asyncio.Semaphore | None = None,
         events: EventBus | None = None,
         cache_dir: Path | None = None,
+        cpus: str | None = None,
     ):
         self.reference_source = reference_source
         self.function = function
@@ -163,6 +164,8 @@ class CHarness:
         self.small_tests, self.medium_tests, self.seed = small_tests, medium_tests, seed
         self.call_timeout, self.build_timeout = call_timeout, build_timeout
         self.timing_threads = timing_threads
+        # Driver runs (not compiles) pinned to these CPUs, e.g. "0,1" to measure on two cores.
+        self._pin = f"taskset -c {shlex.quote(cpus)} " if cpus else ""
         self.events = events
         # One command at a time in a sandbox: its limits (memory, processes) are for the whole
         # sandbox, and two compilers at once can exceed them.
@@ -321,7 +324,7 @@ class CHarness:
             await self._runner.write(name, self._spec_lines(tests, remaining))
             backstop = self.call_timeout * (per_test_runs + 1) * len(remaining) + 30
             async with self.limiter:
-                res = await self._runner.run(f"./{binary} {args} < {name}", backstop)
+                res = await self._runner.run(f"{self._pin}./{binary} {args} < {name}", backstop)
             began = None
             for line in res.stdout.splitlines():
                 at = line.find("@@BK ")
@@ -445,7 +448,7 @@ class CHarness:
                 else:
                     name = f"timing_{_h(binary)}.txt"
                     await self._runner.write(name, self._spec_lines([test], [0]))
-                    res = await self._runner.run(f"./{binary} time {self.timing_threads} {repeats} 1 < {name}",
+                    res = await self._runner.run(f"{self._pin}./{binary} time {self.timing_threads} {repeats} 1 < {name}",
                                                  self.call_timeout * (2 * repeats + 2) + 30)
                     base, cand = [], []
                     for line in res.stdout.splitlines():

@@ -91,7 +91,7 @@ async def evaluate_problem(prob: dict, models: list[str], samples, constraints: 
     harness = CHarness(
         prob["serial_source"], prob["function_name"], language="c++", constraints=constraints,
         compile_flags=("-O3", "-fopenmp"), limiter=limiter, call_timeout=args.call_timeout,
-        medium_tests=args.medium_tests, threads=[int(t) for t in args.threads.split(",")] if args.threads else None,
+        medium_tests=args.medium_tests, cpus=args.pin or None, threads=[int(t) for t in args.threads.split(",")] if args.threads else None,
     )
     sources = {}
     for model in models:
@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--call-timeout", type=float, default=10.0)
     ap.add_argument("--medium-tests", type=int, default=3, help="larger inputs per problem, run to expose races")
     ap.add_argument("--threads", default="", help="thread counts for correctness runs (default 1, 2, cores, 2x and 4x cores)")
+    ap.add_argument("--pin", default="", help="run the drivers (not the compilers) on these CPUs, e.g. 0,1")
     ap.add_argument("--limit", type=int, default=0, help="only the first N problems (for a quick look)")
     ap.add_argument("--picks", default=str(ROOT / "bench" / "out" / "pareval_picks.jsonl"))
     ap.add_argument("--json", default="")

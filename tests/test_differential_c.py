@@ -299,6 +299,7 @@ async def test_crash_is_error_and_hang_is_timeout_per_test():
         await h.close()
 
 
+@pytest.mark.slow
 async def test_through_the_local_sandbox(tmp_path):
     local = pytest.importorskip("sandboxes.local")
     from agent.seams import Workspace
