@@ -31,13 +31,14 @@ from agent.prompting import render
 from agent.seams import ExecResult, Message, ToolContext, Workspace
 from agent.strategies import Strategy, language_of, spread, strategies_for, temperatures
 from agent.types import Candidate, ExecutionMatrix, TestCase, Timing, Verdict
+from tools.errors import ToolError
 
 STATES = ("queued", "editing", "building", "testing", "profiling", "done", "failed")
 _TAIL_CHARS = 3000  # of failing output sent back to the model
 REPO_TESTS = "repo-tests"  # the matrix column for the repository's own suite
 
 
-class FanOutError(Exception):
+class FanOutError(ToolError):
     """A fan_out call the planner can fix (a file that does not exist, nothing to edit)."""
 
 
@@ -168,19 +169,24 @@ class Trajectory:
         )
 
     async def run(self) -> Candidate:
+        from sandboxes.docker import DockerSandboxGone
+
         cand = self.candidate
-        async with self.pool.sandbox(self.workspace) as sb:
-            try:
-                await self._loop(sb, cand)
-            except _model_errors() as exc:
-                # The candidate fails alone; one that already builds and passes keeps its state.
-                failure = f"model call failed: {type(exc).__name__}: {exc}"
-                if not self.passing:
-                    cand.error = failure
-                self._state("editing", detail=failure)
-            cand.patch = await sb.diff()
-            cand.source = await self._entry_source(sb)
-            self.final_files = await self._changed_files(sb)
+        try:
+            async with self.pool.sandbox(self.workspace) as sb:
+                try:
+                    await self._loop(sb, cand)
+                except _model_errors() as exc:
+                    # The candidate fails alone; one that already builds and passes keeps its state.
+                    failure = f"model call failed: {type(exc).__name__}: {exc}"
+                    if not self.passing:
+                        cand.error = failure
+                    self._state("editing", detail=failure)
+                cand.patch = await sb.diff()
+                cand.source = await self._entry_source(sb)
+                self.final_files = await self._changed_files(sb)
+        except DockerSandboxGone as exc:  # its container expired or was removed: this candidate only
+            cand.error, cand.patch, cand.source = f"sandbox lost: {exc}", "", None
         if cand.error is None and not cand.patch.strip():
             cand.error = "no change was made"
         self._state("done" if cand.error is None else "failed", detail=cand.error or "")
@@ -587,6 +593,33 @@ async def _local_headers(sb: Any, source: str, path: str | None) -> dict[str, st
     return found
 
 
+async def _all(coros: Sequence[Any]) -> list[Any]:
+    """Run ``coros`` at once; if one raises, the others are cancelled before it propagates."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _develop(
+    trajectories: Mapping[str, Trajectory], order: list[str], first: int, tests_job: asyncio.Task, events: EventBus,
+) -> tuple[list[Candidate], _Tests]:
+    """The first wave; the rest only when the first did not already agree (adaptive n)."""
+    candidates = await _all([trajectories[c].run() for c in order[:first]])
+    if first < len(order) and _early_stop([trajectories[c] for c in order[:first]], candidates):
+        events.emit("fanout.early_stop", started=first, skipped=len(order) - first)
+        for c in order[first:]:
+            trajectories[c]._state("failed", detail="not started: the first wave already agreed")
+    elif first < len(order):
+        events.emit("fanout.wave", started=len(order) - first)
+        candidates += await _all([trajectories[c].run() for c in order[first:]])
+    return candidates, await tests_job
+
+
 async def _retime(
     files: Mapping[str, Mapping[str, str]], pool: Any, workspace: Workspace, baseline: Baseline,
     settings: FanOutSettings, events: EventBus,
@@ -680,16 +713,12 @@ async def fan_out(
         for t in trajectories.values():
             t._state("queued")
         first = max(1, min(n, math.ceil(n * settings.first_wave)))
-        candidates = list(await asyncio.gather(*(trajectories[c].run() for c in order[:first])))
-        if first < n and _early_stop([trajectories[c] for c in order[:first]], candidates):
-            events.emit("fanout.early_stop", started=first, skipped=n - first)
-            for c in order[first:]:
-                trajectories[c]._state("failed", detail="not started: the first wave already agreed")
-            order = order[:first]
-        elif first < n:
-            events.emit("fanout.wave", started=n - first)
-            candidates += await asyncio.gather(*(trajectories[c].run() for c in order[first:]))
-        made = await tests_job
+        try:
+            candidates, made = await _develop(trajectories, order, first, tests_job, events)
+        finally:
+            if not tests_job.done():  # cancelled, or a sandbox failure: no orphaned work
+                tests_job.cancel()
+                await asyncio.gather(tests_job, return_exceptions=True)
         tests = [*made.tests]
         if made.harness_failed:
             harness = None
