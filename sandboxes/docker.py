@@ -30,6 +30,7 @@ import io
 import json
 import os
 import posixpath
+import re
 import secrets
 import shutil
 import socket
@@ -74,7 +75,8 @@ MIN_POOL_LIFE_S = 600  # a warm container closer than this to its expiry is not 
 # that group is left, so a background child that keeps stdout open cannot hold up the call.
 # A child that left the group (setsid) still carries this command's BAKEOFF_EXEC token in its
 # environment; the scan for it runs only when processes beyond init, the keeper and this shell
-# remain, so the common case costs no extra process.
+# remain, so the common case costs no extra process. The last line on stderr carries the exit
+# status (taken off before the caller sees it), which spares a round trip to the engine.
 _RUN = r"""t=$1; d=$2; shift 2
 cd -- "$d" || exit 126
 timeout -k %d "$t" "$@" </dev/null &
@@ -88,6 +90,7 @@ if [ "$#" -gt 3 ]; then
     grep -qsz "^BAKEOFF_EXEC=$BAKEOFF_EXEC\$" "$d/environ" && kill -9 "${d#/proc/}" 2>/dev/null
   done
 fi
+printf '\n%%s:%%d\n' "$BAKEOFF_EXEC" "$rc" >&2
 exit "$rc"
 """ % KILL_AFTER_S
 
@@ -260,6 +263,23 @@ class _Capture:
     @property
     def truncated(self) -> bool:
         return self.total > len(self.head) + min(len(self.tail), self.half)
+
+    def take_trailer(self, token: str) -> int | None:
+        """Remove the wrapper's ``\\n<token>:<status>\\n`` from the end; return the status."""
+        n = 64
+        last = bytes(self.tail[-n:])
+        if len(last) < n:
+            last = bytes(self.head[-(n - len(last)):]) + last
+        match = re.search(rb"\n" + token.encode() + rb":(\d+)\n\Z", last)
+        if match is None:
+            return None
+        cut = len(match.group(0))
+        self.total -= cut
+        from_tail = min(cut, len(self.tail))
+        del self.tail[len(self.tail) - from_tail:]
+        if cut > from_tail:
+            del self.head[len(self.head) - (cut - from_tail):]
+        return int(match.group(1))
 
     def text(self) -> str:
         tail = bytes(self.tail[-self.half:]) if self.tail else b""
@@ -778,59 +798,59 @@ class DockerSandbox:
         if not argv:
             raise ValueError("empty command")
         workdir = WORKDIR if cwd in (None, "", ".") else f"{WORKDIR}/{_inside_path(cwd)}"
-        environment = {**_exec_env(env), "BAKEOFF_EXEC": secrets.token_hex(8)}
+        token = secrets.token_hex(8)
+        environment = {**_exec_env(env), "BAKEOFF_EXEC": token}
         wrapped = ["sh", "-c", _RUN, "bakeoff-run", f"{limit:.3f}", workdir, *argv]
         owner = self._owner
         api = owner.api
-        started = time.monotonic()
-        try:
-            exec_id = (await owner._run(lambda: api.exec_create(
-                self.container_id, wrapped, stdout=True, stderr=True, user=USER,
-                environment=environment)))["Id"]
-        except docker.errors.APIError as exc:
-            raise self._gone(exc) from exc
-        stream = await owner._run(lambda: api.exec_start(exec_id, stream=True, demux=True))
         out, err = _Capture(self.limits.output_bytes), _Capture(self.limits.output_bytes)
+        held: dict[str, Any] = {}
 
-        def pump() -> None:
-            for o, e in stream:
+        def run_and_pump() -> None:
+            # Create, start and read in one thread hop: each hop costs latency on a busy machine.
+            held["id"] = owner._call(api.exec_create, self.container_id, wrapped, stdout=True,
+                                     stderr=True, user=USER, environment=environment)["Id"]
+            held["stream"] = owner._call(api.exec_start, held["id"], stream=True, demux=True)
+            for o, e in held["stream"]:
                 if o:
                     out.feed(o)
                 if e:
                     err.feed(e)
 
+        started = time.monotonic()
         loop = asyncio.get_running_loop()
-        reader = loop.run_in_executor(owner._executor, pump)
+        reader = loop.run_in_executor(owner._executor, run_and_pump)
         gave_up = False
         try:
-            await asyncio.wait_for(asyncio.shield(reader), limit + KILL_AFTER_S + OUTSIDE_GRACE_S)
-        except asyncio.TimeoutError:
-            # The inside timeout did not end it (a process escaped its group): kill everything.
-            await owner._run(self._kill_all_blocking)
-            try:
-                await asyncio.wait_for(asyncio.shield(reader), GIVE_UP_S)
-            except asyncio.TimeoutError:
-                gave_up = True
-                stream.close()
-                await asyncio.gather(reader, return_exceptions=True)
+            # asyncio.wait neither raises the reader's error nor cancels it on a timeout.
+            done, _ = await asyncio.wait({reader}, timeout=limit + KILL_AFTER_S + OUTSIDE_GRACE_S)
+            if not done:
+                # The inside timeout did not end it (a process escaped its group): kill everything.
+                await owner._run(self._kill_all_blocking)
+                done, _ = await asyncio.wait({reader}, timeout=GIVE_UP_S)
+                if not done:
+                    gave_up = True
+                    if "stream" in held:
+                        held["stream"].close()
+                    await asyncio.gather(reader, return_exceptions=True)
         except BaseException:
-            stream.close()
+            if "stream" in held:
+                held["stream"].close()
             await owner._run(self._kill_all_blocking)
             raise
-        await self._reraise_stream_error(reader, gave_up)
+        exc = reader.exception() if reader.done() and not reader.cancelled() else None
+        if isinstance(exc, docker.errors.APIError) and "stream" not in held:
+            raise self._gone(exc) from exc
+        if exc is not None and not gave_up:
+            if _is_connection_error(exc):
+                raise DockerUnavailable(
+                    f"the Docker engine stopped answering while {self!r} ran a command: {exc}. "
+                    "Start it again, or use --sandbox local") from exc
+            raise exc
         duration = time.monotonic() - started
-        info = await owner._run(api.exec_inspect, exec_id)
-        for _ in range(20):  # the exit status may trail the end of the stream by a moment
-            if gave_up or not info.get("Running"):
-                break
-            await asyncio.sleep(0.05)
-            info = await owner._run(api.exec_inspect, exec_id)
-        else:
-            await owner._run(self._kill_all_blocking)
-            raise DockerUnavailable(
-                f"the output stream of a command in {self!r} broke while the command still ran: "
-                "the connection to the Docker engine was cut. Check the engine, or use --sandbox local")
-        code = None if info.get("Running") else info.get("ExitCode")
+        code = None if gave_up else err.take_trailer(token)
+        if code is None and "id" in held:
+            code = await self._exit_status(held["id"], gave_up)
         oom = False
         if code in (137, -9) or gave_up:
             oom = await owner._run(self._new_oom_kill_blocking)
@@ -840,15 +860,19 @@ class DockerSandbox:
             timed_out=timed_out, oom_killed=oom, truncated=out.truncated or err.truncated,
         )
 
-    async def _reraise_stream_error(self, reader: asyncio.Future, gave_up: bool) -> None:
-        exc = reader.exception() if reader.done() and not reader.cancelled() else None
-        if exc is None or gave_up:
-            return
-        if _is_connection_error(exc):
-            raise DockerUnavailable(
-                f"the Docker engine stopped answering while {self!r} ran a command: {exc}. "
-                "Start it again, or use --sandbox local") from exc
-        raise exc
+    async def _exit_status(self, exec_id: str, gave_up: bool) -> int | None:
+        """The exit status from the engine (when the wrapper's trailer did not arrive)."""
+        owner = self._owner
+        info = await owner._run(owner.api.exec_inspect, exec_id)
+        for _ in range(20):  # the exit status may trail the end of the stream by a moment
+            if gave_up or not info.get("Running"):
+                return None if info.get("Running") else info.get("ExitCode")
+            await asyncio.sleep(0.05)
+            info = await owner._run(owner.api.exec_inspect, exec_id)
+        await owner._run(self._kill_all_blocking)
+        raise DockerUnavailable(
+            f"the output stream of a command in {self!r} broke while the command still ran: "
+            "the connection to the Docker engine was cut. Check the engine, or use --sandbox local")
 
     def _exec_blocking(self, argv: list[str]) -> tuple[int | None, bytes]:
         """A short internal command (no limits beyond the container's), its exit code and output."""

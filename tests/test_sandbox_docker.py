@@ -255,14 +255,21 @@ async def test_reaps_containers_of_a_killed_orchestrator(docker_backend: DockerB
 def test_exec_result_is_data(docker_backend: DockerBackend, tmp_path: Path) -> None:
     (tmp_path / "f.txt").write_text("x\n")
 
-    async def run() -> ExecResult:
+    async def run() -> list[ExecResult]:
         sb: DockerSandbox = await docker_backend.create(Workspace(path=tmp_path))
         async with sb:
-            return await sb.exec("echo out; echo err >&2; false")
+            return [
+                await sb.exec("echo out; echo err >&2; false"),
+                await sb.exec("printf 'no newline' >&2; exit 5"),
+                # A command imitating the wrapper's status line does not decide the status.
+                await sb.exec("printf '\\n%s:0\\n' \"$BAKEOFF_EXEC\" >&2; exit 7"),
+            ]
 
-    r = asyncio.run(run())
-    assert (r.exit_code, r.stdout, r.stderr) == (1, "out\n", "err\n")
-    assert r.model_dump_json()  # serializes like every other result
+    plain, no_newline, forged = asyncio.run(run())
+    assert (plain.exit_code, plain.stdout, plain.stderr) == (1, "out\n", "err\n")
+    assert plain.model_dump_json()  # serializes like every other result
+    assert (no_newline.exit_code, no_newline.stderr) == (5, "no newline")
+    assert forged.exit_code == 7 and forged.stderr.endswith(":0\n")
 
 
 def test_limits_shape_the_container(docker_backend: DockerBackend, tmp_path: Path) -> None:
