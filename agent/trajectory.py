@@ -236,11 +236,11 @@ class Trajectory:
                 return None  # a working candidate whose author sends no further edit: keep it
             return Feedback(kind="parse", details=str(exc))
         for block in blocks:
-            if block.path not in contents:
-                try:
-                    contents[block.path] = (await sb.read_file(block.path)).decode("utf-8", "replace")
-                except (FileNotFoundError, ValueError):
-                    pass  # a new file, or a path the sandbox refuses: apply_edit_blocks says which
+            if block.path in contents:
+                continue
+            refusal = await self._refuse_path(sb, block.path)
+            if refusal:
+                return Feedback(kind="apply", details=refusal)
         try:
             updated = apply_edit_blocks(contents, blocks)
         except EditError as exc:
@@ -253,6 +253,24 @@ class Trajectory:
                     return Feedback(kind="apply", details=f"{path}: {exc}")
         contents.update(updated)
         return await self._check(sb, cand)
+
+    async def _refuse_path(self, sb: Any, path: str) -> str | None:
+        """Why an edit may not touch ``path``: only the fan-out's files, or new files, outside .git and CI."""
+        from tools.files import check_relative_path
+
+        try:
+            clean = check_relative_path(path)
+        except ToolError as exc:
+            return str(exc)
+        if clean.startswith((".github/", ".gitlab-ci", ".ci/")):
+            return f"{path}: CI configuration is not part of this task; edit only {', '.join(self.files)}"
+        try:
+            await sb.read_file(clean)
+        except FileNotFoundError:
+            return None  # a new file: allowed
+        except ValueError as exc:  # a symlink or path the sandbox refuses
+            return f"{path}: {exc}"
+        return f"{path} exists but is not one of the files of this task; edit only {', '.join(self.files)}"
 
     async def _check(self, sb: Any, cand: Candidate) -> Feedback | None:
         cmds, timeout = self.baseline.commands, self.settings.command_timeout_s

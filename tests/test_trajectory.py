@@ -124,6 +124,21 @@ async def test_an_edit_that_does_not_apply_gets_did_you_mean(tmp_path):
     assert "long total = 0;" in cand.messages[2]["content"]  # the closest region of the file, shown back
 
 
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [("../outside.c", "not inside the repository"), (".git/config", "inside .git"),
+     (".github/workflows/ci.yml", "CI configuration"), ("Makefile", "not one of the files")],
+)
+async def test_edits_outside_the_task_files_are_refused(tmp_path, path, why):
+    repo = repo_copy(tmp_path, "omp_kernel")
+    hostile = f"{path}\n<<<<<<< SEARCH\n=======\nall:\n\techo owned\n>>>>>>> REPLACE\n"
+    model = ScriptedModel([ScriptedResponse(text=hostile, repeat=True)])
+    cand = await c_trajectory(repo, model, SandboxPool(kind="local", max_concurrent=2), EventBus(), "omp-simd", rounds=0).run()
+    assert cand.error is not None and cand.error.startswith("apply:") and why in cand.error
+    assert cand.patch == ""
+    assert not (tmp_path / "outside.c").exists()
+
+
 async def test_model_errors_fail_the_candidate_alone(tmp_path):
     repo = repo_copy(tmp_path, "omp_kernel")
     model = ScriptedModel([])  # every call raises ScriptExhausted, as a dead API would raise
