@@ -125,13 +125,20 @@ async def main() -> int:
     parser.add_argument("--examples", default=",".join(TASKS), help="comma-separated: " + ", ".join(TASKS))
     args = parser.parse_args()
 
+    import os
+
+    load_before = os.getloadavg()[0]
     results = []
     with tempfile.TemporaryDirectory(prefix="bakeoff-bench-examples-") as tmp:
         for example in [e.strip() for e in args.examples.split(",") if e.strip()]:
             result = await run_example(example, args.n, args.sandbox, Path(tmp))
             show(result)
             results.append(result)
+    load_after = os.getloadavg()[0]
+    # Speedups on a loaded machine are noise: say how loaded it was.
+    print(f"machine: {os.cpu_count()} cores, load average {load_before:.1f} before, {load_after:.1f} after")
     doc = {
+        "load_average": [round(load_before, 2), round(load_after, 2)],
         "picked": {r["example"]: r["picked"] for r in results},
         "expected": {r["example"]: r["expected"] for r in results},
         "all_ok": all(r["ok"] for r in results),
