@@ -316,7 +316,8 @@ class CHarness:
 
     async def _protocol(self, binary: str, args: str, tests: Sequence[TestCase], per_test_runs: int) -> dict[int, list[str]]:
         """Run ``binary`` over all tests, resuming after a test that crashed or hung.
-        Returns test index -> the fields of its ``T`` line (or ["error"|"timeout", why])."""
+        Returns test index -> the fields of its ``T`` line after the index (or
+        ["error"|"timeout", why] when the process died in that test)."""
         remaining = list(range(len(tests)))
         results: dict[int, list[str]] = {}
         while remaining:
@@ -335,7 +336,7 @@ class CHarness:
                     began = int(fields[1])
                 elif fields[0] == "T":
                     idx = int(fields[1])
-                    results[idx] = [fields[2], *fields[3:6], " ".join(fields[6:])] if len(fields) > 2 else ["error"]
+                    results[idx] = fields[2:] or ["error"]
                     began = None
             if all(i in results for i in remaining):
                 break
@@ -382,7 +383,8 @@ class CHarness:
         for i, t in enumerate(tests):
             r = results.get(i, ["error", "no result"])
             if r[0] != "ok":
-                self.notes.append(f"{t.id} dropped: the reference {('threw: ' + r[-1]) if r[0] == 'exc' else r[-1]}")
+                why = ("threw: " if r[0] == "exc" else "") + " ".join(r[1:])
+                self.notes.append(f"{t.id} dropped: the reference {why}")
                 continue
             kept.append(t.model_copy(update={"expected": {"digest": r[1], "preview": r[2]}, "valid": True}))
         self._emit("differential.tests", function=self.function, kept=len(kept), dropped=len(tests) - len(kept))
@@ -409,6 +411,8 @@ class CHarness:
             results = await self._protocol(binary, args, tests, runs)
             for i, t in enumerate(tests):
                 r = results[i]
+                if len(r) > 5:  # the detail text has spaces
+                    r = [*r[:4], " ".join(r[4:])]
                 status = r[0]
                 outcome: Outcome
                 if status in ("pass", "fail", "flaky", "error", "timeout"):

@@ -344,3 +344,22 @@ async def test_cuda_builds_and_says_when_there_is_no_device():
         assert run.result.stdout.strip() == "2 3 4 5"
     broken = await build_and_run_cuda(CUDA.replace("add<<<1, 4>>>(d);", "add<<<1, 4>>>(d)"))
     assert not broken.built and "error" in broken.build_log
+
+
+UNSAFE_REF = "int first(std::vector<int> const& x) {\n  if (x.empty()) throw std::out_of_range(\"empty\");\n  return x[0];\n}\n"
+
+
+async def test_model_proposed_edge_cases_literal_values_and_dropped_inputs():
+    h = CHarness(UNSAFE_REF, "first", constraints={"vars": {"n": {"small": [1, 4]}}}, small_tests=1, medium_tests=0,
+                 threads=[1, 2], repeats=1)
+    try:
+        tests = await h.make_tests([{"values": {"x": [41, 7]}}, {"values": {"x": []}}, {"vars": {"n": 3}}])
+        ids = [t.id for t in tests]
+        assert ids == ["diff-small-0", "diff-edge-0", "diff-edge-2"]  # the empty vector made the reference throw
+        assert tests[1].expected["preview"] == "O-1,41"
+        assert any("diff-edge-1 dropped" in n and "empty" in n for n in h.notes)
+        wrong = "int first(std::vector<int> const& x) {\n  return x.size() == 2 ? 0 : x[0];\n}\n"
+        m = await h.run_matrix({"wrong": wrong}, tests)
+        assert m.cells["wrong"] == {"diff-small-0": "pass", "diff-edge-0": "fail", "diff-edge-2": "pass"}
+    finally:
+        await h.close()
