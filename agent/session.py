@@ -169,6 +169,15 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _uncommitted(repo: Path) -> list[str]:
+    """Tracked files with changes not committed yet."""
+    proc = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "-z", "--untracked-files=no"],
+                          capture_output=True, text=True)
+    # -z: "XY path\0", paths unquoted; a rename adds its old path as the next entry.
+    entries = proc.stdout.split("\0") if proc.returncode == 0 else []
+    return [e[3:] for e in entries if len(e) > 3 and e[2] == " "]
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
@@ -330,6 +339,7 @@ class Session:
         unsubscribe = self.events.subscribe(sink)
         meter = CostMeter()
         started = time.monotonic()
+        dirty = _uncommitted(self.repo) if self.base_commit else []
         self.events.emit(
             "run.start",
             run_id=run_id,
@@ -341,6 +351,9 @@ class Session:
             sandbox=self.sandbox_choice.backend if self.sandbox_choice else self.settings.sandbox,
             run_dir=str(run_dir),
         )
+        if dirty:
+            # Candidates copy the base commit: edits not committed yet are not part of the run.
+            self.events.emit("repo.uncommitted", paths=dirty[:20], count=len(dirty))
         report = RunReport(task=task, status="error", base_commit=self.base_commit, run_id=run_id)
         try:
             try:

@@ -75,10 +75,15 @@ def test_jsonl_streams_events_then_the_result(repo, tmp_path):
 
 def test_plain_output_and_configuration_errors(repo, tmp_path):
     script = write_script(tmp_path / "s.json")
+    with (repo / "check.py").open("a") as f:
+        f.write("# an edit not committed yet\n")
     proc = bakeoff("run", "--repo", str(repo), "--model", f"scripted:{script}", "make total faster",
                    env=cli_env(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert "+    return sum(xs)" in proc.stdout and "c1" in proc.stdout
+    warning = " ".join(proc.stderr.split())
+    assert "uncommitted changes (check.py)" in warning and "not part of this run" in warning
+    assert (repo / "check.py").read_text().endswith("# an edit not committed yet\n")
     bad = bakeoff("run", "--repo", str(repo), "--model", f"scripted:{script}", "--n", "0", "x", env=cli_env(tmp_path))
     assert bad.returncode == 2 and "flag --n" in bad.stderr
     missing = bakeoff("run", "--repo", str(repo), "--model", f"scripted:{tmp_path / 'none.yaml'}", "x",

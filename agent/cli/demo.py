@@ -34,7 +34,7 @@ def demo_command(
     example: str = typer.Option("omp_kernel", "--example", help=f"Which example: {', '.join(DEMO_TASKS)}."),
     task: str | None = typer.Option(None, "--task", help="A task of your own instead of the example's."),
     n: int | None = typer.Option(None, "--n", help="Candidates developed in parallel."),
-    sandbox: str | None = typer.Option(None, "--sandbox", help="auto, local or docker."),
+    sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else local), local, local+bwrap or docker."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON document."),
     keep: bool = typer.Option(False, "--keep", help="Keep the temporary copy (its path is printed)."),
 ) -> None:

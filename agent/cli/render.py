@@ -132,6 +132,13 @@ class Progress:
             f"sandbox={d.get('sandbox', '?')}"
         )
 
+    def _on_repo_uncommitted(self, d: dict[str, Any]) -> None:
+        paths = ", ".join(d.get("paths") or [])
+        self._line(
+            f"[yellow]warning[/yellow]: {d.get('count')} file(s) with uncommitted changes ({escape(paths)}) "
+            "are not part of this run, which reads the last commit; commit them to include them"
+        )
+
     def _on_run_end(self, d: dict[str, Any]) -> None:
         self.stop()
         status = d.get("status", "?")
