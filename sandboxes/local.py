@@ -717,22 +717,24 @@ class LocalSandbox:
             await asyncio.sleep(0.05)
 
     def _members(self, leader: int | None, cgroup: _Cgroup | None) -> set[int]:
-        """Every live process this sandbox started (found by cgroup, uid, group or marker).
+        """Every live process this sandbox started.
 
-        Zombies are left out: they hold nothing and wait for their reaper, not for us.
+        Found by its cgroup when it has one (a sandboxed user cannot leave it), else by the
+        sandbox's own uid, else by process group and the marker in the environment. Zombies
+        are left out: they hold nothing and wait for their reaper, not for us.
         """
-        candidates = set(cgroup.pids()) if cgroup else set()
         me = os.getpid()
-        for pid in _all_pids():
-            if pid == me:
-                continue
-            if self.uid is not None and _uid_of(pid) == self.uid:
-                candidates.add(pid)
-            elif leader is not None:
-                info = _stat_fields(pid)
-                if info is not None and info[1] == leader:
-                    candidates.add(pid)
-        if self.uid is None:
+        if cgroup is not None:
+            candidates = cgroup.pids()
+        elif self.uid is not None:
+            candidates = {pid for pid in _all_pids() if _uid_of(pid) == self.uid}
+        else:
+            candidates = set()
+            if leader is not None:
+                for pid in _all_pids():
+                    info = _stat_fields(pid)
+                    if info is not None and info[1] == leader:
+                        candidates.add(pid)
             needle = self.sandbox_id
             candidates.update(processes_with_marker(lambda v: v == needle))
         live = set()
