@@ -287,7 +287,11 @@ class Trajectory:
             res = await sb.exec(cmds.test, timeout=timeout)
             passed, failed = _test_counts(res)
             cand.tests_passed, cand.tests_failed = passed, (failed if failed is not None else (0 if res.ok else 1))
-            if not res.ok and (self.baseline.tests_ok or (failed or 1) > (self.baseline.tests_failed or 0)):
+            base_failed = self.baseline.tests_failed
+            # The gate: tests that passed at base still pass. When the base fails too, only more
+            # failures count, and a suite that cannot report counts at either end is no worse.
+            worse = self.baseline.tests_ok or (base_failed is not None and (failed is None or failed > base_failed))
+            if not res.ok and worse:
                 return Feedback(kind="test", details=_tail(res.summary(limit=_TAIL_CHARS)), command=cmds.test)
         if cmds.profile and self.baseline.sandbox is not None:
             return await self._profile(sb, cand, cmds.profile)
