@@ -209,9 +209,6 @@ class Session:
         self.events = events
         self.state = state or state_dir()
         self.base_commit = head_commit(self.repo)
-        self.settings = settings
-        self.model_override = model_override
-        self._shared_budget = budget
         self._shared_pool = pool
         self._pool = pool
         self.history: list[RunReport] = []
@@ -219,36 +216,42 @@ class Session:
         self.cost_usd = 0.0
         self.tokens = 0
         self.sandbox_choice: Any = None
-        self._configure(settings)
+        self._retired_pools: list[Any] = []
+        self._configure(settings, model_override, budget)
         if pool is None:
             self.check_sandbox()
 
     # ------------------------------------------------------------------ configuration
 
-    def _configure(self, settings: Settings) -> None:
+    def _configure(self, settings: Settings, override: Model | None, shared_budget: Any) -> None:
         from agent.budget import Budget, BudgetedModel
 
+        models = self._models_per_role(settings, override)  # raises before anything changes
         self.settings = settings
-        self.budget = self._shared_budget or Budget(max_usd=settings.budget_usd, max_tokens=settings.budget_tokens)
-        self._raw_models = self._models_per_role(settings)
+        self.model_override = override
+        self._shared_budget = shared_budget
+        self.budget = shared_budget or Budget(max_usd=settings.budget_usd, max_tokens=settings.budget_tokens)
+        self._raw_models = models
         self._budgeted = {
             role: BudgetedModel(model, self.budget, role=role, events=self.events)
             for role, model in self._raw_models.items()
         }
 
-    def _models_per_role(self, settings: Settings) -> dict[str, Model]:
+    @staticmethod
+    def _models_per_role(settings: Settings, override: Model | None) -> dict[str, Model]:
         """One model per role. Roles naming the same spec share one model object, so a
         scripted model's responses are shared between roles as its file intends."""
         models: dict[str, Model] = {}
         by_spec: dict[str, Model] = {}
         for role in ROLES:
-            if self.model_override is not None:
-                base = self.model_override
+            if override is not None:
+                base = override
             else:
                 # The joiner is the planner's second half; it uses the planner's model.
-                spec = settings.model.for_role("planner" if role == "joiner" else role)
+                config_role = "planner" if role == "joiner" else role
+                spec = settings.model.for_role(config_role)
                 if spec not in by_spec:
-                    by_spec[spec] = settings.model.resolve("planner" if role == "joiner" else role)
+                    by_spec[spec] = settings.model.resolve(config_role)
                 base = by_spec[spec]
             for_role = getattr(base, "for_role", None)
             models[role] = for_role(role) if callable(for_role) else base
@@ -256,30 +259,29 @@ class Session:
 
     def update(self, **changes: Any) -> Settings:
         """Change settings between runs (chat's /model, /n, /budget, /sandbox), validated again.
-        Nothing changes when the new settings are invalid or their sandbox cannot run here."""
+        ``model`` names one model for every role. Nothing changes when the new settings are
+        invalid, their model cannot be made, or their sandbox cannot run here."""
         from sandboxes import choose_backend
 
         data = self.settings.model_dump()
         for key, value in changes.items():
             if key == "model":
-                data["model"]["default"] = value
+                data["model"].update(default=value, planner=None, editor=None, tester=None, judge=None)
             else:
                 data[key] = value
         settings = Settings.model_validate(data)
         choice = choose_backend(settings.sandbox) if "sandbox" in changes else self.sandbox_choice
-        if "model" in changes:
-            override, self.model_override = self.model_override, None
-            try:
-                self._models_per_role(settings)  # raises before anything changed
-            finally:
-                self.model_override = override
-            self.model_override = None
-        if "sandbox" in changes or "max_sandboxes" in changes or "image" in changes:
-            self._pool = self._shared_pool
-        if "budget_usd" in changes or "budget_tokens" in changes:
-            self._shared_budget = None
+        budget_changed = "budget_usd" in changes or "budget_tokens" in changes
+        self._configure(
+            settings,
+            None if "model" in changes else self.model_override,
+            None if budget_changed else self._shared_budget,
+        )
         self.sandbox_choice = choice
-        self._configure(settings)
+        if {"sandbox", "max_sandboxes", "image"} & changes.keys() and self._pool is not self._shared_pool:
+            if self._pool is not None:
+                self._retired_pools.append(self._pool)  # closed with the session: runs are over
+            self._pool = self._shared_pool
         return settings
 
     @property
@@ -522,13 +524,13 @@ class Session:
         return change
 
     async def close(self) -> None:
-        if self._pool is not None and self._pool is not self._shared_pool:
-            closer = getattr(self._pool, "close", None)
-            if closer is not None:
-                result = closer()
-                if asyncio.iscoroutine(result):
-                    await result
+        """Close the sandboxes this session made (a shared pool is its owner's to close)."""
+        pools = self._retired_pools + ([self._pool] if self._pool is not None and self._pool is not self._shared_pool else [])
+        self._retired_pools = []
+        if self._pool is not self._shared_pool:
             self._pool = None
+        for pool in pools:
+            await pool.close()
 
 
 def _fan_out_result(value: Any) -> Any:

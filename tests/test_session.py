@@ -210,3 +210,26 @@ def test_a_missing_repository_and_no_model_are_user_errors(tmp_path):
         Session(Settings(), tmp_path / "nope", events=EventBus(), state=tmp_path / "state")
     with pytest.raises(ModelNotConfigured, match="BAKEOFF_MODEL"):
         Session(Settings(), tmp_path, events=EventBus(), state=tmp_path / "state")
+
+
+def test_update_between_runs_is_validated_and_all_or_nothing(repo, tmp_path, monkeypatch):
+    from pydantic import ValidationError
+
+    from agent.models import ScriptFileError
+    from sandboxes import SandboxUnavailable
+
+    session, _ = session_for(repo, write_script(tmp_path / "s.json"), tmp_path / "state")
+    names = session.model_names
+    session.update(n=3, budget_tokens=1000)
+    assert session.settings.n == 3 and session.budget.max_tokens == 1000
+    with pytest.raises(ValidationError):
+        session.update(n=0)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    with pytest.raises(SandboxUnavailable, match="--sandbox local"):
+        session.update(sandbox="docker")
+    with pytest.raises(ScriptFileError):
+        session.update(model=f"scripted:{tmp_path / 'missing.yaml'}")
+    assert session.settings.n == 3 and session.settings.sandbox == "local" and session.model_names == names
+    other = write_script(tmp_path / "other.json")
+    session.update(model=f"scripted:{other}")
+    assert set(session.model_names.values()) == {f"scripted:{other}"}
