@@ -31,7 +31,7 @@ def test_batch_yaml_two_repos_with_branches(tmp_path):
     tasks = tmp_path / "tasks.yaml"
     tasks.write_text(yaml.safe_dump([
         {"id": "one", "repo": "one", "base": "HEAD", "instruction": "make total faster"},
-        {"id": "two-dev", "repo": str(two), "base": "dev", "instruction": "make total faster",
+        {"id": "two-dev", "repo": f"file://{two}", "base": "dev", "instruction": "make total faster",
          "test": "python3 -B check.py"},
     ]))
     script = write_script(tmp_path / "s.json")

@@ -6,7 +6,7 @@ time, sharing one sandbox pool and one budget. Under ``--out DIR`` each task get
 ``tasks/<id>/``: ``patch.diff``, ``report.json``, ``events.jsonl`` and ``result.json``
 (written last: a task with it is finished); with ``--branch`` the winning patch is
 committed on that branch in ``tasks/<id>/clone``. ``results.jsonl`` and ``summary.txt``
-cover the whole batch. Every file is written to a temporary name and renamed, so an
+cover the whole batch; ``state/`` keeps each run's saved log as the Session writes it. Every file is written to a temporary name and renamed, so an
 interrupted batch never leaves half a file; re-running it skips finished tasks and
 restarts unfinished ones from a fresh clone.
 """

@@ -161,6 +161,8 @@ def run_command(
             applied = session.apply(report, branch=branch)
         except user_errors() as exc:
             fail(f"not applied: {exc}")
+    elif apply:
+        err.print("not applied: no verified winner with a change", style="yellow")
     doc = result_document(report, applied)
     if json_out:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
