@@ -490,7 +490,7 @@ class LocalSandbox:
         self.sandbox_id = ""
         self._events: EventBus | None = None
         self._closed = False
-        self._running: set[asyncio.subprocess.Process] = set()
+        self._exclusive: asyncio.Lock | None = None
 
     # ------------------------------------------------------------------ creation
 
@@ -609,6 +609,19 @@ class LocalSandbox:
         if dropped and self._events is not None:
             self._events.emit("sandbox.env_dropped", names=dropped)
 
+        if not self._use_cgroup:
+            # Without a cgroup a command's processes are found by the sandbox's uid (or marker),
+            # so the cleanup after one command would kill another's: run them one at a time.
+            if self._exclusive is None:
+                self._exclusive = asyncio.Lock()
+            async with self._exclusive:
+                return await self._exec_in(argv, environment, host_cwd, rel, timeout)
+        return await self._exec_in(argv, environment, host_cwd, rel, timeout)
+
+    async def _exec_in(self, argv: list[str], environment: dict[str, str], host_cwd: Path, rel: str,
+                       timeout: float) -> ExecResult:
+        limits = self.limits
+        fs = self.dir / "fs"
         cgroup = _Cgroup.create(limits.memory_bytes, limits.max_processes) if self._use_cgroup else None
         if self._use_cgroup and cgroup is None:
             raise SandboxBroken("could not create a cgroup for the command")
@@ -663,7 +676,6 @@ class LocalSandbox:
         loop = asyncio.get_running_loop()
         start = time.monotonic()
         proc, out_fd, err_fd = await self._spawn(argv, environment, host_cwd, cgroup)
-        self._running.add(proc)
         out, err = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
         transports = []
         readers = []
@@ -695,7 +707,6 @@ class LocalSandbox:
                 transport.close()
             if proc.returncode is None or self._members(proc.pid, cgroup):
                 await asyncio.shield(self._terminate(proc.pid, cgroup, 0.0))
-            self._running.discard(proc)
         duration = time.monotonic() - start
         oom_killed = oom.is_set() or (cgroup is not None and cgroup.oom_kills() > 0)
         code = proc.returncode

@@ -3,6 +3,7 @@ safe extraction, path checks, backend choice. Real processes and real git repos.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import subprocess
@@ -274,3 +275,24 @@ async def test_cwd_is_relative_to_the_workspace(tmp_path: Path) -> None:
         assert (await sb.exec("ls", cwd="sub")).stdout == "here\n"
         with pytest.raises(ValueError):
             await sb.exec("ls", cwd="../..")
+
+
+async def test_diff_records_modes_symlinks_and_odd_names(tmp_path: Path) -> None:
+    (tmp_path / "run.sh").write_text("echo hi\n")
+    (tmp_path / "with space.txt").write_text("a\n")
+    async with await LocalSandbox.create(Workspace(path=tmp_path)) as sb:
+        r = await sb.exec("chmod +x run.sh && ln -s 'with space.txt' alias && echo b >> 'with space.txt' "
+                          "&& echo q > 'quote\"d.txt'")
+        assert r.ok, r.summary()
+        patch = await sb.diff()
+    assert "diff --git a/run.sh b/run.sh\nold mode 100644\nnew mode 100755" in patch
+    assert "diff --git a/alias b/alias\nnew file mode 120000" in patch and "+with space.txt" in patch
+    assert "+++ b/with space.txt" in patch and "+b" in patch
+    assert '"b/quote\\"d.txt"' in patch
+
+
+async def test_concurrent_commands_in_one_sandbox_both_finish(tmp_path: Path) -> None:
+    for use_cgroup in (None, False):
+        async with await LocalSandbox.create(Workspace(path=tmp_path), use_cgroup=use_cgroup) as sb:
+            a, b = await asyncio.gather(sb.exec("sleep 0.3; echo a"), sb.exec("sleep 0.3; echo b"))
+            assert (a.stdout, b.stdout) == ("a\n", "b\n") and a.ok and b.ok
