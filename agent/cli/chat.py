@@ -66,10 +66,9 @@ class Chat:
         self.yes = yes
         self.branch = branch
         self.report = None
-        self.interactive = sys.stdin.isatty()
         self.history_path = session.state / "chat_history"
         self._readline = None
-        if self.interactive:
+        if sys.stdin.isatty():
             try:
                 import readline
 
@@ -95,13 +94,11 @@ class Chat:
         return None if line == "" else line.rstrip("\n")
 
     def remember(self, line: str) -> None:
+        """Append to the history file at once: a crash loses no line (input() keeps
+        readline's in-memory history itself)."""
         self.history_path.parent.mkdir(parents=True, exist_ok=True)
-        if self._readline is not None:
-            self._readline.append_history_file(1, self.history_path) if self.history_path.exists() \
-                else self._readline.write_history_file(self.history_path)
-        else:
-            with self.history_path.open("a", encoding="utf-8") as f:
-                f.write(line + "\n")
+        with self.history_path.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
 
     # ------------------------------------------------------------------ loop
 
@@ -166,7 +163,10 @@ class Chat:
             self.console.print(f"[bold]winner {report.winner.id}[/bold]: its diff")
             self.console.print(diff_text(report.patch))
             if self.yes:
-                self.apply(None, confirmed=True)
+                try:
+                    self.apply(None, confirmed=True)
+                except user_errors() as exc:
+                    self.console.print(f"[red]not applied: {escape(str(exc))}[/red]")
             else:
                 self.console.print("/apply commits it · /diff ID shows another candidate")
         self.console.print(f"step cost {_usd(report.cost_usd)} · session {_usd(self.session.cost_usd)}")

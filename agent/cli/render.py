@@ -62,7 +62,7 @@ class CandidateBoard:
 
     def table(self, title: str = "candidates") -> Table:
         table = Table(title=title, title_justify="left", expand=False)
-        for col in ("candidate", "state", "tests", "group", "speedup", "cost"):
+        for col in ("candidate", "state", "tests", "group", "speedup", "cost", "note"):
             table.add_column(col, justify="right" if col in ("tests", "cost") else "left")
         for cid, row in self.rows.items():
             state = str(row.get("state", ""))
@@ -76,6 +76,7 @@ class CandidateBoard:
                 "-" if row.get("group") is None else str(row["group"]),
                 speedup_text(row.get("speedup"), row.get("low"), row.get("high")),
                 money(row.get("cost_usd")),
+                short(row.get("detail") or "", 40) if state == "failed" else "",
             )
         return table
 
@@ -201,9 +202,11 @@ class Progress:
             extra = []
             if row.get("tests_passed") is not None:
                 extra.append(f"tests {row['tests_passed']}")
-            if row.get("speedup") is not None:
+            if row.get("speedup") is not None and not math.isnan(row["speedup"]):
                 extra.append(f"speedup {row['speedup']:.2f}x")
-            self._line(f"  candidate {cid}: {row.get('state')}" + (f" ({', '.join(extra)})" if extra else ""))
+            if d.get("detail") and row.get("state") == "failed":
+                extra.append(short(d["detail"], 80))
+            self._line(f"  candidate {cid}: {row.get('state')}" + escape(f" ({', '.join(extra)})" if extra else ""))
 
     def _on_fanout_end(self, d: dict[str, Any]) -> None:
         self.stop()
