@@ -9,8 +9,9 @@ size-capped tmpfs file systems: ``/tmp`` and the workspace ``/work``. The worksp
 out) cannot reach tmpfs mounts of a read-only container.
 
 Every container is labelled with the pid of the process that owns it and an expiry time, and
-its main process is ``sleep <expiry>``, so a leaked container ends by itself and the next
-start removes what a killed orchestrator left (``DockerBackend.reap_leftovers``).
+its main process (under the engine's init, which reaps orphans) is ``sleep <expiry>``, so a
+leaked container ends and removes itself, and the next start removes what a killed
+orchestrator left (``DockerBackend.reap_leftovers``).
 
 Commands run through ``docker exec`` under ``timeout -k`` inside the container and a
 wall-clock deadline outside it; when the command ends, everything in its process group is
@@ -152,6 +153,12 @@ def engine_available(timeout: float = 2.0) -> tuple[bool, str]:
     finally:
         client.close()
     return True, f"Docker engine {version} at {_engine_address()}"
+
+
+def _looks_offline(error: str, log: list[str]) -> bool:
+    text = (error + "\n" + "\n".join(log)).lower()
+    return any(sign in text for sign in ("temporary failure resolving", "could not resolve",
+                                         "failed to fetch", "network is unreachable"))
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -473,21 +480,30 @@ class DockerBackend:
         assert self.dockerfile is not None
         started = time.monotonic()
         self.events.emit("sandbox.image.build", image=tag, dockerfile=str(self.dockerfile))
-        log: list[str] = []
-        error = None
-        for chunk in self._call(self.api.build, path=str(self.dockerfile.parent),
-                                dockerfile=self.dockerfile.name, tag=tag, rm=True, forcerm=True,
-                                decode=True, labels={LABEL + ".image": "1"}):
-            if "stream" in chunk:
-                log.extend(chunk["stream"].splitlines())
-                del log[:-40]
-            if "error" in chunk:
-                error = chunk["error"]
+        error, log = self._build_once(tag, network_mode=None)
+        if error is not None and _looks_offline(error, log):
+            # Some engines give build containers no route out; the host's network often has one.
+            self.events.emit("sandbox.image.build_retry", image=tag, network_mode="host")
+            error, log = self._build_once(tag, network_mode="host")
         if error is not None:
             raise DockerImageError(
                 f"building the sandbox image from {self.dockerfile} failed: {error.strip()}\n"
                 + "\n".join(log[-20:]))
         self.events.emit("sandbox.image.built", image=tag, seconds=round(time.monotonic() - started, 1))
+
+    def _build_once(self, tag: str, network_mode: str | None) -> tuple[str | None, list[str]]:
+        assert self.dockerfile is not None
+        log: list[str] = []
+        error = None
+        for chunk in self._call(self.api.build, path=str(self.dockerfile.parent),
+                                dockerfile=self.dockerfile.name, tag=tag, rm=True, forcerm=True,
+                                decode=True, labels={LABEL + ".image": "1"}, network_mode=network_mode):
+            if "stream" in chunk:
+                log.extend(chunk["stream"].splitlines())
+                del log[:-40]
+            if "error" in chunk:
+                error = chunk["error"]
+        return error, log
 
     # ------------------------------------------------------------------ containers
 
@@ -588,6 +604,8 @@ class DockerBackend:
 
     def _refill_one(self, key: str, limits: SandboxLimits) -> None:
         try:
+            if self._closed:
+                return  # close() began after this refill was asked for
             cid, expires = self._start_container(limits)
         except (DockerUnavailable, DockerImageError) as exc:
             self.events.emit("sandbox.pool.refill_failed", error=str(exc))

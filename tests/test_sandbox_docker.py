@@ -23,6 +23,7 @@ from sandboxes.docker import (
     LABEL_BACKEND,
     LABEL_OWNER,
     DockerBackend,
+    DockerImageError,
     DockerSandbox,
     DockerSandboxGone,
     engine_available,
@@ -289,3 +290,30 @@ def test_limits_shape_the_container(docker_backend: DockerBackend, tmp_path: Pat
     assert host["CapDrop"] == ["ALL"] and "no-new-privileges" in host["SecurityOpt"]
     assert info["Config"]["User"] == "1000:1000"
     assert "size=50331648" in host["Tmpfs"]["/tmp"]
+
+
+async def test_users_own_dockerfile_or_image(docker_backend: DockerBackend, tmp_path: Path) -> None:
+    recipe = tmp_path / "docker" / "Dockerfile"
+    recipe.parent.mkdir()
+    recipe.write_text(f"FROM {docker_backend.image}\nUSER root\nRUN echo custom > /etc/bakeoff-marker\nUSER 1000:1000\n")
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "f.txt").write_text("x\n")
+    own = DockerBackend(dockerfile=recipe)
+    try:
+        tag = await asyncio.to_thread(own.ensure_image)
+        assert tag.startswith("bakeoff-sandbox:") and tag != docker_backend.image  # tagged by its hash
+        async with await own.create(Workspace(path=tmp_path / "ws")) as sb:
+            assert (await sb.exec("cat /etc/bakeoff-marker")).stdout == "custom\n"
+    finally:
+        await own.close()
+    named = DockerBackend(image=tag)
+    try:
+        async with await named.create(Workspace(path=tmp_path / "ws")) as sb:
+            assert (await sb.exec("cat /etc/bakeoff-marker; id -u")).stdout == "custom\n1000\n"
+    finally:
+        await named.close()
+        docker_backend.api.remove_image(tag, force=True)
+    missing = DockerBackend(image="bakeoff-no-such-image:0")
+    with pytest.raises(DockerImageError, match="not found"):
+        await asyncio.to_thread(missing.ensure_image)
+    await missing.close()
