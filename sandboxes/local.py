@@ -41,7 +41,7 @@ from sandboxes.workspace import (
     ENV_MARKER,
     BaseSnapshot,
     copy_workspace,
-    is_regular_inside,
+    resolve_inside,
     new_sandbox_dir,
     processes_with_marker,
     reap_stale,
@@ -593,7 +593,7 @@ class LocalSandbox:
         timeout = limits.wall_seconds if timeout is None else timeout
         rel = "."
         if cwd not in (None, "", "."):
-            is_regular_inside(self.work, cwd)
+            resolve_inside(self.work, cwd)
             rel = os.path.normpath(cwd)
         host_cwd = self.work / rel
         if not host_cwd.is_dir():
@@ -774,7 +774,7 @@ class LocalSandbox:
 
     async def write_file(self, path: str, content: str | bytes) -> None:
         self._check_open()
-        target = is_regular_inside(self.work, path)
+        target = resolve_inside(self.work, path)
         data = content.encode() if isinstance(content, str) else content
         missing = [p for p in reversed(target.parents) if not p.exists()]
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -787,7 +787,7 @@ class LocalSandbox:
 
     async def read_file(self, path: str) -> bytes:
         self._check_open()
-        target = is_regular_inside(self.work, path)
+        target = resolve_inside(self.work, path)
         fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as f:
             return f.read()

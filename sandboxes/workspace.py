@@ -16,6 +16,7 @@ import io
 import os
 import shutil
 import signal
+import errno
 import stat
 import subprocess
 import tarfile
@@ -73,12 +74,18 @@ def copy_workspace(workspace: Workspace, dest: Path) -> None:
     src = workspace.path
     if not src.is_dir():
         raise WorkspaceError(f"workspace {src} is not a directory")
-    if workspace.commit is None:
-        shutil.copytree(src, dest, symlinks=True, ignore=shutil.ignore_patterns(".git"),
-                        dirs_exist_ok=True)
-        return
-    tar = _git("archive", "--format=tar", workspace.commit, cwd=src)
-    safe_extract(tar, dest)
+    try:
+        if workspace.commit is None:
+            shutil.copytree(src, dest, symlinks=True, ignore=shutil.ignore_patterns(".git"),
+                            dirs_exist_ok=True)
+            return
+        tar = _git("archive", "--format=tar", workspace.commit, cwd=src)
+        safe_extract(tar, dest)
+    except (OSError, shutil.Error, WorkspaceError) as exc:
+        if "No space left" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC:
+            raise WorkspaceError(f"workspace {src} does not fit in the sandbox's disk limit: "
+                                 "raise SandboxLimits.disk_bytes") from exc
+        raise
 
 
 class BaseSnapshot:
@@ -193,7 +200,7 @@ def safe_extract(tar_bytes: bytes, dest: Path) -> list[str]:
 
     Refused (``UnsafeArchive``, nothing extracted): absolute names, ``..`` components, links
     whose target leaves ``dest``, hard links to outside names, device files and FIFOs.
-    Returns the names extracted.
+    Returns the names extracted; ``WorkspaceError`` when a safe archive does not fit.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -210,8 +217,8 @@ def safe_extract(tar_bytes: bytes, dest: Path) -> list[str]:
     # GNU tar writes 1,000 files in a fraction of tarfile's time; the members are checked.
     proc = subprocess.run(["tar", "-x", "--no-same-owner", "--no-same-permissions", "-C", str(dest)],
                           input=tar_bytes, capture_output=True)
-    if proc.returncode != 0:
-        raise UnsafeArchive(f"tar could not extract the archive: {proc.stderr.decode(errors='replace').strip()}")
+    if proc.returncode != 0:  # checked and safe, but it did not fit (disk full, say)
+        raise WorkspaceError(f"tar could not extract into {dest}: {proc.stderr.decode(errors='replace').strip()}")
     return names
 
 
@@ -352,7 +359,7 @@ def reap_stale(root: Path | None = None) -> int:
     return removed
 
 
-def is_regular_inside(root: Path, rel: str) -> Path:
+def resolve_inside(root: Path, rel: str) -> Path:
     """Resolve ``rel`` under ``root``; raise ``ValueError`` if it escapes (also via symlinks)."""
     if not rel or os.path.isabs(rel):
         raise ValueError(f"path must be relative to the workspace: {rel!r}")
@@ -360,9 +367,4 @@ def is_regular_inside(root: Path, rel: str) -> Path:
     target = Path(os.path.realpath(root_real / rel))
     if target != root_real and root_real not in target.parents:
         raise ValueError(f"path escapes the workspace: {rel!r}")
-    try:
-        if stat.S_ISLNK(os.lstat(target).st_mode):
-            raise ValueError(f"path is a symlink: {rel!r}")
-    except FileNotFoundError:
-        pass
     return target

@@ -296,3 +296,26 @@ async def test_concurrent_commands_in_one_sandbox_both_finish(tmp_path: Path) ->
         async with await LocalSandbox.create(Workspace(path=tmp_path), use_cgroup=use_cgroup) as sb:
             a, b = await asyncio.gather(sb.exec("sleep 0.3; echo a"), sb.exec("sleep 0.3; echo b"))
             assert (a.stdout, b.stdout) == ("a\n", "b\n") and a.ok and b.ok
+
+
+async def test_a_workspace_larger_than_the_disk_cap_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    from sandboxes.workspace import WorkspaceError, sandbox_root
+
+    (tmp_path / "big.bin").write_bytes(b"\0" * (3 * 2**20))
+    def ours() -> tuple[set[Path], set[str]]:
+        mine = f"{os.getpid()}\n"
+        dirs = {d for d in sandbox_root().glob("bakeoff-sb-*")
+                if (d / ".bakeoff-owner").is_file() and (d / ".bakeoff-owner").read_text() == mine}
+        mounts = {line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines() if "bakeoff-sb-" in line}
+        return dirs, mounts
+
+    before = ours()
+    limits = SandboxLimits(disk_bytes=2**20)
+    if os.geteuid() == 0:  # the cap is a tmpfs, which only root can mount
+        with pytest.raises(WorkspaceError, match="disk_bytes"):
+            await LocalSandbox.create(Workspace(path=tmp_path), limits)
+    else:
+        async with await LocalSandbox.create(Workspace(path=tmp_path), limits) as sb:
+            assert not sb.disk_capped
+    after = ours()
+    assert after[0] <= before[0] and after[1] <= before[1]  # nothing left: no directory, no mount
