@@ -14,7 +14,18 @@ controllers) where one can be created. Without cgroups a watchdog samples the re
 memory of the sandbox's processes every 50 ms and kills them above the limit: weaker (a fast
 allocation can overshoot between samples), but never an address-space rlimit, which breaks
 sanitizers and CUDA. As root, the writable space is a tmpfs capped in bytes and files
-(``limits.disk_bytes``); elsewhere only the per-file size limit holds.
+(``limits.disk_bytes``; one inode per 8 KiB); it lives in memory, and what a command writes
+there counts against that command's memory limit. Elsewhere only the per-file size limit
+holds, and the host's free disk is the bound.
+
+What stays weaker than Docker, and why: ``limits.cpus`` is not enforced here (commands share
+the machine's cores); without a cgroup, commands of one sandbox run one at a time, since
+cleanup finds a command's processes by the sandbox's uid; without bwrap (``isolation_warning``
+says so) commands see the host's files and network, and as root they still run under their
+own uid, so they cannot write the host's files or read other users' processes.
+As root, bakeoff's own Python, when it lives under a directory other users cannot traverse
+(pyenv under ``/root``), is exposed to sandboxes read-only through one bind mount under the
+sandbox root, so ``python3 -m pytest`` inside a sandbox finds the same packages.
 """
 
 from __future__ import annotations
@@ -41,11 +52,11 @@ from sandboxes.workspace import (
     ENV_MARKER,
     BaseSnapshot,
     copy_workspace,
-    resolve_inside,
     new_sandbox_dir,
     processes_with_marker,
     reap_stale,
     remove_tree,
+    resolve_inside,
     sandbox_root,
 )
 

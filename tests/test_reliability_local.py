@@ -96,9 +96,11 @@ async def test_3_ignoring_sigterm_escalates_to_sigkill(make, bwrap: bool) -> Non
     assert survivors(sb) == []
 
 
-@pytest.mark.parametrize("bwrap", [pytest.param(True, marks=needs_bwrap), False])
-async def test_4_fork_bomb_hits_the_process_limit_and_spares_its_neighbours(make, bwrap: bool) -> None:
-    bomb, neighbour = await make(use_bwrap=bwrap), await make(use_bwrap=bwrap)
+@pytest.mark.parametrize("bwrap, use_cgroup", [pytest.param(True, None, marks=needs_bwrap), (False, None),
+                                               (False, False)], ids=["bwrap", "plain", "plain-rlimit-only"])
+async def test_4_fork_bomb_hits_the_process_limit_and_spares_its_neighbours(make, bwrap: bool, use_cgroup) -> None:
+    bomb = await make(use_bwrap=bwrap, use_cgroup=use_cgroup)
+    neighbour = await make(use_bwrap=bwrap, use_cgroup=use_cgroup)
     bombing = asyncio.create_task(bomb.exec("bomb() { bomb | bomb & }; bomb; sleep 5", timeout=2.5))
     await asyncio.sleep(0.5)
     calm = await neighbour.exec("for i in $(seq 40); do /bin/true || exit 1; done; echo fine", timeout=20)
