@@ -17,7 +17,6 @@ fastest correct one wins.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import io
 import math
 import re
@@ -400,27 +399,27 @@ def guess_entry(goal: str, files: Mapping[str, str]) -> str | None:
 
 
 async def _detect_commands(sb: Any, settings: FanOutSettings) -> Commands:
-    """The build, test and benchmark commands: configured ones, else what the repository has."""
+    """The build, test and benchmark commands: configured ones, else what the repository has.
 
-    async def has(path: str) -> str | None:
-        try:
-            return (await sb.read_file(path)).decode("utf-8", "replace")
-        except (FileNotFoundError, ValueError, OSError):
-            return None
+    Build and test come from the build and test tools' own detection (make, CMake, plain
+    gcc/g++, nvcc, pytest, ctest); a Python project needs no build step here, its tests
+    import it. The benchmark is a Makefile target named like one, or a ``bench.py``.
+    """
+    from tools.exec import plan_build, plan_tests
+    from tools.files import probe
 
-    makefile = await has("Makefile")
-    targets = set(re.findall(r"^([A-Za-z][\w.-]*)\s*:", makefile or "", re.M))
-    build, test, profile = settings.build, settings.test, settings.profile
-    if makefile is not None:
-        build = build or "make -s"
-        test = test or ("make -s test" if "test" in targets else None)
-        bench = next((t for t in ("bench-run", "run-bench", "benchmark", "bench") if t in targets), None)
-        profile = profile or (f"make -s {bench}" if bench else None)
-    if test is None and (await has("pytest.ini") is not None or await has("tests/conftest.py") is not None
-                         or await has("pyproject.toml") is not None):
-        test = "python3 -m pytest -q -p no:cacheprovider"
-    if profile is None and await has("bench.py") is not None:
-        profile = "python3 bench.py"
+    found = await probe(ToolContext(sandbox=sb), {"mode": "detect"})
+    plan = plan_build(found, settings.build)
+    build = plan.command if plan is not None and plan.system != "python" else None
+    tests = plan_tests(found, settings.test)
+    test = tests[1] if tests is not None else None
+    profile = settings.profile
+    if profile is None:
+        bench = next((t for t in ("bench-run", "run-bench", "benchmark", "bench") if t in found["make_targets"]), None)
+        if bench is not None:
+            profile = f"make -s {bench}"
+        elif "bench.py" in found["python"]:
+            profile = "python3 bench.py"
     return Commands(build=build, test=test, profile=profile)
 
 
