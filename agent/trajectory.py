@@ -46,8 +46,7 @@ class FanOutSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    n: int = Field(4, ge=1)
-    max_n: int = Field(16, ge=1)
+    max_n: int = Field(16, ge=1)  # the user's cap on candidates, whatever n the plan asks for
     rounds: int = Field(2, ge=0)  # repair rounds after the first answer
     first_wave: float = Field(0.5, gt=0.0, le=1.0)  # share of n started before the early-stop check
     temperature_low: float = 0.2

@@ -274,5 +274,5 @@ def test_settings_from_the_session_settings():
     from agent.config import Settings
 
     s = FanOutSettings.from_any(Settings(n=6, rounds=1, test="make check"))
-    assert (s.n, s.rounds, s.test, s.build) == (6, 1, "make check", None)
+    assert (s.max_n, s.rounds, s.test, s.build) == (6, 1, "make check", None)  # the user's n caps the plan's
     assert FanOutSettings.from_any({"rounds": 3}).rounds == 3
