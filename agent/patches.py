@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 
 _CI_PREFIXES = (".github/workflows/", ".ci/", ".circleci/")
 _CI_FILES = (".gitlab-ci.yml", "azure-pipelines.yml")
-_CI_NAMES = ("Jenkinsfile",)
+_CI_NAMES = ("Jenkinsfile", "jenkinsfile")
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _SYMLINK_MODE = "120000"
 
@@ -206,9 +206,10 @@ def validate_patch(patch: str, repo: Path) -> list[str]:
             if ".." in parts:
                 reasons.append(f"path leaves the repository: {path}")
                 continue
-            if ".git" in parts:
+            # Lower case: on case-insensitive file systems ".GIT" is ".git".
+            if ".git" in (p.lower() for p in parts):
                 reasons.append(f"touches .git/: {path}")
-            if _is_ci(path):
+            if _is_ci(path) or _is_ci(path.lower()):
                 reasons.append(f"touches a CI file: {path}")
             # Any existing component that is a symlink leading out of the repo.
             for k in range(1, len(parts) + 1):

@@ -77,6 +77,9 @@ def good_edit(repo: Path) -> None:
     ("diff --git a/sub/.git/config b/sub/.git/config\n--- a/sub/.git/config\n+++ b/sub/.git/config\n"
      "@@ -1 +1 @@\n-a\n+b\n", ".git/"),
     ("--- /dev/null\n+++ b/.github/workflows/ci.yml\n@@ -0,0 +1 @@\n+on: push\n", "CI file"),
+    ("--- /dev/null\n+++ b/.GitHub/Workflows/ci.yml\n@@ -0,0 +1 @@\n+on: push\n", "CI file"),
+    ("--- /dev/null\n+++ b/.GIT/config\n@@ -0,0 +1 @@\n+x\n", ".git/"),
+    ("diff --git a/x b/y\nsimilarity index 100%\nrename from src/a.c\nrename to ../a.c\n", "leaves the repository"),
     ("--- /dev/null\n+++ b/.gitlab-ci.yml\n@@ -0,0 +1 @@\n+x: y\n", "CI file"),
     ("--- /dev/null\n+++ b/.circleci/config.yml\n@@ -0,0 +1 @@\n+x: y\n", "CI file"),
     ("--- /dev/null\n+++ b/Jenkinsfile\n@@ -0,0 +1 @@\n+pipeline {}\n", "CI file"),
