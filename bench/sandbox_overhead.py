@@ -13,8 +13,8 @@ For each backend (local, docker), on a git repository of 1,000 small files at it
 Targets (BENCHMARKS/issue 2): local exec under 2x the floor; docker warm-pool exec under
 100 ms median; 16-candidate throughput within 1.5x of the floor on 2 cores.
 
-    python3 bench/sandbox_overhead.py [--backends local,docker] [--repeat N] [--concurrency C ...]
-                                      [--json PATH]
+    python3 bench/sandbox_overhead.py [--backends local,docker] [--repeat N] [--rounds R]
+                                      [--concurrency C ...] [--json PATH]
 
 The JSON has ``local_exec_ratio`` (local exec / bare subprocess), ``docker_exec_ms`` (median
 warm exec, null without an engine), ``throughput_ratio_16`` (16-candidate wall / floor, for
@@ -121,7 +121,7 @@ async def sandbox_throughput(kind: str, concurrency: int, ws: Workspace) -> floa
     return wall
 
 
-async def bench_backend(kind: str, ws: Workspace, repeat: int, concurrencies: list[int]) -> dict:
+async def bench_backend(kind: str, ws: Workspace, repeat: int) -> dict:
     out: dict = {"kind": kind}
     # Create: back to back, closing each (docker: with the warm pool as it stands).
     times = []
@@ -158,9 +158,6 @@ async def bench_backend(kind: str, ws: Workspace, repeat: int, concurrencies: li
         out["exec_ms"] = median_ms(times)
     finally:
         await sb.close()
-    out["throughput_s"] = {}
-    for c in concurrencies:
-        out["throughput_s"][c] = round(await sandbox_throughput(kind, c, ws), 2)
     return out
 
 
@@ -177,16 +174,15 @@ async def main() -> None:
     ap.add_argument("--repeat", type=int, default=10, help="samples per median (exec uses 3x)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[2, 4],
                     help="SandboxPool max_concurrent values to try for the 16 candidates")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="interleaved rounds of the 16-candidate runs (floor, local, docker, ...)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bakeoff-bench-sandbox-"))
     repo = make_repo(root)
     ws = Workspace(path=repo, commit="HEAD")
-    floor = {
-        "exec_ms": median_ms(await floor_exec(args.repeat * 3, root)),
-        "throughput_s": {c: round(await floor_throughput(c, repo), 2) for c in args.concurrency},
-    }
+    floor: dict = {"exec_ms": median_ms(await floor_exec(args.repeat * 3, root))}
     results: dict[str, dict | None] = {}
     notes = []
     for kind in args.backends.split(","):
@@ -198,7 +194,23 @@ async def main() -> None:
                 results[kind] = None
                 notes.append(f"docker skipped: {why}")
                 continue
-        results[kind] = await bench_backend(kind, ws, args.repeat, args.concurrency)
+        results[kind] = await bench_backend(kind, ws, args.repeat)
+    # Throughput: rounds interleave the floor and every backend (A B C A B C ...), so a burst
+    # of load from elsewhere on the machine hits all of them alike; medians over the rounds.
+    walls: dict[str, dict[int, list[float]]] = {k: {c: [] for c in args.concurrency}
+                                                for k in ["floor", *(k for k, r in results.items() if r)]}
+    for _ in range(args.rounds):
+        for c in args.concurrency:
+            walls["floor"][c].append(await floor_throughput(c, repo))
+            for kind, r in results.items():
+                if r is not None:
+                    walls[kind][c].append(await sandbox_throughput(kind, c, ws))
+    floor["throughput_s"] = {c: round(statistics.median(walls["floor"][c]), 2) for c in args.concurrency}
+    for kind, r in results.items():
+        if r is not None:
+            r["throughput_s"] = {c: round(statistics.median(walls[kind][c]), 2) for c in args.concurrency}
+            r["throughput_ratio_rounds"] = {
+                c: [round(b / f, 3) for b, f in zip(walls[kind][c], walls["floor"][c])] for c in args.concurrency}
     if "docker" in results and results["docker"] is not None:
         from sandboxes.docker import DockerBackend
 
@@ -220,8 +232,10 @@ async def main() -> None:
         rows.append((r["backend"], create, f"{r['exec_ms']}", f"{r['exec_ms'] / floor['exec_ms']:.2f}",
                      *(f"{r['throughput_s'][cc]}" for cc in args.concurrency),
                      f"{r['throughput_s'][c] / floor['throughput_s'][c]:.2f} (C={c})"))
+    load = os.getloadavg()[0]
     print(f"Sandbox overhead: {FILES}-file git repo at HEAD, {CANDIDATES} candidates of "
-          f"`{BUILD_AND_RUN}`, {os.cpu_count()} cores")
+          f"`{BUILD_AND_RUN}`, {os.cpu_count()} cores, load average {load:.1f}, "
+          f"{args.rounds} interleaved round(s)")
     print(table(rows))
     for note in notes:
         print(note)
@@ -248,6 +262,8 @@ async def main() -> None:
         "files": FILES,
         "candidates": CANDIDATES,
         "cores": os.cpu_count(),
+        "load_average_1m": round(load, 2),
+        "rounds": args.rounds,
         "notes": notes,
     }
     print(f"targets: local exec/floor {figures['local_exec_ratio']} (< 2); docker exec "
