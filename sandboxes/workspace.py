@@ -196,10 +196,12 @@ def _split_diff(text: str) -> list[str]:
 
 
 def safe_extract(tar_bytes: bytes, dest: Path) -> list[str]:
-    """Extract a tar archive into ``dest``, refusing anything that would land outside it.
+    """Extract a tar archive into ``dest`` (empty or bakeoff's own), refusing anything that
+    would land outside it.
 
     Refused (``UnsafeArchive``, nothing extracted): absolute names, ``..`` components, links
-    whose target leaves ``dest``, hard links to outside names, device files and FIFOs.
+    whose target leaves ``dest``, entries beneath a link, hard links to outside names,
+    device files and FIFOs.
     Returns the names extracted; ``WorkspaceError`` when a safe archive does not fit.
     """
     dest = Path(dest)
@@ -210,6 +212,13 @@ def safe_extract(tar_bytes: bytes, dest: Path) -> list[str]:
         for m in members:
             _check_member(m)
             names.append(m.name)
+        # Links are checked where their names put them; an entry beneath a linked directory
+        # would be written wherever the link leads, so none is accepted.
+        links = {PurePosixPath(m.name).parts for m in members if m.issym()}
+        for m in members:
+            parts = PurePosixPath(m.name).parts
+            if any(parts[:k] in links for k in range(1, len(parts))):
+                raise UnsafeArchive(f"entry {m.name} lies beneath a symlink in the archive")
         if shutil.which("tar") is None:
             # The checks above are complete; the "tar" filter is a second line of defence.
             tar.extractall(dest, members=members, filter="tar")

@@ -205,6 +205,8 @@ def _device(name: str) -> tuple[tarfile.TarInfo, None]:
     ([_link("d/l", "../../x")], "outside"),
     ([_link("h", "../x", tarfile.LNKTYPE)], "hard link"),
     ([_device("null")], "device"),
+    ([_link("here", "."), _link("here/up", ".."), _file("up/planted")], "beneath a symlink"),
+    ([_link("d", "sub"), _file("d/x")], "beneath a symlink"),
 ])
 def test_unsafe_archives_are_refused_and_nothing_is_extracted(tmp_path: Path, members, reason: str) -> None:
     dest = tmp_path / "dest"
