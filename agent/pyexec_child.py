@@ -7,6 +7,7 @@ candidate that kills its own process still leaves the results it produced before
 Only the standard library is used.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import time
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _MAX_ITEMS = 10000
+_MAX_LINE = 1 << 20
 
 
 class _Deadline(BaseException):
@@ -94,6 +96,12 @@ def main():
         except (TypeError, ValueError):
             obj = {k: v for k, v in obj.items() if k != "v"}
             obj["v"] = {"r": "<unencodable>"}
+            line = json.dumps(obj)
+        if len(line) > _MAX_LINE:
+            # Keep the parent's memory bounded; equal large values still hash alike.
+            digest = hashlib.sha256(json.dumps(obj.get("v")).encode()).hexdigest()
+            obj = {k: v for k, v in obj.items() if k != "v"}
+            obj["v"] = {"r": "sha256:" + digest}
             line = json.dumps(obj)
         out.write(line + "\n")
         out.flush()

@@ -24,6 +24,9 @@ from agent.types import Candidate, ExecutionMatrix, ReportRow, TestCase, Timing,
 
 # Top groups whose scores are within this fraction of each other are a close call.
 CLOSE_MARGIN = 0.15
+# How strongly a generated test's weight follows the share of behaviours that pass it
+# (0: CodeT's plain count; 1: proportional). See _agreement_scores.
+AGREEMENT_POWER = 0.5
 
 
 class Group(BaseModel):
@@ -152,8 +155,22 @@ def _agreement_scores(
     alive: Sequence[bool],
     checks: Sequence[TestCase],
 ) -> list[float]:
-    """Support of each behaviour group; see the module doc. Replaced by the tuned rule below."""
-    weight = {t.id: t.weight for t in checks}
+    """Support of each behaviour group: (candidates in it) x (tests it passes, each test
+    weighted by how widely it is agreed with).
+
+    CodeT's dual agreement counts every passed test alike, but a test written with a wrong
+    expected value is passed only by the candidates that share that very mistake, while a
+    right test is also passed by most partly-wrong behaviours (they are right on most
+    inputs). So a test counts by its generation count times the square root of the share
+    of distinct behaviours that pass it. Groups are finer than CodeT's (the values returned
+    on probe inputs split behaviours that pass the same tests), which breaks up large groups
+    of candidates that share a pass-set by accident.
+    """
+    live = [i for i in range(len(sizes)) if alive[i]]
+    if not live:
+        return [0.0] * len(sizes)
+    share = {t.id: sum(1 for i in live if t.id in passes[i]) / len(live) for t in checks}
+    weight = {t.id: t.weight * share[t.id] ** AGREEMENT_POWER for t in checks}
     return [float(sizes[i] * sum(weight[t] for t in passes[i])) if alive[i] else 0.0 for i in range(len(sizes))]
 
 

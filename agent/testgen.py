@@ -403,3 +403,72 @@ class PythonHarness:
         for c, src in sources.items():
             timings[c] = await interleaved(sampler(self.reference_source), sampler(src), repeats=repeats)
         return timings
+
+
+# --------------------------------------------------------------------------- type-aware mutation
+
+
+def _mutate_value(v: Any, rng: random.Random, depth: int = 0) -> Any:
+    """A nearby value of the same type (EvalPlus-style type-aware mutation)."""
+    if isinstance(v, bool):
+        return not v
+    if isinstance(v, int):
+        return rng.choice([v + 1, v - 1, -v, v * 2, 0, v + rng.randint(-10, 10)])
+    if isinstance(v, float):
+        return rng.choice([v + 1.0, v - 1.0, -v, v * 1.5, v / 2, 0.0])
+    if isinstance(v, str):
+        if not v:
+            return rng.choice(["a", " ", "A1"])
+        i = rng.randrange(len(v))
+        return rng.choice([v[:i] + v[i + 1 :], v[:i] + v[i] + v[i:], v[::-1], v.swapcase(), v + v[i]])
+    if isinstance(v, (list, tuple)):
+        items = list(v)
+        if not items:
+            return v
+        i = rng.randrange(len(items))
+        choice = rng.randrange(4 if depth < 3 else 3)
+        if choice == 0:
+            del items[i]
+        elif choice == 1:
+            items.insert(rng.randrange(len(items) + 1), items[i])
+        elif choice == 2:
+            rng.shuffle(items)
+        else:
+            items[i] = _mutate_value(items[i], rng, depth + 1)
+        return type(v)(items) if isinstance(v, tuple) else items
+    if isinstance(v, dict) and v:
+        k = rng.choice(list(v))
+        out = dict(v)
+        out[k] = _mutate_value(v[k], rng, depth + 1)
+        return out
+    return v
+
+
+def mutate_inputs(calls: Sequence[str], entry: str, *, per_call: int = 2, seed: int = 0) -> list[str]:
+    """New calls of ``entry`` near the given ones: each literal argument list mutated by type,
+    ``per_call`` times. Calls whose arguments are not all literals are skipped."""
+    rng = random.Random(seed)
+    seen = set(calls)
+    out: list[str] = []
+    for call in calls:
+        try:
+            node = ast.parse(call, mode="eval").body
+            args = [ast.literal_eval(a) for a in node.args]  # type: ignore[attr-defined]
+        except (SyntaxError, ValueError, TypeError, AttributeError, MemoryError, RecursionError):
+            continue
+        if not args or getattr(node, "keywords", None):
+            continue
+        made = 0
+        for _ in range(per_call * 3):
+            if made == per_call:
+                break
+            new = list(args)
+            i = rng.randrange(len(new))
+            new[i] = _mutate_value(new[i], rng)
+            text = f"{entry}({', '.join(repr(a) for a in new)})"
+            if len(text) > 2000 or text in seen:
+                continue
+            seen.add(text)
+            out.append(text)
+            made += 1
+    return out

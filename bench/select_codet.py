@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.pyexec import PyJob, PyResult, run_job, signature  # noqa: E402
-from agent.testgen import call_of, parse_generated_tests  # noqa: E402
+from agent.testgen import call_of, mutate_inputs, parse_generated_tests  # noqa: E402
 from agent.types import ExecutionMatrix, TestCase  # noqa: E402
 
 DEFAULT_DATA = Path("/work/shared/bench/humaneval-codet-dev")
@@ -39,15 +39,26 @@ def load(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def problem_tests(gen: dict, entry: str) -> tuple[Counter, Counter]:
-    """(CodeT's parsed asserts, bakeoff's parse of the raw generations), each with counts."""
+PER_GENERATION = 5  # asserts kept per raw generation, as CodeT keeps
+
+
+def problem_tests(gen: dict, entry: str) -> tuple[Counter, Counter, set[str]]:
+    """(CodeT's parsed asserts, bakeoff's parse of the raw generations, every assert parsed),
+    the first two with counts. Every parsed assert's input is a probe.
+
+    bakeoff's parse also recovers asserts CodeT's drops (``assert`` then a line break, fenced
+    or truncated text); like CodeT it keeps the first few of each generation, so that one
+    long generation does not outvote the others."""
     codet = Counter(gen["tests"])
     ours: Counter = Counter()
+    parsed: set[str] = set(codet)
     for raw in gen["raw_generations"]:
         # Each raw generation continues a prompt that ends in "assert ".
-        for test in parse_generated_tests("assert " + raw, entry):
-            ours[test.code] += test.weight
-    return codet, ours
+        kept = [t.code for t in parse_generated_tests("assert " + raw, entry) for _ in range(t.weight)]
+        parsed.update(kept)
+        for code in kept[:PER_GENERATION]:
+            ours[code] += 1
+    return codet, ours, parsed
 
 
 def _key(*parts: str) -> str:
@@ -74,9 +85,11 @@ def execute(problems: list[dict], by_task: dict, gens: dict, workers: int) -> di
     jobs: list[tuple[str, str, PyJob]] = []
     for p in problems:
         tid, entry = p["task_id"], p["entry_point"]
-        codet, ours = problem_tests(gens[tid], entry)
-        asserts = sorted(set(codet) | set(ours))
+        codet, ours, parsed = problem_tests(gens[tid], entry)
+        asserts = sorted(parsed)
         calls = sorted({c for c in (call_of(a, entry) for a in asserts) if c})
+        # More probing inputs: each asserted input mutated once by type (EvalPlus-style).
+        mutants = mutate_inputs(calls, entry, per_call=1, seed=0)
         cache_file = CACHE / (tid.replace("/", "_") + ".json")
         cached = json.loads(cache_file.read_text()) if cache_file.exists() else {}
         index_program = []
@@ -84,55 +97,59 @@ def execute(problems: list[dict], by_task: dict, gens: dict, workers: int) -> di
         for cand in sorted(by_task[tid], key=lambda c: c["index"]):
             source = p["prompt"] + cand["completion"]
             key = _key(RUNNER_VERSION, source, *asserts, "|", *calls)
-            index_program.append(key)
-            if key in programs:
-                continue
-            if key in cached:
-                programs[key] = cached[key]
-            else:
-                programs[key] = {}
-                job = PyJob(source=source, entry=entry, asserts=asserts, calls=calls, timeout_s=1.0, max_timeouts=3)
-                jobs.append((tid, key, job))
+            mkey = _key(RUNNER_VERSION, "mutants", source, *mutants)
+            index_program.append((key, mkey))
+            for k, job_asserts, job_calls in ((key, asserts, calls), (mkey, [], mutants)):
+                if k in programs:
+                    continue
+                if k in cached:
+                    programs[k] = cached[k]
+                else:
+                    programs[k] = {}
+                    job = PyJob(source=source, entry=entry, asserts=job_asserts, calls=job_calls, timeout_s=1.0,
+                                max_timeouts=3)
+                    jobs.append((tid, k, job))
         plans[tid] = {
-            "entry": entry, "asserts": asserts, "calls": calls, "codet": codet, "ours": ours,
+            "entry": entry, "asserts": asserts, "calls": calls, "mutants": mutants, "codet": codet, "ours": ours,
             "programs": programs, "index_program": index_program, "cache_file": cache_file,
         }
     if jobs:
-        print(f"executing {len(jobs)} distinct programs on {workers} workers ...", flush=True)
+        print(f"executing {len(jobs)} jobs (distinct programs x test batches) on {workers} workers ...", flush=True)
         done = 0
         start = time.time()
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for (tid, key, _), res in zip(jobs, pool.map(lambda j: run_job(j[2]), jobs)):
                 plans[tid]["programs"][key] = outcome_record(res)
                 done += 1
-                if done % 500 == 0:
-                    print(f"  {done}/{len(jobs)} programs, {time.time() - start:.0f} s", flush=True)
+                if done % 1000 == 0:
+                    print(f"  {done}/{len(jobs)} jobs, {time.time() - start:.0f} s", flush=True)
         for tid, plan in plans.items():
             plan["cache_file"].write_text(json.dumps(plan["programs"]))
     return plans
 
 
 def matrix_for(plan: dict, which: str) -> tuple[ExecutionMatrix, list[TestCase]]:
-    """The execution matrix of one problem: asserts (from ``which`` parse) and, for bakeoff's
-    vote, the assert inputs as probes whose returned values are compared across candidates."""
+    """The execution matrix of one problem: the asserts of the ``which`` parse, and for
+    bakeoff's vote also probes (the asserts' inputs and their mutants) whose returned values
+    are compared across candidates."""
     weights: Counter = plan[which]
     a_index = {a: i for i, a in enumerate(plan["asserts"])}
-    c_index = {c: i for i, c in enumerate(plan["calls"])}
     tests = [TestCase(id=f"a{a_index[a]}", kind="generated", code=a, weight=w) for a, w in sorted(weights.items())]
-    probes = []
+    probes: list[tuple[TestCase, int, int]] = []  # (probe, 0 = asserted input / 1 = mutant, index)
     if which == "ours":
-        used = sorted({c for c in (call_of(a, plan["entry"]) for a in weights) if c})
-        probes = [TestCase(id=f"c{c_index[c]}", kind="differential", code=c) for c in used]
+        probes = [(TestCase(id=f"c{i}", kind="differential", code=c), 0, i) for i, c in enumerate(plan["calls"])]
+        probes += [(TestCase(id=f"m{i}", kind="differential", code=c), 1, i) for i, c in enumerate(plan["mutants"])]
     m = ExecutionMatrix()
-    for i, key in enumerate(plan["index_program"]):
-        rec = plan["programs"][key]
-        cid = str(i)
+    for n, (key, mkey) in enumerate(plan["index_program"]):
+        recs = (plan["programs"][key], plan["programs"][mkey])
+        cid = str(n)
         for t in tests:
-            m.set(cid, t.id, rec["asserts"][int(t.id[1:])])
-        for t in probes:
-            sig = rec["calls"][int(t.id[1:])]
-            m.set(cid, t.id, "pass" if not sig.startswith("!") else ("timeout" if sig == "!timeout" else "error"), sig)
-    return m, tests + probes
+            m.set(cid, t.id, recs[0]["asserts"][int(t.id[1:])])
+        for t, which_rec, i in probes:
+            sig = recs[which_rec]["calls"][i]
+            outcome = "pass" if not sig.startswith("!") else ("timeout" if sig == "!timeout" else "error")
+            m.set(cid, t.id, outcome, sig)
+    return m, tests + [p for p, _, _ in probes]
 
 
 def codet_rule(m: ExecutionMatrix, tests: list[TestCase]) -> list[str]:

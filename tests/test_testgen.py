@@ -147,3 +147,14 @@ async def test_generate_tests_with_scripted_model():
     tests = await generate_tests(model, "count pairs", REFERENCE, "count_pairs", n=2)
     assert [(t.code, t.weight) for t in tests] == [
         ("assert count_pairs([1, 1], 2) == 1", 2), ("assert count_pairs([], 0) == 0", 2)]
+
+
+def test_mutate_inputs_keeps_types_and_skips_non_literals():
+    from agent.testgen import mutate_inputs
+
+    out = mutate_inputs(["f([1, 2, 3], 2)", "f('abc')", "f(g(1))", "f(x=1)"], "f", per_call=2)
+    assert len(out) == 4 and len(set(out)) == 4
+    for call in out:
+        args = eval(call.replace("f(", "(", 1) + ("," if call.count(",") == 0 else ""))
+        assert isinstance(args[0], (list, str))
+    assert "f([1, 2, 3], 2)" not in out and all("g(" not in c for c in out)
