@@ -75,10 +75,10 @@ def test_bad_task_files_exit_2(tmp_path):
 def test_killed_batch_resumes_without_redoing_finished_tasks(tmp_path):
     repo = make_repo(tmp_path / "repo")
     tasks = tmp_path / "tasks.jsonl"
-    ids = ["t1", "t2", "t3"]
+    ids = ["t1", "t2"]
     tasks.write_text("".join(json.dumps({"id": i, "repo": str(repo), "instruction": "make total faster"}) + "\n" for i in ids))
-    # Each model call waits 0.4 s, so a task takes a few seconds: time to kill it mid-task.
-    script = write_script(tmp_path / "s.json", first_token_s=0.4)
+    # Each model call waits 0.3 s, so a task takes a few seconds: time to kill it mid-task.
+    script = write_script(tmp_path / "s.json", first_token_s=0.3)
     out = tmp_path / "out"
     args = [sys.executable, "-m", "agent", "batch", str(tasks), "--out", str(out), "--workers", "1",
             "--model", f"scripted:{script}"]
@@ -87,12 +87,12 @@ def test_killed_batch_resumes_without_redoing_finished_tasks(tmp_path):
     while time.monotonic() < deadline and not finished(out):
         time.sleep(0.1)
     assert finished(out), proc.stderr.read().decode() if proc.poll() is not None else "no task finished in time"
-    time.sleep(0.8)  # into the second task
+    time.sleep(0.5)  # into the second task
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
 
     done_before = [r["id"] for r in finished(out)]
-    assert 1 <= len(done_before) < 3
+    assert done_before == ["t1"]
     first = out / "tasks" / done_before[0] / "result.json"
     first_text, first_mtime = first.read_text(), first.stat().st_mtime_ns
     interrupted = out / "tasks" / ids[len(done_before)]

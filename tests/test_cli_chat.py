@@ -69,8 +69,8 @@ def repo(tmp_path):
 
 @pytest.mark.slow
 def test_chat_on_a_terminal_diff_apply_undo_and_ctrl_c(repo, tmp_path):
-    # Every model call waits 1 s, so a step is still running when Ctrl-C arrives.
-    script = write_script(tmp_path / "s.json", plans=2, first_token_s=1.0)
+    # Every model call waits 0.5 s, so a step is still running when Ctrl-C arrives.
+    script = write_script(tmp_path / "s.json", plans=2, first_token_s=0.5)
     base = git(repo, "rev-parse", "HEAD")
     env = cli_env(tmp_path)
     term = Terminal([sys.executable, "-m", "agent", "chat", "--repo", str(repo), "--model", f"scripted:{script}"], env)
