@@ -398,13 +398,17 @@ class Session:
             },
         )
         if self.settings.planner == "react":
-            from agent.react import ReActAgent as Planner
+            from agent.react import ReActAgent
+
+            # One tool call per model turn: the baseline, and the fallback for weak planners.
+            agent: Any = ReActAgent(models["planner"], self.registry(), ctx, events=self.events)
         else:
-            from agent.compiler import LLMCompiler as Planner
-        agent = Planner(
-            models["planner"], models["joiner"], self.registry(), ctx,
-            events=self.events, max_replans=self.settings.max_replans,
-        )
+            from agent.compiler import LLMCompiler
+
+            agent = LLMCompiler(
+                models["planner"], models["joiner"], self.registry(), ctx,
+                events=self.events, max_replans=self.settings.max_replans,
+            )
         result = await agent.run(task, context=self._context())
 
         fan_outs = [_fan_out_result(r) for r in _values(result.results)]

@@ -233,3 +233,20 @@ def test_update_between_runs_is_validated_and_all_or_nothing(repo, tmp_path, mon
     other = write_script(tmp_path / "other.json")
     session.update(model=f"scripted:{other}")
     assert set(session.model_names.values()) == {f"scripted:{other}"}
+
+
+async def test_react_planner_runs_the_same_pipeline(repo, tmp_path):
+    script = tmp_path / "react.json"
+    script.write_text(json.dumps({"responses": [
+        {"role": "planner", "text": 'Thought: fan out.\nAction: fan_out(goal="make total faster", files=["calc.py"], n=2, entry="total")'},
+        {"role": "planner", "text": "Final Answer: total uses sum now."},
+        {"role": "editor", "text": GOOD_EDIT},
+        {"role": "editor", "text": WRONG_EDIT},
+        {"role": "tester", "text": "```python\nassert total([2, 2]) == 4\n```", "repeat": True},
+    ]}))
+    session, _ = session_for(repo, script, tmp_path / "state", planner="react")
+    report = await session.run("make total faster")
+    await session.close()
+    assert report.status == "success", report.error
+    assert [c.tool for c in report.trace] == ["fan_out"]
+    assert "return sum(xs)" in report.patch and report.answer == "total uses sum now."
