@@ -39,29 +39,22 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean the user must change something (exit 2), not a bug."""
+    """The exceptions that mean the user must change something (exit 2), not a bug.
+
+    A model that cannot be reached (after retries and fallbacks), a script that does not
+    fit the run, a sandbox kind that cannot run here, a patch that may not be applied: the
+    user fixes the configuration or the repository, and each message says how.
+    """
     from agent.config import ConfigError
     from agent.models import ModelCallFailed, ModelNotConfigured, ScriptExhausted, ScriptFileError
+    from agent.patches import PatchRejected
     from agent.session import SessionError
+    from sandboxes import SandboxUnavailable
 
-    # A model that cannot be reached (after retries and fallbacks) or a script that does
-    # not fit the run: the user fixes the configuration, so these are usage errors too.
-    errors: list[type[BaseException]] = [
+    return (
         ConfigError, ModelNotConfigured, SessionError, ModelCallFailed, ScriptExhausted, ScriptFileError,
-    ]
-    try:
-        from sandboxes import SandboxUnavailable
-
-        errors.append(SandboxUnavailable)
-    except ImportError:  # the sandboxes package is optional for doors that run no code
-        pass
-    try:
-        from agent.patches import PatchRejected
-
-        errors.append(PatchRejected)
-    except ImportError:
-        pass
-    return tuple(errors)
+        SandboxUnavailable, PatchRejected,
+    )
 
 
 def load(repo: Path, flags: dict[str, Any]):
