@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import hashlib
 import io
 import json
@@ -852,9 +853,11 @@ class DockerSandbox:
                         held["stream"].close()
                     await asyncio.gather(reader, return_exceptions=True)
         except BaseException:
+            # Cancelled (or the loop is going away): stop reading and end what the command began.
             if "stream" in held:
                 held["stream"].close()
-            await owner._run(self._kill_all_blocking)
+            with contextlib.suppress(DockerUnavailable):  # the original error is what matters
+                await owner._run(self._kill_all_blocking)
             raise
         exc = reader.exception() if reader.done() and not reader.cancelled() else None
         if isinstance(exc, docker.errors.APIError) and "stream" not in held:

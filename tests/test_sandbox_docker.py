@@ -317,3 +317,15 @@ async def test_users_own_dockerfile_or_image(docker_backend: DockerBackend, tmp_
     with pytest.raises(DockerImageError, match="not found"):
         await asyncio.to_thread(missing.ensure_image)
     await missing.close()
+
+
+async def test_cancelled_exec_ends_its_processes(docker_backend: DockerBackend, tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("x\n")
+    async with await docker_backend.create(Workspace(path=tmp_path)) as sb:
+        running = asyncio.create_task(sb.exec("sleep 1003", timeout=60))
+        await asyncio.sleep(1.0)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        procs = (await sb.exec("ps -eo args")).stdout
+        assert "sleep 1003" not in procs
