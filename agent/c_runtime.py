@@ -8,7 +8,8 @@ Protocol (``@@BK`` lines on a private copy of stdout; the program's own stdout g
 /dev/null so a candidate's debug prints cannot corrupt it):
   ``drv ref``                        per test: ``T idx ok <digest> <preview>`` or ``T idx exc``
   ``drv check REL ABS UNORD THREADS REPEATS ALARM`` (a candidate call may take 20x the
-                                     reference's time plus 0.25 s, at most ALARM seconds)
+                                     reference's time plus 0.25 s, at most ALARM seconds; after
+                                     a test that did not pass, later tests run once, at THREADS[0])
                                      per test: ``B idx`` before, ``T idx <status> <ref> <cand>
                                      <matches>/<runs> <detail>`` after
   ``drv time THREADS REPEATS WARMUP`` ``X ref <s>`` / ``X cand <s>`` per call, interleaved
@@ -251,6 +252,7 @@ int main(int argc, char** argv) {
     for (char* p = strtok(argv[5], ","); p; p = strtok(nullptr, ",")) threads.push_back(atoi(p));
     int repeats = atoi(argv[6]);
     unsigned alarm_s = (unsigned)atoi(argv[7]);
+    bool disqualified = false;
     for (auto& s : specs) {
       proto("B %d", s.idx);
       bk::Val ref; double secs = 0; std::string err;
@@ -267,8 +269,11 @@ int main(int argc, char** argv) {
       std::vector<bk::Val> outs;
       std::string status, detail = "-";
       int matches = 0, runs = 0;
-      for (int t : threads) {
-        for (int r = 0; r < repeats && status.empty(); ++r) {
+      // Once a candidate has failed a test, the rest only need its answers: one run each.
+      std::vector<int> ts = disqualified ? std::vector<int>{threads[0]} : threads;
+      int reps = disqualified ? 1 : repeats;
+      for (int t : ts) {
+        for (int r = 0; r < reps && status.empty(); ++r) {
           bk::Val c;
           timer(limit);
           int rc = bk_cand_run(s.seed, s.P.data(), s.literal, t, &c, &secs, &err);
@@ -291,6 +296,7 @@ int main(int argc, char** argv) {
         for (size_t i = 1; i < outs.size(); ++i) if (bk::mismatch(outs[0], outs[i], rel, abs_tol) >= 0) varies = true;
         status = varies ? "flaky" : (matches == runs ? "pass" : "fail");
       }
+      if (status != "pass") disqualified = true;
       std::string cd = outs.empty() ? std::string("-") : bk::digest(outs[0]);
       proto("T %d %s %s %s %d/%d %s", s.idx, status.c_str(), bk::digest(ref).c_str(), cd.c_str(), matches, runs,
             clean(detail).c_str());

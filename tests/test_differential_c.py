@@ -139,7 +139,7 @@ double total(std::vector<double> const& x) {
   return s;
 """
 
-SUM_CONSTRAINTS = {"vars": {"n": {"small": [1, 40], "medium": 2000000, "large": 2000000}}}
+SUM_CONSTRAINTS = {"vars": {"n": {"small": [1, 40], "medium": 8000000, "large": 2000000}}}
 
 
 @pytest.fixture(scope="module")
