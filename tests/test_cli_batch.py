@@ -105,3 +105,15 @@ def test_killed_batch_resumes_without_redoing_finished_tasks(tmp_path):
     assert [r["id"] for r in results] == ids and all(r["status"] == "success" for r in results)
     assert first.read_text() == first_text and first.stat().st_mtime_ns == first_mtime  # not redone
     assert not [p for p in out.rglob("*.tmp")]  # no half-written file anywhere
+
+
+def test_a_task_on_a_missing_repository_fails_alone(tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps({"id": "gone", "repo": "nowhere", "instruction": "x"}) + "\n")
+    script = write_script(tmp_path / "s.json")
+    out = tmp_path / "out"
+    proc = bakeoff("batch", str(tasks), "--out", str(out), "--model", f"scripted:{script}", env=cli_env(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    [result] = finished(out)
+    assert result["status"] == "error" and "does not exist" in result["error"]
+    assert "gone" in (out / "summary.txt").read_text()
