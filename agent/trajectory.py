@@ -17,6 +17,7 @@ fastest correct one wins.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import math
 import re
@@ -613,6 +614,13 @@ async def _local_headers(sb: Any, source: str, path: str | None) -> dict[str, st
     return found
 
 
+async def _close(harness: Any) -> None:
+    """Remove what a harness left on disk (the C harness's build directory)."""
+    close = getattr(harness, "close", None)
+    if close is not None:
+        await close()
+
+
 async def _all(coros: Sequence[Any]) -> list[Any]:
     """Run ``coros`` at once; if one raises, the others are cancelled before it propagates."""
     tasks = [asyncio.ensure_future(c) for c in coros]
@@ -705,7 +713,8 @@ async def fan_out(
     hints = spread(strategies_for(language, goal, settings.strategies), n)
     temps = temperatures(n, settings.temperature_low, settings.temperature_high)
     events.emit("fanout.start", goal=goal, files=list(files), n=n, language=language)
-    async with pool.sandbox(workspace) as base_sb:
+    async with contextlib.AsyncExitStack() as cleanup:
+        base_sb = await cleanup.enter_async_context(pool.sandbox(workspace))
         baseline = await _baseline(base_sb, files, settings)
         entry = entry or guess_entry(goal, baseline.files)
         entry_path = _file_of(entry, baseline.files) if entry else None
@@ -716,6 +725,7 @@ async def fan_out(
             inline_includes(base_source, headers) if base_source else None,
             base_sb if settings.harness_in_sandbox else None, events,
         )
+        cleanup.push_async_callback(_close, harness)
         tests_job = asyncio.create_task(
             _make_tests(harness, models.get("tester"), goal, base_source, entry, language, settings)
         )
