@@ -203,7 +203,7 @@ def load_settings(
         layer(_flatten(table), name)
     env_values, env_sources = _from_env(environ)
     layer(env_values, env_sources)
-    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    given = _flatten({k: v for k, v in (flags or {}).items() if v is not None})  # "model": "x" is model.default
     layer(given, {k: "flag " + flag_name(k) for k in given})
 
     try:

@@ -138,3 +138,8 @@ def test_bakeoff_config_shows_values_and_where_they_came_from(tmp_path):
     assert "bakeoff.toml" in table.stdout and "env BAKEOFF_BUDGET_USD" in table.stdout
     bad = bakeoff("config", "--repo", str(tmp_path), cwd=tmp_path, env={**env, "BAKEOFF_N": "0"})
     assert bad.returncode == 2 and "BAKEOFF_N" in bad.stderr
+
+
+def test_flags_accept_the_model_shorthand(tmp_path):
+    settings, prov = load_settings(tmp_path, EMPTY_ENV, {"model": "ollama/qwen", "n": None})
+    assert settings.model.default == "ollama/qwen" and prov["model.default"] == "flag --model"
