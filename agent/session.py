@@ -161,7 +161,7 @@ def head_commit(repo: Path) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     """Write to a temporary name, then rename: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -449,7 +449,7 @@ class Session:
         self.cost_usd += meter.cost_usd
         self.tokens += meter.tokens
         self.history.append(report)
-        _write_atomic(run_dir / "report.json", report.model_dump_json(indent=2))
+        write_atomic(run_dir / "report.json", report.model_dump_json(indent=2))
         self.events.emit(
             "run.end",
             run_id=report.run_id,

@@ -6,7 +6,10 @@ time, sharing one sandbox pool and one budget. Under ``--out DIR`` each task get
 ``tasks/<id>/``: ``patch.diff``, ``report.json``, ``events.jsonl`` and ``result.json``
 (written last: a task with it is finished); with ``--branch`` the winning patch is
 committed on that branch in ``tasks/<id>/clone``. ``results.jsonl`` and ``summary.txt``
-cover the whole batch; ``state/`` keeps each run's saved log as the Session writes it. Every file is written to a temporary name and renamed, so an
+cover the whole batch; ``state/`` keeps each run's saved log as the Session writes it.
+The batch's own settings (flags, environment, the current directory's config) choose the
+sandbox kind, the worker count and the one budget; each task's repository config adds its
+models and build and test commands, and the task's own ``test``/``build`` come last. Every file is written to a temporary name and renamed, so an
 interrupted batch never leaves half a file; re-running it skips finished tasks and
 restarts unfinished ones from a fresh clone.
 """
@@ -149,9 +152,9 @@ def read_tasks(path: Path) -> list[Any]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    from agent.session import _write_atomic
+    from agent.session import write_atomic as write
 
-    _write_atomic(path, text)
+    write(path, text)
 
 
 def clone(task: Any, dest: Path) -> None:
