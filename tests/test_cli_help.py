@@ -69,3 +69,30 @@ def test_no_model_configured_lists_the_ways_to_configure_one(tmp_path):
     result, _, err = probe("run", "--repo", str(tmp_path), "do something")
     assert result["code"] == 2
     assert "no model configured" in err and "BAKEOFF_MODEL" in err and "--model" in err
+
+
+def measure_help(runs: int = 5) -> dict[str, float]:
+    """Median wall time of ``bakeoff --help`` and of a bare interpreter, for the README.
+    Not a test (tests are never timed): ``python3 tests/test_cli_help.py`` prints it."""
+    import shutil
+    import statistics
+    import time
+
+    exe = shutil.which("bakeoff")
+    commands = {"bakeoff --help": [exe, "--help"] if exe else [sys.executable, "-m", "agent", "--help"],
+                "python3 -c pass": [sys.executable, "-c", "pass"]}
+    figures = {}
+    for name, cmd in commands.items():
+        subprocess.run(cmd, capture_output=True)  # warm the file cache
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            subprocess.run(cmd, capture_output=True, check=True)
+            times.append(time.perf_counter() - started)
+        figures[name] = statistics.median(times)
+    return figures
+
+
+if __name__ == "__main__":
+    for name, seconds in measure_help().items():
+        print(f"{name}: median of 5 = {seconds * 1000:.0f} ms")
