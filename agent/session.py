@@ -116,10 +116,6 @@ class LazySandbox:
                 self.backend = self._sandbox.backend
             return self._sandbox
 
-    @property
-    def started(self) -> bool:
-        return self._sandbox is not None
-
     async def exec(self, cmd: Any, timeout: float | None = None, env: Any = None, cwd: str | None = None) -> Any:
         return await (await self._get()).exec(cmd, timeout=timeout, env=env, cwd=cwd)
 
