@@ -320,6 +320,17 @@ def _stat_fields(pid: int) -> tuple[str, int] | None:
         return None
 
 
+def _in_other_cgroup(pid: int, cgroup: _Cgroup) -> bool:
+    """Whether ``pid`` sits in a bakeoff cgroup other than ``cgroup`` (another command's)."""
+    mine = {d.name for d in cgroup.dirs.values()}
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return False
+    names = {line.rsplit("/", 1)[-1] for line in lines}
+    return any(n.startswith("bakeoff-") and n not in mine for n in names)
+
+
 def _rss_bytes(pid: int) -> int:
     try:
         return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -748,6 +759,11 @@ class LocalSandbox:
         me = os.getpid()
         if cgroup is not None:
             candidates = cgroup.pids()
+            if self.uid is not None:
+                # A process that already left the cgroup on its way out (bwrap's pid 1 while it
+                # reaps the namespace) is still ours to wait for; other commands' are not.
+                candidates |= {pid for pid in _all_pids()
+                               if _uid_of(pid) == self.uid and not _in_other_cgroup(pid, cgroup)}
         elif self.uid is not None:
             candidates = {pid for pid in _all_pids() if _uid_of(pid) == self.uid}
         else:
