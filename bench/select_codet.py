@@ -26,12 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.pyexec import PyJob, PyResult, run_job, signature  # noqa: E402
-from agent.testgen import call_of, mutate_inputs, parse_generated_tests  # noqa: E402
+from agent.testgen import call_of, parse_generated_tests  # noqa: E402
 from agent.types import ExecutionMatrix, TestCase  # noqa: E402
 
 DEFAULT_DATA = Path("/work/shared/bench/humaneval-codet-dev")
 CACHE = ROOT / "bench" / "out" / "codet-cache"
-RUNNER_VERSION = "1"
+RUNNER_VERSION = "2"
 
 
 def load(path: Path) -> list[dict]:
@@ -88,8 +88,6 @@ def execute(problems: list[dict], by_task: dict, gens: dict, workers: int) -> di
         codet, ours, parsed = problem_tests(gens[tid], entry)
         asserts = sorted(parsed)
         calls = sorted({c for c in (call_of(a, entry) for a in asserts) if c})
-        # More probing inputs: each asserted input mutated once by type (EvalPlus-style).
-        mutants = mutate_inputs(calls, entry, per_call=1, seed=0)
         cache_file = CACHE / (tid.replace("/", "_") + ".json")
         cached = json.loads(cache_file.read_text()) if cache_file.exists() else {}
         index_program = []
@@ -97,20 +95,17 @@ def execute(problems: list[dict], by_task: dict, gens: dict, workers: int) -> di
         for cand in sorted(by_task[tid], key=lambda c: c["index"]):
             source = p["prompt"] + cand["completion"]
             key = _key(RUNNER_VERSION, source, *asserts, "|", *calls)
-            mkey = _key(RUNNER_VERSION, "mutants", source, *mutants)
-            index_program.append((key, mkey))
-            for k, job_asserts, job_calls in ((key, asserts, calls), (mkey, [], mutants)):
-                if k in programs:
-                    continue
-                if k in cached:
-                    programs[k] = cached[k]
-                else:
-                    programs[k] = {}
-                    job = PyJob(source=source, entry=entry, asserts=job_asserts, calls=job_calls, timeout_s=1.0,
-                                max_timeouts=3)
-                    jobs.append((tid, k, job))
+            index_program.append(key)
+            if key in programs:
+                continue
+            if key in cached:
+                programs[key] = cached[key]
+            else:
+                programs[key] = {}
+                jobs.append((tid, key, PyJob(source=source, entry=entry, asserts=asserts, calls=calls, timeout_s=1.0,
+                                             max_timeouts=3)))
         plans[tid] = {
-            "entry": entry, "asserts": asserts, "calls": calls, "mutants": mutants, "codet": codet, "ours": ours,
+            "entry": entry, "asserts": asserts, "calls": calls, "codet": codet, "ours": ours,
             "programs": programs, "index_program": index_program, "cache_file": cache_file,
         }
     if jobs:
@@ -130,26 +125,25 @@ def execute(problems: list[dict], by_task: dict, gens: dict, workers: int) -> di
 
 def matrix_for(plan: dict, which: str) -> tuple[ExecutionMatrix, list[TestCase]]:
     """The execution matrix of one problem: the asserts of the ``which`` parse, and for
-    bakeoff's vote also probes (the asserts' inputs and their mutants) whose returned values
-    are compared across candidates."""
+    bakeoff's vote also probes (the inputs of every parsed assert) whose returned values are
+    compared across candidates."""
     weights: Counter = plan[which]
     a_index = {a: i for i, a in enumerate(plan["asserts"])}
     tests = [TestCase(id=f"a{a_index[a]}", kind="generated", code=a, weight=w) for a, w in sorted(weights.items())]
-    probes: list[tuple[TestCase, int, int]] = []  # (probe, 0 = asserted input / 1 = mutant, index)
+    probes = []
     if which == "ours":
-        probes = [(TestCase(id=f"c{i}", kind="differential", code=c), 0, i) for i, c in enumerate(plan["calls"])]
-        probes += [(TestCase(id=f"m{i}", kind="differential", code=c), 1, i) for i, c in enumerate(plan["mutants"])]
+        probes = [TestCase(id=f"c{i}", kind="differential", code=c) for i, c in enumerate(plan["calls"])]
     m = ExecutionMatrix()
-    for n, (key, mkey) in enumerate(plan["index_program"]):
-        recs = (plan["programs"][key], plan["programs"][mkey])
+    for n, key in enumerate(plan["index_program"]):
+        rec = plan["programs"][key]
         cid = str(n)
         for t in tests:
-            m.set(cid, t.id, recs[0]["asserts"][int(t.id[1:])])
-        for t, which_rec, i in probes:
-            sig = recs[which_rec]["calls"][i]
+            m.set(cid, t.id, rec["asserts"][int(t.id[1:])])
+        for t in probes:
+            sig = rec["calls"][int(t.id[1:])]
             outcome = "pass" if not sig.startswith("!") else ("timeout" if sig == "!timeout" else "error")
             m.set(cid, t.id, outcome, sig)
-    return m, tests + [p for p, _, _ in probes]
+    return m, tests + probes
 
 
 def codet_rule(m: ExecutionMatrix, tests: list[TestCase]) -> list[str]:
