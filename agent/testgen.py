@@ -294,6 +294,7 @@ class PythonHarness:
 
     def _calls(self, extra_inputs: Sequence[Any]) -> list[str]:
         calls = typed_inputs(self.reference_source, self.entry, count=self.count, size=self.size, seed=self.seed)
+        proposed: list[str] = []
         for x in extra_inputs:
             text = x if isinstance(x, str) else repr(tuple(x) if isinstance(x, list) else x)
             if not text.lstrip().startswith(self.entry):
@@ -301,6 +302,9 @@ class PythonHarness:
             call = call_of(text, self.entry)
             if call and call not in calls:
                 calls.append(call)
+                proposed.append(call)
+        # Edge cases a model proposes are where bugs hide: probe next to them too.
+        calls += [c for c in mutate_inputs(proposed, self.entry, per_call=2, seed=self.seed) if c not in calls]
         return calls
 
     def _job(self, source: str, tests: Sequence[TestCase], seed: int):

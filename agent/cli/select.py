@@ -103,8 +103,10 @@ async def _select(reference, candidate_paths, jsonl, test_paths, entry, unordere
     ref_source = _read(reference, "reference")
     sources = _load_candidates(candidate_paths, jsonl)
     if reference.suffix in C_SUFFIXES:
-        from agent.differential_c import CHarness
-
+        try:
+            from agent.differential_c import CHarness
+        except ImportError as exc:
+            raise UsageProblem(f"C/C++ candidates need agent.differential_c, which this installation lacks ({exc})") from None
         harness = CHarness(ref_source, entry) if entry else CHarness(ref_source)
         given = []
     else:
