@@ -101,9 +101,11 @@ def test_no_correct_candidate_exits_1(files):
     (["--reference", "{tmp}/missing.py", "--candidate", "{fast}"], "does not exist"),
     (["--reference", "{ref}"], "no candidates"),
     (["--reference", "{ref}", "--candidate", "{fast}", "--entry", "nope"], "--entry"),
+    (["--reference", "{cref}", "--candidate", "{fast}"], "--entry"),  # C needs the function named
 ])
 def test_usage_errors_exit_2_and_say_how(files, tmp_path, args, message):
-    args = [a.format(fast=files["fast"], ref=files["ref"], tmp=tmp_path) for a in args]
+    (tmp_path / "ref.c").write_text("int f(int x) { return x; }\n")
+    args = [a.format(fast=files["fast"], ref=files["ref"], tmp=tmp_path, cref=tmp_path / "ref.c") for a in args]
     result = invoke(*args)
     assert result.exit_code == 2
     assert message in result.output

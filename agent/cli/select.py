@@ -107,7 +107,10 @@ async def _select(reference, candidate_paths, jsonl, test_paths, entry, unordere
             from agent.differential_c import CHarness
         except ImportError as exc:
             raise UsageProblem(f"C/C++ candidates need agent.differential_c, which this installation lacks ({exc})") from None
-        harness = CHarness(ref_source, entry) if entry else CHarness(ref_source)
+        if not entry:
+            raise UsageProblem("for C/C++ pass --entry NAME: the function whose results are compared")
+        language = "c" if reference.suffix == ".c" else "c++"
+        harness = CHarness(ref_source, entry, language=language, unordered=unordered, repeats=repeats)
         given = []
     else:
         from agent.testgen import PythonHarness, parse_generated_tests
