@@ -14,7 +14,6 @@ rounds (tests vouched for by the consensus, candidates by valid tests). See ``_a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -96,7 +95,6 @@ def _reference_vote(matrix, tests, eligible, flaky, gated) -> Vote:
     groups: dict[tuple, list[str]] = {}
     for c in eligible:
         groups.setdefault(_behaviour(matrix, c, checks, [])[0], []).append(c)
-    total = sum(t.weight for t in checks)
     scored = []
     for passed, members in groups.items():
         weight = sum(t.weight for t in checks if t.id in passed)

@@ -14,7 +14,6 @@ import ast
 import hashlib
 import random
 import re
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -343,8 +342,6 @@ class PythonHarness:
 
     async def run_matrix(self, sources: Mapping[str, str], tests: Sequence[TestCase]) -> ExecutionMatrix:
         import asyncio
-
-        from agent.pyexec import signature
 
         ids = list(sources)
         jobs = [self._job(sources[c], tests, seed) for c in ids for seed in range(self.repeats)]
