@@ -73,13 +73,16 @@ class _LocalRunner:
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
         )
         timed_out = False
+        out, err = b"", b""
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
         except TimeoutError:
             timed_out = True
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            out, err = await proc.communicate()
+            # Bounded too: a lost exit notification must not hang the whole run.
+            with contextlib.suppress(TimeoutError):
+                out, err = await asyncio.wait_for(proc.communicate(), 10)
         finally:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):

@@ -150,9 +150,17 @@ async def main_async(args) -> int:
 
     async def phase1(name: str):
         async with gate:
-            return name, await evaluate_problem(problems[name], pairs[name], samples, constraints_all.get(name, {}), limiter, args)
+            try:
+                return name, await asyncio.wait_for(
+                    evaluate_problem(problems[name], pairs[name], samples, constraints_all.get(name, {}), limiter, args),
+                    args.problem_timeout)
+            except TimeoutError:
+                log(f"{name}: not finished within {args.problem_timeout:.0f}s; left out of the figures")
+                return name, None
 
-    evals = dict(await asyncio.gather(*(phase1(n) for n in names)))
+    evals = {n: ev for n, ev in await asyncio.gather(*(phase1(n) for n in names)) if ev is not None}
+    skipped = [n for n in names if n not in evals]
+    names = [n for n in names if n in evals]
     t_matrix = time.monotonic() - started
     log(f"matrices done in {t_matrix:.0f}s; timing winners (nothing else runs now)")
 
@@ -201,6 +209,9 @@ async def main_async(args) -> int:
 
     elapsed = time.monotonic() - started
     figures = report(results, elapsed, t_matrix)
+    figures["left_out_problems"] = skipped
+    if skipped:
+        print(f"\nleft out (matrix not finished within {args.problem_timeout:.0f}s): {', '.join(skipped)}")
     picks_path = Path(args.picks)
     picks_path.parent.mkdir(parents=True, exist_ok=True)
     with picks_path.open("w") as fh:
@@ -294,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--medium-tests", type=int, default=3, help="larger inputs per problem, run to expose races")
     ap.add_argument("--threads", default="", help="thread counts for correctness runs (default 1, 2, cores, 2x and 4x cores)")
     ap.add_argument("--pin", default="", help="run the drivers (not the compilers) on these CPUs, e.g. 0,1")
+    ap.add_argument("--problem-timeout", type=float, default=600.0,
+                    help="a problem whose matrix takes longer is left out (and counted as such)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N problems (for a quick look)")
     ap.add_argument("--picks", default=str(ROOT / "bench" / "out" / "pareval_picks.jsonl"))
     ap.add_argument("--json", default="")
