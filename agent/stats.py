@@ -7,6 +7,7 @@ its speedup lies above 1.
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from collections.abc import Awaitable, Callable, Sequence
@@ -46,6 +47,10 @@ def speedup_interval(
 
 
 def timing_from_samples(baseline: Sequence[float], candidate: Sequence[float], threads: int | None = None) -> Timing:
+    """A Timing with its speedup; with no speedup when a run failed (a time that is not finite)."""
+    if not all(math.isfinite(x) for x in [*baseline, *candidate]) or not baseline or not candidate:
+        return Timing(baseline_s=[x for x in baseline if math.isfinite(x)],
+                      candidate_s=[x for x in candidate if math.isfinite(x)], threads=threads)
     speed, low, high = speedup_interval(baseline, candidate)
     return Timing(
         baseline_s=list(baseline), candidate_s=list(candidate), speedup=speed, low=low, high=high, threads=threads

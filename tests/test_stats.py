@@ -39,3 +39,11 @@ def test_interleaved_alternates_order():
     assert order == ["b", "c", "c", "b", "b", "c", "c", "b"]
     assert timing.speedup == pytest.approx(2.0)
     assert timing.faster
+
+
+def test_a_failed_run_gives_no_speedup_rather_than_nan():
+    from agent.stats import timing_from_samples
+
+    timing = timing_from_samples([1.0, 1.1], [float("inf"), 0.5])
+    assert timing.speedup is None and timing.low is None and not timing.faster
+    assert timing.candidate_s == [0.5]
