@@ -224,8 +224,12 @@ class _Gen:
         """Shape constraints applied after the random fill, identically on both sides."""
         elem = t.elem
         if spec.get("unique") or spec.get("unique_by"):
-            key = "e_" if not spec.get("unique_by") else "std::make_tuple(" + ", ".join(f"e_.{f}" for f in spec["unique_by"]) + ")"
-            self.emit(f"{{ std::set<std::decay_t<decltype({key.replace('e_', lhs + '[0]')})>> seen_; for (auto& e_ : {lhs}) {{")
+            def key_of(v: str) -> str:
+                by = spec.get("unique_by")
+                return v if not by else "std::make_tuple(" + ", ".join(f"{v}.{f}" for f in by) + ")"
+
+            key = key_of("e_")
+            self.emit(f"{{ std::set<std::decay_t<decltype({key_of(lhs + '[0]')})>> seen_; for (auto& e_ : {lhs}) {{")
             self.depth += 1
             self.emit(f"for (int try_ = 0; seen_.count({key}) && try_ < 1000; ++try_) {{")
             self.depth += 1

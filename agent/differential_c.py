@@ -262,9 +262,9 @@ class CHarness:
     async def _build_ref(self, literals: Sequence[Mapping[str, Any]]) -> list[str]:
         rt = await self._ensure_runtime()
         stem = "ref_" + _h(self.language, self._cxx(), self.reference_source, c_driver.literal_digest(literals))
-        _, objs = await self._build(stem, "ref", self.reference_source, literals, rt, link=False)
+        log, objs = await self._build(stem, "ref", self.reference_source, literals, rt, link=False)
         if objs is None:
-            raise RuntimeError(f"the reference does not build: {self.build_logs.get('@reference', '')}")
+            raise RuntimeError(f"the reference does not build: {log}")
         return objs
 
     async def _build(self, stem: str, side: str, source: str, literals: Sequence[Mapping[str, Any]], rt: str,
