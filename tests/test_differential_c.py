@@ -363,3 +363,29 @@ async def test_model_proposed_edge_cases_literal_values_and_dropped_inputs():
         assert m.cells["wrong"] == {"diff-small-0": "pass", "diff-edge-0": "fail", "diff-edge-2": "pass"}
     finally:
         await h.close()
+
+
+RESULT_SORT_REF = """struct Result {
+   int startTime, duration;
+   float value;
+};
+void sortByStartTime(std::vector<Result> &results) {
+   std::sort(results.begin(), results.end(), [](const Result &a, const Result &b) { return a.startTime < b.startTime; });
+}
+"""
+RESULT_SORT_GOOD = RESULT_SORT_REF.replace("std::sort", "std::stable_sort")
+RESULT_SORT_BAD = RESULT_SORT_REF.replace("a.startTime < b.startTime", "a.duration < b.duration")
+
+
+async def test_struct_field_constraints_and_unique_keys():
+    cons = {"vars": {"n": {"small": [5, 30]}},
+            "args": {"results": {"fields": {"startTime": {"range": [0, 40]}}, "unique_by": ["startTime"]}}}
+    h = CHarness(RESULT_SORT_REF, "sortByStartTime", constraints=cons, small_tests=2, medium_tests=0, threads=[1, 2], repeats=1)
+    try:
+        tests = await h.make_tests()
+        m = await h.run_matrix({"good": RESULT_SORT_GOOD, "bad": RESULT_SORT_BAD}, tests)
+        # With unique keys every correct sort agrees, stable or not.
+        assert [m.cells["good"][t.id] for t in tests] == ["pass", "pass"]
+        assert [m.cells["bad"][t.id] for t in tests] == ["fail", "fail"]
+    finally:
+        await h.close()
