@@ -5,6 +5,10 @@ value). The batch runs in one process for speed: the program is loaded once, the
 assert and call runs under its own alarm. The process has a memory cap and a file-size cap
 (rlimits set in the child), a scrubbed environment, a throwaway working directory, its own
 process group (killed whole at the wall-clock limit), and no access to bakeoff's modules.
+
+Two runners: ``run_jobs`` starts the processes on this machine (rlimits only; what the
+benchmarks on public data use), and ``SandboxRunner`` runs a whole batch inside a
+``Sandbox`` with one command (what bakeoff's product path uses: candidates are hostile).
 """
 
 from __future__ import annotations
@@ -133,6 +137,76 @@ def run_jobs(jobs: Sequence[PyJob], *, workers: int | None = None) -> list[PyRes
     workers = workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(run_job, jobs))
+
+
+class SandboxRunner:
+    """Runs jobs inside ``sandbox``: the child script and the batch are written into the
+    sandbox's workspace and one command runs them all, ``workers`` at a time, each job in a
+    fresh interpreter under its own wall-clock limit (``pyexec_child.batch``). Per-exec setup
+    (bubblewrap and a cgroup, or a docker exec) is paid once per batch, not once per program.
+    """
+
+    def __init__(self, sandbox: Any, *, workers: int | None = None, root: str = ".bakeoff-py"):
+        self.sandbox = sandbox
+        self.workers = workers or os.cpu_count() or 1
+        self.root = root
+        self._installed = False
+        # One batch at a time: the batch already uses every worker, and the files are reused.
+        self._lock: asyncio.Lock | None = None
+
+    async def __call__(self, jobs: Sequence[PyJob]) -> list[PyResult]:
+        if not jobs:
+            return []
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            return await self._run(list(jobs))
+
+    async def _run(self, jobs: list[PyJob]) -> list[PyResult]:
+        if not self._installed:
+            await self.sandbox.write_file(f"{self.root}/child.py", CHILD.read_text())
+            self._installed = True
+        walls = [_wall_limit(j) for j in jobs]
+        batch = [{"job": j.model_dump(), "wall": w} for j, w in zip(jobs, walls)]
+        await self.sandbox.write_file(f"{self.root}/jobs.json", json.dumps(batch))
+        await self.sandbox.write_file(f"{self.root}/out.jsonl", "")
+        workers = min(self.workers, len(jobs))
+        # The child enforces each job's wall limit; this bound only catches a lost batch.
+        rounds = -(-len(jobs) // workers)
+        backstop = rounds * max(walls) + 30.0
+        start = time.perf_counter()
+        res = await self.sandbox.exec(
+            ["python3", "-I", f"{self.root}/child.py", "batch", f"{self.root}/jobs.json", f"{self.root}/out.jsonl",
+             str(workers)],
+            timeout=backstop,
+        )
+        took = time.perf_counter() - start
+        try:
+            text = (await self.sandbox.read_file(f"{self.root}/out.jsonl")).decode("utf-8", "replace")
+        except (FileNotFoundError, OSError):
+            text = ""
+        reports: dict[int, dict[str, Any]] = {}
+        for line in text.splitlines():
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(msg, dict) and isinstance(msg.get("i"), int):
+                reports[msg["i"]] = msg
+        results = []
+        for i, job in enumerate(jobs):
+            msg = reports.get(i)
+            if msg is None:
+                # The batch died or hit its backstop before this job reported.
+                result = _collect(job, "", killed=res.timed_out)
+                if not res.timed_out:
+                    result.load_error = f"the sandboxed batch failed: {res.summary(300)}"
+                result.duration_s = took
+            else:
+                result = _collect(job, str(msg.get("out", "")), killed=bool(msg.get("killed")))
+                result.duration_s = float(msg.get("d", 0.0))
+            results.append(result)
+        return results
 
 
 async def run_jobs_async(jobs: Sequence[PyJob], *, workers: int | None = None) -> list[PyResult]:

@@ -5,6 +5,11 @@ candidate cannot shadow stdlib modules with files next to it. It reads one JSON 
 stdin and writes one JSON line per result on a private copy of stdout, flushing each, so a
 candidate that kills its own process still leaves the results it produced before dying.
 Only the standard library is used.
+
+``python3 -I child.py batch JOBS OUT WORKERS`` runs every job in JOBS (a JSON list of
+``{"job": ..., "wall": seconds}``), ``WORKERS`` at a time, each in a fresh interpreter of
+this same file, and appends one JSON line per job to OUT. bakeoff uses this inside a
+sandbox, so that a whole batch of programs costs one sandbox command.
 """
 
 import hashlib
@@ -176,5 +181,72 @@ def main():
     emit({"k": "done"})
 
 
+def _run_one(path, job, wall):
+    """One job in a fresh interpreter with a scrubbed environment, its own process group and
+    working directory, killed whole at ``wall`` seconds: (its output, killed, seconds)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONHASHSEED": str(job.get("hash_seed", 0)),
+        "OMP_NUM_THREADS": "1",
+        "LANG": "C.UTF-8",
+    }
+    start = time.perf_counter()
+    cwd = tempfile.mkdtemp(prefix="bakeoff-py-")
+    killed = False
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, cwd=cwd, env=env, start_new_session=True,
+        )
+        try:
+            raw, _ = proc.communicate(json.dumps(job).encode(), timeout=wall)
+        except subprocess.TimeoutExpired:
+            killed = True
+            raw = b""
+        finally:
+            if proc.poll() is None or killed:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                try:
+                    out, _ = proc.communicate(timeout=10)
+                except subprocess.TimeoutExpired:
+                    out = b""
+                raw = raw or out or b""
+    finally:
+        shutil.rmtree(cwd, ignore_errors=True)
+    return raw.decode("utf-8", "replace"), killed, time.perf_counter() - start
+
+
+def batch(jobs_path, out_path, workers):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    with open(jobs_path) as f:
+        entries = json.load(f)
+    os.unlink(jobs_path)
+    path = os.path.abspath(__file__)
+    lock = threading.Lock()
+    with open(out_path, "w") as out:
+
+        def one(i):
+            text, killed, seconds = _run_one(path, entries[i]["job"], float(entries[i]["wall"]))
+            line = json.dumps({"i": i, "out": text, "killed": killed, "d": seconds})
+            with lock:
+                out.write(line + "\n")
+                out.flush()
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            list(pool.map(one, range(len(entries))))
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 5 and sys.argv[1] == "batch":
+        batch(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        main()

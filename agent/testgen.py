@@ -248,7 +248,9 @@ def typed_inputs(source: str, entry: str, *, count: int, size: int, seed: int = 
 
 # --------------------------------------------------------------------------- the Python harness
 
-Runner = Callable[[Sequence["PyJob"]], list["PyResult"]]
+# A runner takes a batch of jobs and returns their results in order: ``agent.pyexec.run_jobs``
+# (host processes, blocking) or an ``agent.pyexec.SandboxRunner`` (async, inside a sandbox).
+Runner = Callable[[Sequence["PyJob"]], "list[PyResult] | Awaitable[list[PyResult]]"]
 
 
 class PythonHarness:
@@ -257,6 +259,9 @@ class PythonHarness:
     The reference's outputs are the expected values. Each candidate runs ``repeats`` times,
     each in a fresh process with a different hash seed, so set-order and other
     nondeterminism shows; a result that changes between runs is ``flaky``.
+
+    Programs run through ``runner``; with none they run on this machine (``run_jobs``), so
+    callers running candidates they did not write pass ``SandboxRunner(sandbox)``.
     """
 
     language = "python"
@@ -291,6 +296,14 @@ class PythonHarness:
         self.seed = seed
         _parameters(reference_source, entry)  # the user's error, reported now: no such function
 
+    async def _run(self, jobs: Sequence[Any]) -> list[Any]:
+        import asyncio
+        import inspect
+
+        if inspect.iscoroutinefunction(self.runner) or inspect.iscoroutinefunction(getattr(self.runner, "__call__", None)):
+            return await self.runner(jobs)  # type: ignore[misc]
+        return await asyncio.to_thread(self.runner, jobs)  # type: ignore[arg-type]
+
     def _calls(self, extra_inputs: Sequence[Any]) -> list[str]:
         calls = typed_inputs(self.reference_source, self.entry, count=self.count, size=self.size, seed=self.seed)
         proposed: list[str] = []
@@ -320,11 +333,9 @@ class PythonHarness:
         )
 
     async def make_tests(self, extra_inputs: Sequence[Any] = ()) -> list[TestCase]:
-        import asyncio
-
         calls = self._calls(extra_inputs)
         probe = [TestCase(id=f"diff-{i}", kind="differential", code=c, input=c) for i, c in enumerate(calls)]
-        runs = await asyncio.to_thread(self.runner, [self._job(self.reference_source, probe, s) for s in (0, 1)])
+        runs = await self._run([self._job(self.reference_source, probe, s) for s in (0, 1)])
         if runs[0].load_error:
             raise ValueError(f"the reference does not load: {runs[0].load_error}")
         tests = []
@@ -341,11 +352,9 @@ class PythonHarness:
         return values_equal(decode(a), decode(b), rel=self.rel, abs_tol=self.abs, unordered=self.unordered)
 
     async def run_matrix(self, sources: Mapping[str, str], tests: Sequence[TestCase]) -> ExecutionMatrix:
-        import asyncio
-
         ids = list(sources)
         jobs = [self._job(sources[c], tests, seed) for c in ids for seed in range(self.repeats)]
-        results = await asyncio.to_thread(self.runner, jobs)
+        results = await self._run(jobs)
         matrix = ExecutionMatrix()
         asserts = [t for t in tests if t.input is None]
         calls = [t for t in tests if t.input is not None]
@@ -381,10 +390,9 @@ class PythonHarness:
     async def time(self, sources: Mapping[str, str], *, repeats: int = 5) -> dict[str, Timing]:
         """Interleaved timing (reference, candidate, ...) of one call on a larger typed input;
         each sample is the median of 3 calls in one fresh process."""
-        import asyncio
         import statistics
 
-        from agent.pyexec import PyJob, run_job
+        from agent.pyexec import PyJob
         from agent.stats import interleaved
 
         call = typed_inputs(self.reference_source, self.entry, count=1, size=self.timing_size, seed=self.seed + 1)[0]
@@ -392,7 +400,7 @@ class PythonHarness:
         def sampler(source: str):
             async def sample() -> float:
                 job = PyJob(source=source, entry=self.entry, calls=[call], call_repeats=3, timeout_s=30.0, max_timeouts=1)
-                res = await asyncio.to_thread(run_job, job)
+                res = (await self._run([job]))[0]
                 cell = res.calls[0] if res.calls else None
                 if cell is None or cell.outcome != "pass":
                     return float("inf")

@@ -60,10 +60,10 @@ class FanOutSettings(BaseModel):
     timing_repeats: int = Field(5, ge=1)  # interleaved pairs per winner at selection
     command_timeout_s: float = 300.0
     test_samples: int = Field(1, ge=0)  # tester model samples (0: no generated tests)
-    # The C/C++ harness's drivers run in the base sandbox when true; when false, in a temporary
-    # directory with their own process group and timeouts (about 4x faster: one shared
-    # compiled runtime). Candidates have already built and run in their sandboxes by then.
-    harness_in_sandbox: bool = False
+    # The differential harness (Python and C/C++) runs candidates' code in the base sandbox.
+    # False runs it on this machine instead (own process group, timeouts and rlimits, no
+    # isolation): only for trusted candidates, e.g. benchmarks on public data.
+    harness_in_sandbox: bool = True
 
     @classmethod
     def from_any(cls, settings: Any) -> FanOutSettings:
@@ -498,14 +498,16 @@ def _harness(language: str, entry: str | None, source: str | None, sandbox: Any,
     """The differential harness for the entry function, with the base version as reference.
 
     None when there is no entry function or no harness for the language: the vote then
-    rests on the repo's tests, the benchmark's output and the generated tests. The C/C++
-    harness compiles and runs in ``sandbox`` when one is given, else in a temporary
-    directory of its own (see ``FanOutSettings.harness_in_sandbox``).
+    rests on the repo's tests, the benchmark's output and the generated tests. The harness
+    compiles and runs candidates in ``sandbox`` when one is given, else on this machine in a
+    temporary directory of its own (see ``FanOutSettings.harness_in_sandbox``).
     """
     if entry is None or source is None:
         return None
     if language == "python":
-        return _testgen().PythonHarness(source, entry)
+        from agent.pyexec import SandboxRunner
+
+        return _testgen().PythonHarness(source, entry, runner=SandboxRunner(sandbox) if sandbox is not None else None)
     if language in ("c", "cpp"):
         from agent.differential_c import CHarness
 
