@@ -103,7 +103,7 @@ class _SandboxRunner:
     def path(self, name: str) -> str:
         return name
 
-    async def write(self, name: str, text: str) -> None:
+    async def write(self, name: str, text: str | bytes) -> None:
         await self.sandbox.write_file(f"{self.subdir}/{name}", text)
 
     async def exists(self, name: str) -> bool:
@@ -112,6 +112,17 @@ class _SandboxRunner:
 
     async def run(self, cmd: str, timeout: float) -> ExecResult:
         return await self.sandbox.exec(["bash", "-c", f"mkdir -p {self.subdir} && cd {self.subdir} && {cmd}"], timeout=timeout)
+
+
+def _cc1plus_digest() -> str | None:
+    """sha256 of this machine's C++ compiler proper (what a precompiled header is bound to)."""
+    import subprocess
+
+    try:
+        path = subprocess.run(["g++", "-print-prog-name=cc1plus"], capture_output=True, text=True, timeout=30).stdout.strip()
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 # --------------------------------------------------------------------------- the harness
@@ -213,7 +224,7 @@ class CHarness:
                 Path(self._rt_dir).mkdir(parents=True, exist_ok=True)
                 ready = (Path(rt) / "bk_main.o").exists() and (Path(rt) / "bk_rt.h.gch").exists()
             else:
-                ready = await self._runner.exists(f"{rt}/bk_main.o")
+                ready = await self._runner.exists(f"{rt}/bk_main.o") or await self._seed_runtime(rt)
             if not ready:
                 # Build in a private directory, then rename: other processes may share the cache.
                 tmp = f"{rt}.tmp{os.getpid()}.{random.randrange(1 << 30)}"
@@ -231,6 +242,29 @@ class CHarness:
                     raise RuntimeError(f"the driver runtime does not build with {self._cxx()}: {res.summary()}")
             self._rt_ready = True
             return rt
+
+    async def _seed_runtime(self, rt: str) -> bool:
+        """Copy the runtime built on this machine into the sandbox, when the sandbox's compiler
+        is this machine's (same cc1plus): it is bakeoff's own code, not a candidate's, and its
+        precompiled header takes seconds to build in every new sandbox."""
+        assert isinstance(self._runner, _SandboxRunner)
+        mine = await asyncio.to_thread(_cc1plus_digest)
+        if mine is None:
+            return False
+        res = await self._runner.run('sha256sum "$(g++ -print-prog-name=cc1plus)"', 30)
+        if not res.ok or res.stdout.split()[:1] != [mine]:
+            return False
+        host = CHarness(self.reference_source, self.function, language=self.language,  # type: ignore[arg-type]
+                        compile_flags=self.flags, build_timeout=self.build_timeout)
+        try:
+            built = Path(await host._ensure_runtime())
+        finally:
+            await host.close()
+        for name in ("bk_rt.h", "bk_rt.h.gch", "bk_main.o"):
+            data = await asyncio.to_thread((built / name).read_bytes)
+            # The object last: its presence is what marks the runtime as ready.
+            await self._runner.write(f"{rt}/{name}", data)
+        return True
 
     def _literals(self, tests: Sequence[TestCase]) -> list[dict[str, Any]]:
         return [t.input for t in tests if isinstance(t.input, dict) and t.input.get("values")]
