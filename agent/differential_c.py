@@ -351,18 +351,23 @@ class CHarness:
             lines.append(f"{i} {int(inp['seed'])} {literal_ids.get(i, -1)} {len(P)} " + " ".join(repr(float(x)) for x in P))
         return "\n".join(lines) + "\n"
 
-    async def _protocol(self, binary: str, args: str, tests: Sequence[TestCase], per_test_runs: int) -> dict[int, list[str]]:
+    async def _protocol(self, binary: str, args: str, tests: Sequence[TestCase], per_test_runs: int,
+                        first: ExecResult | None = None) -> dict[int, list[str]]:
         """Run ``binary`` over all tests, resuming after a test that crashed or hung.
         Returns test index -> the fields of its ``T`` line after the index (or
-        ["error"|"timeout", why] when the process died in that test)."""
+        ["error"|"timeout", why] when the process died in that test). ``first``: the
+        first pass over all tests, when it already ran (``_first_passes``)."""
         remaining = list(range(len(tests)))
         results: dict[int, list[str]] = {}
         while remaining:
-            name = f"specs_{_h(binary, args, str(remaining))}.txt"
-            await self._runner.write(name, self._spec_lines(tests, remaining))
-            backstop = self.call_timeout * (per_test_runs + 1) * len(remaining) + 30
-            async with self.limiter:
-                res = await self._runner.run(f"{self._pin}./{binary} {args} < {name}", backstop)
+            if first is not None:
+                res, first = first, None
+            else:
+                name = f"specs_{_h(binary, args, str(remaining))}.txt"
+                await self._runner.write(name, self._spec_lines(tests, remaining))
+                backstop = self.call_timeout * (per_test_runs + 1) * len(remaining) + 30
+                async with self.limiter:
+                    res = await self._runner.run(f"{self._pin}./{binary} {args} < {name}", backstop)
             began = None
             for line in res.stdout.splitlines():
                 at = line.find("@@BK ")
@@ -386,6 +391,103 @@ class CHarness:
             results[stuck] = ["timeout" if hung else "error", why]
             remaining = [i for i in remaining if i not in results]
         return results
+
+    # ------------------------------------------------------------------ batches (sandbox)
+    # Each sandbox command costs setup (bubblewrap and a cgroup, or a docker exec), and one
+    # command at a time leaves cores idle: in a sandbox, the candidates build in one command,
+    # in parallel, and their first passes over the tests run in one more.
+
+    async def _build_all(self, sources: Sequence[str], literals: Sequence[Mapping[str, Any]]) -> None:
+        """Build every candidate not built yet with one command, ``jobs`` compilers at once;
+        the results land where ``_build_candidate`` finds them."""
+        ref_objs = await self._build_ref(literals)
+        rt = await self._ensure_runtime()
+        todo: dict[str, str] = {}
+        for source in sources:
+            stem = "cand_" + _h(self.language, self._cxx(), source, c_driver.literal_digest(literals), self.reference_source)
+            if stem not in self._builds and stem not in todo:
+                todo[stem] = source
+        if not todo:
+            return
+        lib = " -lm" if self.language == "c" else ""
+        for stem, source in todo.items():
+            files, cmd, objs = self._side_cmd("cand", source, literals, stem, rt)
+            cmd += f" && {self._cxx()} {shlex.quote(rt)}/bk_main.o {' '.join(ref_objs)} {' '.join(objs)}{lib} -o {stem}.bin"
+            for name, text in files.items():
+                await self._runner.write(name, text)
+            await self._runner.write(f"{stem}.build.sh", f"rm -f {stem}.rc\n({cmd}) > {stem}.log 2>&1\necho $? > {stem}.rc\n")
+        stems = list(todo)
+        jobs = max(1, os.cpu_count() or 1)
+        report = " ".join(stems)
+        cmd = (
+            f"printf '%s.build.sh\\n' {report} | xargs -P {jobs} -n 1 bash; "
+            f"for s in {report}; do echo \"@@RC $s $(cat $s.rc 2>/dev/null || echo none)\"; "
+            f"if [ \"$(cat $s.rc 2>/dev/null)\" != 0 ]; then echo \"@@LOG $s\"; tail -c {_LOG_LIMIT} $s.log 2>/dev/null; echo; echo @@END; fi; done"
+        )
+        async with self.limiter:
+            res = await self._runner.run(cmd, self.build_timeout * -(-len(stems) // jobs) + 30)
+        codes: dict[str, str] = {}
+        logs: dict[str, list[str]] = {}
+        current: str | None = None
+        for line in res.stdout.splitlines():
+            if line.startswith("@@RC "):
+                parts = line.split(" ")
+                if len(parts) == 3:
+                    codes[parts[1]] = parts[2]
+            elif line.startswith("@@LOG "):
+                current = line[6:]
+                logs[current] = []
+            elif line == "@@END":
+                current = None
+            elif current is not None:
+                logs[current].append(line)
+        loop = asyncio.get_running_loop()
+        for stem in stems:
+            done: asyncio.Future[tuple[str | None, str | None]] = loop.create_future()
+            if codes.get(stem) == "0":
+                done.set_result((None, f"{stem}.bin"))
+            else:
+                status = "timed out" if res.timed_out and codes.get(stem, "none") == "none" else f"exit {codes.get(stem, 'none')}"
+                log = "\n".join(logs.get(stem, []))
+                done.set_result((_cap(f"[{status}]\n{log}".rstrip(), _LOG_LIMIT), None))
+            self._builds[stem] = done  # type: ignore[assignment]
+
+    async def _first_passes(self, binaries: Sequence[str], args: str, tests: Sequence[TestCase],
+                            per_test_runs: int) -> dict[str, ExecResult]:
+        """Each binary's first pass over all tests, one after another, in one command."""
+        name = f"specs_{_h(args, str(len(tests)), *binaries)}.txt"
+        await self._runner.write(name, self._spec_lines(tests, range(len(tests))))
+        backstop = self.call_timeout * (per_test_runs + 1) * len(tests) + 30
+        parts = []
+        for b in binaries:
+            parts.append(
+                f"timeout -k 5 {backstop:g} {self._pin}./{b} {args} < {name} > {b}.out 2> {b}.err; rc=$?; "
+                f"echo \"@@OUT {b} $rc\"; grep -a '@@BK ' {b}.out | head -c 200000; echo; "
+                f"echo \"@@ERR {b}\"; tail -c 300 {b}.err; echo; echo @@END"
+            )
+        async with self.limiter:
+            res = await self._runner.run("; ".join(parts), backstop * len(binaries) + 30)
+        found: dict[str, ExecResult] = {}
+        current: str | None = None
+        rc: int | None = None
+        out: list[str] = []
+        err: list[str] = []
+        target = out
+        for line in res.stdout.splitlines():
+            if line.startswith("@@OUT "):
+                fields = line.split(" ")
+                current, rc, out, err = fields[1], int(fields[2]) if len(fields) > 2 and fields[2].lstrip("-").isdigit() else None, [], []
+                target = out
+            elif line.startswith("@@ERR ") and current is not None:
+                target = err
+            elif line == "@@END" and current is not None:
+                # ``timeout`` answers 124 (or 137 after its kill) when the backstop ran out.
+                found[current] = ExecResult(exit_code=rc, stdout="\n".join(out), stderr="\n".join(err),
+                                            timed_out=rc in (124, 137))
+                current = None
+            else:
+                target.append(line)
+        return found
 
     # ------------------------------------------------------------------ the protocol
 
@@ -436,6 +538,11 @@ class CHarness:
         args = (f"check {self.float_rel!r} {self.float_abs!r} {int(self.unordered)} "
                 f"{','.join(map(str, self.threads))} {self.repeats} {max(1, int(round(self.call_timeout)))}")
         runs = len(self.threads) * self.repeats + 1
+        first: dict[str, ExecResult] = {}
+        if isinstance(self._runner, _SandboxRunner) and tests:
+            await self._build_all(list(by_source), literals)
+            built = [b for b, _ in [await self._build_candidate(src, literals) for src in by_source] if b is not None]
+            first = await self._first_passes(built, args, tests, runs)
 
         async def one(src: str, cids: list[str]) -> None:
             binary, log = await self._build_candidate(src, literals)
@@ -445,7 +552,7 @@ class CHarness:
                     for t in tests:
                         matrix.set(cid, t.id, "error", "build failed")
                 return
-            results = await self._protocol(binary, args, tests, runs)
+            results = await self._protocol(binary, args, tests, runs, first.get(binary))
             for i, t in enumerate(tests):
                 r = results[i]
                 if len(r) > 5:  # the detail text has spaces

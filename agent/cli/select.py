@@ -2,7 +2,8 @@
 
 No model is needed: the reference's outputs on generated inputs (and any given tests) decide
 correctness, and interleaved timing decides speed. Python candidates go through
-``agent.testgen.PythonHarness``; C/C++ through ``agent.differential_c.CHarness``.
+``agent.testgen.PythonHarness``; C/C++ through ``agent.differential_c.CHarness``. Candidates
+are code someone else wrote: they build and run only inside a sandbox (``--sandbox``).
 Top-level imports: typer and the standard library only, so ``bakeoff --help`` stays fast.
 """
 
@@ -35,13 +36,18 @@ def register(app: typer.Typer) -> None:
         unordered: bool = typer.Option(False, "--unordered", help="Compare sequence results ignoring order."),
         repeats: int = typer.Option(3, "--repeats", min=1, help="Runs per candidate (a changing result is flaky)."),
         timing_repeats: int = typer.Option(5, "--timing-repeats", min=2, help="Interleaved timing pairs per winner."),
+        sandbox: str = typer.Option(
+            "auto", "--sandbox", help="Where candidates run: auto (Docker if an engine answers, else local), docker, local, local+bwrap."
+        ),
     ) -> None:
         """Pick the fastest candidate that behaves like the reference. Exit 0 with a winner, 1 without."""
+        from sandboxes import SandboxUnavailable
+
         try:
             verdict = asyncio.run(
-                _select(reference, candidate, candidates_jsonl, tests, entry, unordered, repeats, timing_repeats)
+                _select(reference, candidate, candidates_jsonl, tests, entry, unordered, repeats, timing_repeats, sandbox)
             )
-        except UsageProblem as exc:
+        except (UsageProblem, SandboxUnavailable) as exc:
             typer.echo(f"bakeoff select: {exc}", err=True)
             raise typer.Exit(2) from None
         if as_json:
@@ -96,12 +102,29 @@ def _default_entry(source: str) -> str:
     return names[-1]
 
 
-async def _select(reference, candidate_paths, jsonl, test_paths, entry, unordered, repeats, timing_repeats):
-    from agent.selection import select
-    from agent.types import Candidate
+async def _select(reference, candidate_paths, jsonl, test_paths, entry, unordered, repeats, timing_repeats,
+                  sandbox_kind="auto"):
+    import tempfile
+
+    from agent.seams import Workspace
+    from sandboxes import create_sandbox
 
     ref_source = _read(reference, "reference")
     sources = _load_candidates(candidate_paths, jsonl)
+    # An empty workspace: the harness writes what it runs into it.
+    with tempfile.TemporaryDirectory(prefix="bakeoff-select-") as tmp:
+        sandbox = await create_sandbox(Workspace(path=Path(tmp)), kind=sandbox_kind)
+        try:
+            return await _select_in(sandbox, reference, ref_source, sources, test_paths, entry, unordered, repeats,
+                                    timing_repeats)
+        finally:
+            await sandbox.close()
+
+
+async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry, unordered, repeats, timing_repeats):
+    from agent.selection import select
+    from agent.types import Candidate
+
     if reference.suffix in C_SUFFIXES:
         try:
             from agent.differential_c import CHarness
@@ -110,14 +133,15 @@ async def _select(reference, candidate_paths, jsonl, test_paths, entry, unordere
         if not entry:
             raise UsageProblem("for C/C++ pass --entry NAME: the function whose results are compared")
         language = "c" if reference.suffix == ".c" else "c++"
-        harness = CHarness(ref_source, entry, language=language, unordered=unordered, repeats=repeats)
+        harness = CHarness(ref_source, entry, language=language, unordered=unordered, repeats=repeats, sandbox=sandbox)
         given = []
     else:
+        from agent.pyexec import SandboxRunner
         from agent.testgen import PythonHarness, parse_generated_tests
 
         entry = entry or _default_entry(ref_source)
         try:
-            harness = PythonHarness(ref_source, entry, unordered=unordered, repeats=repeats)
+            harness = PythonHarness(ref_source, entry, unordered=unordered, repeats=repeats, runner=SandboxRunner(sandbox))
         except ValueError as exc:
             raise UsageProblem(f"{exc}: pass --entry NAME") from None
         given = []
