@@ -9,7 +9,13 @@ to a random pick, the oracle and the CodeT rule recomputed from the same executi
 
 Execution results are cached under bench/out/codet-cache/ keyed by a hash of program, tests
 and runner, so a re-run only re-scores.
+
+The programs run on this machine, not in a sandbox (agent.pyexec.run_job: own process, scrubbed
+environment, rlimits, wall-clock kill): they are public benchmark data, and 6,000 of them would
+pay a sandbox's per-command setup thousands of times. bakeoff's own paths (fan_out, select) run
+candidates in a sandbox (agent.pyexec.SandboxRunner).
 """
+
 
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from agent.types import ExecutionMatrix, TestCase  # noqa: E402
 DEFAULT_DATA = Path("/work/shared/bench/humaneval-codet-dev")
 CACHE = ROOT / "bench" / "out" / "codet-cache"
 RUNNER_VERSION = "2"
+HOST_NOTE = "programs run on this machine with rlimits, not in a sandbox: public benchmark data only"
 
 
 def load(path: Path) -> list[dict]:
@@ -110,6 +117,7 @@ def execute(problems: list[dict], by_task: dict, gens: dict, workers: int) -> di
         }
     if jobs:
         print(f"executing {len(jobs)} jobs (distinct programs x test batches) on {workers} workers ...", flush=True)
+        print(f"note: {HOST_NOTE}", flush=True)
         done = 0
         start = time.time()
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -166,7 +174,7 @@ def expected(picks: list[str], labels: dict[str, bool]) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=HOST_NOTE)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--problems", type=int, default=None, help="only the first K problems")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
