@@ -147,7 +147,7 @@ def sum_run():
     """One harness, every kind of candidate at once (the driver runtime is built only once)."""
 
     async def go():
-        h = CHarness(REFERENCE, "total", constraints=SUM_CONSTRAINTS, small_tests=3, medium_tests=1, repeats=3)
+        h = CHarness(REFERENCE, "total", constraints=SUM_CONSTRAINTS, small_tests=3, medium_tests=1, repeats=5)
         assert isinstance(h, DifferentialHarness)
         assert h.threads[-1] >= 4  # oversubscribed beyond the cores
         try:
