@@ -152,9 +152,13 @@ def sum_run():
         assert h.threads[-1] >= 4  # oversubscribed beyond the cores
         try:
             tests = await h.make_tests()
-            sources = {"reduction": REDUCTION, "race": RACE, "off_by_one": OFF_BY_ONE, "serial": SERIAL,
+            sources = {"reduction": REDUCTION, "off_by_one": OFF_BY_ONE, "serial": SERIAL,
                        "serial_again": SERIAL, "reversed": REVERSED, "slightly_off": SLIGHTLY_OFF, "no_brace": NO_BRACE}
             matrix = await h.run_matrix(sources, tests)
+            # A race shows only when the team's threads really overlap: run it with the cores to itself.
+            raced = await h.run_matrix({"race": RACE}, tests)
+            for t in tests:
+                matrix.set("race", t.id, raced.cells["race"][t.id])
             timings = await h.time({"reduction": REDUCTION, "serial": SERIAL}, repeats=3)
             return h, tests, matrix, timings
         finally:
@@ -178,7 +182,8 @@ def test_reduction_and_serial_pass(sum_run):
 
 def test_missing_reduction_is_caught_at_many_threads(sum_run):
     h, tests, m, _ = sum_run
-    assert m.cells["race"]["diff-medium-0"] in ("flaky", "fail"), h.details["race"]
+    # Caught on some input (after that, the driver runs the remaining tests only once).
+    assert any(m.cells["race"][t.id] in ("flaky", "fail") for t in tests), h.details["race"]
 
 
 def test_off_by_one_fails(sum_run):
@@ -203,7 +208,7 @@ def test_identical_sources_are_built_once(sum_run):
     h, _, m, _ = sum_run
     assert m.cells["serial"] == m.cells["serial_again"]
     # runtime + reference objects + reference binary + 7 distinct candidates
-    assert len([k for k in h._builds if k.startswith("cand_")]) == 7
+    assert len([k for k in h._builds if k.startswith("cand_")]) == 7  # six distinct + the race
 
 
 def test_timing_has_an_interval(sum_run):
