@@ -463,7 +463,7 @@ class CHarness:
             parts.append(
                 f"timeout -k 5 {backstop:g} {self._pin}./{b} {args} < {name} > {b}.out 2> {b}.err; rc=$?; "
                 f"echo \"@@OUT {b} $rc\"; grep -a '@@BK ' {b}.out | head -c 200000; echo; "
-                f"echo \"@@ERR {b}\"; tail -c 300 {b}.err; echo; echo @@END"
+                f"echo \"@@ERR {b}\"; tail -c 300 {b}.err; echo; echo \"@@END {b}\""
             )
         async with self.limiter:
             res = await self._runner.run("; ".join(parts), backstop * len(binaries) + 30)
@@ -480,7 +480,8 @@ class CHarness:
                 target = out
             elif line.startswith("@@ERR ") and current is not None:
                 target = err
-            elif line == "@@END" and current is not None:
+            elif current is not None and line == f"@@END {current}":
+                # Output capped in the middle cannot join two binaries' blocks: both ends name it.
                 # ``timeout`` answers 124 (or 137 after its kill) when the backstop ran out.
                 found[current] = ExecResult(exit_code=rc, stdout="\n".join(out), stderr="\n".join(err),
                                             timed_out=rc in (124, 137))
