@@ -12,6 +12,7 @@ import json
 import math
 import secrets
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,15 @@ def total(xs: list[int]) -> int:
 
 PY_HANG = """
 def total(xs: list[int]) -> int:
+    while True:
+        pass
+"""
+
+PY_DEAF = """
+import signal
+
+def total(xs: list[int]) -> int:
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)  # deaf to the per-call alarm: only the wall-clock kill stops it
     while True:
         pass
 """
@@ -155,8 +165,11 @@ async def test_python_candidate_in_fan_outs_harness_cannot_escape(sandbox, probe
 async def test_a_hanging_python_candidate_times_out_in_the_sandbox(sandbox):
     harness = PythonHarness(PY_REFERENCE, "total", runner=SandboxRunner(sandbox), timeout_s=0.5, repeats=1, count=4)
     tests = await harness.make_tests()
-    matrix = await harness.run_matrix({"hang": PY_HANG, "ok": PY_REFERENCE}, tests)
+    started = time.monotonic()
+    matrix = await harness.run_matrix({"hang": PY_HANG, "deaf": PY_DEAF, "ok": PY_REFERENCE}, tests)
+    assert time.monotonic() - started < 30
     assert set(matrix.cells["hang"].values()) == {"timeout"}
+    assert set(matrix.cells["deaf"].values()) == {"timeout"}
     assert set(matrix.cells["ok"].values()) == {"pass"}
 
 
