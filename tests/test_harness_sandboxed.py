@@ -26,8 +26,10 @@ from agent.seams import Workspace
 from agent.testgen import PythonHarness
 from agent.trajectory import FanOutSettings, _harness
 from sandboxes import create_sandbox
+from sandboxes.docker import engine_available
 
 SECRET_NAME = "BAKEOFF_PROBE_TOKEN"
+ENGINE_UP, ENGINE_WHY = engine_available()
 
 PY_REFERENCE = """
 def total(xs: list[int]) -> int:
@@ -224,4 +226,26 @@ def test_bakeoff_select_runs_c_candidates_in_a_sandbox(tmp_path, probe):
     assert result.exit_code == 0, result.output
     verdict = json.loads(result.output)
     assert verdict["correct"] == ["hostile"]
+    assert not Path(probe["mark"]).exists()
+
+
+@pytest.mark.docker
+@pytest.mark.skipif(not ENGINE_UP, reason=ENGINE_WHY)
+async def test_both_harnesses_confine_candidates_in_a_docker_sandbox(tmp_path, probe):
+    (tmp_path / "ws").mkdir()
+    sb = await create_sandbox(Workspace(path=tmp_path / "ws"), kind="docker")
+    try:
+        py = _harness("python", "total", PY_REFERENCE, sb, EventBus())
+        tests = await py.make_tests()
+        hostile = PY_HOSTILE.format(mark=probe["mark"], name=probe["name"], secret=probe["secret"])
+        matrix = await py.run_matrix({"hostile": hostile}, tests)
+        assert set(matrix.cells["hostile"].values()) == {"pass"}
+        c = CHarness(C_REFERENCE, "total", language="c", sandbox=sb, threads=[1, 2], repeats=1, call_timeout=1.0,
+                     small_tests=2, medium_tests=0)
+        tests = await c.make_tests()
+        matrix = await c.run_matrix({"hostile": C_HOSTILE % probe, "hang": C_HANG}, tests)
+        assert set(matrix.cells["hostile"].values()) == {"pass"}, c.details
+        assert set(matrix.cells["hang"].values()) == {"timeout"}
+    finally:
+        await sb.close()
     assert not Path(probe["mark"]).exists()
