@@ -154,15 +154,16 @@ class SandboxRunner:
         # One batch at a time: the batch already uses every worker, and the files are reused.
         self._lock: asyncio.Lock | None = None
 
-    async def __call__(self, jobs: Sequence[PyJob]) -> list[PyResult]:
+    async def __call__(self, jobs: Sequence[PyJob], *, workers: int | None = None) -> list[PyResult]:
+        """Results in the order of ``jobs``; ``workers=1`` runs them one after another, in order."""
         if not jobs:
             return []
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            return await self._run(list(jobs))
+            return await self._run(list(jobs), workers or self.workers)
 
-    async def _run(self, jobs: list[PyJob]) -> list[PyResult]:
+    async def _run(self, jobs: list[PyJob], workers: int) -> list[PyResult]:
         if not self._installed:
             await self.sandbox.write_file(f"{self.root}/child.py", CHILD.read_text())
             self._installed = True
@@ -170,7 +171,7 @@ class SandboxRunner:
         batch = [{"job": j.model_dump(), "wall": w} for j, w in zip(jobs, walls)]
         await self.sandbox.write_file(f"{self.root}/jobs.json", json.dumps(batch))
         await self.sandbox.write_file(f"{self.root}/out.jsonl", "")
-        workers = min(self.workers, len(jobs))
+        workers = min(workers, len(jobs))
         # The child enforces each job's wall limit; this bound only catches a lost batch.
         rounds = -(-len(jobs) // workers)
         backstop = rounds * max(walls) + 30.0

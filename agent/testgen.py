@@ -248,9 +248,10 @@ def typed_inputs(source: str, entry: str, *, count: int, size: int, seed: int = 
 
 # --------------------------------------------------------------------------- the Python harness
 
-# A runner takes a batch of jobs and returns their results in order: ``agent.pyexec.run_jobs``
-# (host processes, blocking) or an ``agent.pyexec.SandboxRunner`` (async, inside a sandbox).
-Runner = Callable[[Sequence["PyJob"]], "list[PyResult] | Awaitable[list[PyResult]]"]
+# A runner takes a batch of jobs (and optionally ``workers=``, how many run at once) and returns
+# their results in order: ``agent.pyexec.run_jobs`` (host processes, blocking) or an
+# ``agent.pyexec.SandboxRunner`` (async, inside a sandbox).
+Runner = Callable[..., "list[PyResult] | Awaitable[list[PyResult]]"]
 
 
 class PythonHarness:
@@ -296,13 +297,14 @@ class PythonHarness:
         self.seed = seed
         _parameters(reference_source, entry)  # the user's error, reported now: no such function
 
-    async def _run(self, jobs: Sequence[Any]) -> list[Any]:
+    async def _run(self, jobs: Sequence[Any], workers: int | None = None) -> list[Any]:
         import asyncio
         import inspect
 
+        kw = {} if workers is None else {"workers": workers}
         if inspect.iscoroutinefunction(self.runner) or inspect.iscoroutinefunction(getattr(self.runner, "__call__", None)):
-            return await self.runner(jobs)  # type: ignore[misc]
-        return await asyncio.to_thread(self.runner, jobs)  # type: ignore[arg-type]
+            return await self.runner(jobs, **kw)  # type: ignore[misc]
+        return await asyncio.to_thread(self.runner, jobs, **kw)
 
     def _calls(self, extra_inputs: Sequence[Any]) -> list[str]:
         calls = typed_inputs(self.reference_source, self.entry, count=self.count, size=self.size, seed=self.seed)
@@ -389,28 +391,37 @@ class PythonHarness:
 
     async def time(self, sources: Mapping[str, str], *, repeats: int = 5) -> dict[str, Timing]:
         """Interleaved timing (reference, candidate, ...) of one call on a larger typed input;
-        each sample is the median of 3 calls in one fresh process."""
+        each sample is the median of 3 calls in one fresh process. The processes of one
+        candidate run one at a time in the order of ``agent.stats.interleaved`` (a warm-up
+        pair, then A B, B A, ...), as one batch: one sandbox command per candidate."""
         import statistics
 
         from agent.pyexec import PyJob
-        from agent.stats import interleaved
+        from agent.stats import timing_from_samples
 
         call = typed_inputs(self.reference_source, self.entry, count=1, size=self.timing_size, seed=self.seed + 1)[0]
+        order = ["ref", "cand"]  # the unrecorded warm-up pair
+        for i in range(repeats):
+            # Alternate which goes first so a drift in machine load does not favour one side.
+            order += ["ref", "cand"] if i % 2 == 0 else ["cand", "ref"]
 
-        def sampler(source: str):
-            async def sample() -> float:
-                job = PyJob(source=source, entry=self.entry, calls=[call], call_repeats=3, timeout_s=30.0, max_timeouts=1)
-                res = (await self._run([job]))[0]
-                cell = res.calls[0] if res.calls else None
-                if cell is None or cell.outcome != "pass":
-                    return float("inf")
-                return statistics.median(cell.seconds)
-
-            return sample
+        def seconds(res: Any) -> float:
+            cell = res.calls[0] if res.calls else None
+            if cell is None or cell.outcome != "pass":
+                return float("inf")
+            return statistics.median(cell.seconds)
 
         timings: dict[str, Timing] = {}
         for c, src in sources.items():
-            timings[c] = await interleaved(sampler(self.reference_source), sampler(src), repeats=repeats)
+            jobs = [
+                PyJob(source=self.reference_source if side == "ref" else src, entry=self.entry, calls=[call],
+                      call_repeats=3, timeout_s=30.0, max_timeouts=1)
+                for side in order
+            ]
+            results = await self._run(jobs, workers=1)
+            base = [seconds(r) for side, r in list(zip(order, results))[2:] if side == "ref"]
+            cand = [seconds(r) for side, r in list(zip(order, results))[2:] if side == "cand"]
+            timings[c] = timing_from_samples(base, cand)
         return timings
 
 
