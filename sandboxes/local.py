@@ -400,15 +400,16 @@ def _bwrap_argv(*, work: Path, home: Path, tmp: Path, chdir: str) -> list[str]:
             argv += ["--symlink", os.readlink(p), d]
         elif p.is_dir():
             argv += ["--ro-bind", d, d]
-    for source, dest in _python_binds():
-        argv += ["--ro-bind", str(source), str(dest)]
     argv += ["--proc", "/proc", "--dev", "/dev",
              "--bind", str(work), INSIDE_WORKSPACE,
              "--bind", str(home), INSIDE_HOME,
-             "--bind", str(tmp), "/tmp",
-             # The new root holds only mount points; nothing may be written beside them.
-             "--remount-ro", "/",
-             "--chdir", chdir]
+             "--bind", str(tmp), "/tmp"]
+    # After /tmp: an interpreter living under /tmp (a virtualenv in a clone there) must not be
+    # hidden by the sandbox's private /tmp.
+    for source, dest in _python_binds():
+        argv += ["--ro-bind", str(source), str(dest)]
+    # The new root holds only mount points; nothing may be written beside them.
+    argv += ["--remount-ro", "/", "--chdir", chdir]
     return argv
 
 
@@ -472,7 +473,12 @@ def _reap_once(root: Path) -> int:
 def _allocate_uid(root: Path) -> int | None:
     if os.geteuid() != 0:
         return None
+    # A uid whose processes are still dying (a fork bomb's, say) would start the next sandbox
+    # already at its process limit: hand out only uids that own no process.
+    busy = {_uid_of(pid) for pid in _all_pids()}
     for uid in range(UID_BASE, UID_BASE + UID_COUNT):
+        if uid in busy:
+            continue
         try:
             fd = os.open(root / f".uid-{uid}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         except FileExistsError:
