@@ -32,7 +32,6 @@ import io
 import json
 import os
 import posixpath
-import re
 import secrets
 import shutil
 import socket
@@ -47,6 +46,7 @@ from typing import Any, TypeVar
 
 from agent.events import EventBus
 from agent.seams import ExecResult, SandboxLimits, Workspace
+from sandboxes.output import OutputCapture
 from sandboxes import SandboxUnavailable
 from sandboxes.workspace import UnsafeArchive, WorkspaceError, safe_extract
 
@@ -243,60 +243,6 @@ def _inside_path(rel: str) -> str:
     if norm == ".." or norm.startswith("../"):
         raise ValueError(f"path escapes the workspace: {rel!r}")
     return norm
-
-
-# --------------------------------------------------------------------------- output
-
-
-class _Capture:
-    """Keeps the first and last ``limit // 2`` bytes of a stream, counting what it drops."""
-
-    def __init__(self, limit: int) -> None:
-        self.half = max(1, limit // 2)
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.total = 0
-
-    def feed(self, chunk: bytes) -> None:
-        self.total += len(chunk)
-        room = self.half - len(self.head)
-        if room > 0:
-            self.head += chunk[:room]
-            chunk = chunk[room:]
-        if chunk:
-            self.tail += chunk
-            if len(self.tail) > 2 * self.half:  # trim in batches, not on every frame
-                del self.tail[: len(self.tail) - self.half]
-
-    @property
-    def truncated(self) -> bool:
-        return self.total > len(self.head) + min(len(self.tail), self.half)
-
-    def take_trailer(self, token: str) -> int | None:
-        """Remove the wrapper's ``\\n<token>:<status>\\n`` from the end; return the status."""
-        n = 64
-        last = bytes(self.tail[-n:])
-        if len(last) < n:
-            last = bytes(self.head[-(n - len(last)):]) + last
-        match = re.search(rb"\n" + token.encode() + rb":(\d+)\n\Z", last)
-        if match is None:
-            return None
-        cut = len(match.group(0))
-        self.total -= cut
-        from_tail = min(cut, len(self.tail))
-        del self.tail[len(self.tail) - from_tail:]
-        if cut > from_tail:
-            del self.head[len(self.head) - (cut - from_tail):]
-        return int(match.group(1))
-
-    def text(self) -> str:
-        tail = bytes(self.tail[-self.half:]) if self.tail else b""
-        if not self.truncated:
-            return (bytes(self.head) + tail).decode("utf-8", errors="replace")
-        cut = self.total - len(self.head) - len(tail)
-        return (self.head.decode("utf-8", errors="replace")
-                + f"\n[... {cut} bytes cut ...]\n"
-                + tail.decode("utf-8", errors="replace"))
 
 
 def _oom_kills(text: str) -> int:
@@ -822,7 +768,7 @@ class DockerSandbox:
         wrapped = ["sh", "-c", _RUN, "bakeoff-run", f"{limit:.3f}", workdir, *argv]
         owner = self._owner
         api = owner.api
-        out, err = _Capture(self.limits.output_bytes), _Capture(self.limits.output_bytes)
+        out, err = OutputCapture(self.limits.output_bytes), OutputCapture(self.limits.output_bytes)
         held: dict[str, Any] = {}
 
         def run_and_pump() -> None:

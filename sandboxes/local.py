@@ -48,6 +48,7 @@ from pathlib import Path
 
 from agent.events import EventBus
 from agent.seams import ExecResult, SandboxLimits, Workspace
+from sandboxes.output import OutputCapture
 from sandboxes.workspace import (
     ENV_MARKER,
     BaseSnapshot,
@@ -121,46 +122,6 @@ def _sandbox_path(bwrap: bool) -> str:
     entries = [str(Path(sys.executable).parent if bwrap else _python_bin_for_host())]
     entries += [p for p in _STANDARD_PATH if p not in entries]
     return ":".join(entries)
-
-
-# --------------------------------------------------------------------------- output
-
-
-class _Capture:
-    """Keeps the first and last ``limit // 2`` bytes of a stream, counting what it drops."""
-
-    def __init__(self, limit: int) -> None:
-        self.half = max(1, limit // 2)
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.total = 0
-
-    def feed(self, chunk: bytes) -> None:
-        self.total += len(chunk)
-        room = self.half - len(self.head)
-        if room > 0:
-            self.head += chunk[:room]
-            chunk = chunk[room:]
-        if chunk:
-            self.tail += chunk
-            if len(self.tail) > self.half:
-                del self.tail[: len(self.tail) - self.half]
-
-    @property
-    def truncated(self) -> bool:
-        return self.total > len(self.head) + len(self.tail)
-
-    def text(self) -> str:
-        if not self.truncated:
-            return (bytes(self.head) + bytes(self.tail)).decode("utf-8", errors="replace")
-        cut = self.total - len(self.head) - len(self.tail)
-        return (self.head.decode("utf-8", errors="replace")
-                + f"\n[... {cut} bytes cut ...]\n"
-                + self.tail.decode("utf-8", errors="replace"))
-
-    async def pump(self, stream: asyncio.StreamReader) -> None:
-        while chunk := await stream.read(65536):
-            self.feed(chunk)
 
 
 # --------------------------------------------------------------------------- cgroups
@@ -704,7 +665,7 @@ class LocalSandbox:
         loop = asyncio.get_running_loop()
         start = time.monotonic()
         proc, out_fd, err_fd = await self._spawn(argv, environment, host_cwd, cgroup)
-        out, err = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
+        out, err = OutputCapture(limits.output_bytes), OutputCapture(limits.output_bytes)
         transports = []
         readers = []
         for fd, capture in ((out_fd, out), (err_fd, err)):

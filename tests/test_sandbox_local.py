@@ -15,7 +15,8 @@ import pytest
 from agent.events import EventBus
 from agent.seams import Sandbox, SandboxLimits, Workspace
 from sandboxes import SandboxUnavailable, choose_backend, create_sandbox
-from sandboxes.local import LocalSandbox, _Capture, build_env
+from sandboxes.local import LocalSandbox, build_env
+from sandboxes.output import OutputCapture
 from sandboxes.workspace import ENV_MARKER, UnsafeArchive, safe_extract
 
 # --------------------------------------------------------------------------- environment
@@ -56,12 +57,12 @@ async def test_dropped_secret_names_are_reported_as_an_event(tmp_path: Path) -> 
 
 
 def test_capture_keeps_head_and_tail_and_marks_truncation() -> None:
-    small = _Capture(100)
+    small = OutputCapture(100)
     small.feed(b"hello ")
     small.feed(b"world")
     assert small.text() == "hello world" and not small.truncated
 
-    big = _Capture(10)
+    big = OutputCapture(10)
     for chunk in (b"0123", b"456789abc", b"defghij", b"klmnopqrstuvwxyz"):
         big.feed(chunk)
     assert big.truncated and big.total == 36
