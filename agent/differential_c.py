@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from agent import c_driver, c_runtime
+from agent import c_driver, c_runtime, race_check
 from agent.c_signature import Signature, defined_functions, guess_language, parse_signature
 from agent.events import EventBus
 from agent.seams import ExecResult, Sandbox
@@ -162,6 +162,7 @@ class CHarness:
         events: EventBus | None = None,
         cache_dir: Path | None = None,
         cpus: str | None = None,
+        race_check: bool = True,
     ):
         self.reference_source = reference_source
         self.function = function
@@ -188,6 +189,9 @@ class CHarness:
         self.details: dict[str, dict[str, str]] = {}  # candidate id -> test id -> what happened
         self.notes: list[str] = []
         self.timing_errors: dict[str, str] = {}
+        # Candidates that passed every test are run once more under ThreadSanitizer (+ Archer).
+        self.race_check = race_check
+        self.races: dict[str, str] = {}  # candidate id -> the TSan report that made it flaky
         self._sandbox = sandbox
         self._tmp: Path | None = None
         if sandbox is not None:
@@ -572,11 +576,60 @@ class CHarness:
                     self.details.setdefault(cid, {})[t.id] = f"{status} {' '.join(r[1:])}"
 
         await asyncio.gather(*(one(src, cids) for src, cids in by_source.items()))
+        if self.race_check and tests:
+            await asyncio.gather(*(self._race_check(src, cids, tests, literals, matrix)
+                                   for src, cids in by_source.items()
+                                   if all(o == "pass" for o in matrix.cells.get(cids[0], {}).values())))
         # Keep the caller's order of candidates and tests.
         matrix.candidates = list(sources)
         matrix.tests = [t.id for t in tests]
         self._emit("differential.matrix", function=self.function, candidates=len(sources), builds=len(by_source))
         return matrix
+
+    async def _race_check(self, source: str, cids: list[str], tests: Sequence[TestCase],
+                          literals: Sequence[Mapping[str, Any]], matrix: ExecutionMatrix) -> None:
+        """One small test at 4 threads under ThreadSanitizer: a race the timing-bound runs
+        missed makes every test of the candidate ``flaky``."""
+        async def run(cmd: str, timeout: float) -> ExecResult:
+            async with self.limiter:
+                return await self._runner.run(cmd, timeout)
+
+        def skip(why: str) -> None:
+            if not any(n.startswith("race check skipped") for n in self.notes):
+                self.notes.append(f"race check skipped: {why}")
+                self._emit("differential.race_check_skipped", function=self.function, reason=why)
+
+        await self._runner.write("bk_rt.h", c_runtime.RUNTIME_HEADER)
+        await self._runner.write("bk_tsan_main.cpp", c_runtime.RUNTIME_MAIN)
+        cxx, tcxx = self._cxx(), race_check.tsan_cxx(self.flags)
+        gcc, tcc = shlex.join(["gcc", *self.flags]), race_check.tsan_cc(self.flags)
+        stem = "tsan_" + _h(self.language, cxx, source, c_driver.literal_digest(literals), self.reference_source)
+        cmds, objs = [f"{tcxx} -I . -c bk_tsan_main.cpp -o bk_tsan_main.o"], ["bk_tsan_main.o"]
+        for side, src in (("ref", self.reference_source), ("cand", source)):
+            files, cmd, side_objs = self._side_cmd(side, src, literals, f"{stem}_{side}", ".")
+            for name, text in files.items():
+                await self._runner.write(name, text)
+            cmds.append(cmd.replace(cxx, tcxx).replace(gcc, tcc))
+            objs += side_objs
+        lib = " -lm" if self.language == "c" else ""
+        cmds.append(f"{tcxx} {' '.join(objs)}{lib} -o {stem}.bin")
+        pick = next((i for i, t in enumerate(tests) if "small" in t.id), 0)
+        spec = f"{stem}.spec"
+        await self._runner.write(spec, self._spec_lines(tests, [pick]))
+        args = f"check {self.float_rel!r} {self.float_abs!r} {int(self.unordered)} 4 1 {max(1, int(round(self.call_timeout)))}"
+        report = await race_check.tsan_run(" && ".join(cmds), f"{self._pin}./{stem}.bin {args} < {spec}", run=run,
+                                           threads=4, timeout=max(60.0, self.build_timeout),
+                                           only=("cand.c", "bk_cand"), on_skip=skip)
+        if report is None or not report.racy:
+            return
+        first = next((ln.strip() for ln in report.summary.splitlines() if "WARNING" in ln), "data race")
+        for cid in cids:
+            self.races[cid] = report.summary
+            self.notes.append(f"{cid}: ThreadSanitizer found a race:\n{report.summary}")
+            for t in tests:
+                matrix.set(cid, t.id, "flaky", f"flaky: {first}")
+                self.details.setdefault(cid, {})[t.id] = f"flaky tsan {first}"
+        self._emit("differential.race", function=self.function, candidates=cids, summary=report.summary)
 
     def timing_input(self) -> TestCase:
         rng = random.Random(self.seed + 1)

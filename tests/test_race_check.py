@@ -1,0 +1,158 @@
+"""ThreadSanitizer + Archer through the C/C++ differential harness: races found by analysis,
+correct OpenMP synchronization left alone."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from agent.differential_c import CHarness
+from agent.race_check import parse_reports, tsan_available
+
+REFERENCE = """
+#include <vector>
+double smallest_sum(const std::vector<double>& x) {
+  double best = 1e300, s = 0;
+  for (size_t i = 0; i < x.size(); ++i) { if (x[i] < best) best = x[i]; s += x[i]; }
+  return best + 0 * s;
+}
+"""
+
+RACY_MIN = """
+#include <vector>
+double smallest_sum(const std::vector<double>& x) {
+  double best = 1e300;
+  #pragma omp parallel for
+  for (long i = 0; i < (long)x.size(); ++i) { if (x[i] < best) best = x[i]; }
+  return best;
+}
+"""
+
+RACY_SUM_REF = """
+#include <vector>
+double total(const std::vector<double>& x) {
+  double s = 0;
+  for (size_t i = 0; i < x.size(); ++i) s += x[i];
+  return s;
+}
+"""
+
+MISSING_REDUCTION = """
+#include <vector>
+double total(const std::vector<double>& x) {
+  double s = 0;
+  #pragma omp parallel for
+  for (long i = 0; i < (long)x.size(); ++i) s += x[i];
+  return s;
+}
+"""
+
+REDUCTION = """
+#include <vector>
+double total(const std::vector<double>& x) {
+  double s = 0;
+  #pragma omp parallel for reduction(+:s)
+  for (long i = 0; i < (long)x.size(); ++i) s += x[i];
+  return s;
+}
+"""
+
+CRITICAL_MIN = """
+#include <vector>
+double smallest_sum(const std::vector<double>& x) {
+  double best = 1e300;
+  #pragma omp parallel for
+  for (long i = 0; i < (long)x.size(); ++i) {
+    #pragma omp critical
+    { if (x[i] < best) best = x[i]; }
+  }
+  return best;
+}
+"""
+
+ATOMIC_SUM = """
+#include <vector>
+double total(const std::vector<double>& x) {
+  double s = 0;
+  #pragma omp parallel for
+  for (long i = 0; i < (long)x.size(); ++i) {
+    #pragma omp atomic
+    s += x[i];
+  }
+  return s;
+}
+"""
+
+PER_THREAD_MIN = """
+#include <vector>
+#include <omp.h>
+double smallest_sum(const std::vector<double>& x) {
+  std::vector<double> part(omp_get_max_threads(), 1e300);
+  #pragma omp parallel
+  {
+    int t = omp_get_thread_num();
+    #pragma omp for
+    for (long i = 0; i < (long)x.size(); ++i) if (x[i] < part[t]) part[t] = x[i];
+  }
+  double best = 1e300;
+  for (double p : part) if (p < best) best = p;
+  return best;
+}
+"""
+
+# The plain runs at one thread cannot see a race (as most runs on two cores do not): whatever
+# is flaky here was found by ThreadSanitizer's run at 4 threads.
+CONSTRAINTS = {"vars": {"n": {"small": [24, 48], "medium": 64}}, "args": {"x": {"elem": {"range": [-5, 5]}}}}
+
+
+def _toolchain() -> None:
+    ok, why = tsan_available()
+    if not ok:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI installs clang and libomp-dev (.ci/run), yet: {why}")
+        pytest.skip(why)
+
+
+async def _outcomes(reference: str, function: str, candidates: dict[str, str], race_check: bool = True) -> tuple[dict[str, set[str]], CHarness]:
+    h = CHarness(reference, function, constraints=CONSTRAINTS, threads=[1], repeats=1,
+                 small_tests=2, medium_tests=0, race_check=race_check)
+    tests = await h.make_tests()
+    m = await h.run_matrix(candidates, tests)
+    return {c: set(m.cells[c].values()) for c in candidates}, h
+
+
+async def test_unprotected_min_and_missing_reduction_are_flaky_correct_sync_passes():
+    _toolchain()
+    try:
+        got, h = await _outcomes(REFERENCE, "smallest_sum",
+                                 {"racy": RACY_MIN, "critical": CRITICAL_MIN, "per_thread": PER_THREAD_MIN})
+        assert got["racy"] == {"flaky"}, h.details
+        assert "data race" in h.races["racy"]
+        assert got["critical"] == {"pass"}, h.notes
+        assert got["per_thread"] == {"pass"}, h.notes
+    finally:
+        await h.close()
+    try:
+        got, h = await _outcomes(RACY_SUM_REF, "total",
+                                 {"missing": MISSING_REDUCTION, "reduction": REDUCTION, "atomic": ATOMIC_SUM})
+        assert got["missing"] == {"flaky"}, h.details
+        assert got["reduction"] == {"pass"}, h.notes
+        assert got["atomic"] == {"pass"}, h.notes
+    finally:
+        await h.close()
+
+
+async def test_race_check_off_leaves_the_timing_bound_verdict():
+    _toolchain()
+    got, h = await _outcomes(REFERENCE, "smallest_sum", {"racy": RACY_MIN}, race_check=False)
+    await h.close()
+    assert got["racy"] == {"pass"}
+    assert h.races == {}
+
+
+def test_reports_elsewhere_are_not_blamed_on_the_candidate():
+    text = ("==================\nWARNING: ThreadSanitizer: data race (pid=1)\n  #0 bk_ref::f ref.cpp:3\n"
+            "==================\n")
+    assert parse_reports(text).racy
+    assert not parse_reports(text, only=("cand.c", "bk_cand")).racy
