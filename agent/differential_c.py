@@ -192,6 +192,7 @@ class CHarness:
         # Candidates that passed every test are run once more under ThreadSanitizer (+ Archer).
         self.race_check = race_check
         self.races: dict[str, str] = {}  # candidate id -> the TSan report that made it flaky
+        self._tsan_common: dict[str, list[str]] = {}
         self._sandbox = sandbox
         self._tmp: Path | None = None
         if sandbox is not None:
@@ -599,20 +600,34 @@ class CHarness:
                 self.notes.append(f"race check skipped: {why}")
                 self._emit("differential.race_check_skipped", function=self.function, reason=why)
 
-        await self._runner.write("bk_rt.h", c_runtime.RUNTIME_HEADER)
-        await self._runner.write("bk_tsan_main.cpp", c_runtime.RUNTIME_MAIN)
         cxx, tcxx = self._cxx(), race_check.tsan_cxx(self.flags)
         gcc, tcc = shlex.join(["gcc", *self.flags]), race_check.tsan_cc(self.flags)
+
+        async def side(name: str, src: str, stem: str) -> tuple[str, list[str]]:
+            files, cmd, side_objs = self._side_cmd(name, src, literals, stem, ".")
+            for fname, text in files.items():
+                await self._runner.write(fname, text)
+            return cmd.replace(cxx, tcxx).replace(gcc, tcc), side_objs
+
+        async with self._rt_lock:
+            # The driver's main and the reference are sanitized once per harness.
+            key = "tsanref_" + _h(self.language, cxx, self.reference_source, c_driver.literal_digest(literals))
+            if key not in self._tsan_common:
+                await self._runner.write("bk_rt.h", c_runtime.RUNTIME_HEADER)
+                await self._runner.write("bk_tsan_main.cpp", c_runtime.RUNTIME_MAIN)
+                ref_cmd, ref_objs = await side("ref", self.reference_source, key)
+                res = await run(f"{tcxx} -I . -c bk_tsan_main.cpp -o bk_tsan_main.o && {ref_cmd}", self.build_timeout)
+                self._tsan_common[key] = ["bk_tsan_main.o", *ref_objs] if res.ok else []
+                if not res.ok:
+                    skip("clang++ is missing where the check runs" if res.exit_code == 127 else
+                         f"the driver or the reference does not build with clang++ -fsanitize=thread: {res.summary(300)}")
+            common = self._tsan_common[key]
+        if not common:
+            return
         stem = "tsan_" + _h(self.language, cxx, source, c_driver.literal_digest(literals), self.reference_source)
-        cmds, objs = [f"{tcxx} -I . -c bk_tsan_main.cpp -o bk_tsan_main.o"], ["bk_tsan_main.o"]
-        for side, src in (("ref", self.reference_source), ("cand", source)):
-            files, cmd, side_objs = self._side_cmd(side, src, literals, f"{stem}_{side}", ".")
-            for name, text in files.items():
-                await self._runner.write(name, text)
-            cmds.append(cmd.replace(cxx, tcxx).replace(gcc, tcc))
-            objs += side_objs
+        cand_cmd, cand_objs = await side("cand", source, stem)
         lib = " -lm" if self.language == "c" else ""
-        cmds.append(f"{tcxx} {' '.join(objs)}{lib} -o {stem}.bin")
+        cmds = [cand_cmd, f"{tcxx} {' '.join([*common, *cand_objs])}{lib} -o {stem}.bin"]
         pick = next((i for i, t in enumerate(tests) if "small" in t.id), 0)
         spec = f"{stem}.spec"
         await self._runner.write(spec, self._spec_lines(tests, [pick]))
