@@ -156,3 +156,27 @@ def test_reports_elsewhere_are_not_blamed_on_the_candidate():
             "==================\n")
     assert parse_reports(text).racy
     assert not parse_reports(text, only=("cand.c", "bk_cand")).racy
+
+
+@pytest.mark.docker
+async def test_races_are_found_inside_a_docker_sandbox(tmp_path):
+    """The Action runs candidates in Docker: the image carries clang, libomp and Archer too."""
+    from agent.seams import Workspace
+    from sandboxes import create_sandbox
+    from sandboxes.docker import engine_available
+
+    up, why = engine_available()
+    if not up:
+        pytest.skip(why)
+    (tmp_path / "ws").mkdir()
+    sb = await create_sandbox(Workspace(path=tmp_path / "ws"), kind="docker")
+    h = CHarness(RACY_SUM_REF, "total", constraints=CONSTRAINTS, threads=[1], repeats=1,
+                 small_tests=2, medium_tests=0, sandbox=sb)
+    try:
+        tests = await h.make_tests()
+        m = await h.run_matrix({"missing": MISSING_REDUCTION, "reduction": REDUCTION}, tests)
+        assert set(m.cells["missing"].values()) == {"flaky"}, (h.details, h.notes)
+        assert set(m.cells["reduction"].values()) == {"pass"}, h.notes
+    finally:
+        await h.close()
+        await sb.close()
