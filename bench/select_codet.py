@@ -35,7 +35,8 @@ from agent.pyexec import PyJob, PyResult, run_job, signature  # noqa: E402
 from agent.testgen import call_of, parse_generated_tests  # noqa: E402
 from agent.types import ExecutionMatrix, TestCase  # noqa: E402
 
-DEFAULT_DATA = Path("/work/shared/bench/humaneval-codet-dev")
+# shared/ lies beside the checkout, for developers and CI alike.
+DEFAULT_DATA = ROOT.parent / "shared" / "bench" / "humaneval-codet-dev"
 CACHE = ROOT / "bench" / "out" / "codet-cache"
 RUNNER_VERSION = "2"
 HOST_NOTE = "programs run on this machine with rlimits, not in a sandbox: public benchmark data only"
