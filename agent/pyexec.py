@@ -17,10 +17,6 @@ import asyncio
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -67,35 +63,15 @@ def _wall_limit(job: PyJob) -> float:
 
 
 def run_job(job: PyJob) -> PyResult:
-    """Run ``job`` in a fresh interpreter and collect what it reported (blocking)."""
-    env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": str(job.hash_seed), "OMP_NUM_THREADS": "1", "LANG": "C.UTF-8"}
-    start = time.perf_counter()
-    killed = False
-    with tempfile.TemporaryDirectory(prefix="bakeoff-py-") as cwd:
-        proc = subprocess.Popen(
-            [sys.executable, "-I", str(CHILD)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-        )
-        try:
-            raw, _ = proc.communicate(job.model_dump_json().encode(), timeout=_wall_limit(job))
-        except subprocess.TimeoutExpired:
-            killed = True
-            raw = b""
-        finally:
-            if proc.poll() is None or killed:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                out, _ = proc.communicate()
-                raw = raw or out or b""
-    result = _collect(job, raw.decode("utf-8", "replace"), killed=killed)
-    result.duration_s = time.perf_counter() - start
+    """Run ``job`` in a fresh interpreter and collect what it reported (blocking).
+
+    The launching itself is the child module's, the same code that runs jobs inside a sandbox.
+    """
+    from agent import pyexec_child
+
+    text, killed, seconds = pyexec_child._run_one(str(CHILD), job.model_dump(mode="json"), _wall_limit(job))
+    result = _collect(job, text, killed=killed)
+    result.duration_s = seconds
     return result
 
 
