@@ -35,7 +35,7 @@ class Group(BaseModel):
 
 
 class Vote(BaseModel):
-    method: Literal["reference", "dual-agreement", "none"]
+    method: Literal["reference", "dual-agreement", "majority", "none"]
     groups: list[Group] = Field(default_factory=list)  # best first
     winners: list[str] = Field(default_factory=list)
     flaky: list[str] = Field(default_factory=list)
@@ -132,8 +132,7 @@ def _agreement(matrix, tests, eligible, flaky, gated) -> Vote:
     groups = [Group(members=behaviours[keys[i]], passed=sorted(passes[i]), score=scores[i]) for i in order]
     top = groups[0]
     if top.score <= 0:
-        return Vote(method="none", groups=groups, flaky=flaky, gated=gated,
-                    reason="no candidate passes a generated test or agrees with another on any input")
+        return _majority(behaviours, keys, outputs, eligible, flaky, gated)
     winners = [c for g in groups if g.score == top.score for c in g.members]
     runner_up = groups[1].score if len(groups) > 1 else 0.0
     close = runner_up > 0 and (top.score - runner_up) <= CLOSE_MARGIN * top.score
@@ -144,6 +143,27 @@ def _agreement(matrix, tests, eligible, flaky, gated) -> Vote:
     )
     return Vote(method="dual-agreement", groups=groups, winners=winners, flaky=flaky, gated=gated,
                 close_call=close, reason=reason)
+
+
+def _majority(behaviours, keys, outputs, eligible, flaky, gated) -> Vote:
+    """No test says anything (none parsed, or none passed): the largest group of candidates
+    that return the same values on the probe inputs, as long as it has company. Independent
+    samples that agree on every input are rarely wrong the same way by chance."""
+    sizes = {i: len(behaviours[k]) for i, k in enumerate(keys) if any(not o.startswith("!") for o in outputs[i])}
+    order = sorted(sizes, key=lambda i: (-sizes[i], behaviours[keys[i]][0]))
+    groups = [Group(members=behaviours[keys[i]], passed=[], score=float(sizes[i])) for i in order]
+    if not groups or groups[0].score < 2:
+        return Vote(method="none", groups=groups, flaky=flaky, gated=gated,
+                    reason="no candidate passes a generated test or agrees with another on any input")
+    top = groups[0]
+    winners = [c for g in groups if g.score == top.score for c in g.members]
+    runner_up = groups[1].score if len(groups) > 1 else 0.0
+    close = runner_up > 0 and (top.score - runner_up) <= CLOSE_MARGIN * top.score
+    reason = (
+        f"no generated test is passed, so the vote is on behaviour alone: {len(top.members)} of {len(eligible)} "
+        f"eligible candidates return the same values on every probe input (next group: {runner_up:.0f})"
+    )
+    return Vote(method="majority", groups=groups, winners=winners, flaky=flaky, gated=gated, close_call=close, reason=reason)
 
 
 def _agreement_scores(

@@ -229,15 +229,34 @@ def _parameters(source: str, entry: str) -> list[ast.arg]:
     raise ValueError(f"function {entry!r} is not defined in the reference")
 
 
+# What an unannotated parameter most likely holds, from the names Python code uses for it.
+_NAME_HINTS = (
+    (re.compile(r"(arr|array|nums|numbers|lst|list|xs|values|items|seq|vec|ints|data|l)\d*$|_list$"), "list[int]"),
+    (re.compile(r"(s|str|string|text|txt|word|sentence|name|char|c)\d*$"), "str"),
+    (re.compile(r"(strings|words|names)$"), "list[str]"),
+    (re.compile(r"(n|k|m|x|y|z|a|b|i|j|num|number|base|count|size|value|val|p|q)\d*$"), "int"),
+)
+
+
+def _guess_annotation(name: str) -> ast.expr | None:
+    """An annotation for an unannotated parameter, guessed from its name (``arr`` is a list of
+    ints, ``s`` a string, ``n`` an int); None when the name says nothing."""
+    for pattern, ann in _NAME_HINTS:
+        if pattern.fullmatch(name.lower()):
+            return ast.parse(ann, mode="eval").body
+    return None
+
+
 def typed_inputs(source: str, entry: str, *, count: int, size: int, seed: int = 0) -> list[str]:
-    """``count`` calls of ``entry`` with random arguments drawn from its type hints, sizes
-    growing from 0 to ``size`` so that empty and tiny inputs come first."""
+    """``count`` calls of ``entry`` with random arguments drawn from its type hints (or, for a
+    parameter without one, from its name), sizes growing from 0 to ``size`` so that empty and
+    tiny inputs come first."""
     params = _parameters(source, entry)
     rng = random.Random(seed)
     calls: list[str] = []
     for i in range(count * 3):
         maker = _ValueMaker(rng, size if count == 1 else max(0, min(size, i * size // max(count - 1, 1))))
-        args = ", ".join(repr(maker.make(p.annotation)) for p in params)
+        args = ", ".join(repr(maker.make(p.annotation or _guess_annotation(p.arg))) for p in params)
         call = f"{entry}({args})"
         if call not in calls:
             calls.append(call)

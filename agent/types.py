@@ -150,7 +150,7 @@ class Verdict(BaseModel):
 
     winner: str | None = None
     correct: list[str] = Field(default_factory=list)
-    method: Literal["reference", "dual-agreement", "none"] = "none"
+    method: Literal["reference", "dual-agreement", "majority", "none"] = "none"
     reason: str = ""
     rows: list[ReportRow] = Field(default_factory=list)
     groups: list[list[str]] = Field(default_factory=list)

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.pyexec import PyJob, PyResult, run_job, signature  # noqa: E402
-from agent.testgen import call_of, parse_generated_tests  # noqa: E402
+from agent.testgen import call_of, parse_generated_tests, typed_inputs  # noqa: E402
 from agent.types import ExecutionMatrix, TestCase  # noqa: E402
 
 # shared/ lies beside the checkout, for developers and CI alike.
@@ -69,6 +69,21 @@ def problem_tests(gen: dict, entry: str) -> tuple[Counter, Counter, set[str]]:
     return codet, ours, parsed
 
 
+SIGNATURE_PROBES = 8  # inputs from the signature, when no generated assert gives one
+
+
+def signature_probes(prompt: str, entry: str) -> list[str]:
+    """Inputs drawn from the function's signature (type hints, else parameter names): the
+    probes of a problem none of whose generated asserts parses, so that the vote can still
+    compare what the samples return."""
+    for source in (prompt, prompt + "\n    pass\n"):
+        try:
+            return typed_inputs(source, entry, count=SIGNATURE_PROBES, size=6)
+        except (SyntaxError, ValueError):
+            continue
+    return []
+
+
 def _key(*parts: str) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -95,7 +110,7 @@ def execute(problems: list[dict], by_task: dict, gens: dict, workers: int) -> di
         tid, entry = p["task_id"], p["entry_point"]
         codet, ours, parsed = problem_tests(gens[tid], entry)
         asserts = sorted(parsed)
-        calls = sorted({c for c in (call_of(a, entry) for a in asserts) if c})
+        calls = sorted({c for c in (call_of(a, entry) for a in asserts) if c}) or signature_probes(p["prompt"], entry)
         cache_file = CACHE / (tid.replace("/", "_") + ".json")
         cached = json.loads(cache_file.read_text()) if cache_file.exists() else {}
         index_program = []

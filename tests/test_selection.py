@@ -76,6 +76,40 @@ def test_outputs_split_a_pass_set_group():
     assert ("a", "b", "e") in groups and ("c",) in groups
 
 
+MAJORITY_CASES = [
+    # (name, rows, probe outputs, expected winners): no generated test is passed by anyone.
+    ("biggest group of equal outputs", {c: "ff" for c in "abcd"}, {"a": ["1", "2"], "b": ["1", "2"], "c": ["1", "2"],
+                                                                       "d": ["1", "3"]}, ["a", "b", "c"]),
+    ("a behaviour of one is no majority", {"a": "f", "b": "f"}, {"a": ["1"], "b": ["2"]}, []),
+    ("errors on every probe never vote", {c: "f" for c in "abcde"}, {"a": ["!error"], "b": ["!error"], "c": ["!error"],
+                                                                       "d": ["5"], "e": ["5"]}, ["d", "e"]),
+    ("a passed test still outweighs numbers", {"a": "pf", "b": "ff", "c": "ff"}, {"a": ["1"], "b": ["2"], "c": ["2"]},
+     ["a"]),
+]
+
+
+@pytest.mark.parametrize("name,rows,outs,winners", MAJORITY_CASES, ids=[c[0] for c in MAJORITY_CASES])
+def test_majority_when_no_test_speaks(name, rows, outs, winners):
+    m, tests = build(rows, outputs=outs)
+    v = vote(m, tests, reference=False)
+    assert sorted(v.winners) == winners, v.reason
+    if winners and name != "a passed test still outweighs numbers":
+        assert v.method == "majority" and "behaviour alone" in v.reason
+    if not winners:
+        assert v.method == "none"
+
+
+def test_majority_without_any_generated_test():
+    # Only probes (inputs drawn from the signature): the vote is the majority of behaviours.
+    m = ExecutionMatrix()
+    probes = [TestCase(id=f"q{i}", kind="differential", code=f"f({i})") for i in range(2)]
+    for cand, outs in {"a": ["1", "4"], "b": ["1", "4"], "c": ["0", "0"]}.items():
+        for i, o in enumerate(outs):
+            m.set(cand, f"q{i}", "pass", o)
+    v = vote(m, probes, reference=False)
+    assert v.method == "majority" and sorted(v.winners) == ["a", "b"] and not v.close_call
+
+
 def test_close_call_flagged_when_scores_near():
     m, tests = build({"a": "ppf", "b": "ppf", "c": "pfp", "d": "pfp"})
     v = vote(m, tests, reference=False)

@@ -60,6 +60,15 @@ def test_typed_inputs_follow_hints():
         assert isinstance(k, int) and isinstance(p, tuple) and isinstance(p[0], str) and isinstance(p[1], bool)
 
 
+def test_typed_inputs_guess_unannotated_parameters_from_their_names():
+    calls = typed_inputs("def f(arr, k, s, thing):\n    pass\n", "f", count=12, size=5)
+    assert len(calls) == 12
+    for c in calls:
+        arr, k, s, thing = eval(c.replace("f(", "(", 1))
+        assert isinstance(arr, list) and all(isinstance(x, int) for x in arr)
+        assert isinstance(k, int) and isinstance(s, str) and isinstance(thing, int)
+
+
 @pytest.mark.parametrize("a,b,kw,equal", [
     (1, 1, {}, True), (1, 2, {}, False), (0.1 + 0.2, 0.3, {}, True), (0.3001, 0.3, {}, False),
     ([1, 2], [2, 1], {}, False), ([1, 2], [2, 1], {"unordered": True}, True), ((1,), [1], {}, False),
