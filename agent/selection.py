@@ -8,8 +8,9 @@ Without a reference the vote is an agreement model over two kinds of evidence th
 sampling model produced independently: candidates and tests. Candidates are grouped by
 identical behaviour (the tests they pass and, where probes ran, the values they return).
 Each generated test is weighted by how much of the candidate population it agrees with,
-each group by the weighted tests it passes, and the two are refined together for a few
-rounds (tests vouched for by the consensus, candidates by valid tests). See ``_agreement``.
+each group by its size times the weighted tests it passes. Groups the tests cannot tell apart
+(a tie) are told apart by how many candidates return the same values on the probe inputs;
+when no test is passed at all, the largest group of equal outputs wins. See ``_agreement``.
 """
 
 from __future__ import annotations
@@ -133,16 +134,47 @@ def _agreement(matrix, tests, eligible, flaky, gated) -> Vote:
     top = groups[0]
     if top.score <= 0:
         return _majority(behaviours, keys, outputs, eligible, flaky, gated)
-    winners = [c for g in groups if g.score == top.score for c in g.members]
-    runner_up = groups[1].score if len(groups) > 1 else 0.0
+    tied = [g for g in groups if g.score == top.score]
+    tie_note = ""
+    if len(tied) > 1 and probes:
+        # Equal support from the tests: the groups whose returned values more of all the
+        # candidates share win (the tests cannot tell them apart, the population can).
+        agree = _population_agreement(matrix, eligible, probes)
+        best = max(agree(g.members[0]) for g in tied)
+        kept = [g for g in tied if agree(g.members[0]) == best]
+        if len(kept) < len(tied):
+            tie_note = f"; {len(tied)} groups tied on the tests, the one whose outputs most candidates share won"
+            groups = kept + [g for g in groups if g not in kept]
+            tied, top = kept, kept[0]
+    winners = [c for g in tied for c in g.members]
+    # A tie (broken or not) is the closest call there is.
+    runner_up = top.score if len(tied) > 1 or tie_note else (groups[1].score if len(groups) > 1 else 0.0)
     close = runner_up > 0 and (top.score - runner_up) <= CLOSE_MARGIN * top.score
     reason = (
         f"{len(top.members)} of {len(eligible)} eligible candidates behave identically, pass "
         f"{len(top.passed)} of {len(checks)} generated tests and form the best-supported group "
-        f"(score {top.score:.3g} vs {runner_up:.3g} for the next)"
+        f"(score {top.score:.3g} vs {runner_up:.3g} for the next){tie_note}"
     )
     return Vote(method="dual-agreement", groups=groups, winners=winners, flaky=flaky, gated=gated,
                 close_call=close, reason=reason)
+
+
+def _population_agreement(matrix: ExecutionMatrix, eligible: Sequence[str], probes: Sequence[TestCase]) -> Callable[[str], int]:
+    """candidate -> how many (candidate, probe) pairs of the eligible population return the
+    same value as it does on the probes it answers."""
+    counts: dict[str, dict[str, int]] = {}
+    for t in probes:
+        c = counts.setdefault(t.id, {})
+        for x in eligible:
+            if matrix.cells.get(x, {}).get(t.id) == "pass":
+                o = matrix.outputs.get(x, {}).get(t.id, "")
+                c[o] = c.get(o, 0) + 1
+
+    def agree(cand: str) -> int:
+        cells, outs = matrix.cells.get(cand, {}), matrix.outputs.get(cand, {})
+        return sum(counts[t.id].get(outs.get(t.id, ""), 0) for t in probes if cells.get(t.id) == "pass")
+
+    return agree
 
 
 def _majority(behaviours, keys, outputs, eligible, flaky, gated) -> Vote:

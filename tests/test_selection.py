@@ -99,6 +99,17 @@ def test_majority_when_no_test_speaks(name, rows, outs, winners):
         assert v.method == "none"
 
 
+def test_a_tie_on_the_tests_goes_to_the_outputs_most_candidates_share():
+    rows = {"a": "pf", "b": "pf", "c": "fp", "d": "fp", "e": "ff", "f": "ff"}
+    outs = {"a": ["1"], "b": ["1"], "c": ["2"], "d": ["2"], "e": ["1"], "f": ["1"]}
+    m, tests = build(rows, outputs=outs)
+    v = vote(m, tests, reference=False)
+    assert sorted(v.winners) == ["a", "b"] and v.close_call and "tied on the tests" in v.reason
+    # Without probes nothing separates them: both groups win.
+    m, tests = build(rows)
+    assert sorted(vote(m, tests, reference=False).winners) == ["a", "b", "c", "d"]
+
+
 def test_majority_without_any_generated_test():
     # Only probes (inputs drawn from the signature): the vote is the majority of behaviours.
     m = ExecutionMatrix()
