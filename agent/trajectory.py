@@ -558,8 +558,20 @@ async def _make_tests(harness: Any, tester: Any, goal: str, source: str | None, 
         except _model_errors() as exc:
             out.notes.append(f"no generated tests: {type(exc).__name__}: {exc}")
     if harness is not None:
+        from agent.edge_inputs import make_tests_with, propose_inputs
+
+        edge: list = []
+        if tester is not None and entry and source and settings.test_samples:
+            try:
+                edge, notes = await propose_inputs(tester, goal=goal, source=source, entry=entry, language=language,
+                                                   harness=harness)
+                out.notes.extend(notes)
+            except _model_errors() as exc:
+                out.notes.append(f"no model-proposed edge inputs: {type(exc).__name__}: {exc}"[:200])
         try:
-            out.tests.extend(await harness.make_tests())
+            made, notes = await make_tests_with(harness, edge)
+            out.tests.extend(made)
+            out.notes.extend(notes)
         except RuntimeError as exc:  # the harness could not build its driver for this function
             out.notes.append(f"no differential tests: {exc}"[:500])
             out.harness_failed = True
