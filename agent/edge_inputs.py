@@ -375,7 +375,7 @@ def parse_c_inputs(text: str, plan: DriverPlan, limit: int = MAX_INPUTS) -> tupl
     """The usable inputs in a tester's answer for a C/C++ function, and a note per one left out."""
     items, whole = json_items(text)
     if not items:
-        return [], [f"edge inputs: the tester's answer held no JSON input ({_gist(text)})"]
+        return [], [f"edge inputs: the tester's answer proposed no input in JSON ({_gist(text)})"]
     domains = size_domains(plan)
     kept: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -459,11 +459,19 @@ def _c_prompt_parts(plan: DriverPlan) -> dict[str, Any]:
         sizes.append({"name": name, "lo": d.lo, "hi": d.hi, "pow2": d.pow2, "drives": ", ".join(drives)})
     params = []
     for p in sig.params:
-        note = ("written by the function" if p.is_output else "") + (f"; length {plan.lengths[p.name]}" if p.name in plan.lengths else "")
-        params.append({"name": p.name, "type": _storage(p).spell() if p.is_pointer else p.type.spell(), "note": note.strip("; ")})
+        notes = ["written by the function"] if p.is_output else []
+        if p.is_pointer:
+            notes.append("give a list of its elements")
+        if p.name in plan.lengths:
+            notes.append(f"length {plan.lengths[p.name]}")
+        spelled = ("const " if p.passing == "cpointer" else "") + p.type.spell() + ("*" if p.is_pointer else "")
+        params.append({"name": p.name, "type": spelled, "note": "; ".join(notes)})
     first = next(iter(domains))
     example: list[dict[str, Any]] = [{"vars": {first: domains[first].lo}}]
+    # A literal in the example only where it is surely valid: three plain elements, no constraints.
     container = next((p for p in sig.params if isinstance(plan.lengths.get(p.name), str) and plan.lengths[p.name] in plan.vars
+                      and set(dict(args.get(p.name) or {})) <= {"len"} and not domains[plan.lengths[p.name]].pow2
+                      and domains[plan.lengths[p.name]].lo <= 3 <= domains[plan.lengths[p.name]].hi
                       and _storage(p).elem is not None and _storage(p).elem.kind == "scalar"), None)
     if container is not None:
         elem = _storage(container).elem

@@ -95,8 +95,9 @@ C_CASES = [
      [{"vars": {"n": 4}, "values": {"x": [1, 5, 9, 40]}}, {"vars": {"n": 1}, "values": {"key": -7}}],
      ["x must be sorted", "x must hold no duplicates", "500, outside its range [0, 100]", "n=3 is not a power of two"]),
     ("garbage", SUM, "total", None, "I'm sorry, I can't determine edge cases without more context.",
-     [], ["held no JSON input"]),
-    ("empty answer", SUM, "total", None, "", [], ["held no JSON input (empty)"]),
+     [], ["proposed no input in JSON"]),
+    ("an empty list", SUM, "total", None, "```json\n[]\n```", [], ["proposed no input in JSON"]),
+    ("empty answer", SUM, "total", None, "", [], ["proposed no input in JSON (empty)"]),
 ]
 
 
