@@ -10,9 +10,13 @@ Protocol (``@@BK`` lines on a private copy of stdout; the program's own stdout g
   ``drv check REL ABS UNORD THREADS REPEATS ALARM`` (a candidate call may take 20x the
                                      reference's time plus 0.25 s, at most ALARM seconds; after
                                      a test that did not pass, later tests run once, at THREADS[0])
-                                     per test: ``B idx`` before, ``T idx <status> <ref> <cand>
-                                     <matches>/<runs> <detail>`` after
-  ``drv time THREADS REPEATS WARMUP`` ``X ref <s>`` / ``X cand <s>`` per call, interleaved
+                                     per test: ``B idx`` before, ``L idx <s>`` the candidate's
+                                     limit, ``T idx <status> <ref> <cand> <matches>/<runs>
+                                     <detail>`` after
+  ``drv time THREADS REPEATS WARMUP [CAP]`` ``X ref <s>`` / ``X cand <s>`` per call, interleaved;
+                                     ``R <s>`` after every reference call, ``L <s>`` before every
+                                     candidate call: its limit (20x the reference plus 0.25 s, at
+                                     most CAP); past it the process ends with SIGALRM
 Tests come on stdin, one per line: ``idx seed literal nP P0 P1 ...``.
 """
 
@@ -266,6 +270,7 @@ int main(int argc, char** argv) {
       // A candidate gets 20x the reference's time (plus a margin), never more than ALARM:
       // one that is that much slower than the serial code is of no use, and it would eat the budget.
       double limit = std::min((double)alarm_s, std::max(0.5, 20.0 * secs + 0.25));
+      proto("L %d %.3f", s.idx, limit);
       std::vector<bk::Val> outs;
       std::string status, detail = "-";
       int matches = 0, runs = 0;
@@ -305,15 +310,32 @@ int main(int argc, char** argv) {
   }
   if (mode == "time" && argc >= 5 && !specs.empty()) {
     int threads = atoi(argv[2]), repeats = atoi(argv[3]), warmup = atoi(argv[4]);
+    double cap = argc >= 6 ? atof(argv[5]) : 3600.0;
     auto& s = specs[0];
+    // The reference once first, so that every candidate call has a limit: 20x the
+    // reference's last time plus 0.25 s (``L``), never more than CAP. A candidate that slow
+    // is of no use, and timing it to the end would cost minutes.
+    double last_ref = 0; std::string err0;
+    if (bk_ref_run(s.seed, s.P.data(), s.literal, 1, nullptr, &last_ref, &err0) != 0) {
+      proto("E ref %s", clean(err0).c_str());
+      return 1;
+    }
+    proto("R %.9f", last_ref);
     for (int r = -warmup; r < repeats; ++r) {
       for (int side = 0; side < 2; ++side) {
         // Alternate which goes first so a drift in machine load does not favour one side.
         bool ref_side = ((r & 1) == 0) == (side == 0);
         double secs = 0; std::string err;
+        if (!ref_side) {
+          double limit = std::min(cap, std::max(0.5, 20.0 * last_ref + 0.25));
+          proto("L %.9f", limit);
+          timer(limit);
+        }
         int rc = ref_side ? bk_ref_run(s.seed, s.P.data(), s.literal, threads, nullptr, &secs, &err)
                           : bk_cand_run(s.seed, s.P.data(), s.literal, threads, nullptr, &secs, &err);
+        timer(0);
         if (rc != 0) { proto("E %s %s", ref_side ? "ref" : "cand", clean(err).c_str()); return 1; }
+        if (ref_side) { last_ref = secs; proto("R %.9f", secs); }
         if (r >= 0) proto("X %s %.9f", ref_side ? "ref" : "cand", secs);
       }
     }

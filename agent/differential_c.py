@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import os
 import random
 import re
@@ -125,7 +126,33 @@ def _cc1plus_digest() -> str | None:
         return None
 
 
+def censored_timing(reference_s: Sequence[float], limit_s: float, threads: int) -> Timing:
+    """A candidate stopped at its limit on the timing input: its speedup is at most the
+    reference's median time over the limit (the interval runs from 0 to that bound)."""
+    ref = sorted(reference_s)[len(reference_s) // 2]
+    bound = ref / limit_s if limit_s > 0 else 0.0
+    return Timing(baseline_s=list(reference_s), candidate_s=[limit_s], speedup=bound, low=0.0, high=bound, threads=threads)
+
+
 # --------------------------------------------------------------------------- the harness
+
+
+def _no_smaller(tests: Sequence[TestCase], at: int, among: Sequence[int]) -> list[int]:
+    """The tests in ``among`` whose size variables are each at least test ``at``'s (inputs with
+    literal values are sized by what they hold, so they never count)."""
+    def sizes(t: TestCase) -> dict[str, float] | None:
+        inp = t.input if isinstance(t.input, dict) else {}
+        return None if inp.get("values") else dict(inp.get("vars") or {})
+
+    base = sizes(tests[at])
+    if not base:
+        return []
+    out = []
+    for i in among:
+        mine = sizes(tests[i])
+        if i != at and mine is not None and all(mine.get(k, -math.inf) >= v for k, v in base.items()):
+            out.append(i)
+    return out
 
 
 def _default_threads() -> list[int]:
@@ -373,14 +400,16 @@ class CHarness:
                 backstop = self.call_timeout * (per_test_runs + 1) * len(remaining) + 30
                 async with self.limiter:
                     res = await self._runner.run(f"{self._pin}./{binary} {args} < {name}", backstop)
-            began = None
+            began, limit = None, None
             for line in res.stdout.splitlines():
                 at = line.find("@@BK ")
                 if at < 0:
                     continue
                 fields = line[at + 5 :].split(" ")
                 if fields[0] == "B":
-                    began = int(fields[1])
+                    began, limit = int(fields[1]), None
+                elif fields[0] == "L" and len(fields) > 2:
+                    limit = float(fields[2])
                 elif fields[0] == "T":
                     idx = int(fields[1])
                     results[idx] = fields[2:] or ["error"]
@@ -389,11 +418,18 @@ class CHarness:
                 break
             stuck = began if began is not None else next(i for i in remaining if i not in results)
             hung = res.timed_out or res.exit_code in _SIGALRM_CODES
-            why = (
-                f"no result within {self.call_timeout:g}s" if hung
-                else f"crashed (exit {res.exit_code}): {res.stderr.strip()[-300:]}"
-            )
+            if not hung:
+                why = f"crashed (exit {res.exit_code}): {res.stderr.strip()[-300:]}"
+            elif limit is not None and began == stuck and limit < self.call_timeout:
+                why = f"no result within {limit:.2f}s (its limit: 20x the reference's time plus 0.25s)"
+            else:
+                why = f"no result within {self.call_timeout:g}s"
             results[stuck] = ["timeout" if hung else "error", why]
+            if hung:
+                # A program past its limit on one input is not run on those at least as large:
+                # each would cost the limit again, and end the same way.
+                for i in _no_smaller(tests, stuck, remaining):
+                    results.setdefault(i, ["timeout", f"not run: past its limit on {tests[stuck].id}, an input no larger"])
             remaining = [i for i in remaining if i not in results]
         return results
 
@@ -628,9 +664,12 @@ class CHarness:
         cand_cmd, cand_objs = await side("cand", source, stem)
         lib = " -lm" if self.language == "c" else ""
         cmds = [cand_cmd, f"{tcxx} {' '.join([*common, *cand_objs])}{lib} -o {stem}.bin"]
-        pick = next((i for i, t in enumerate(tests) if "small" in t.id), 0)
+        # A small input, and the first medium one: races between threads need every thread to
+        # have work, and a small input may give some threads none (or no two of them the same
+        # output element).
+        picks = [i for kind in ("small", "medium") for i in [next((i for i, t in enumerate(tests) if kind in t.id), None)] if i is not None]
         spec = f"{stem}.spec"
-        await self._runner.write(spec, self._spec_lines(tests, [pick]))
+        await self._runner.write(spec, self._spec_lines(tests, picks or [0]))
         args = f"check {self.float_rel!r} {self.float_abs!r} {int(self.unordered)} 4 1 {max(1, int(round(self.call_timeout)))}"
         report = await race_check.tsan_run(" && ".join(cmds), f"{self._pin}./{stem}.bin {args} < {spec}", run=run,
                                            threads=4, timeout=max(60.0, self.build_timeout),
@@ -665,15 +704,25 @@ class CHarness:
                 else:
                     name = f"timing_{_h(binary)}.txt"
                     await self._runner.write(name, self._spec_lines([test], [0]))
-                    res = await self._runner.run(f"{self._pin}./{binary} time {self.timing_threads} {repeats} 1 < {name}",
-                                                 self.call_timeout * (2 * repeats + 2) + 30)
-                    base, cand = [], []
+                    cap = max(1, int(round(self.call_timeout)))
+                    res = await self._runner.run(f"{self._pin}./{binary} time {self.timing_threads} {repeats} 1 {cap} < {name}",
+                                                 self.call_timeout * (2 * repeats + 3) + 30)
+                    base, cand, refs, limit = [], [], [], None
                     for line in res.stdout.splitlines():
-                        m = re.search(r"@@BK X (ref|cand) (\S+)", line)
-                        if m:
-                            (base if m.group(1) == "ref" else cand).append(float(m.group(2)))
+                        m = re.search(r"@@BK (?:X (ref|cand)|(R)|(L)) (\S+)", line)
+                        if not m:
+                            continue
+                        value = float(m.group(4))
+                        if m.group(1):
+                            (base if m.group(1) == "ref" else cand).append(value)
+                        elif m.group(2):
+                            refs.append(value)
+                        else:
+                            limit = value
                     if len(base) == repeats and len(cand) == repeats:
                         done[src] = timing_from_samples(base, cand, self.timing_threads)
+                    elif res.exit_code in _SIGALRM_CODES and limit is not None and refs:
+                        done[src] = censored_timing(refs, limit, self.timing_threads)
                     else:
                         done[src] = f"timing run failed: {res.summary(500)}"
             result = done[src]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import shutil
 
 import pytest
@@ -219,6 +220,55 @@ def test_timing_has_an_interval(sum_run):
         assert t.low <= t.speedup <= t.high
         assert t.threads == 2
 
+
+CRAWL = """
+double total(std::vector<double> const& x) {
+  double s = 0;
+  for (size_t i = 0; i < x.size(); ++i)
+    for (size_t j = 0; j < x.size(); ++j) if (i == j) s += x[j];  // quadratic: same sum, far slower
+  return s;
+}
+"""
+
+
+async def test_a_candidate_far_slower_than_the_reference_is_timed_only_up_to_its_limit():
+    h = CHarness(REFERENCE, "total", constraints={"vars": {"n": {"small": [1, 4], "medium": 100, "large": 400000}}},
+                 call_timeout=30.0)
+    try:
+        start = time.monotonic()
+        timings = await h.time({"crawl": CRAWL, "serial": SERIAL}, repeats=3)
+        took = time.monotonic() - start
+    finally:
+        await h.close()
+    crawl = timings["crawl"]
+    # Stopped at 20x the reference plus 0.25 s (the quadratic loop needs minutes here).
+    assert crawl.candidate_s and 0.5 <= crawl.candidate_s[0] < 5
+    assert crawl.low == 0.0 and crawl.speedup == crawl.high and crawl.high < 0.1
+    assert timings["serial"].candidate_s and len(timings["serial"].candidate_s) == 3
+    assert took < 60
+
+
+
+async def test_past_its_limit_on_an_input_a_candidate_is_not_run_on_those_as_large():
+    # The reference sums 200k numbers in well under a millisecond, so the quadratic candidate's
+    # limit is 0.5 s, far below the 30 s alarm: it is stopped there, once, not three times.
+    h = CHarness(REFERENCE, "total", constraints={"vars": {"n": {"small": [1, 4], "medium": 200000}}},
+                 small_tests=2, medium_tests=3, threads=[1, 2], repeats=1, call_timeout=30.0)
+    try:
+        tests = await h.make_tests()
+        start = time.monotonic()
+        m = await h.run_matrix({"crawl": CRAWL, "serial": SERIAL}, tests)
+        took = time.monotonic() - start
+    finally:
+        await h.close()
+    medium = [t.id for t in tests if "medium" in t.id]
+    assert [m.cells["serial"][t] for t in medium] == ["pass"] * 3
+    assert [m.cells["crawl"][t] for t in medium] == ["timeout"] * 3
+    assert all(m.cells["crawl"][t.id] == "pass" for t in tests if "small" in t.id)
+    why = h.details["crawl"]
+    assert "its limit: 20x the reference" in why[medium[0]]
+    assert all("not run: past its limit on diff-medium-0" in why[t] for t in medium[1:])
+    assert took < 20
 
 UNORDERED_REF = """
 /* Store the indices of the positive values of x in out (any order); return how many. */
