@@ -99,11 +99,11 @@ def outcome_record(res: PyResult) -> dict:
     return {"load_error": res.load_error, "asserts": list(res.asserts), "calls": calls}
 
 
-def execute(problems: list[dict], by_task: dict, gens: dict, workers: int) -> dict:
+def execute(problems: list[dict], by_task: dict, gens: dict, workers: int, cache: Path = CACHE) -> dict:
     """task_id -> {asserts, calls, programs: {program_key: record}, index_program: [...]}."""
     from concurrent.futures import ThreadPoolExecutor
 
-    CACHE.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
     plans = {}
     jobs: list[tuple[str, str, PyJob]] = []
     for p in problems:
@@ -111,7 +111,7 @@ def execute(problems: list[dict], by_task: dict, gens: dict, workers: int) -> di
         codet, ours, parsed = problem_tests(gens[tid], entry)
         asserts = sorted(parsed)
         calls = sorted({c for c in (call_of(a, entry) for a in asserts) if c}) or signature_probes(p["prompt"], entry)
-        cache_file = CACHE / (tid.replace("/", "_") + ".json")
+        cache_file = cache / (tid.replace("/", "_") + ".json")
         cached = json.loads(cache_file.read_text()) if cache_file.exists() else {}
         index_program = []
         programs: dict[str, dict] = {}
@@ -189,13 +189,14 @@ def expected(picks: list[str], labels: dict[str, bool]) -> float:
     return sum(labels[c] for c in pool) / len(pool)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=HOST_NOTE)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--problems", type=int, default=None, help="only the first K problems")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
+    ap.add_argument("--cache", type=Path, default=CACHE, help="where execution results are kept between runs")
+    args = ap.parse_args(argv)
 
     start = time.time()
     problems = load(args.data / "problems.jsonl")[: args.problems]
@@ -203,7 +204,7 @@ def main() -> int:
     for c in load(args.data / "candidates.jsonl"):
         by_task.setdefault(c["task_id"], []).append(c)
     gens = {g["task_id"]: g for g in load(args.data / "generated_tests.jsonl")}
-    plans = execute(problems, by_task, gens, args.workers)
+    plans = execute(problems, by_task, gens, args.workers, args.cache)
     from agent.selection import vote
 
     exec_s = time.time() - start

@@ -22,6 +22,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -86,6 +87,40 @@ def plurality(m: ExecutionMatrix, eligible: list[str]) -> list[str]:
     return max(groups.values(), key=len)
 
 
+def _match_rate(harness: CHarness, m: ExecutionMatrix, cid: str) -> float:
+    """Share of a candidate's runs whose output matched the reference's, over every test; a
+    candidate whose outputs all matched but ThreadSanitizer reported a race counts 1."""
+    if cid in harness.races:
+        return 1.0
+    matched = runs = 0
+    for t in m.tests:
+        detail = harness.details.get(cid, {}).get(t, "")
+        fields = detail.split(" ")
+        frac = fields[3] if len(fields) > 3 and "/" in fields[3] else ""
+        a, _, b = frac.partition("/")
+        if a.isdigit() and b.isdigit() and int(b) > 0:
+            matched, runs = matched + int(a), runs + int(b)
+        else:
+            runs += 1  # an error or a timeout: one run, no match
+    return matched / runs if runs else 0.0
+
+
+def least_wrong(harness: CHarness, m: ExecutionMatrix, built: list[str]) -> list[str]:
+    """When no candidate is correct, race-free and steady, a selector that must still answer
+    takes the ones most often right: the highest share of runs matching the reference, then
+    the fewest race reports. bakeoff itself ships none of them (``choose`` has no winner)."""
+    def reports(c: str) -> int:
+        found = re.search(r"\((\d+) reports in all\)", harness.races.get(c, ""))
+        return int(found.group(1)) if found else (1 if c in harness.races else 0)
+
+    scored = {c: (_match_rate(harness, m, c), -reports(c)) for c in built}
+    scored = {c: k for c, k in scored.items() if k[0] > 0}
+    if not scored:
+        return []
+    best = max(scored.values())
+    return [c for c in built if scored.get(c) == best]
+
+
 async def evaluate_problem(prob: dict, models: list[str], samples, constraints: dict, limiter, args) -> dict[str, Any]:
     """Phase 1 of a problem: tests and the execution matrix of every selected model's samples."""
     harness = CHarness(
@@ -122,6 +157,9 @@ def decide(model: str, prob: dict, ev: dict, samples) -> dict[str, Any]:
             eligible = [c for c in ids if built[c] and not m.flaky(c)]
             winners = plurality(m, eligible)
             path = "plurality" if winners else "none"
+            if not winners:
+                winners = least_wrong(ev["harness"], m, [c for c in ids if built[c]])
+                path = "least-wrong" if winners else "none"
             v = v.model_copy(update={"winners": winners})
     return {"ids": ids, "matrix": m, "vote": v, "winners": winners, "path": path, "ref_winners": set(v.winners) if path == "reference" else set()}
 
