@@ -220,6 +220,7 @@ class CHarness:
         self.race_check = race_check
         self.races: dict[str, str] = {}  # candidate id -> the TSan report that made it flaky
         self._tsan_common: dict[str, list[str]] = {}
+        self._tsan_pch = ""  # the flag that uses clang's precompiled runtime header, once built
         self._sandbox = sandbox
         self._tmp: Path | None = None
         if sandbox is not None:
@@ -643,14 +644,18 @@ class CHarness:
             files, cmd, side_objs = self._side_cmd(name, src, literals, stem, ".")
             for fname, text in files.items():
                 await self._runner.write(fname, text)
-            return cmd.replace(cxx, tcxx).replace(gcc, tcc), side_objs
+            return cmd.replace(cxx, tcxx + self._tsan_pch).replace(gcc, tcc), side_objs
 
         async with self._rt_lock:
-            # The driver's main and the reference are sanitized once per harness.
+            # The driver's main and the reference are sanitized once per harness, and the
+            # runtime header precompiled for clang: it is most of each side's compile time.
             key = "tsanref_" + _h(self.language, cxx, self.reference_source, c_driver.literal_digest(literals))
             if key not in self._tsan_common:
                 await self._runner.write("bk_rt.h", c_runtime.RUNTIME_HEADER)
                 await self._runner.write("bk_tsan_main.cpp", c_runtime.RUNTIME_MAIN)
+                if not self._tsan_pch:
+                    pch = await run(f"{tcxx} -x c++-header bk_rt.h -o bk_rt.h.pch", self.build_timeout)
+                    self._tsan_pch = " -include-pch bk_rt.h.pch" if pch.ok else ""
                 ref_cmd, ref_objs = await side("ref", self.reference_source, key)
                 res = await run(f"{tcxx} -I . -c bk_tsan_main.cpp -o bk_tsan_main.o && {ref_cmd}", self.build_timeout)
                 self._tsan_common[key] = ["bk_tsan_main.o", *ref_objs] if res.ok else []

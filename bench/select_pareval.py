@@ -179,6 +179,8 @@ async def main_async(args) -> int:
         if args.problems == "all" or 0 < c < len(ss):
             pairs[name].append(model)
     names = sorted(pairs)
+    if args.only:
+        names = [n for n in names if any(n.startswith(k) for k in args.only.split(","))]
     if args.limit:
         names = names[: args.limit]
     log(f"{sum(len(pairs[n]) for n in names)} (model, problem) pairs over {len(names)} problems, models {models}")
@@ -345,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pin", default="", help="run the drivers (not the compilers) on these CPUs, e.g. 0,1")
     ap.add_argument("--problem-timeout", type=float, default=600.0,
                     help="a problem whose matrix takes longer is left out (and counted as such)")
+    ap.add_argument("--only", default="", help="comma-separated prefixes of problem names, e.g. 40_,41_")
     ap.add_argument("--limit", type=int, default=0, help="only the first N problems (for a quick look)")
     ap.add_argument("--picks", default=str(ROOT / "bench" / "out" / "pareval_picks.jsonl"))
     ap.add_argument("--json", default="")
