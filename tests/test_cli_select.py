@@ -116,3 +116,31 @@ def test_console_script_help_is_fast_and_lists_select():
                           "import sys; from agent.cli import select; print('litellm' in sys.modules, 'rich' in sys.modules)"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+EXAMPLE = __import__("pathlib").Path(__file__).resolve().parent.parent / "examples" / "select"
+
+
+def test_the_bundled_python_example_picks_the_sorted_candidate():
+    ex = lambda name: str(EXAMPLE / name)  # noqa: E731
+    result = invoke("--reference", ex("pairs_serial.py"), "--candidate", ex("pairs_sorted.py"), "--candidate",
+                    ex("pairs_generator.py"), "--candidate", ex("pairs_abs_radius.py"), "--entry", "count_close_pairs",
+                    "--json", "--timing-repeats", "3")
+    assert result.exit_code == 0, result.output
+    verdict = json.loads(result.output)
+    assert verdict["winner"] == "pairs_sorted"
+    assert sorted(verdict["correct"]) == ["pairs_generator", "pairs_sorted"]  # a negative radius catches the third
+
+
+@pytest.mark.slow
+def test_the_bundled_c_example_rejects_the_race_and_the_lost_remainder():
+    ex = lambda name: str(EXAMPLE / name)  # noqa: E731
+    result = invoke("--reference", ex("serial.c"), *[a for c in ("reduction.c", "dynamic.c", "race.c", "split.c")
+                                                      for a in ("--candidate", ex(c))],
+                    "--entry", "collatz_total", "--json", "--timing-repeats", "3")
+    assert result.exit_code == 0, result.output
+    verdict = json.loads(result.output)
+    assert sorted(verdict["correct"]) == ["dynamic", "reduction"]
+    assert verdict["winner"] in ("dynamic", "reduction")
+    rows = {r["candidate"]: r for r in verdict["rows"]}
+    assert rows["race"]["correct"] is False and rows["split"]["correct"] is False

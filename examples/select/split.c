@@ -1,0 +1,32 @@
+/* candidate: the array split into one block per thread by hand; the last block
+ * drops the remainder when n does not divide evenly. */
+#include <omp.h>
+/* Total number of Collatz steps of every value in x[0..n-1]. Values below 2 take no step;
+ * a chain is cut off after MAX_STEPS steps so any input terminates. */
+#define MAX_STEPS 1000
+
+static long steps_of(long value)
+{
+    unsigned long v = (unsigned long)value;
+    long s = 0;
+    if (value < 2)
+        return 0;
+    while (v != 1 && s < MAX_STEPS) {
+        v = (v & 1) ? 3 * v + 1 : v / 2;
+        s++;
+    }
+    return s;
+}
+
+long collatz_total(const long *x, long n)
+{
+    long total = 0;
+#pragma omp parallel reduction(+:total)
+    {
+        long parts = omp_get_num_threads(), me = omp_get_thread_num();
+        long chunk = n / parts;
+        for (long i = me * chunk; i < (me + 1) * chunk; i++)
+            total += steps_of(x[i]);
+    }
+    return total;
+}
