@@ -77,7 +77,10 @@ def evaluate(expr: Any, env: Mapping[str, float], lengths: Mapping[str, Any] | N
                 raise ConstraintError(f"unknown name {node.id!r} in {expr!r}")
             return float(env[node.id])
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            return float(_BINOPS[type(node.op)](ev(node.left), ev(node.right)))
+            try:
+                return float(_BINOPS[type(node.op)](ev(node.left), ev(node.right)))
+            except (ArithmeticError, ValueError, TypeError) as exc:  # x / 0, 10.0 ** 400, (-8) ** 0.5 (complex)
+                raise ConstraintError(f"{expr!r} cannot be computed: {exc}") from None
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             return -ev(node.operand)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
@@ -111,6 +114,11 @@ class DriverPlan:
         return dict(self.constraints.get("vars") or DEFAULT_VARS)
 
     def slot(self, expr: Any) -> str:
+        # Every side's code is generated from the same plan: an expression already in a slot
+        # reuses it, so the slots do not grow with each candidate built.
+        for i, known in enumerate(self.slots):
+            if type(known) is type(expr) and known == expr:
+                return f"P[{i}]"
         self.slots.append(expr)
         return f"P[{len(self.slots) - 1}]"
 
@@ -286,7 +294,12 @@ def _literal(value: Any, t: CType, sig: Signature, ns: str) -> str:
         if t.scalar_class == "char" and isinstance(value, str):
             return f"(char){ord(value[0]) if value else 0}"
         if t.scalar_class == "float":
-            return repr(float(value))
+            x = float(value)
+            if math.isnan(x):
+                return f"std::numeric_limits<{t.name}>::quiet_NaN()"
+            if math.isinf(x):
+                return f"{'-' if x < 0 else ''}std::numeric_limits<{t.name}>::infinity()"
+            return repr(x)
         return f"({t.name}){int(value)}"
     if t.kind == "string":
         return f"std::string({_cstr(str(value))})"
@@ -297,7 +310,8 @@ def _literal(value: Any, t: CType, sig: Signature, ns: str) -> str:
     if t.kind == "struct":
         sdef = sig.structs[t.name]
         if isinstance(value, dict):
-            parts = [_literal(value.get(f, 0), ft, sig, ns) for f, ft in sdef.fields]
+            # A field the value leaves out is value-initialized (0, empty), whatever its type.
+            parts = [_literal(value[f], ft, sig, ns) if f in value else f"{ft.spell(ns)}{{}}" for f, ft in sdef.fields]
         else:
             parts = [_literal(v, ft, sig, ns) for v, (_, ft) in zip(value, sdef.fields, strict=False)]
         return "{" + ", ".join(parts) + "}"

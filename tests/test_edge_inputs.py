@@ -237,3 +237,36 @@ async def test_make_tests_adds_the_proposals_and_notes_what_it_left_out():
         assert [t.id for t in quiet.tests] == ["diff-small-0", "diff-small-1"] and quiet.notes == []
     finally:
         await h.close()
+
+
+READINGS = """
+struct Reading { double value; std::vector<int> tags; };
+/* How many readings are above 1e300, plus the number of tags over all readings. */
+int weigh(std::vector<Reading> const& r) {
+  int s = 0;
+  for (auto const& x : r) s += (x.value > 1e300 ? 1 : 0) + (int)x.tags.size();
+  return s;
+}
+"""
+
+
+async def test_literals_with_infinities_nan_and_a_left_out_vector_field_build_and_run():
+    h = CHarness(READINGS, "weigh", language="c++", small_tests=1, medium_tests=0, threads=[1], repeats=1)
+    try:
+        inf, nan = float("inf"), float("nan")
+        tests = await h.make_tests([{"values": {"r": [{"value": inf}, {"value": nan}, {"value": -inf, "tags": [1, 2]}]}}])
+        edge = next(t for t in tests if t.id == "diff-edge-0")
+        assert edge.expected["preview"] == "O-1,3", h.notes
+        slots = len(h.plan.slots)
+        await h.run_matrix({"same": READINGS, "again": READINGS.replace("int s = 0;", "int s = 0; ")}, tests)
+        assert len(h.plan.slots) == slots  # every side's code reuses the plan's slots
+    finally:
+        await h.close()
+
+
+@pytest.mark.parametrize("expr", ["n / 0", "n % 0", "10.0 ** 400", "(0 - n) ** 0.5"])
+def test_size_expressions_that_cannot_be_computed_are_constraint_errors(expr):
+    from agent.c_driver import evaluate
+
+    with pytest.raises(ConstraintError, match="cannot be computed"):
+        evaluate(expr, {"n": 4.0})
