@@ -219,6 +219,8 @@ class CHarness:
         # Candidates that passed every test are run once more under ThreadSanitizer (+ Archer).
         self.race_check = race_check
         self.races: dict[str, str] = {}  # candidate id -> the TSan report that made it flaky
+        self.race_counts: dict[str, int] = {}  # candidate id -> how many TSan reports it had
+        self.matched: dict[str, dict[str, tuple[int, int]]] = {}  # candidate id -> test id -> (runs matching the reference, runs)
         self._tsan_common: dict[str, list[str]] = {}
         self._tsan_pch = ""  # the flag that uses clang's precompiled runtime header, once built
         self._sandbox = sandbox
@@ -609,9 +611,14 @@ class CHarness:
                 if len(r) >= 5 and isinstance(t.expected, dict) and r[1] not in ("-", t.expected.get("digest")):
                     self.notes.append(f"{t.id}: the reference gave a different output than when the tests were made")
                 output = r[2] if len(r) >= 5 and status in ("pass", "fail") else f"{status}: {r[-1]}"
+                # "matches/runs" from the driver; a test with no result (the process died, or it was
+                # not run) counts as one run that did not match.
+                a, _, b = r[3].partition("/") if len(r) >= 5 else ("0", "", "1")
+                counts = (int(a), int(b)) if a.isdigit() and b.isdigit() else (0, 1)
                 for cid in cids:
                     matrix.set(cid, t.id, outcome, output)
                     self.details.setdefault(cid, {})[t.id] = f"{status} {' '.join(r[1:])}"
+                    self.matched.setdefault(cid, {})[t.id] = counts
 
         await asyncio.gather(*(one(src, cids) for src, cids in by_source.items()))
         if self.race_check and tests:
@@ -684,6 +691,7 @@ class CHarness:
         first = next((ln.strip() for ln in report.summary.splitlines() if "WARNING" in ln), "data race")
         for cid in cids:
             self.races[cid] = report.summary
+            self.race_counts[cid] = report.count
             self.notes.append(f"{cid}: ThreadSanitizer found a race:\n{report.summary}")
             for t in tests:
                 matrix.set(cid, t.id, "flaky", f"flaky: {first}")

@@ -45,6 +45,7 @@ class RaceReport(BaseModel):
 
     racy: bool
     summary: str = ""  # the first report's lines, capped
+    count: int = 0  # reports on the candidate's code in all
 
 
 def tsan_flags(flags: Sequence[str] = ()) -> list[str]:
@@ -85,7 +86,7 @@ def parse_reports(stderr: str, only: Sequence[str] = ()) -> RaceReport:
     summary = "\n".join(ln[:200] for ln in lines[:_SUMMARY_LINES])
     if len(races) > 1:
         summary += f"\n({len(races)} reports in all)"
-    return RaceReport(racy=True, summary=summary)
+    return RaceReport(racy=True, summary=summary, count=len(races))
 
 
 @functools.cache

@@ -22,7 +22,6 @@ import asyncio
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import time
@@ -92,28 +91,16 @@ def _match_rate(harness: CHarness, m: ExecutionMatrix, cid: str) -> float:
     candidate whose outputs all matched but ThreadSanitizer reported a race counts 1."""
     if cid in harness.races:
         return 1.0
-    matched = runs = 0
-    for t in m.tests:
-        detail = harness.details.get(cid, {}).get(t, "")
-        fields = detail.split(" ")
-        frac = fields[3] if len(fields) > 3 and "/" in fields[3] else ""
-        a, _, b = frac.partition("/")
-        if a.isdigit() and b.isdigit() and int(b) > 0:
-            matched, runs = matched + int(a), runs + int(b)
-        else:
-            runs += 1  # an error or a timeout: one run, no match
-    return matched / runs if runs else 0.0
+    counts = [harness.matched.get(cid, {}).get(t, (0, 1)) for t in m.tests]
+    runs = sum(b for _, b in counts)
+    return sum(a for a, _ in counts) / runs if runs else 0.0
 
 
 def least_wrong(harness: CHarness, m: ExecutionMatrix, built: list[str]) -> list[str]:
     """When no candidate is correct, race-free and steady, a selector that must still answer
     takes the ones most often right: the highest share of runs matching the reference, then
     the fewest race reports. bakeoff itself ships none of them (``choose`` has no winner)."""
-    def reports(c: str) -> int:
-        found = re.search(r"\((\d+) reports in all\)", harness.races.get(c, ""))
-        return int(found.group(1)) if found else (1 if c in harness.races else 0)
-
-    scored = {c: (_match_rate(harness, m, c), -reports(c)) for c in built}
+    scored = {c: (_match_rate(harness, m, c), -harness.race_counts.get(c, 0)) for c in built}
     scored = {c: k for c, k in scored.items() if k[0] > 0}
     if not scored:
         return []

@@ -268,6 +268,9 @@ async def test_past_its_limit_on_an_input_a_candidate_is_not_run_on_those_as_lar
     why = h.details["crawl"]
     assert "its limit: 20x the reference" in why[medium[0]]
     assert all("not run: past its limit on diff-medium-0" in why[t] for t in medium[1:])
+    # Runs matching the reference, per test: every run of the serial version, none of crawl's.
+    assert [h.matched["serial"][t] for t in medium] == [(2, 2)] * 3
+    assert [h.matched["crawl"][t] for t in medium] == [(0, 1)] * 3
     assert took < 20
 
 UNORDERED_REF = """

@@ -128,7 +128,8 @@ async def test_unprotected_min_and_missing_reduction_are_flaky_correct_sync_pass
         got, h = await _outcomes(REFERENCE, "smallest_sum",
                                  {"racy": RACY_MIN, "critical": CRITICAL_MIN, "per_thread": PER_THREAD_MIN})
         assert got["racy"] == {"flaky"}, h.details
-        assert "data race" in h.races["racy"]
+        assert "data race" in h.races["racy"] and h.race_counts["racy"] >= 1
+        assert "critical" not in h.race_counts
         assert got["critical"] == {"pass"}, h.notes
         assert got["per_thread"] == {"pass"}, h.notes
     finally:
@@ -156,6 +157,14 @@ def test_reports_elsewhere_are_not_blamed_on_the_candidate():
             "==================\n")
     assert parse_reports(text).racy
     assert not parse_reports(text, only=("cand.c", "bk_cand")).racy
+
+
+def test_every_report_on_the_candidate_is_counted():
+    one = "==================\nWARNING: ThreadSanitizer: data race (pid=1)\n  #0 bk_cand::f cand.cpp:{}\n==================\n"
+    elsewhere = "==================\nWARNING: ThreadSanitizer: data race (pid=1)\n  #0 bk_ref::f ref.cpp:3\n==================\n"
+    report = parse_reports(one.format(3) + elsewhere + one.format(7), only=("cand.c", "bk_cand"))
+    assert report.racy and report.count == 2 and "(2 reports in all)" in report.summary
+    assert parse_reports("", only=("bk_cand",)).count == 0
 
 
 @pytest.mark.docker
