@@ -3,11 +3,16 @@
 No test may reach a real model API: every outbound network connection that is not to
 loopback or a Unix socket fails the test. Tests use ``ScriptedModel`` through the Model seam;
 tests marked ``live`` (never run in CI) may opt out with ``--allow-network``.
+
+In CI (``CI`` set) no test may skip: whatever a test needs (a Docker engine, clang with
+ThreadSanitizer, the external data in ../shared) ``.ci/run`` provides, so a skip there means
+something is broken, and it fails the run instead of passing quietly.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 
 import pytest
@@ -68,3 +73,13 @@ def _forbid_network(request, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.skipped and os.environ.get("CI") and not hasattr(report, "wasxfail"):
+        why = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where everything it needs is provided (.ci/run): {why}"
+    return report

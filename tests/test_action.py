@@ -22,13 +22,10 @@ from agent.action import (
 from agent.cli.action import action_app
 from agent.github import sanitize
 from tests.github_server import FakeGitHub
-
-# shared/ lies beside the checkout, for developers and CI alike.
-HOOKS = Path(__file__).resolve().parents[2] / "shared" / "bench" / "github-webhooks"
-
+from tests.shared_data import bench_data
 
 def payload(name: str) -> dict:
-    return json.loads((HOOKS / name).read_text())
+    return json.loads((bench_data("github-webhooks") / name).read_text())
 
 
 def pr_comment(body: str, *, association: str = "OWNER", sender_type: str = "User") -> dict:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.shared_data import bench_data
+
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "bench"
 sys.path.insert(0, str(ROOT / "bench"))
 
 
@@ -22,7 +23,6 @@ def _slice(src: Path, dst: Path, files: dict[str, callable]) -> None:
         (dst / name).write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)))
 
 
-
 def test_select_codet_on_a_slice(tmp_path):
     import select_codet
 
@@ -31,7 +31,7 @@ def test_select_codet_on_a_slice(tmp_path):
     data = tmp_path / "data"
     in_task = lambda r: r["task_id"] in tasks  # noqa: E731
     few = lambda r: r["task_id"] in tasks and r["index"] < 12  # noqa: E731
-    _slice(SHARED / "humaneval-codet-dev", data, {"problems.jsonl": in_task, "generated_tests.jsonl": in_task,
+    _slice(bench_data("humaneval-codet-dev"), data, {"problems.jsonl": in_task, "generated_tests.jsonl": in_task,
                                                   "candidates.jsonl": few, "labels.jsonl": few})
     out = tmp_path / "codet.json"
     assert select_codet.main(["--data", str(data), "--json", str(out), "--cache", str(tmp_path / "cache"), "--workers", "2"]) == 0
@@ -52,17 +52,17 @@ def test_select_codet_on_a_slice(tmp_path):
 
 
 @pytest.mark.slow
-
 def test_select_pareval_on_a_slice(tmp_path):
     import select_pareval
 
     data = tmp_path / "data"
     name, model = "55_transform_relu", "codellama-7b-hf"
-    _slice(SHARED / "pareval-omp-dev", data, {
+    source = bench_data("pareval-omp-dev")
+    _slice(source, data, {
         "problems.jsonl": lambda r: r["name"] == name,
         "candidates.jsonl": lambda r: r["name"] == name and r["model"] == model and r["index"] < 6,
     })
-    shutil.copy(SHARED / "pareval-omp-dev" / "score.py", data / "score.py")
+    shutil.copy(source / "score.py", data / "score.py")
     out = tmp_path / "pareval.json"
     assert select_pareval.main(["--data", str(data), "--problems", "all", "--json", str(out), "--repeats", "3",
                                 "--picks", str(tmp_path / "picks.jsonl")]) == 0

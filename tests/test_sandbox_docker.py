@@ -22,6 +22,7 @@ from agent.seams import ExecResult, Sandbox, SandboxLimits, Workspace
 from sandboxes.docker import (
     LABEL_BACKEND,
     LABEL_OWNER,
+    WORKDIR,
     DockerBackend,
     DockerImageError,
     DockerSandbox,
@@ -89,7 +90,7 @@ async def test_files_commands_and_diff(docker_backend: DockerBackend, c_repo: Pa
         await sb.write_file("README", b"edited\n")
         r = await sb.exec(["sh", "-c", 'rm ../run.sh; echo "$GREETING" > env.txt; pwd'], env={"GREETING": "hi"},
                           cwd="src")
-        assert r.ok and r.stdout.strip() == "/work/src"
+        assert r.ok and r.stdout.strip() == f"{WORKDIR}/src"
         assert await sb.read_file("src/env.txt") == b"hi\n"
         r = await sb.exec("exit 3")
         assert r.exit_code == 3 and not r.ok and not r.timed_out and not r.oom_killed

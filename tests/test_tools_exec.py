@@ -63,7 +63,7 @@ DIAGS = [
     ("gcc fatal error", "main.c:1:10: fatal error: missing.h: No such file or directory",
      [("main.c", 1, 10, "error", "missing.h: No such file or directory")]),
     ("gcc warning, no column", "src/a.c:3: warning: unused variable 'x'", [("src/a.c", 3, None, "warning", "unused variable 'x'")]),
-    ("absolute path under the sandbox root", "/sb/work/src/a.cpp:4:2: error: expected ';'",
+    ("absolute path under the sandbox root", "/sandbox/repo/src/a.cpp:4:2: error: expected ';'",
      [("src/a.cpp", 4, 2, "error", "expected ';'")]),
     ("nvcc", 'saxpy.cu(12): error: identifier "y" is undefined', [("saxpy.cu", 12, None, "error", 'identifier "y" is undefined')]),
     ("nvcc numbered", "k.cu(3): warning #177-D: variable \"t\" was declared but never referenced",
@@ -78,7 +78,7 @@ DIAGS = [
 
 @pytest.mark.parametrize("output,expected", [c[1:] for c in DIAGS], ids=[c[0] for c in DIAGS])
 def test_parse_compiler_errors(output, expected):
-    got = parse_compiler_errors(output, root="/sb/work")
+    got = parse_compiler_errors(output, root="/sandbox/repo")
     assert [(d.file, d.line, d.column, d.severity, d.message) for d in got] == expected
 
 
