@@ -633,8 +633,8 @@ class CHarness:
 
     async def _race_check(self, source: str, cids: list[str], tests: Sequence[TestCase],
                           literals: Sequence[Mapping[str, Any]], matrix: ExecutionMatrix) -> None:
-        """One small test at 4 threads under ThreadSanitizer: a race the timing-bound runs
-        missed makes every test of the candidate ``flaky``."""
+        """The first small and the first medium test at 4 threads under ThreadSanitizer: a race
+        the timing-bound runs missed makes every test of the candidate ``flaky``."""
         async def run(cmd: str, timeout: float) -> ExecResult:
             async with self.limiter:
                 return await self._runner.run(cmd, timeout)
@@ -679,9 +679,13 @@ class CHarness:
         # A small input, and the first medium one: races between threads need every thread to
         # have work, and a small input may give some threads none (or no two of them the same
         # output element).
-        picks = [i for kind in ("small", "medium") for i in [next((i for i, t in enumerate(tests) if kind in t.id), None)] if i is not None]
+        first: dict[str, int] = {}
+        for i, t in enumerate(tests):
+            for kind in ("small", "medium"):
+                if kind in t.id:
+                    first.setdefault(kind, i)
         spec = f"{stem}.spec"
-        await self._runner.write(spec, self._spec_lines(tests, picks or [0]))
+        await self._runner.write(spec, self._spec_lines(tests, sorted(first.values()) or [0]))
         args = f"check {self.float_rel!r} {self.float_abs!r} {int(self.unordered)} 4 1 {max(1, int(round(self.call_timeout)))}"
         report = await race_check.tsan_run(" && ".join(cmds), f"{self._pin}./{stem}.bin {args} < {spec}", run=run,
                                            threads=4, timeout=max(60.0, self.build_timeout),
