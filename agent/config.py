@@ -18,9 +18,48 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.models import ModelConfig
-
 DEFAULT = "default"
+MODEL_ROLES = ("planner", "editor", "tester", "judge")  # the joiner uses the planner's model
+
+
+class ModelNotConfigured(Exception):
+    """No model is configured for a role: the user can fix it, and the message says how."""
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        up = role.upper()
+        super().__init__(
+            f"no model configured for the {role} role. Configure one in any of these ways:\n"
+            f"  - bakeoff.toml:    [model] default = \"MODEL\"   (or {role} = \"MODEL\")\n"
+            f"  - pyproject.toml:  [tool.bakeoff.model] default = \"MODEL\"\n"
+            f"  - environment:     BAKEOFF_MODEL=MODEL  or  BAKEOFF_{up}_MODEL=MODEL (also BAKEOFF_MODEL_{up})\n"
+            f"  - command line:    --model MODEL\n"
+            f"  - offline:         --model scripted:PATH  (replays responses from a YAML/JSON file)\n"
+            f"MODEL is any litellm model string, e.g. openai/gpt-4o-mini, anthropic/claude-3-5-sonnet-latest, "
+            f"ollama/qwen2.5-coder; set the provider's API key in its usual variable."
+        )
+
+
+class ModelConfig(BaseModel):
+    """Which model plays each role. A role without its own model uses ``default``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default: str | None = None
+    planner: str | None = None
+    editor: str | None = None
+    tester: str | None = None
+    judge: str | None = None
+    fallbacks: list[str] = Field(default_factory=list)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    timeout: float = Field(120.0, gt=0)
+
+    def for_role(self, role: str) -> str:
+        spec = getattr(self, role, None) if role in MODEL_ROLES else None
+        spec = spec or self.default
+        if not spec:
+            raise ModelNotConfigured(role)
+        return spec
 
 
 class Settings(BaseModel):
