@@ -12,7 +12,7 @@ def _environment():
     import jinja2
 
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("prompts", ""),
+        loader=jinja2.PackageLoader("bakeoff.prompts", ""),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
@@ -25,4 +25,4 @@ def render(role: str, **variables: Any) -> str:
 
 
 def roles() -> list[str]:
-    return sorted(p.name[:-3] for p in resources.files("prompts").iterdir() if p.name.endswith(".j2"))
+    return sorted(p.name[:-3] for p in resources.files("bakeoff.prompts").iterdir() if p.name.endswith(".j2"))

@@ -25,10 +25,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.config import Settings, state_dir
-from agent.events import EventBus, JsonlSink
-from agent.seams import Completion, Message, Model, ToolContext, Workspace
-from agent.types import Candidate, RunReport, ToolCall
+from bakeoff.agent.config import Settings, state_dir
+from bakeoff.agent.events import EventBus, JsonlSink
+from bakeoff.agent.seams import Completion, Message, Model, ToolContext, Workspace
+from bakeoff.agent.types import Candidate, RunReport, ToolCall
 
 ROLES = ("planner", "joiner", "editor", "tester", "judge")
 
@@ -136,7 +136,7 @@ class LazySandbox:
 
 def make_pool(settings: Settings) -> Any:
     """The sandbox pool for ``settings``: its kind, its size, and its image or Dockerfile."""
-    from sandboxes.pool import SandboxPool
+    from bakeoff.sandboxes.pool import SandboxPool
 
     image, dockerfile = settings.image, None
     if image and (image.endswith("Dockerfile") or Path(image).expanduser().is_file()):
@@ -220,7 +220,7 @@ class Session:
     # ------------------------------------------------------------------ configuration
 
     def _configure(self, settings: Settings, override: Model | None, shared_budget: Any) -> None:
-        from agent.budget import Budget, BudgetedModel
+        from bakeoff.agent.models.budget import Budget, BudgetedModel
 
         models = self._models_per_role(settings, override)  # raises before anything changes
         self.settings = settings
@@ -257,7 +257,7 @@ class Session:
         """Change settings between runs (chat's /model, /n, /budget, /sandbox), validated again.
         ``model`` names one model for every role. Nothing changes when the new settings are
         invalid, their model cannot be made, or their sandbox cannot run here."""
-        from sandboxes import choose_backend
+        from bakeoff.sandboxes import choose_backend
 
         data = self.settings.model_dump()
         for key, value in changes.items():
@@ -293,7 +293,7 @@ class Session:
     def check_sandbox(self) -> Any:
         """Which sandbox backend runs the candidates, and why; raises ``SandboxUnavailable``
         (the user can fix it: start Docker, or choose another kind) when it cannot run here."""
-        from sandboxes import choose_backend
+        from bakeoff.sandboxes import choose_backend
 
         choice = choose_backend(self.settings.sandbox)
         self.sandbox_choice = choice
@@ -302,8 +302,8 @@ class Session:
     # ------------------------------------------------------------------ running
 
     def registry(self) -> Any:
-        from agent.trajectory import FanOut
-        from tools.registry import default_registry
+        from bakeoff.agent.fanout.trajectory import FanOut
+        from bakeoff.tools.registry import default_registry
 
         registry = default_registry()
         if registry.get(FanOut.name) is None:
@@ -328,7 +328,7 @@ class Session:
         The run is saved as it goes under ``<state>/runs/<id>/`` (events.jsonl, report.json).
         A cancelled run (Ctrl-C) re-raises ``CancelledError`` after recording that it stopped.
         """
-        from agent.budget import BudgetExceeded
+        from bakeoff.agent.models.budget import BudgetExceeded
 
         self.base_commit = head_commit(self.repo)  # the user may have committed since the last run
         run_id = run_id or new_run_id()
@@ -394,12 +394,12 @@ class Session:
             },
         )
         if self.settings.planner == "react":
-            from agent.react import ReActAgent
+            from bakeoff.agent.planning.react import ReActAgent
 
             # One tool call per model turn: the baseline, and the fallback for weak planners.
             agent: Any = ReActAgent(models["planner"], self.registry(), ctx, events=self.events)
         else:
-            from agent.compiler import LLMCompiler
+            from bakeoff.agent.planning.compiler import LLMCompiler
 
             agent = LLMCompiler(
                 models["planner"], models["joiner"], self.registry(), ctx,
@@ -482,7 +482,7 @@ class Session:
         repository moved since the run's base commit. A candidate that is not the verified
         winner is applied only with ``yes=True``. Returns the ``AppliedChange`` for ``undo``.
         """
-        from agent.patches import apply_patch
+        from bakeoff.agent.patches import apply_patch
 
         cand = self.candidate(report, candidate_id)
         verified = report.winner is not None and cand.id == report.winner.id
@@ -512,7 +512,7 @@ class Session:
 
     def undo(self) -> Any:
         """Restore exactly the state before the last apply of this session."""
-        from agent.patches import undo
+        from bakeoff.agent.patches import undo
 
         if not self.applied:
             raise SessionError("nothing to undo: no change was applied in this session")
@@ -535,7 +535,7 @@ class Session:
 
 def _fan_out_result(value: Any) -> Any:
     """A fan_out's result, whether the trace kept the object or its JSON form."""
-    from agent.trajectory import FanOutResult
+    from bakeoff.agent.fanout.trajectory import FanOutResult
 
     if isinstance(value, FanOutResult):
         return value
@@ -547,7 +547,7 @@ def _fan_out_result(value: Any) -> Any:
 def _light(call: ToolCall) -> ToolCall:
     """The trace entry with its result summarized: the report keeps the candidates whole
     already, and a tool's full output (files, logs) would swell every saved report."""
-    from agent.scheduler import summarize_result
+    from bakeoff.agent.planning.scheduler import summarize_result
 
     if call.result is None or isinstance(call.result, (int, float, bool)):
         return call
@@ -568,7 +568,7 @@ def _dump(obj: Any) -> Any:
 
 def _budget_ran_out(budget: Any, candidates: Sequence[Candidate]) -> bool:
     """True when the budget cannot pay for another call, or every candidate died of it."""
-    from agent.budget import MIN_COMPLETION_TOKENS
+    from bakeoff.agent.models.budget import MIN_COMPLETION_TOKENS
 
     left = budget.remaining
     if left.usd is not None and left.usd <= 1e-9:

@@ -12,7 +12,7 @@ import random
 import statistics
 from collections.abc import Awaitable, Callable, Sequence
 
-from agent.types import Timing
+from bakeoff.agent.types import Timing
 
 
 def median(xs: Sequence[float]) -> float:

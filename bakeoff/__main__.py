@@ -1,3 +1,5 @@
-from agent.cli.main import main
+"""``python -m bakeoff``: the same command as the ``bakeoff`` console script."""
+
+from bakeoff.agent.cli.main import main
 
 main()

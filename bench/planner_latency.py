@@ -37,15 +37,15 @@ from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.compiler import LLMCompiler  # noqa: E402
-from agent.events import EventBus, JsonlSink  # noqa: E402
-from agent.models import ScriptedModel, ScriptedResponse  # noqa: E402
-from agent.planner import pure_ref  # noqa: E402
-from agent.react import ReActAgent  # noqa: E402
-from agent.scheduler import Scheduler  # noqa: E402
-from agent.seams import ToolContext  # noqa: E402
-from agent.types import Task  # noqa: E402
-from tools.registry import Registry  # noqa: E402
+from bakeoff.agent.planning.compiler import LLMCompiler  # noqa: E402
+from bakeoff.agent.events import EventBus, JsonlSink  # noqa: E402
+from bakeoff.agent.models.scripted import ScriptedModel, ScriptedResponse  # noqa: E402
+from bakeoff.agent.planning.plan import pure_ref  # noqa: E402
+from bakeoff.agent.planning.react import ReActAgent  # noqa: E402
+from bakeoff.agent.planning.scheduler import Scheduler  # noqa: E402
+from bakeoff.agent.seams import ToolContext  # noqa: E402
+from bakeoff.agent.types import Task  # noqa: E402
+from bakeoff.tools.registry import Registry  # noqa: E402
 
 FIRST_TOKEN_S = 0.5
 PER_TOKEN_S = 0.020

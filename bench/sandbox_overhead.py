@@ -37,9 +37,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.seams import Workspace  # noqa: E402
-from sandboxes import choose_backend, create_sandbox  # noqa: E402
-from sandboxes.pool import SandboxPool  # noqa: E402
+from bakeoff.agent.seams import Workspace  # noqa: E402
+from bakeoff.sandboxes import choose_backend, create_sandbox  # noqa: E402
+from bakeoff.sandboxes.pool import SandboxPool  # noqa: E402
 
 FILES = 1000
 CANDIDATES = 16
@@ -134,7 +134,7 @@ async def bench_backend(kind: str, ws: Workspace, repeat: int) -> dict:
         await sb.close()
     out["create_ms"] = median_ms(times)
     if kind == "docker":
-        from sandboxes.docker import DockerBackend
+        from bakeoff.sandboxes.docker import DockerBackend
 
         times = []
         for _ in range(max(3, repeat // 2)):
@@ -204,7 +204,7 @@ async def main() -> None:
     notes = []
     for kind in args.backends.split(","):
         if kind == "docker":
-            from sandboxes.docker import engine_available
+            from bakeoff.sandboxes.docker import engine_available
 
             ok, why = engine_available()
             if not ok:
@@ -229,7 +229,7 @@ async def main() -> None:
             r["throughput_ratio_rounds"] = {
                 c: [round(b / f, 3) for b, f in zip(walls[kind][c], walls["floor"][c])] for c in args.concurrency}
     if "docker" in results and results["docker"] is not None:
-        from sandboxes.docker import DockerBackend
+        from bakeoff.sandboxes.docker import DockerBackend
 
         await DockerBackend.shared().close()
     subprocess.run(["rm", "-rf", str(root)], check=False)

@@ -31,9 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.pyexec import PyJob, PyResult, run_job, signature  # noqa: E402
-from agent.testgen import call_of, parse_generated_tests, typed_inputs  # noqa: E402
-from agent.types import ExecutionMatrix, TestCase  # noqa: E402
+from bakeoff.agent.harness.pyexec import PyJob, PyResult, run_job, signature  # noqa: E402
+from bakeoff.agent.harness.testgen import call_of, parse_generated_tests, typed_inputs  # noqa: E402
+from bakeoff.agent.types import ExecutionMatrix, TestCase  # noqa: E402
 
 # shared/ lies beside the checkout, for developers and CI alike.
 DEFAULT_DATA = ROOT.parent / "shared" / "bench" / "humaneval-codet-dev"
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         by_task.setdefault(c["task_id"], []).append(c)
     gens = {g["task_id"]: g for g in load(args.data / "generated_tests.jsonl")}
     plans = execute(problems, by_task, gens, args.workers, args.cache)
-    from agent.selection import vote
+    from bakeoff.agent.selection.vote import vote
 
     exec_s = time.time() - start
 

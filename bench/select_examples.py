@@ -51,10 +51,10 @@ def git_copy(example: str, into: Path) -> Path:
 
 
 async def run_example(example: str, n: int, sandbox: str, workdir: Path) -> dict:
-    from agent.config import Settings
-    from agent.events import EventBus
-    from agent.models import ScriptedModel
-    from agent.session import Session
+    from bakeoff.agent.config import Settings
+    from bakeoff.agent.events import EventBus
+    from bakeoff.agent.models.scripted import ScriptedModel
+    from bakeoff.agent.session import Session
 
     repo = git_copy(example, workdir)
     model = ScriptedModel.from_file(EXAMPLES / "scripted" / f"{example}.yaml")
@@ -100,7 +100,7 @@ async def run_example(example: str, n: int, sandbox: str, workdir: Path) -> dict
 def show(result: dict) -> None:
     from rich.console import Console
 
-    from agent.selection import render_table
+    from bakeoff.agent.selection.vote import render_table
 
     console = Console(width=150)
     console.rule(f"{result['example']}: {TASKS[result['example']]}")

@@ -32,9 +32,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.differential_c import CHarness  # noqa: E402
-from agent.selection import choose, vote  # noqa: E402
-from agent.types import Candidate, ExecutionMatrix, TestCase, Timing  # noqa: E402
+from bakeoff.agent.harness.c_harness import CHarness  # noqa: E402
+from bakeoff.agent.selection.vote import choose, vote  # noqa: E402
+from bakeoff.agent.types import Candidate, ExecutionMatrix, TestCase, Timing  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "bench" / "pareval-omp-dev"
 DEFAULT_CONSTRAINTS = ROOT / "bench" / "pareval" / "constraints.json"

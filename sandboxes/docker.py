@@ -44,11 +44,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
-from agent.events import EventBus
-from agent.seams import ExecResult, SandboxLimits, Workspace
-from sandboxes.output import OutputCapture
-from sandboxes import SandboxUnavailable
-from sandboxes.workspace import UnsafeArchive, WorkspaceError, safe_extract
+from bakeoff.agent.events import EventBus
+from bakeoff.agent.seams import ExecResult, SandboxLimits, Workspace
+from bakeoff.sandboxes.output import OutputCapture
+from bakeoff.sandboxes import SandboxUnavailable
+from bakeoff.sandboxes.workspace import UnsafeArchive, WorkspaceError, safe_extract
 
 T = TypeVar("T")
 
@@ -976,7 +976,7 @@ class DockerSandbox:
 
 def _exec_env(env: Mapping[str, str] | None) -> dict[str, str]:
     """The caller's variables, minus any that look like secrets; the rest comes from the image."""
-    from sandboxes.local import looks_secret
+    from bakeoff.sandboxes.local import looks_secret
 
     out = {"HOME": HOME, "TMPDIR": "/tmp"}
     for name, value in (env or {}).items():

@@ -46,10 +46,10 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from agent.events import EventBus
-from agent.seams import ExecResult, SandboxLimits, Workspace
-from sandboxes.output import OutputCapture
-from sandboxes.workspace import (
+from bakeoff.agent.events import EventBus
+from bakeoff.agent.seams import ExecResult, SandboxLimits, Workspace
+from bakeoff.sandboxes.output import OutputCapture
+from bakeoff.sandboxes.workspace import (
     ENV_MARKER,
     BaseSnapshot,
     copy_workspace,

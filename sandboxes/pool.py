@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.seams import Sandbox, SandboxLimits, Workspace
-from sandboxes import choose_backend, create_sandbox
+from bakeoff.agent.seams import Sandbox, SandboxLimits, Workspace
+from bakeoff.sandboxes import choose_backend, create_sandbox
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path, PurePosixPath
 
-from agent.seams import Workspace
+from bakeoff.agent.seams import Workspace
 
 MARKER = ".bakeoff-owner"
 ENV_MARKER = "BAKEOFF_SANDBOX"  # set in every sandboxed process: "<owner pid>:<sandbox id>"

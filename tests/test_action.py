@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent.action import (
+from bakeoff.agent.github.action import (
     Skip,
     Trigger,
     apply_file_patch,
@@ -19,8 +19,8 @@ from agent.action import (
     suggestions,
     task_text,
 )
-from agent.cli.action import action_app
-from agent.github import sanitize
+from bakeoff.agent.cli.action import action_app
+from bakeoff.agent.github.client import sanitize
 from tests.github_server import FakeGitHub
 from tests.shared_data import bench_data
 

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from agent.budget import Budget, BudgetedModel, BudgetExceeded, estimate_prompt_tokens
-from agent.events import EventBus
-from agent.models import ScriptedModel, ScriptedResponse
-from agent.seams import Completion, Message, Model
+from bakeoff.agent.models.budget import Budget, BudgetedModel, BudgetExceeded, estimate_prompt_tokens
+from bakeoff.agent.events import EventBus
+from bakeoff.agent.models.scripted import ScriptedModel, ScriptedResponse
+from bakeoff.agent.seams import Completion, Message, Model
 
 PROMPT = [Message(role="user", content="p" * 40)]  # 10 real tokens; estimated 14 + 8 overhead
 ANSWER = "a" * 80  # 20 tokens

@@ -80,7 +80,7 @@ def test_killed_batch_resumes_without_redoing_finished_tasks(tmp_path):
     # Each model call waits 0.3 s, so a task takes a few seconds: time to kill it mid-task.
     script = write_script(tmp_path / "s.json", first_token_s=0.3)
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "agent", "batch", str(tasks), "--out", str(out), "--workers", "1",
+    args = [sys.executable, "-m", "bakeoff", "batch", str(tasks), "--out", str(out), "--workers", "1",
             "--model", f"scripted:{script}"]
     proc = subprocess.Popen(args, env=cli_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 90

@@ -73,7 +73,7 @@ def test_chat_on_a_terminal_diff_apply_undo_and_ctrl_c(repo, tmp_path):
     script = write_script(tmp_path / "s.json", plans=2, first_token_s=0.5)
     base = git(repo, "rev-parse", "HEAD")
     env = cli_env(tmp_path)
-    term = Terminal([sys.executable, "-m", "agent", "chat", "--repo", str(repo), "--model", f"scripted:{script}"], env)
+    term = Terminal([sys.executable, "-m", "bakeoff", "chat", "--repo", str(repo), "--model", f"scripted:{script}"], env)
     try:
         term.expect("bakeoff> ")
         term.send("/help")
@@ -128,7 +128,7 @@ def test_chat_from_piped_stdin_with_yes_applies_after_showing_the_diff(repo, tmp
     script = write_script(tmp_path / "s.json")
     base = git(repo, "rev-parse", "HEAD")
     proc = subprocess.run(
-        [sys.executable, "-m", "agent", "chat", "--repo", str(repo), "--model", f"scripted:{script}", "--yes",
+        [sys.executable, "-m", "bakeoff", "chat", "--repo", str(repo), "--model", f"scripted:{script}", "--yes",
          "--branch", "faster"],
         input="/n 3\n/n\nmake total faster\n/cost\n", capture_output=True, text=True, env=cli_env(tmp_path), timeout=120,
     )

@@ -12,12 +12,12 @@ import pytest
 PROBE = r"""
 import json, sys
 sys.argv = ["bakeoff", *sys.argv[1:]]
-from agent.cli.main import app
+from bakeoff.agent.cli.main import app
 try:
     app()
 except SystemExit as exc:
     code = exc.code
-heavy = sorted(m for m in ("litellm", "docker", "git", "openai", "agent.models", "agent.session") if m in sys.modules)
+heavy = sorted(m for m in ("litellm", "docker", "git", "openai", "bakeoff.agent.models.litellm", "bakeoff.agent.session") if m in sys.modules)
 print("PROBE" + json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
 """
 
@@ -79,7 +79,7 @@ def measure_help(runs: int = 5) -> dict[str, float]:
     import time
 
     exe = shutil.which("bakeoff")
-    commands = {"bakeoff --help": [exe, "--help"] if exe else [sys.executable, "-m", "agent", "--help"],
+    commands = {"bakeoff --help": [exe, "--help"] if exe else [sys.executable, "-m", "bakeoff", "--help"],
                 "python3 -c pass": [sys.executable, "-c", "pass"]}
     figures = {}
     for name, cmd in commands.items():

@@ -9,7 +9,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli.main import app
+from bakeoff.agent.cli.main import app
 
 REFERENCE = """
 def running_max(xs: list[int]) -> list[int]:

@@ -7,13 +7,13 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from agent.budget import Budget, BudgetedModel
-from agent.compiler import LLMCompiler
-from agent.events import EventBus, JsonlSink, read_events
-from agent.models import ScriptedModel, ScriptedResponse
-from agent.seams import ToolContext
+from bakeoff.agent.models.budget import Budget, BudgetedModel
+from bakeoff.agent.planning.compiler import LLMCompiler
+from bakeoff.agent.events import EventBus, JsonlSink, read_events
+from bakeoff.agent.models.scripted import ScriptedModel, ScriptedResponse
+from bakeoff.agent.seams import ToolContext
 from tests.test_scheduler import Ask, Boom, Nap, NapArgs
-from tools.registry import Registry
+from bakeoff.tools.registry import Registry
 
 SCRIPT = """\
 latency: {first_token_s: 0.01, per_token_s: 0.0005, chars_per_token: 4}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, Settings, load_settings, state_dir
+from bakeoff.agent.config import ConfigError, Settings, load_settings, state_dir
 
 EMPTY_ENV = {"HOME": "/nonexistent-home"}
 
@@ -117,7 +117,7 @@ def test_state_dir_never_inside_the_repo(tmp_path):
 
 
 def bakeoff(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "bakeoff", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_bakeoff_config_shows_values_and_where_they_came_from(tmp_path):

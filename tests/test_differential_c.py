@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
-from agent.c_signature import SignatureError, guess_language, parse_signature
-from agent.cuda_run import build_and_run_cuda
-from agent.differential_c import CHarness
-from agent.harness import DifferentialHarness
+from bakeoff.agent.harness.c_signature import SignatureError, guess_language, parse_signature
+from bakeoff.agent.harness.cuda import build_and_run_cuda
+from bakeoff.agent.harness.c_harness import CHarness
+from bakeoff.agent.harness.protocol import DifferentialHarness
 
 # --------------------------------------------------------------------------- parsing
 
@@ -360,7 +360,7 @@ async def test_crash_is_error_and_hang_is_timeout_per_test():
 @pytest.mark.slow
 async def test_through_the_local_sandbox(tmp_path):
     local = pytest.importorskip("sandboxes.local")
-    from agent.seams import Workspace
+    from bakeoff.agent.seams import Workspace
 
     sandbox = await local.LocalSandbox.create(Workspace(path=tmp_path))
     h = CHarness(REFERENCE, "total", sandbox=sandbox, small_tests=1, medium_tests=0, threads=[1, 2], repeats=1)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from agent.c_driver import ConstraintError, build_plan
-from agent.c_signature import parse_signature
-from agent.differential_c import CHarness
-from agent.edge_inputs import (
+from bakeoff.agent.harness.c_driver import ConstraintError, build_plan
+from bakeoff.agent.harness.c_signature import parse_signature
+from bakeoff.agent.harness.c_harness import CHarness
+from bakeoff.agent.harness.edge_inputs import (
     MAX_INPUTS,
     json_items,
     make_tests_with,
@@ -19,9 +19,9 @@ from agent.edge_inputs import (
     parse_python_inputs,
     propose_inputs,
 )
-from agent.models import ScriptExhausted, ScriptedModel, ScriptedResponse
-from agent.testgen import PythonHarness
-from agent.trajectory import FanOutSettings, _make_tests
+from bakeoff.agent.models.scripted import ScriptExhausted, ScriptedModel, ScriptedResponse
+from bakeoff.agent.harness.testgen import PythonHarness
+from bakeoff.agent.fanout.trajectory import FanOutSettings, _make_tests
 
 SUM = "int total(std::vector<int> const& x) {\n  int s = 0;\n  for (int v : x) s += v;\n  return s;\n}\n"
 # Correct on every input but the empty one: what random sizes from 1 up never show.
@@ -266,7 +266,7 @@ async def test_literals_with_infinities_nan_and_a_left_out_vector_field_build_an
 
 @pytest.mark.parametrize("expr", ["n / 0", "n % 0", "10.0 ** 400", "(0 - n) ** 0.5"])
 def test_size_expressions_that_cannot_be_computed_are_constraint_errors(expr):
-    from agent.c_driver import evaluate
+    from bakeoff.agent.harness.c_driver import evaluate
 
     with pytest.raises(ConstraintError, match="cannot be computed"):
         evaluate(expr, {"n": 4.0})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tools.edit import EditBlock, EditError, EditParseError, apply_edit_blocks, parse_edit_blocks
-from tools.errors import ToolError
+from bakeoff.tools.edit import EditBlock, EditError, EditParseError, apply_edit_blocks, parse_edit_blocks
+from bakeoff.tools.errors import ToolError
 
 F = "```"
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.models import ScriptFile
-from tools.edit import EditParseError, apply_edit_blocks, parse_edit_blocks
+from bakeoff.agent.models.scripted import ScriptFile
+from bakeoff.tools.edit import EditParseError, apply_edit_blocks, parse_edit_blocks
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SCRIPTS = {"omp_kernel": "kernel.c", "slow_python": "pairs.py"}
@@ -137,9 +137,9 @@ def test_python_candidates_are_as_right_or_wrong_as_the_script_says():
 
 @pytest.mark.parametrize("example", sorted(SCRIPTS))
 def test_scripted_plan_parses_against_the_real_registry(example):
-    from agent.planner import parse_plan
-    from agent.trajectory import FanOut
-    from tools.registry import default_registry
+    from bakeoff.agent.planning.plan import parse_plan
+    from bakeoff.agent.fanout.trajectory import FanOut
+    from bakeoff.tools.registry import default_registry
 
     registry = default_registry()
     registry.register(FanOut())
@@ -153,7 +153,7 @@ def test_scripted_plan_parses_against_the_real_registry(example):
 
 
 def test_tester_answer_holds_one_wrong_assert():
-    from agent.testgen import parse_generated_tests
+    from bakeoff.agent.harness.testgen import parse_generated_tests
 
     text = next(r.text for r in responses("slow_python") if r.match == "You write tests for a Python function")
     tests = parse_generated_tests(text, "count_close_pairs")

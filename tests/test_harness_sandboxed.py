@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli.main import app
-from agent.differential_c import CHarness
-from agent.events import EventBus
-from agent.pyexec import SandboxRunner
-from agent.seams import Workspace
-from agent.testgen import PythonHarness
-from agent.trajectory import FanOutSettings, _harness
-from sandboxes import create_sandbox
-from sandboxes.docker import engine_available
+from bakeoff.agent.cli.main import app
+from bakeoff.agent.harness.c_harness import CHarness
+from bakeoff.agent.events import EventBus
+from bakeoff.agent.harness.pyexec import SandboxRunner
+from bakeoff.agent.seams import Workspace
+from bakeoff.agent.harness.testgen import PythonHarness
+from bakeoff.agent.fanout.trajectory import FanOutSettings, _harness
+from bakeoff.sandboxes import create_sandbox
+from bakeoff.sandboxes.docker import engine_available
 
 SECRET_NAME = "BAKEOFF_PROBE_TOKEN"
 ENGINE_UP, ENGINE_WHY = engine_available()

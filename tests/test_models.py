@@ -13,18 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from agent.models import (
-    LitellmModel,
-    ModelCallFailed,
-    ModelConfig,
-    ModelNotConfigured,
-    ScriptedModel,
-    ScriptedResponse,
-    ScriptExhausted,
-    ScriptFileError,
-    resolve_model,
-)
-from agent.seams import Completion, Message, Model
+from bakeoff.agent.models.litellm import LitellmModel, ModelCallFailed
+from bakeoff.agent.config import ModelConfig, ModelNotConfigured
+from bakeoff.agent.models.scripted import ScriptedModel, ScriptedResponse, ScriptExhausted, ScriptFileError
+from bakeoff.agent.models import resolve_model
+from bakeoff.agent.seams import Completion, Message, Model
 
 
 def msgs(text: str) -> list[Message]:
@@ -150,20 +143,21 @@ def test_model_config_roles_and_missing_model_message():
         ModelConfig(defualt="x")  # extra="forbid": a typo is an error
 
 
-def test_model_config_from_env():
-    cfg = ModelConfig.from_env({
+def test_model_settings_from_the_environment(tmp_path):
+    from bakeoff.agent.config import load_settings
+
+    env = {
         "BAKEOFF_MODEL": "openai/gpt-4o-mini",
         "BAKEOFF_JUDGE_MODEL": "openai/o3",
         "BAKEOFF_MODEL_EDITOR": "ollama/qwen2.5-coder",
         "BAKEOFF_MODEL_FALLBACKS": "openai/gpt-4o, anthropic/claude-3-5-haiku-latest",
         "BAKEOFF_MODEL_TIMEOUT": "30",
-        "HOME": "/root",
-    })
+        "HOME": str(tmp_path),
+    }
+    cfg = load_settings(tmp_path, env)[0].model
     assert cfg.for_role("judge") == "openai/o3" and cfg.for_role("editor") == "ollama/qwen2.5-coder"
     assert cfg.for_role("planner") == "openai/gpt-4o-mini"
     assert cfg.fallbacks == ["openai/gpt-4o", "anthropic/claude-3-5-haiku-latest"] and cfg.timeout == 30
-    assert cfg.model_fields_set == {"default", "judge", "editor", "fallbacks", "timeout"}
-    assert ModelConfig.from_env({}).model_fields_set == set()
 
 
 def test_resolve_model_is_lazy_about_litellm(tmp_path):
@@ -171,7 +165,7 @@ def test_resolve_model_is_lazy_about_litellm(tmp_path):
     script.write_text("responses: [{text: hi}]\n")
     code = (
         "import sys\n"
-        "from agent.models import resolve_model, LitellmModel, ScriptedModel\n"
+        "from bakeoff.agent.models import resolve_model\nfrom bakeoff.agent.models.litellm import LitellmModel\nfrom bakeoff.agent.models.scripted import ScriptedModel\n"
         f"assert isinstance(resolve_model('scripted:{script}'), ScriptedModel)\n"
         "m = resolve_model('openai/gpt-4o-mini', fallbacks=['ollama/llama3'])\n"
         "assert isinstance(m, LitellmModel) and m.fallbacks == ['ollama/llama3']\n"

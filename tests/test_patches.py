@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.patches import PatchRejected, UndoRefused, apply_patch, undo, validate_patch
+from bakeoff.agent.patches import PatchRejected, UndoRefused, apply_patch, undo, validate_patch
 
 
 def git(repo: Path, *args: str) -> str:
@@ -250,7 +250,7 @@ def test_undo_refuses_when_the_user_changed_things_after_the_apply(repo: Path) -
 
 def test_applied_change_serializes(repo: Path) -> None:
     change = apply_patch(repo, diff_of(repo, good_edit), message="m")
-    from agent.patches import AppliedChange
+    from bakeoff.agent.patches import AppliedChange
 
     again = AppliedChange.model_validate_json(change.model_dump_json())
     undo(repo, again)

@@ -9,11 +9,11 @@ from typing import ClassVar
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from agent.models import ScriptedModel, ScriptedResponse
-from agent.planner import JOIN, PlanLineError, parse_plan, parse_plan_line, pure_ref, refs_in, stream_plan
-from agent.seams import Message, ToolContext
-from agent.types import Task
-from tools.registry import Registry
+from bakeoff.agent.models.scripted import ScriptedModel, ScriptedResponse
+from bakeoff.agent.planning.plan import JOIN, PlanLineError, parse_plan, parse_plan_line, pure_ref, refs_in, stream_plan
+from bakeoff.agent.seams import Message, ToolContext
+from bakeoff.agent.types import Task
+from bakeoff.tools.registry import Registry
 
 
 class Out(BaseModel):

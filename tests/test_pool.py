@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.seams import Sandbox, SandboxLimits, Workspace
-from sandboxes.local import LocalSandbox
-from sandboxes.pool import SandboxPool
-from sandboxes.workspace import sandbox_root
+from bakeoff.agent.seams import Sandbox, SandboxLimits, Workspace
+from bakeoff.sandboxes.local import LocalSandbox
+from bakeoff.sandboxes.pool import SandboxPool
+from bakeoff.sandboxes.workspace import sandbox_root
 
 LIMITS = SandboxLimits(wall_seconds=20, max_processes=64)
 

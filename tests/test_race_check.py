@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from agent.differential_c import CHarness
-from agent.race_check import parse_reports, tsan_available
+from bakeoff.agent.harness.c_harness import CHarness
+from bakeoff.agent.harness.race_check import parse_reports, tsan_available
 
 REFERENCE = """
 #include <vector>
@@ -170,9 +170,9 @@ def test_every_report_on_the_candidate_is_counted():
 @pytest.mark.docker
 async def test_races_are_found_inside_a_docker_sandbox(tmp_path):
     """The Action runs candidates in Docker: the image carries clang, libomp and Archer too."""
-    from agent.seams import Workspace
-    from sandboxes import create_sandbox
-    from sandboxes.docker import engine_available
+    from bakeoff.agent.seams import Workspace
+    from bakeoff.sandboxes import create_sandbox
+    from bakeoff.sandboxes.docker import engine_available
 
     up, why = engine_available()
     if not up:

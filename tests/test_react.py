@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from agent.models import ScriptedModel, ScriptedResponse
-from agent.react import ReActAgent, parse_react
-from agent.seams import ToolContext
+from bakeoff.agent.models.scripted import ScriptedModel, ScriptedResponse
+from bakeoff.agent.planning.react import ReActAgent, parse_react
+from bakeoff.agent.seams import ToolContext
 from tests.test_scheduler import Boom, Nap
-from tools.registry import Registry
+from bakeoff.tools.registry import Registry
 
 REG = Registry([Nap(), Boom()])
 

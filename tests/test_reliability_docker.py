@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.seams import SandboxLimits, Workspace
-from sandboxes import SandboxUnavailable
-from sandboxes.docker import (
+from bakeoff.agent.seams import SandboxLimits, Workspace
+from bakeoff.sandboxes import SandboxUnavailable
+from bakeoff.sandboxes.docker import (
     LABEL_BACKEND,
     DockerBackend,
     DockerSandbox,
@@ -30,7 +30,7 @@ from sandboxes.docker import (
     _changed_entries,
     engine_available,
 )
-from sandboxes.workspace import UnsafeArchive, WorkspaceError
+from bakeoff.sandboxes.workspace import UnsafeArchive, WorkspaceError
 from tests.test_sandbox_docker import docker_backend  # noqa: F401  (the session fixture)
 
 ENGINE_UP, ENGINE_WHY = engine_available()
@@ -286,7 +286,7 @@ def test_15_unsafe_archives_are_refused(entries, tmp_path) -> None:
     base = _tar(("kept", None))
     with pytest.raises(UnsafeArchive):
         _, a_side, b_side = _changed_entries(base, {}, [_tar(*entries)])
-        from sandboxes.docker import _diff_changed
+        from bakeoff.sandboxes.docker import _diff_changed
         _diff_changed(a_side, b_side)
     assert not (tmp_path.parent / "evil").exists()
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.seams import SandboxLimits, Workspace
-from sandboxes.local import LocalSandbox, bwrap_status
-from sandboxes.workspace import ENV_MARKER, processes_with_marker, reap_stale
+from bakeoff.agent.seams import SandboxLimits, Workspace
+from bakeoff.sandboxes.local import LocalSandbox, bwrap_status
+from bakeoff.sandboxes.workspace import ENV_MARKER, processes_with_marker, reap_stale
 
 FAST = SandboxLimits(wall_seconds=3, max_processes=64, memory_bytes=256 * 2**20,
                      output_bytes=64 * 1024, max_file_bytes=4 * 2**20, disk_bytes=16 * 2**20)
@@ -294,8 +294,8 @@ async def test_12_13_without_bwrap_the_sandbox_still_drops_root_and_secrets(make
 ORCHESTRATOR = """
 import asyncio, sys
 from pathlib import Path
-from agent.seams import SandboxLimits, Workspace
-from sandboxes.local import LocalSandbox
+from bakeoff.agent.seams import SandboxLimits, Workspace
+from bakeoff.sandboxes.local import LocalSandbox
 
 async def main():
     sandboxes = [await LocalSandbox.create(Workspace(path=Path(sys.argv[1])), SandboxLimits(wall_seconds=600),

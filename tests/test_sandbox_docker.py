@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.seams import ExecResult, Sandbox, SandboxLimits, Workspace
-from sandboxes.docker import (
+from bakeoff.agent.seams import ExecResult, Sandbox, SandboxLimits, Workspace
+from bakeoff.sandboxes.docker import (
     LABEL_BACKEND,
     LABEL_OWNER,
     WORKDIR,
@@ -215,8 +215,8 @@ async def test_expired_container_removes_itself(tmp_path: Path) -> None:
 _KILLED_ORCHESTRATOR = """
 import asyncio, sys
 from pathlib import Path
-from agent.seams import Workspace
-from sandboxes.docker import DockerBackend
+from bakeoff.agent.seams import Workspace
+from bakeoff.sandboxes.docker import DockerBackend
 
 async def main():
     sb = await DockerBackend.shared().create(Workspace(path=Path(sys.argv[1])))

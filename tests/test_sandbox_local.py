@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.events import EventBus
-from agent.seams import Sandbox, SandboxLimits, Workspace
-from sandboxes import SandboxUnavailable, choose_backend, create_sandbox
-from sandboxes.local import LocalSandbox, build_env
-from sandboxes.output import OutputCapture
-from sandboxes.workspace import ENV_MARKER, UnsafeArchive, safe_extract
+from bakeoff.agent.events import EventBus
+from bakeoff.agent.seams import Sandbox, SandboxLimits, Workspace
+from bakeoff.sandboxes import SandboxUnavailable, choose_backend, create_sandbox
+from bakeoff.sandboxes.local import LocalSandbox, build_env
+from bakeoff.sandboxes.output import OutputCapture
+from bakeoff.sandboxes.workspace import ENV_MARKER, UnsafeArchive, safe_extract
 
 # --------------------------------------------------------------------------- environment
 
@@ -302,7 +302,7 @@ async def test_concurrent_commands_in_one_sandbox_both_finish(tmp_path: Path) ->
 
 
 async def test_a_workspace_larger_than_the_disk_cap_is_refused_with_a_clear_message(tmp_path: Path) -> None:
-    from sandboxes.workspace import WorkspaceError, sandbox_root
+    from bakeoff.sandboxes.workspace import WorkspaceError, sandbox_root
 
     (tmp_path / "big.bin").write_bytes(b"\0" * (3 * 2**20))
     def ours() -> tuple[set[Path], set[str]]:

@@ -9,11 +9,11 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
-from agent.events import EventBus, JsonlSink, read_events
-from agent.scheduler import Scheduler, resolve_args, summarize_result
-from agent.seams import ExecResult, ToolContext
-from agent.types import Task, ToolCall
-from tools.registry import Registry
+from bakeoff.agent.events import EventBus, JsonlSink, read_events
+from bakeoff.agent.planning.scheduler import Scheduler, resolve_args, summarize_result
+from bakeoff.agent.seams import ExecResult, ToolContext
+from bakeoff.agent.types import Task, ToolCall
+from bakeoff.tools.registry import Registry
 
 
 class NapArgs(BaseModel):

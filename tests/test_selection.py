@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.models import ScriptedModel, ScriptedResponse
-from agent.selection import Group, Vote, choose, parse_judgement, render_table, resolve_close_call, select, vote
-from agent.types import Candidate, ExecutionMatrix, TestCase, Timing
+from bakeoff.agent.models.scripted import ScriptedModel, ScriptedResponse
+from bakeoff.agent.selection.vote import Group, Vote, choose, parse_judgement, render_table, resolve_close_call, select, vote
+from bakeoff.agent.types import Candidate, ExecutionMatrix, TestCase, Timing
 
 
 def build(rows: dict[str, str], weights: dict[str, int] | None = None, outputs: dict[str, list[str]] | None = None):

@@ -118,7 +118,7 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def bakeoff(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 120,
             input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent", *args], env=env, cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "bakeoff", *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, input=input)
 
 
@@ -131,9 +131,9 @@ def repo(tmp_path):
 
 
 def session_for(repo: Path, script: Path, state: Path, **flags):
-    from agent.config import load_settings
-    from agent.events import EventBus
-    from agent.session import Session
+    from bakeoff.agent.config import load_settings
+    from bakeoff.agent.events import EventBus
+    from bakeoff.agent.session import Session
 
     settings, _ = load_settings(repo, {"HOME": str(state / "home")}, {"model.default": f"scripted:{script}", **flags})
     events = EventBus()
@@ -184,7 +184,7 @@ async def test_apply_commits_once_refuses_a_moved_tree_and_undo_restores(repo, t
     (repo / "other.txt").write_text("x\n")
     git(repo, "add", "other.txt")
     git(repo, "commit", "-q", "-m", "user work")
-    from agent.session import SessionError
+    from bakeoff.agent.session import SessionError
 
     with pytest.raises(SessionError, match="moved"):
         session.apply(report)
@@ -201,10 +201,10 @@ async def test_budget_exhausted_is_its_own_status(repo, tmp_path):
 
 
 def test_a_missing_repository_and_no_model_are_user_errors(tmp_path):
-    from agent.config import Settings
-    from agent.events import EventBus
-    from agent.models import ModelNotConfigured
-    from agent.session import Session, SessionError
+    from bakeoff.agent.config import Settings
+    from bakeoff.agent.events import EventBus
+    from bakeoff.agent.config import ModelNotConfigured
+    from bakeoff.agent.session import Session, SessionError
 
     with pytest.raises(SessionError, match="does not exist"):
         Session(Settings(), tmp_path / "nope", events=EventBus(), state=tmp_path / "state")
@@ -215,8 +215,8 @@ def test_a_missing_repository_and_no_model_are_user_errors(tmp_path):
 def test_update_between_runs_is_validated_and_all_or_nothing(repo, tmp_path, monkeypatch):
     from pydantic import ValidationError
 
-    from agent.models import ScriptFileError
-    from sandboxes import SandboxUnavailable
+    from bakeoff.agent.models.scripted import ScriptFileError
+    from bakeoff.sandboxes import SandboxUnavailable
 
     session, _ = session_for(repo, write_script(tmp_path / "s.json"), tmp_path / "state")
     names = session.model_names

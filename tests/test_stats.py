@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from agent.stats import interleaved, speedup_interval
+from bakeoff.agent.stats import interleaved, speedup_interval
 
 
 @pytest.mark.parametrize(
@@ -42,7 +42,7 @@ def test_interleaved_alternates_order():
 
 
 def test_a_failed_run_gives_no_speedup_rather_than_nan():
-    from agent.stats import timing_from_samples
+    from bakeoff.agent.stats import timing_from_samples
 
     timing = timing_from_samples([1.0, 1.1], [float("inf"), 0.5])
     assert timing.speedup is None and timing.low is None and not timing.faster

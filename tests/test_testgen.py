@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from agent.harness import DifferentialHarness
-from agent.models import ScriptedModel, ScriptedResponse
-from agent.pyexec import PyJob, decode, run_job, values_equal
-from agent.testgen import PythonHarness, call_of, generate_tests, parse_generated_tests, parse_inputs, typed_inputs
+from bakeoff.agent.harness.protocol import DifferentialHarness
+from bakeoff.agent.models.scripted import ScriptedModel, ScriptedResponse
+from bakeoff.agent.harness.pyexec import PyJob, decode, run_job, values_equal
+from bakeoff.agent.harness.testgen import PythonHarness, call_of, generate_tests, parse_generated_tests, parse_inputs, typed_inputs
 
 PARSE_CASES = [
     ("plain", "assert f(1) == 2\nassert f(2) == 3\n", ["assert f(1) == 2", "assert f(2) == 3"]),
@@ -136,7 +136,7 @@ async def test_python_harness_on_real_functions():
     assert "fail" in m.cells["off"].values()
     assert m.flaky("random")
     assert "timeout" in m.cells["hangs"].values() and m.passed("hangs") == frozenset()
-    from agent.selection import vote
+    from bakeoff.agent.selection.vote import vote
 
     v = vote(m, tests, reference=True)
     assert v.winners == ["fast"] and "random" in v.flaky
@@ -159,7 +159,7 @@ async def test_generate_tests_with_scripted_model():
 
 
 def test_mutate_inputs_keeps_types_and_skips_non_literals():
-    from agent.testgen import mutate_inputs
+    from bakeoff.agent.harness.testgen import mutate_inputs
 
     out = mutate_inputs(["f([1, 2, 3], 2)", "f('abc')", "f(g(1))", "f(x=1)"], "f", per_call=2)
     assert len(out) == 4 and len(set(out)) == 4

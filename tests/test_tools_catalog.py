@@ -8,9 +8,9 @@ import jsonschema
 import pydantic
 import pytest
 
-from agent.seams import Tool
-from tools.catalog import builtin_tools
-from tools.registry import default_registry
+from bakeoff.agent.seams import Tool
+from bakeoff.tools.catalog import builtin_tools
+from bakeoff.tools.registry import default_registry
 
 EXPECTED = {"read_file", "list_files", "search", "edit", "run", "build", "test", "profile", "git"}
 

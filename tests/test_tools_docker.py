@@ -10,15 +10,15 @@ import os
 
 import pytest
 
-from agent.seams import ToolContext, Workspace
-from tools.edit import Edit, EditBlock
-from tools.exec import Build, Run, Test, TestCounts
-from tools.files import ListFiles, ReadFile, Search
-from tools.profile import Profile
+from bakeoff.agent.seams import ToolContext, Workspace
+from bakeoff.tools.edit import Edit, EditBlock
+from bakeoff.tools.exec import Build, Run, Test, TestCounts
+from bakeoff.tools.files import ListFiles, ReadFile, Search
+from bakeoff.tools.profile import Profile
 from tests.test_tools_support import c_project, python_project
 
 try:
-    from sandboxes.docker import DockerBackend, engine_available
+    from bakeoff.sandboxes.docker import DockerBackend, engine_available
 
     ENGINE_UP, ENGINE_WHY = engine_available()
 except ImportError as exc:  # the docker SDK is a dependency; without it there is no engine to reach

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.seams import ToolContext
-from tools.edit import Edit, EditBlock, EditError, EditParseError
-from tools.errors import ToolError
+from bakeoff.agent.seams import ToolContext
+from bakeoff.tools.edit import Edit, EditBlock, EditError, EditParseError
+from bakeoff.tools.errors import ToolError
 from tests.test_tools_support import c_project, make_sandbox
 
 ANSWER = """I'll parallelize the reduction.

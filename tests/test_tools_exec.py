@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.seams import ToolContext
-from tools.errors import ToolError
-from tools.exec import (
+from bakeoff.agent.seams import ToolContext
+from bakeoff.tools.errors import ToolError
+from bakeoff.tools.exec import (
     Build, Run, Test, TestCounts, parse_compiler_errors, parse_failed_tests, parse_test_counts, plan_build, plan_tests,
 )
 from tests.test_tools_support import c_project, make_sandbox, python_project, write_tree

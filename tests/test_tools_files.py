@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.seams import ToolContext
-from tools.errors import ToolError
-from tools.files import ListFiles, ReadFile, Search, glob_matcher, is_ignored, parse_ignore_file
+from bakeoff.agent.seams import ToolContext
+from bakeoff.tools.errors import ToolError
+from bakeoff.tools.files import ListFiles, ReadFile, Search, glob_matcher, is_ignored, parse_ignore_file
 from tests.test_tools_support import git_init, make_sandbox, write_tree
 
 TREE = {

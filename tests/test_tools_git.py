@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
-from agent.seams import ToolContext
-from tools.errors import ToolError
-from tools.git import Git
+from bakeoff.agent.seams import ToolContext
+from bakeoff.tools.errors import ToolError
+from bakeoff.tools.git import Git
 from tests.test_tools_support import git_init, write_tree
 
 

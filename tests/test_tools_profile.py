@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.seams import ToolContext
-from tools.errors import ToolError
-from tools.profile import CommandFailed, Profile, cprofile_command, parse_hotspots, time_command
+from bakeoff.agent.seams import ToolContext
+from bakeoff.tools.errors import ToolError
+from bakeoff.tools.profile import CommandFailed, Profile, cprofile_command, parse_hotspots, time_command
 from tests.test_tools_support import make_sandbox, write_tree
 
 BENCH = """\

@@ -6,8 +6,8 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from agent.seams import Workspace
-from sandboxes.local import LocalSandbox
+from bakeoff.agent.seams import Workspace
+from bakeoff.sandboxes.local import LocalSandbox
 
 
 async def make_sandbox(source: Path) -> LocalSandbox:

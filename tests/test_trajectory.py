@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.budget import Budget, BudgetedModel
-from agent.events import EventBus
-from agent.models import ScriptedModel, ScriptedResponse
-from agent.seams import ToolContext, Workspace
-from agent.strategies import Strategy, strategies_for
-from agent.trajectory import (
+from bakeoff.agent.models.budget import Budget, BudgetedModel
+from bakeoff.agent.events import EventBus
+from bakeoff.agent.models.scripted import ScriptedModel, ScriptedResponse
+from bakeoff.agent.seams import ToolContext, Workspace
+from bakeoff.agent.fanout.strategies import Strategy, strategies_for
+from bakeoff.agent.fanout.trajectory import (
     Baseline,
     Commands,
     FanOut,
@@ -32,7 +32,7 @@ from agent.trajectory import (
     inline_includes,
     same_output,
 )
-from sandboxes.pool import SandboxPool
+from bakeoff.sandboxes.pool import SandboxPool
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 C_GOAL = "make collatz_total in kernel.c parallel and faster with OpenMP, keeping its result exact"
@@ -271,7 +271,7 @@ def test_guess_entry_and_inline_includes():
 
 
 def test_settings_from_the_session_settings():
-    from agent.config import Settings
+    from bakeoff.agent.config import Settings
 
     s = FanOutSettings.from_any(Settings(n=6, rounds=1, test="make check"))
     assert (s.max_n, s.rounds, s.test, s.build) == (6, 1, "make check", None)  # the user's n caps the plan's

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from agent.seams import Tool
-from tools.edit import Edit
-from tools.errors import ToolError
-from tools.exec import Build, Run, Test
-from tools.files import ListFiles, ReadFile, Search
-from tools.git import Git
-from tools.profile import Profile
+from bakeoff.agent.seams import Tool
+from bakeoff.tools.edit import Edit
+from bakeoff.tools.errors import ToolError
+from bakeoff.tools.exec import Build, Run, Test
+from bakeoff.tools.files import ListFiles, ReadFile, Search
+from bakeoff.tools.git import Git
+from bakeoff.tools.profile import Profile
 
 __all__ = ["ToolError", "builtin_tools"]
 

@@ -22,9 +22,9 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
-from agent.seams import ToolContext
-from tools.errors import ToolError
-from tools.files import check_relative_path
+from bakeoff.agent.seams import ToolContext
+from bakeoff.tools.errors import ToolError
+from bakeoff.tools.files import check_relative_path
 
 
 class EditError(ToolError):

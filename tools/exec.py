@@ -17,9 +17,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.seams import ExecResult, ToolContext
-from tools.errors import ToolError
-from tools.files import probe, probe_script
+from bakeoff.agent.seams import ExecResult, ToolContext
+from bakeoff.tools.errors import ToolError
+from bakeoff.tools.files import probe, probe_script
 
 _JOBS = "$(nproc 2>/dev/null || echo 2)"
 _C_EXTS = (".c",)

@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.seams import ToolContext
-from tools.errors import ToolError
+from bakeoff.agent.seams import ToolContext
+from bakeoff.tools.errors import ToolError
 
 # --------------------------------------------------------------------------- the probe
 # Everything between here and ``_PROBE_FUNCTIONS`` is stdlib-only and self-contained: its

@@ -13,10 +13,10 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.seams import ToolContext
-from tools.errors import ToolError
-from tools.exec import cap_text
-from tools.files import check_relative_path
+from bakeoff.agent.seams import ToolContext
+from bakeoff.tools.errors import ToolError
+from bakeoff.tools.exec import cap_text
+from bakeoff.tools.files import check_relative_path
 
 
 class Git:

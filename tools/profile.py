@@ -17,11 +17,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.seams import ExecResult, ToolContext
-from agent.stats import interleaved, median
-from agent.types import Timing
-from tools.errors import ToolError
-from tools.exec import need_sandbox
+from bakeoff.agent.seams import ExecResult, ToolContext
+from bakeoff.agent.stats import interleaved, median
+from bakeoff.agent.types import Timing
+from bakeoff.tools.errors import ToolError
+from bakeoff.tools.exec import need_sandbox
 
 
 class CommandFailed(RuntimeError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from agent.seams import Tool
+from bakeoff.agent.seams import Tool
 
 
 class Registry:
@@ -66,6 +66,6 @@ def _type_name(schema: dict) -> str:
 
 def default_registry() -> Registry:
     """Every built-in tool. Imported lazily so the CLI stays light."""
-    from tools import catalog
+    from bakeoff.tools import catalog
 
     return Registry(catalog.builtin_tools())

@@ -27,7 +27,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _client(repo: str, api_url: str | None):
-    from agent.github import GitHub
+    from bakeoff.agent.github.client import GitHub
 
     token = os.environ.get("GITHUB_TOKEN", "")
     if not token:
@@ -50,7 +50,7 @@ def gate(
     api_url: Optional[str] = typer.Option(None, help="GitHub API URL (default: $GITHUB_API_URL)"),
 ) -> None:
     """Decide whether to run; post the status comment; write the trigger."""
-    from agent.action import WRITE_PERMISSIONS, Skip, read_trigger, status_body, write_outputs
+    from bakeoff.agent.github.action import WRITE_PERMISSIONS, Skip, read_trigger, status_body, write_outputs
 
     event_path = event or (Path(os.environ["GITHUB_EVENT_PATH"]) if os.environ.get("GITHUB_EVENT_PATH") else None)
     name = event_name or os.environ.get("GITHUB_EVENT_NAME")
@@ -109,7 +109,7 @@ def run_step(
     """Run bakeoff on the PR head. Refuses to run while GITHUB_TOKEN is in the environment."""
     import asyncio
 
-    from agent.action import Trigger, load_json, task_text
+    from bakeoff.agent.github.action import Trigger, load_json, task_text
 
     if os.environ.get("GITHUB_TOKEN"):
         _fail("GITHUB_TOKEN is set in the run step: this step runs pull-request code, so it must not hold it")
@@ -118,9 +118,9 @@ def run_step(
     except (OSError, ValueError) as err:
         _fail(f"cannot read the trigger {trigger}: {err}")
 
-    from agent.config import load_settings
-    from agent.events import EventBus
-    from agent.session import Session
+    from bakeoff.agent.config import load_settings
+    from bakeoff.agent.events import EventBus
+    from bakeoff.agent.session import Session
 
     flags = {k: v for k, v in {"n": n, "budget_usd": budget, "model": model, "sandbox": sandbox}.items() if v is not None}
     settings, _ = load_settings(repo, os.environ, flags)
@@ -143,8 +143,8 @@ def deliver(
     api_url: Optional[str] = typer.Option(None, help="GitHub API URL (default: $GITHUB_API_URL)"),
 ) -> None:
     """Post the result: a review with suggestions, or a branch and a draft PR; finish the status."""
-    from agent.action import Trigger, load_json, report_markdown, status_body, write_outputs
-    from agent.action import deliver as do_deliver
+    from bakeoff.agent.github.action import Trigger, load_json, report_markdown, status_body, write_outputs
+    from bakeoff.agent.github.action import deliver as do_deliver
 
     if mode not in ("review", "fix"):
         _fail(f"mode must be review or fix, not {mode!r}")

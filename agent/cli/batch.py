@@ -49,7 +49,7 @@ def batch_command(
 ) -> None:
     import asyncio
 
-    from agent.cli.run import fail, load, user_errors
+    from bakeoff.agent.cli.run import fail, load, user_errors
 
     if not tasks.is_file():
         fail(f"task file {tasks} does not exist")
@@ -60,7 +60,7 @@ def batch_command(
     flags = {"model.default": model, "n": n, "budget_usd": budget, "budget_tokens": budget_tokens,
              "sandbox": sandbox, "workers": workers}
     settings, _ = load(Path.cwd(), flags)
-    from agent.models import ModelNotConfigured
+    from bakeoff.agent.config import ModelNotConfigured
 
     try:
         for role in ("planner", "editor", "tester", "judge"):
@@ -152,7 +152,7 @@ def read_tasks(path: Path) -> list[Any]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    from agent.session import write_atomic as write
+    from bakeoff.agent.session import write_atomic as write
 
     write(path, text)
 
@@ -161,7 +161,7 @@ def clone(task: Any, dest: Path) -> None:
     """A fresh clone of the task's repository at its base, HEAD detached."""
     import subprocess
 
-    from agent.session import SessionError, git
+    from bakeoff.agent.session import SessionError, git
 
     if "://" not in task.repo and not task.repo.startswith("git@") and not Path(task.repo).is_dir():
         raise SessionError(f"task {task.id}: repository {task.repo} does not exist")
@@ -211,7 +211,7 @@ class Batch:
 
         from rich.console import Console
 
-        from agent.budget import Budget
+        from bakeoff.agent.models.budget import Budget
 
         self.out.mkdir(parents=True, exist_ok=True)
         for stale in self.out.glob(".*.tmp"):
@@ -234,9 +234,9 @@ class Batch:
         self.budget = Budget(max_usd=self.settings.budget_usd, max_tokens=self.settings.budget_tokens)
         self.pool = None
         if todo:
-            from sandboxes import choose_backend
+            from bakeoff.sandboxes import choose_backend
 
-            from agent.session import make_pool
+            from bakeoff.agent.session import make_pool
 
             choice = choose_backend(self.settings.sandbox)
             self.console.print(f"sandboxes: {choice.backend} ({choice.reason})", markup=False)
@@ -270,10 +270,10 @@ class Batch:
         import shutil
         import time
 
-        from agent.cli.run import user_errors
-        from agent.config import ConfigError, load_settings
-        from agent.events import EventBus
-        from agent.session import Session, SessionError
+        from bakeoff.agent.cli.run import user_errors
+        from bakeoff.agent.config import ConfigError, load_settings
+        from bakeoff.agent.events import EventBus
+        from bakeoff.agent.session import Session, SessionError
 
         tdir = self.task_dir(task)
         tdir.mkdir(parents=True, exist_ok=True)
@@ -389,7 +389,7 @@ class Batch:
 
 
 def _head(repo: Path) -> str | None:
-    from agent.session import head_commit
+    from bakeoff.agent.session import head_commit
 
     return head_commit(repo)
 

@@ -44,8 +44,8 @@ def chat_command(
     yes: bool = typer.Option(False, "--yes", help="Apply each winner without asking (its diff is still shown)."),
     branch: str | None = typer.Option(None, "--branch", help="Commit applied changes on this new branch."),
 ) -> None:
-    from agent.cli.run import open_session
-    from agent.events import EventBus
+    from bakeoff.agent.cli.run import open_session
+    from bakeoff.agent.events import EventBus
 
     events = EventBus()
     flags = {"model.default": model, "n": n, "budget_usd": budget, "sandbox": sandbox}
@@ -57,7 +57,7 @@ class Chat:
     def __init__(self, session: Any, events: Any, *, yes: bool = False, branch: str | None = None) -> None:
         from rich.console import Console
 
-        from agent.cli.render import Progress
+        from bakeoff.agent.cli.render import Progress
 
         self.session = session
         self.console = Console(highlight=False)
@@ -143,8 +143,8 @@ class Chat:
     def step(self, task: str) -> None:
         from rich.markup import escape
 
-        from agent.cli.render import diff_text, print_result
-        from agent.cli.run import user_errors
+        from bakeoff.agent.cli.render import diff_text, print_result
+        from bakeoff.agent.cli.run import user_errors
 
         try:
             report = self.runner.run(self.session.run(task))
@@ -193,7 +193,7 @@ class Chat:
             hint = f" Did you mean {guess[0]}?" if guess else ""
             self.console.print(f"[red]unknown command {escape(name)}.[/red]{hint} /help lists them.")
             return None
-        from agent.cli.run import user_errors
+        from bakeoff.agent.cli.run import user_errors
 
         try:
             handler(arg)
@@ -249,7 +249,7 @@ class Chat:
         self.console.print(f"  sandbox: {self.session.settings.sandbox}")
 
     def _need_report(self):
-        from agent.session import SessionError
+        from bakeoff.agent.session import SessionError
 
         if self.report is None:
             raise SessionError("no run yet: type a task first")
@@ -265,19 +265,19 @@ class Chat:
                                + (f" ({call.error})" if call.error else ""), markup=False)
 
     def candidates(self, _: str | None) -> None:
-        from agent.cli.render import report_table
+        from bakeoff.agent.cli.render import report_table
 
         self.console.print(report_table(self._need_report()))
 
     def diff(self, arg: str | None) -> None:
-        from agent.cli.render import diff_text
+        from bakeoff.agent.cli.render import diff_text
 
         cand = self.session.candidate(self._need_report(), arg)
         self.console.print(f"[bold]candidate {cand.id}[/bold]")
         self.console.print(diff_text(cand.patch or "(no change)"))
 
     def apply(self, arg: str | None, confirmed: bool = False) -> None:
-        from agent.cli.render import diff_text
+        from bakeoff.agent.cli.render import diff_text
 
         report = self._need_report()
         cand = self.session.candidate(report, arg)

@@ -23,8 +23,8 @@ def config_command(
     from rich.console import Console
     from rich.table import Table
 
-    from agent.cli.run import load
-    from agent.config import _flatten, env_names, repo_config, state_dir, user_config_path
+    from bakeoff.agent.cli.run import load
+    from bakeoff.agent.config import _flatten, env_names, repo_config, state_dir, user_config_path
 
     settings, provenance = load(repo, {})
     values = _flatten(settings.model_dump(mode="json"))

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
 
 
 def examples_dir() -> Path:
-    import agent
+    import bakeoff.agent
 
     return Path(agent.__file__).resolve().parent.parent / "examples"
 
@@ -46,17 +46,17 @@ def demo_command(
 
     from rich.console import Console
 
-    from agent.cli.render import Progress, print_result, result_document
-    from agent.cli.run import STATUS_EXIT, fail, load, user_errors
-    from agent.events import EventBus
-    from agent.models import ModelNotConfigured, resolve_model
-    from agent.session import Session, git
+    from bakeoff.agent.cli.render import Progress, print_result, result_document
+    from bakeoff.agent.cli.run import STATUS_EXIT, fail, load, user_errors
+    from bakeoff.agent.events import EventBus
+    from bakeoff.agent.config import ModelNotConfigured
+    from bakeoff.agent.models import resolve_model
+    from bakeoff.agent.session import Session, git
 
     source = examples_dir() / example
     if example not in DEMO_TASKS or not source.is_dir():
         known = ", ".join(sorted(p.name for p in examples_dir().glob("*") if p.name in DEMO_TASKS)) or "none found"
-        fail(f"no bundled example {example!r} (available: {known}); "
-             "the examples ship with a source checkout of bakeoff (pip install -e .)")
+        fail(f"no bundled example {example!r} (available: {known})")
     err = Console(stderr=True)
     workdir = Path(tempfile.mkdtemp(prefix="bakeoff-demo-"))
     repo = workdir / example

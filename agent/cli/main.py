@@ -26,7 +26,7 @@ app = typer.Typer(
 COMMAND_MODULES = ["run", "chat", "batch", "select", "demo", "config", "action"]
 
 for _name in COMMAND_MODULES:
-    importlib.import_module(f"agent.cli.{_name}").register(app)
+    importlib.import_module(f"bakeoff.agent.cli.{_name}").register(app)
 
 
 def main() -> None:

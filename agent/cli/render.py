@@ -19,8 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from agent.events import Event
-from agent.types import Candidate, RunReport
+from bakeoff.agent.events import Event
+from bakeoff.agent.types import Candidate, RunReport
 
 STATE_STYLE = {
     "editing": "cyan", "building": "blue", "testing": "magenta", "profiling": "yellow",

@@ -45,11 +45,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     fit the run, a sandbox kind that cannot run here, a patch that may not be applied: the
     user fixes the configuration or the repository, and each message says how.
     """
-    from agent.config import ConfigError
-    from agent.models import ModelCallFailed, ModelNotConfigured, ScriptExhausted, ScriptFileError
-    from agent.patches import PatchRejected
-    from agent.session import SessionError
-    from sandboxes import SandboxUnavailable
+    from bakeoff.agent.config import ConfigError
+    from bakeoff.agent.models.litellm import ModelCallFailed
+    from bakeoff.agent.config import ModelNotConfigured
+    from bakeoff.agent.models.scripted import ScriptExhausted, ScriptFileError
+    from bakeoff.agent.patches import PatchRejected
+    from bakeoff.agent.session import SessionError
+    from bakeoff.sandboxes import SandboxUnavailable
 
     return (
         ConfigError, ModelNotConfigured, SessionError, ModelCallFailed, ScriptExhausted, ScriptFileError,
@@ -61,7 +63,7 @@ def load(repo: Path, flags: dict[str, Any]):
     """Settings for ``repo`` with ``flags`` on top; exit 2 with the reason when invalid."""
     import os
 
-    from agent.config import ConfigError, load_settings
+    from bakeoff.agent.config import ConfigError, load_settings
 
     if not repo.is_dir():
         fail(f"repository {repo} does not exist: pass --repo PATH to a checkout")
@@ -72,7 +74,7 @@ def load(repo: Path, flags: dict[str, Any]):
 
 
 def open_session(repo: Path, flags: dict[str, Any], events, *, model_override=None, **kwargs):
-    from agent.session import Session
+    from bakeoff.agent.session import Session
 
     settings, _ = load(repo, flags)
     try:
@@ -105,8 +107,8 @@ def run_command(
 
     from rich.console import Console
 
-    from agent.cli.render import Progress, print_result, result_document
-    from agent.events import EventBus
+    from bakeoff.agent.cli.render import Progress, print_result, result_document
+    from bakeoff.agent.events import EventBus
 
     if branch and not apply:
         fail("--branch needs --apply")

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Pick the fastest candidate that behaves like the reference. Exit 0 with a winner, 1 without."""
-        from sandboxes import SandboxUnavailable
+        from bakeoff.sandboxes import SandboxUnavailable
 
         try:
             verdict = asyncio.run(
@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         else:
             from rich.console import Console
 
-            from agent.selection import render_table
+            from bakeoff.agent.selection.vote import render_table
 
             Console().print(render_table(verdict))
         raise typer.Exit(0 if verdict.winner else 1)
@@ -106,8 +106,8 @@ async def _select(reference, candidate_paths, jsonl, test_paths, entry, unordere
                   sandbox_kind="auto"):
     import tempfile
 
-    from agent.seams import Workspace
-    from sandboxes import create_sandbox
+    from bakeoff.agent.seams import Workspace
+    from bakeoff.sandboxes import create_sandbox
 
     ref_source = _read(reference, "reference")
     sources = _load_candidates(candidate_paths, jsonl)
@@ -122,12 +122,12 @@ async def _select(reference, candidate_paths, jsonl, test_paths, entry, unordere
 
 
 async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry, unordered, repeats, timing_repeats):
-    from agent.selection import select
-    from agent.types import Candidate
+    from bakeoff.agent.selection.vote import select
+    from bakeoff.agent.types import Candidate
 
     if reference.suffix in C_SUFFIXES:
         try:
-            from agent.differential_c import CHarness
+            from bakeoff.agent.harness.c_harness import CHarness
         except ImportError as exc:
             raise UsageProblem(f"C/C++ candidates need agent.differential_c, which this installation lacks ({exc})") from None
         if not entry:
@@ -136,8 +136,8 @@ async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry,
         harness = CHarness(ref_source, entry, language=language, unordered=unordered, repeats=repeats, sandbox=sandbox)
         given = []
     else:
-        from agent.pyexec import SandboxRunner
-        from agent.testgen import PythonHarness, parse_generated_tests
+        from bakeoff.agent.harness.pyexec import SandboxRunner
+        from bakeoff.agent.harness.testgen import PythonHarness, parse_generated_tests
 
         entry = entry or _default_entry(ref_source)
         try:

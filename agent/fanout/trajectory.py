@@ -26,12 +26,12 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.events import EventBus
-from agent.prompting import render
-from agent.seams import ExecResult, Message, ToolContext, Workspace
-from agent.strategies import Strategy, language_of, spread, strategies_for, temperatures
-from agent.types import Candidate, ExecutionMatrix, TestCase, Timing, Verdict
-from tools.errors import ToolError
+from bakeoff.agent.events import EventBus
+from bakeoff.agent.prompting import render
+from bakeoff.agent.seams import ExecResult, Message, ToolContext, Workspace
+from bakeoff.agent.fanout.strategies import Strategy, language_of, spread, strategies_for, temperatures
+from bakeoff.agent.types import Candidate, ExecutionMatrix, TestCase, Timing, Verdict
+from bakeoff.tools.errors import ToolError
 
 STATES = ("queued", "editing", "building", "testing", "profiling", "done", "failed")
 _TAIL_CHARS = 3000  # of failing output sent back to the model
@@ -108,8 +108,9 @@ class Feedback(BaseModel):
 
 def _model_errors() -> tuple[type[BaseException], ...]:
     """Errors of one model call: they end that candidate, never the run (RELIABILITY 22)."""
-    from agent.budget import BudgetExceeded
-    from agent.models import ModelCallFailed, ScriptExhausted
+    from bakeoff.agent.models.budget import BudgetExceeded
+    from bakeoff.agent.models.litellm import ModelCallFailed
+    from bakeoff.agent.models.scripted import ScriptExhausted
 
     return (BudgetExceeded, ModelCallFailed, ScriptExhausted, TimeoutError, asyncio.TimeoutError)
 
@@ -119,7 +120,7 @@ def _tail(text: str, limit: int = _TAIL_CHARS) -> str:
 
 
 def _test_counts(result: ExecResult) -> tuple[int | None, int | None]:
-    from tools.exec import parse_test_counts
+    from bakeoff.tools.exec import parse_test_counts
 
     counts = parse_test_counts(result.stdout + "\n" + result.stderr)
     if counts is None:
@@ -128,7 +129,7 @@ def _test_counts(result: ExecResult) -> tuple[int | None, int | None]:
 
 
 async def _time(sandbox: Any, cmd: str, timeout: float) -> float:
-    from tools.profile import time_command
+    from bakeoff.tools.profile import time_command
 
     return await time_command(sandbox, cmd, timeout=timeout)
 
@@ -168,7 +169,7 @@ class Trajectory:
         )
 
     async def run(self) -> Candidate:
-        from sandboxes.docker import DockerSandboxGone
+        from bakeoff.sandboxes.docker import DockerSandboxGone
 
         cand = self.candidate
         try:
@@ -226,7 +227,7 @@ class Trajectory:
 
     async def _attempt(self, sb: Any, cand: Candidate, reply: str, contents: dict[str, str], round_: int) -> Feedback | None:
         """Apply one answer and check it; None when it is finished (or the model declined to go on)."""
-        from tools.edit import EditError, EditParseError, apply_edit_blocks, parse_edit_blocks
+        from bakeoff.tools.edit import EditError, EditParseError, apply_edit_blocks, parse_edit_blocks
 
         try:
             blocks = parse_edit_blocks(reply, default_path=self.files[0] if len(self.files) == 1 else None)
@@ -255,7 +256,7 @@ class Trajectory:
 
     async def _refuse_path(self, sb: Any, path: str) -> str | None:
         """Why an edit may not touch ``path``: only the fan-out's files, or new files, outside .git and CI."""
-        from tools.files import check_relative_path
+        from bakeoff.tools.files import check_relative_path
 
         try:
             clean = check_relative_path(path)
@@ -297,8 +298,8 @@ class Trajectory:
         return None
 
     async def _profile(self, sb: Any, cand: Candidate, cmd: str) -> Feedback | None:
-        from agent.stats import interleaved
-        from tools.profile import CommandFailed
+        from bakeoff.agent.stats import interleaved
+        from bakeoff.tools.profile import CommandFailed
 
         timeout = self.settings.command_timeout_s
         async with self.timing_lock:  # one timing at a time: candidates must not slow each other down
@@ -339,7 +340,7 @@ class Trajectory:
         return (await sb.read_file(path)).decode("utf-8", "replace") if path else None
 
     def _check_budget(self) -> None:
-        from agent.budget import BudgetExceeded
+        from bakeoff.agent.models.budget import BudgetExceeded
 
         left = getattr(self.budget, "remaining", None)
         if left is not None and ((left.tokens is not None and left.tokens <= 0) or (left.usd is not None and left.usd <= 0)):
@@ -405,8 +406,8 @@ async def _detect_commands(sb: Any, settings: FanOutSettings) -> Commands:
     gcc/g++, nvcc, pytest, ctest); a Python project needs no build step here, its tests
     import it. The benchmark is a Makefile target named like one, or a ``bench.py``.
     """
-    from tools.exec import plan_build, plan_tests
-    from tools.files import probe
+    from bakeoff.tools.exec import plan_build, plan_tests
+    from bakeoff.tools.files import probe
 
     found = await probe(ToolContext(sandbox=sb), {"mode": "detect"})
     plan = plan_build(found, settings.build)
@@ -505,11 +506,11 @@ def _harness(language: str, entry: str | None, source: str | None, sandbox: Any,
     if entry is None or source is None:
         return None
     if language == "python":
-        from agent.pyexec import SandboxRunner
+        from bakeoff.agent.harness.pyexec import SandboxRunner
 
         return _testgen().PythonHarness(source, entry, runner=SandboxRunner(sandbox) if sandbox is not None else None)
     if language in ("c", "cpp"):
-        from agent.differential_c import CHarness
+        from bakeoff.agent.harness.c_harness import CHarness
 
         return CHarness(source, entry, language="c++" if language == "cpp" else "c", sandbox=sandbox, events=events)
     return None
@@ -535,7 +536,7 @@ def inline_includes(source: str, files: Mapping[str, str], depth: int = 4) -> st
 
 
 def _testgen() -> Any:
-    import agent.testgen
+    import bakeoff.agent.harness.testgen
 
     return agent.testgen
 
@@ -551,14 +552,14 @@ async def _make_tests(harness: Any, tester: Any, goal: str, source: str | None, 
     """Generated tests (tester model) and differential cases (harness), made while candidates develop."""
     out = _Tests()
     if tester is not None and entry and source and language == "python" and settings.test_samples:
-        from agent.testgen import generate_tests
+        from bakeoff.agent.harness.testgen import generate_tests
 
         try:
             out.tests.extend(await generate_tests(tester, goal, source, entry, n=settings.test_samples))
         except _model_errors() as exc:
             out.notes.append(f"no generated tests: {type(exc).__name__}: {exc}")
     if harness is not None:
-        from agent.edge_inputs import make_tests_with, propose_inputs
+        from bakeoff.agent.harness.edge_inputs import make_tests_with, propose_inputs
 
         edge: list = []
         if tester is not None and entry and source and settings.test_samples:
@@ -667,8 +668,8 @@ async def _retime(
     settings: FanOutSettings, events: EventBus,
 ) -> dict[str, Timing]:
     """Time the winners again, one at a time, once no candidate is being developed any more."""
-    from agent.stats import interleaved
-    from tools.profile import CommandFailed
+    from bakeoff.agent.stats import interleaved
+    from bakeoff.tools.profile import CommandFailed
 
     cmd, timeout, out = baseline.commands.profile or "", settings.command_timeout_s, {}
     for cid, contents in files.items():
@@ -691,7 +692,7 @@ async def _retime(
 def _table_text(verdict: Verdict) -> str:
     from rich.console import Console
 
-    from agent.selection import render_table
+    from bakeoff.agent.selection.vote import render_table
 
     buf = io.StringIO()
     Console(file=buf, width=140, force_terminal=False, color_system=None).print(render_table(verdict))
@@ -712,7 +713,7 @@ async def fan_out(
     ``services``: ``models`` (role -> Model), ``pool`` (SandboxPool), ``workspace``
     (the repo at base), and optionally ``budget``, ``events``, ``settings``.
     """
-    from agent.selection import choose, vote
+    from bakeoff.agent.selection.vote import choose, vote
 
     settings = FanOutSettings.from_any(services.get("settings"))
     events: EventBus = services.get("events") or EventBus()

@@ -121,7 +121,7 @@ def read_trigger(
 
 def task_text(trigger: Trigger) -> str:
     """The task given to bakeoff: the instruction, plus the PR text fenced as untrusted data."""
-    from agent.prompting import render
+    from bakeoff.agent.prompting import render
 
     return render("action_task", instruction=trigger.instruction, title=trigger.title, body=trigger.body)
 
@@ -310,7 +310,7 @@ def deliver(gh, trigger: Trigger, report: dict[str, Any], *, repo: Path, mode: s
     winner = (report.get("verdict") or {}).get("winner")
     if report.get("status") != "success" or not patch.strip():
         return "No candidate was shown correct, so nothing is proposed."
-    from agent.patches import validate_patch
+    from bakeoff.agent.patches import validate_patch
 
     problems = validate_patch(patch, repo)
     if problems:

@@ -41,7 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.c_signature import CType, Param, Signature, SignatureError
+from bakeoff.agent.harness.c_signature import CType, Param, Signature, SignatureError
 
 DEFAULT_VARS: dict[str, dict[str, Any]] = {"n": {"small": [1, 16], "medium": 2048, "large": 1 << 20}}
 _DEFAULT_RANGES = {"int": [-100, 100], "uint": [0, 100], "float": [-10.0, 10.0]}

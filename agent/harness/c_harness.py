@@ -30,12 +30,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from agent import c_driver, c_runtime, race_check
-from agent.c_signature import Signature, defined_functions, guess_language, parse_signature
-from agent.events import EventBus
-from agent.seams import ExecResult, Sandbox
-from agent.stats import timing_from_samples
-from agent.types import ExecutionMatrix, Outcome, TestCase, Timing
+from bakeoff.agent.harness import c_driver, c_runtime, race_check
+from bakeoff.agent.harness.c_signature import Signature, defined_functions, guess_language, parse_signature
+from bakeoff.agent.events import EventBus
+from bakeoff.agent.seams import ExecResult, Sandbox
+from bakeoff.agent.stats import timing_from_samples
+from bakeoff.agent.types import ExecutionMatrix, Outcome, TestCase, Timing
 
 _LOG_LIMIT = 4000
 _SIGALRM_CODES = (128 + signal.SIGALRM, -signal.SIGALRM)

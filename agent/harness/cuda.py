@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from agent.seams import ExecResult, Sandbox
+from bakeoff.agent.seams import ExecResult, Sandbox
 
 _PROBE = r"""
 #include <cstdio>

@@ -25,9 +25,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.c_driver import ConstraintError, DriverPlan, evaluate
-from agent.c_signature import CType, Param, Signature
-from agent.types import TestCase
+from bakeoff.agent.harness.c_driver import ConstraintError, DriverPlan, evaluate
+from bakeoff.agent.harness.c_signature import CType, Param, Signature
+from bakeoff.agent.types import TestCase
 
 # Each accepted input is one more test every candidate runs at every thread count, several
 # times: a dozen covers the usual edge cases (0, 1, odd, around powers of two, ties) without
@@ -413,7 +413,7 @@ def _literal_call(call: str) -> bool:
 
 def parse_python_inputs(text: str, entry: str, limit: int = MAX_INPUTS) -> tuple[list[str], list[str]]:
     """The calls of ``entry`` with literal arguments in a tester's answer, and a note per one left out."""
-    from agent.testgen import parse_inputs
+    from bakeoff.agent.harness.testgen import parse_inputs
 
     calls = parse_inputs(text, entry)
     if not calls:
@@ -490,11 +490,11 @@ async def propose_inputs(model: Any, *, goal: str, source: str, entry: str, lang
     harness decides the format and the function's name; ``entry`` and ``language`` (the
     task's) name them in the prompt only when the harness does not. Errors of the model call
     itself propagate: the caller decides what a failed call means."""
-    from agent.prompting import render
-    from agent.seams import Message
+    from bakeoff.agent.prompting import render
+    from bakeoff.agent.seams import Message
 
     if getattr(harness, "language", None) == "python":
-        from agent.testgen import typed_inputs
+        from bakeoff.agent.harness.testgen import typed_inputs
 
         name = getattr(harness, "entry", None) or entry
         example = "\n".join(typed_inputs(harness.reference_source, name, count=2, size=2))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from agent.types import ExecutionMatrix, TestCase, Timing
+from bakeoff.agent.types import ExecutionMatrix, TestCase, Timing
 
 
 @runtime_checkable

@@ -67,7 +67,7 @@ def run_job(job: PyJob) -> PyResult:
 
     The launching itself is the child module's, the same code that runs jobs inside a sandbox.
     """
-    from agent import pyexec_child
+    from bakeoff.agent.harness import pyexec_child
 
     text, killed, seconds = pyexec_child._run_one(str(CHILD), job.model_dump(mode="json"), _wall_limit(job))
     result = _collect(job, text, killed=killed)

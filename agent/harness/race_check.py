@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from agent.seams import ExecResult
+from bakeoff.agent.seams import ExecResult
 
 RunFn = Callable[[str, float], Awaitable[ExecResult]]
 WriteFn = Callable[[str, str], Awaitable[None]]

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from agent.types import ExecutionMatrix, Outcome, Task, TestCase, Timing
+from bakeoff.agent.types import ExecutionMatrix, Outcome, Task, TestCase, Timing
 
 _FENCE = re.compile(r"```[a-zA-Z0-9_+-]*\n(.*?)(?:```|\Z)", re.S)
 _ASSERT = re.compile(r"(?<![\w.])assert(?=[\s(])")
@@ -118,8 +118,8 @@ def call_of(assertion: str, entry: str) -> str | None:
 
 async def generate_tests(model: Any, task: Task | str, code: str, entry: str, *, n: int = 1) -> list[TestCase]:
     """Ask the tester model for tests of ``entry`` (prompt testgen.j2); ``n`` samples, merged."""
-    from agent.prompting import render
-    from agent.seams import Message
+    from bakeoff.agent.prompting import render
+    from bakeoff.agent.seams import Message
 
     goal = task.goal if hasattr(task, "goal") else str(task)
     prompt = render("testgen", task=goal, code=code, entry=entry)
@@ -301,7 +301,7 @@ class PythonHarness:
         timeout_s: float = 2.0,
         seed: int = 0,
     ):
-        from agent.pyexec import run_jobs
+        from bakeoff.agent.harness.pyexec import run_jobs
 
         self.reference_source = reference_source
         self.entry = entry
@@ -341,7 +341,7 @@ class PythonHarness:
         return calls
 
     def _job(self, source: str, tests: Sequence[TestCase], seed: int):
-        from agent.pyexec import PyJob
+        from bakeoff.agent.harness.pyexec import PyJob
 
         return PyJob(
             source=source,
@@ -368,7 +368,7 @@ class PythonHarness:
         return tests
 
     def _same(self, a: Any, b: Any) -> bool:
-        from agent.pyexec import decode, values_equal
+        from bakeoff.agent.harness.pyexec import decode, values_equal
 
         return values_equal(decode(a), decode(b), rel=self.rel, abs_tol=self.abs, unordered=self.unordered)
 
@@ -394,7 +394,7 @@ class PythonHarness:
         return matrix
 
     def _judge_call(self, cells, test: TestCase) -> tuple[Outcome, str | None]:
-        from agent.pyexec import signature
+        from bakeoff.agent.harness.pyexec import signature
 
         kinds = {c.outcome for c in cells}
         if kinds != {"pass"}:
@@ -415,8 +415,8 @@ class PythonHarness:
         pair, then A B, B A, ...), as one batch: one sandbox command per candidate."""
         import statistics
 
-        from agent.pyexec import PyJob
-        from agent.stats import timing_from_samples
+        from bakeoff.agent.harness.pyexec import PyJob
+        from bakeoff.agent.stats import timing_from_samples
 
         call = typed_inputs(self.reference_source, self.entry, count=1, size=self.timing_size, seed=self.seed + 1)[0]
         order = ["ref", "cand"]  # the unrecorded warm-up pair

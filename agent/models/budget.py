@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Sequence
 
 from pydantic import BaseModel
 
-from agent.events import EventBus
-from agent.seams import Completion, Message, Model
+from bakeoff.agent.events import EventBus
+from bakeoff.agent.seams import Completion, Message, Model
 
 # A prompt is estimated at 3 characters per token: tokenizers give 3.5-4.5 for English and
 # code, so the estimate errs on the side of the limit.

@@ -12,14 +12,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agent.events import EventBus
-from agent.joiner import JoinDecision, parse_join, render_errors, render_results
-from agent.planner import PlanStream, stream_plan
-from agent.prompting import render
-from agent.scheduler import Scheduler
-from agent.seams import Completion, Message, Model, ToolContext
-from agent.types import Task, ToolCall
-from tools.registry import Registry
+from bakeoff.agent.events import EventBus
+from bakeoff.agent.planning.joiner import JoinDecision, parse_join, render_errors, render_results
+from bakeoff.agent.planning.plan import PlanStream, stream_plan
+from bakeoff.agent.prompting import render
+from bakeoff.agent.planning.scheduler import Scheduler
+from bakeoff.agent.seams import Completion, Message, Model, ToolContext
+from bakeoff.agent.types import Task, ToolCall
+from bakeoff.tools.registry import Registry
 
 
 class AgentResult(BaseModel):

@@ -14,9 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from agent.planner import PlanLineError
-from agent.scheduler import RESULT_LIMIT, summarize_result
-from agent.types import ToolCall
+from bakeoff.agent.planning.plan import PlanLineError
+from bakeoff.agent.planning.scheduler import RESULT_LIMIT, summarize_result
+from bakeoff.agent.types import ToolCall
 
 
 class JoinDecision(BaseModel):

@@ -28,9 +28,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from agent.seams import Completion, Message, Model
-from agent.types import Task
-from tools.registry import Registry
+from bakeoff.agent.seams import Completion, Message, Model
+from bakeoff.agent.types import Task
+from bakeoff.tools.registry import Registry
 
 JOIN = "join"  # the tool name of the line that ends a plan
 

@@ -10,15 +10,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from agent.compiler import AgentResult, _Spend
-from agent.events import EventBus
-from agent.joiner import parse_join
-from agent.planner import PlanLineError, parse_plan_line
-from agent.prompting import render
-from agent.scheduler import Scheduler, summarize_result
-from agent.seams import Message, Model, ToolContext
-from agent.types import Task, ToolCall
-from tools.registry import Registry
+from bakeoff.agent.planning.compiler import AgentResult, _Spend
+from bakeoff.agent.events import EventBus
+from bakeoff.agent.planning.joiner import parse_join
+from bakeoff.agent.planning.plan import PlanLineError, parse_plan_line
+from bakeoff.agent.prompting import render
+from bakeoff.agent.planning.scheduler import Scheduler, summarize_result
+from bakeoff.agent.seams import Message, Model, ToolContext
+from bakeoff.agent.types import Task, ToolCall
+from bakeoff.tools.registry import Registry
 
 _ACTION = re.compile(r"^[\s*_]*action[\s*_]*:\s*(.*)$", re.IGNORECASE | re.MULTILINE)
 _ACTION_INPUT = re.compile(r"^[\s*_]*action\s+input[\s*_]*:\s*(.*)", re.IGNORECASE | re.MULTILINE | re.DOTALL)

@@ -16,11 +16,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from agent.events import EventBus
-from agent.planner import REF, Ref, pure_ref
-from agent.seams import ToolContext
-from agent.types import Task, ToolCall
-from tools.registry import Registry
+from bakeoff.agent.events import EventBus
+from bakeoff.agent.planning.plan import REF, Ref, pure_ref
+from bakeoff.agent.seams import ToolContext
+from bakeoff.agent.types import Task, ToolCall
+from bakeoff.tools.registry import Registry
 
 RESULT_LIMIT = 2000  # characters of one result a model sees
 

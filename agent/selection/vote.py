@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from agent.types import Candidate, ExecutionMatrix, ReportRow, TestCase, Timing, Verdict
+from bakeoff.agent.types import Candidate, ExecutionMatrix, ReportRow, TestCase, Timing, Verdict
 
 # Top groups whose scores are within this fraction of each other are a close call.
 CLOSE_MARGIN = 0.15
@@ -427,8 +427,8 @@ async def resolve_close_call(
 
 
 async def _ask_judge(judge: Any, task: str, call: str, outputs: Sequence[str | None]) -> list[int]:
-    from agent.prompting import render
-    from agent.seams import Message
+    from bakeoff.agent.prompting import render
+    from bakeoff.agent.seams import Message
 
     letters = [chr(ord("A") + i) for i in range(len(outputs))]
     prompt = render("judge", task=task, call=call,
@@ -452,9 +452,9 @@ def model_distinguisher(model: Any, task: str, sources: Mapping[str, str], entry
     """A ``distinguish`` callable backed by the tester model (prompt distinguish.j2)."""
 
     async def distinguish(groups: Sequence[Group]) -> list[str]:
-        from agent.prompting import render
-        from agent.seams import Message
-        from agent.testgen import parse_inputs
+        from bakeoff.agent.prompting import render
+        from bakeoff.agent.seams import Message
+        from bakeoff.agent.harness.testgen import parse_inputs
 
         versions = [{"name": f"version {i + 1}", "code": sources.get(g.members[0], "")} for i, g in enumerate(groups)]
         prompt = render("distinguish", task=task, entry=entry, versions=versions)
