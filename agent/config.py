@@ -275,12 +275,3 @@ def _how_to_fix(source: str, dotted: str) -> str:
     if source.startswith("flag "):
         return f"pass another value to {source[5:]}"
     return f"edit {dotted} in {source}"
-
-
-def state_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """Where bakeoff keeps event logs, runs and history: never inside the user's tree."""
-    environ = os.environ if environ is None else environ
-    if environ.get("BAKEOFF_STATE_DIR"):
-        return Path(environ["BAKEOFF_STATE_DIR"])
-    base = environ.get("XDG_STATE_HOME") or str(Path(environ.get("HOME", "~")).expanduser() / ".local" / "state")
-    return Path(base) / "bakeoff"

@@ -2,33 +2,40 @@
 
 A Session holds what one user's work on one repository needs: the validated settings, a
 read-only view of the repository at a recorded base commit, one Budget shared by every
-model call, the models per role (each wrapped by the budget), the sandbox pool, and the
-tool registry with ``fan_out``. ``run`` turns a task into a ``RunReport``; ``apply`` and
-``undo`` are the only ways bakeoff writes the user's tree, and only when asked.
+model call, the models per role (each wrapped by the budget), and the sandbox pool.
 
-Event logs, reports and history go to the state directory (``agent.config.state_dir``),
-never into the user's repository.
+A run, as data flows (``Session.run``):
+
+    models       every role's model, charged to the budget and to the run's ledger
+    fan_out      the tool the planner calls to change code; each result lands in fan_outs
+    agent        the planner (LLMCompiler, or ReAct) runs the plan's tools as they stream
+    report       the agent's answer + every fan-out + the ledger -> RunReport (report.py)
+
+``apply`` and ``undo`` are the only ways bakeoff writes the user's tree, and only when asked.
+Event logs, reports and history go to the state directory (``storage.state_dir``), never
+into the user's repository.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import secrets
-import subprocess
 import time
-from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
-from bakeoff.agent.config import Settings, state_dir
+from bakeoff.agent import repository
+from bakeoff.agent.config import Settings
 from bakeoff.agent.events import EventBus, JsonlSink
-from bakeoff.agent.seams import Completion, Message, Model, ToolContext, Workspace
-from bakeoff.agent.types import Candidate, RunReport, ToolCall
+from bakeoff.agent.fanout.settings import FanOutServices, FanOutSettings
+from bakeoff.agent.models.budget import Budget, BudgetedModel, BudgetExceeded
+from bakeoff.agent.models.ledger import Ledger, MeteredModel
+from bakeoff.agent.patches import AppliedChange
+from bakeoff.agent.seams import Model, ToolContext, Workspace
+from bakeoff.agent.storage import new_run_id, state_dir, write_atomic
+from bakeoff.agent.types import Candidate, FanOutResult, RunReport
+from bakeoff.sandboxes import BackendChoice
+from bakeoff.sandboxes.pool import SandboxPool
+from bakeoff.tools.registry import Registry
 
 ROLES = ("planner", "joiner", "editor", "tester", "judge")
 
@@ -37,145 +44,12 @@ class SessionError(Exception):
     """Something the user can fix (a missing repository, nothing to apply, a changed tree)."""
 
 
-class CostMeter:
-    """What one run spent, counted from the completions its models returned.
-
-    The Budget may be shared by concurrent runs (a batch), so a run's own cost is counted
-    here rather than read off the budget.
-    """
-
-    def __init__(self) -> None:
-        self.cost_usd = 0.0
-        self.tokens = 0
-        self.calls = 0
-
-    def add(self, completion: Completion) -> None:
-        self.cost_usd += completion.cost_usd or 0.0
-        self.tokens += completion.usage.total_tokens
-        self.calls += 1
-
-
-class MeteredModel:
-    """A model whose completions are counted on a ``CostMeter``; streamed text becomes
-    ``model.delta`` events so a door can show the model writing."""
-
-    def __init__(self, inner: Model, meter: CostMeter, events: EventBus, role: str) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.meter = meter
-        self.events = events
-        self.role = role
-
-    async def complete(
-        self,
-        messages: Sequence[Message],
-        *,
-        n: int = 1,
-        temperature: float = 0.0,
-        max_tokens: int | None = None,
-    ) -> Completion:
-        completion = await self.inner.complete(messages, n=n, temperature=temperature, max_tokens=max_tokens)
-        self._count(completion)
-        return completion
-
-    async def stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        temperature: float = 0.0,
-        max_tokens: int | None = None,
-    ) -> AsyncIterator[str | Completion]:
-        async for piece in self.inner.stream(messages, temperature=temperature, max_tokens=max_tokens):
-            if isinstance(piece, Completion):
-                self._count(piece)
-            else:
-                self.events.emit("model.delta", role=self.role, text=piece)
-            yield piece
-
-    def _count(self, completion: Completion) -> None:
-        self.meter.add(completion)
-
-
-class LazySandbox:
-    """The sandbox the planner's own tools (run, build, test, edit) work in: a copy of the
-    repository at base, made from the pool only when a tool first needs it."""
-
-    def __init__(self, pool: Any, workspace: Workspace) -> None:
-        self._pool = pool
-        self._workspace = workspace
-        self._stack: contextlib.AsyncExitStack | None = None
-        self._sandbox: Any = None
-        self._lock = asyncio.Lock()
-        self.backend = "lazy"
-
-    async def _get(self) -> Any:
-        async with self._lock:
-            if self._sandbox is None:
-                self._stack = contextlib.AsyncExitStack()
-                self._sandbox = await self._stack.enter_async_context(self._pool.sandbox(self._workspace))
-                self.backend = self._sandbox.backend
-            return self._sandbox
-
-    async def exec(self, cmd: Any, timeout: float | None = None, env: Any = None, cwd: str | None = None) -> Any:
-        return await (await self._get()).exec(cmd, timeout=timeout, env=env, cwd=cwd)
-
-    async def write_file(self, path: str, content: str | bytes) -> None:
-        await (await self._get()).write_file(path, content)
-
-    async def read_file(self, path: str) -> bytes:
-        return await (await self._get()).read_file(path)
-
-    async def diff(self) -> str:
-        return await self._sandbox.diff() if self._sandbox is not None else ""
-
-    async def close(self) -> None:
-        if self._stack is not None:
-            stack, self._stack, self._sandbox = self._stack, None, None
-            await stack.aclose()
-
-
-def make_pool(settings: Settings) -> Any:
+def make_pool(settings: Settings) -> SandboxPool:
     """The sandbox pool for ``settings``: its kind, its size, and its image or Dockerfile."""
-    from bakeoff.sandboxes.pool import SandboxPool
-
     image, dockerfile = settings.image, None
     if image and (image.endswith("Dockerfile") or Path(image).expanduser().is_file()):
         image, dockerfile = None, Path(image).expanduser()
     return SandboxPool(kind=settings.sandbox, max_concurrent=settings.max_sandboxes, image=image, dockerfile=dockerfile)
-
-
-def git(repo: Path, *args: str, check: bool = True) -> str:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise SessionError(f"git {' '.join(args)} failed in {repo}: {proc.stderr.strip()}")
-    return proc.stdout.strip()
-
-
-def head_commit(repo: Path) -> str | None:
-    """The commit checked out in ``repo``, or None when it is not a git repository (or empty)."""
-    proc = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "-q", "HEAD"], capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary name, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _uncommitted(repo: Path) -> list[str]:
-    """Tracked files with changes not committed yet."""
-    proc = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "-z", "--untracked-files=no"],
-                          capture_output=True, text=True)
-    # -z: "XY path\0", paths unquoted; a rename adds its old path as the next entry.
-    entries = proc.stdout.split("\0") if proc.returncode == 0 else []
-    return [e[3:] for e in entries if len(e) > 3 and e[2] == " "]
-
-
-def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
 
 class Session:
@@ -194,8 +68,8 @@ class Session:
         *,
         events: EventBus,
         model_override: Model | None = None,
-        budget: Any = None,
-        pool: Any = None,
+        budget: Budget | None = None,
+        pool: SandboxPool | None = None,
         state: Path | None = None,
     ) -> None:
         repo = Path(repo).expanduser()
@@ -204,24 +78,22 @@ class Session:
         self.repo = repo.resolve()
         self.events = events
         self.state = state or state_dir()
-        self.base_commit = head_commit(self.repo)
+        self.base_commit = repository.head_commit(self.repo)
         self._shared_pool = pool
         self._pool = pool
         self.history: list[RunReport] = []
-        self.applied: list[Any] = []  # AppliedChange, newest last
+        self.applied: list[AppliedChange] = []  # newest last
         self.cost_usd = 0.0
         self.tokens = 0
-        self.sandbox_choice: Any = None
-        self._retired_pools: list[Any] = []
+        self.sandbox_choice: BackendChoice | None = None
+        self._retired_pools: list[SandboxPool] = []
         self._configure(settings, model_override, budget)
         if pool is None:
             self.check_sandbox()
 
     # ------------------------------------------------------------------ configuration
 
-    def _configure(self, settings: Settings, override: Model | None, shared_budget: Any) -> None:
-        from bakeoff.agent.models.budget import Budget, BudgetedModel
-
+    def _configure(self, settings: Settings, override: Model | None, shared_budget: Budget | None) -> None:
         models = self._models_per_role(settings, override)  # raises before anything changes
         self.settings = settings
         self.model_override = override
@@ -237,6 +109,9 @@ class Session:
     def _models_per_role(settings: Settings, override: Model | None) -> dict[str, Model]:
         """One model per role. Roles naming the same spec share one model object, so a
         scripted model's responses are shared between roles as its file intends."""
+        from bakeoff.agent.models import model_for_role
+        from bakeoff.agent.models.scripted import ScriptedModel
+
         models: dict[str, Model] = {}
         by_spec: dict[str, Model] = {}
         for role in ROLES:
@@ -247,10 +122,9 @@ class Session:
                 config_role = "planner" if role == "joiner" else role
                 spec = settings.model.for_role(config_role)
                 if spec not in by_spec:
-                    by_spec[spec] = settings.model.resolve(config_role)
+                    by_spec[spec] = model_for_role(settings.model, config_role)
                 base = by_spec[spec]
-            for_role = getattr(base, "for_role", None)
-            models[role] = for_role(role) if callable(for_role) else base
+            models[role] = base.for_role(role) if isinstance(base, ScriptedModel) else base
         return models
 
     def update(self, **changes: Any) -> Settings:
@@ -285,12 +159,12 @@ class Session:
         return {role: model.name for role, model in self._raw_models.items()}
 
     @property
-    def pool(self) -> Any:
+    def pool(self) -> SandboxPool:
         if self._pool is None:
             self._pool = make_pool(self.settings)
         return self._pool
 
-    def check_sandbox(self) -> Any:
+    def check_sandbox(self) -> BackendChoice:
         """Which sandbox backend runs the candidates, and why; raises ``SandboxUnavailable``
         (the user can fix it: start Docker, or choose another kind) when it cannot run here."""
         from bakeoff.sandboxes import choose_backend
@@ -300,15 +174,6 @@ class Session:
         return choice
 
     # ------------------------------------------------------------------ running
-
-    def registry(self) -> Any:
-        from bakeoff.agent.fanout.trajectory import FanOut
-        from bakeoff.tools.registry import default_registry
-
-        registry = default_registry()
-        if registry.get(FanOut.name) is None:
-            registry.register(FanOut())
-        return registry
 
     def _context(self) -> str:
         s = self.settings
@@ -328,134 +193,99 @@ class Session:
         The run is saved as it goes under ``<state>/runs/<id>/`` (events.jsonl, report.json).
         A cancelled run (Ctrl-C) re-raises ``CancelledError`` after recording that it stopped.
         """
-        from bakeoff.agent.models.budget import BudgetExceeded
-
-        self.base_commit = head_commit(self.repo)  # the user may have committed since the last run
+        self.base_commit = repository.head_commit(self.repo)  # the user may have committed since the last run
         run_id = run_id or new_run_id()
         run_dir = self.state / "runs" / run_id
         sink = JsonlSink(run_dir / "events.jsonl")
         unsubscribe = self.events.subscribe(sink)
-        meter = CostMeter()
+        ledger = Ledger()
         started = time.monotonic()
-        dirty = _uncommitted(self.repo) if self.base_commit else []
-        self.events.emit(
-            "run.start",
-            run_id=run_id,
-            task=task,
-            repo=str(self.repo),
-            base_commit=self.base_commit,
-            models=self.model_names,
-            n=self.settings.n,
-            sandbox=self.sandbox_choice.backend if self.sandbox_choice else self.settings.sandbox,
-            run_dir=str(run_dir),
-        )
-        if dirty:
-            # Candidates copy the base commit: edits not committed yet are not part of the run.
-            self.events.emit("repo.uncommitted", paths=dirty[:20], count=len(dirty))
+        self._announce(task, run_id, run_dir)
         report = RunReport(task=task, status="error", base_commit=self.base_commit, run_id=run_id)
         try:
             try:
-                report = await self._run(task, run_id, meter)
+                report = await self._run(task, run_id, ledger)
             except BudgetExceeded as exc:
                 report.status = "budget-exhausted"
                 report.error = str(exc)
             except BaseException as exc:
                 # Recorded, then raised on: a cancelled step (Ctrl-C), an unreachable model.
                 report.error = "cancelled" if isinstance(exc, asyncio.CancelledError) else f"{type(exc).__name__}: {exc}"
-                self._finish(report, meter, started, run_dir)
+                self._finish(report, ledger, started, run_dir)
                 raise
-            self._finish(report, meter, started, run_dir)
+            self._finish(report, ledger, started, run_dir)
         finally:
             unsubscribe()
             sink.close()
         return report
 
-    async def _run(self, task: str, run_id: str, meter: CostMeter) -> RunReport:
-        models = {role: MeteredModel(m, meter, self.events, role) for role, m in self._budgeted.items()}
+    def _announce(self, task: str, run_id: str, run_dir: Path) -> None:
+        self.events.emit(
+            "run.start", run_id=run_id, task=task, repo=str(self.repo), base_commit=self.base_commit,
+            models=self.model_names, n=self.settings.n,
+            sandbox=self.sandbox_choice.backend if self.sandbox_choice else self.settings.sandbox,
+            run_dir=str(run_dir),
+        )
+        dirty = repository.uncommitted(self.repo) if self.base_commit else []
+        if dirty:
+            # Candidates copy the base commit: edits not committed yet are not part of the run.
+            self.events.emit("repo.uncommitted", paths=dirty[:20], count=len(dirty))
+
+    async def _run(self, task: str, run_id: str, ledger: Ledger) -> RunReport:
+        """The data flow of one run: metered models -> the fan_out tool -> the planner -> the report."""
+        from bakeoff.agent.report import run_report
+        from bakeoff.sandboxes.lazy import LazySandbox
+
+        models = {role: MeteredModel(m, ledger, self.events, role) for role, m in self._budgeted.items()}
         workspace = Workspace(path=self.repo, commit=self.base_commit)
-        scratch = LazySandbox(self.pool, workspace)
+        fan_outs: list[FanOutResult] = []
+        registry = self._registry(models, workspace, fan_outs.append)
+        scratch = LazySandbox(self.pool, workspace)  # where the planner's own tools run and edit
         try:
-            return await self._plan_and_run(task, run_id, models, workspace, scratch)
+            ctx = ToolContext(workspace=self.repo, sandbox=scratch)
+            result = await self._agent(models, registry, ctx).run(task, context=self._context())
+            unverified = await scratch.diff()
         finally:
             await scratch.close()
+        return run_report(task, result, fan_outs, unverified, self.budget, run_id=run_id, base_commit=self.base_commit)
 
-    async def _plan_and_run(self, task: str, run_id: str, models: dict[str, Any], workspace: Workspace,
-                            scratch: LazySandbox) -> RunReport:
-        ctx = ToolContext(
-            workspace=self.repo,
-            sandbox=scratch,
-            extras={
-                "models": models,
-                "pool": self.pool,
-                "workspace": workspace,
-                "budget": self.budget,
-                "events": self.events,
-                "settings": self.settings,
-            },
+    def _registry(self, models: dict[str, MeteredModel], workspace: Workspace, on_fan_out) -> Registry:
+        """The tools of one run: the built-in tools, and a fan_out that reports to the run."""
+        from bakeoff.agent.fanout.tool import FanOut
+        from bakeoff.tools.registry import default_registry
+
+        services = FanOutServices(
+            editors=[models["editor"]], tester=models["tester"], judge=models["judge"], pool=self.pool,
+            workspace=workspace, settings=FanOutSettings.from_settings(self.settings), events=self.events,
+            budget=self.budget,
         )
+        registry = default_registry()
+        registry.register(FanOut(services, on_result=on_fan_out))
+        return registry
+
+    def _agent(self, models: dict[str, MeteredModel], registry: Registry, ctx: ToolContext):
         if self.settings.planner == "react":
             from bakeoff.agent.planning.react import ReActAgent
 
             # One tool call per model turn: the baseline, and the fallback for weak planners.
-            agent: Any = ReActAgent(models["planner"], self.registry(), ctx, events=self.events)
-        else:
-            from bakeoff.agent.planning.compiler import LLMCompiler
+            return ReActAgent(models["planner"], registry, ctx, events=self.events)
+        from bakeoff.agent.planning.compiler import LLMCompiler
 
-            agent = LLMCompiler(
-                models["planner"], models["joiner"], self.registry(), ctx,
-                events=self.events, max_replans=self.settings.max_replans,
-            )
-        result = await agent.run(task, context=self._context())
+        return LLMCompiler(models["planner"], models["joiner"], registry, ctx, events=self.events,
+                           max_replans=self.settings.max_replans)
 
-        fan_outs = [_fan_out_result(r) for r in _values(result.results)]
-        fan_outs = [r for r in fan_outs if r is not None]
-        fan = fan_outs[-1] if fan_outs else None
-        trace = [_light(t if isinstance(t, ToolCall) else ToolCall.model_validate(t)) for t in result.trace]
-        report = RunReport(task=task, status="success", answer=result.answer or "", trace=trace,
-                           base_commit=self.base_commit, run_id=run_id)
-        if fan is not None:
-            report.verdict = fan.verdict
-            report.candidates = list(fan.candidates)
-            report.winner = fan.winner
-            report.patch = fan.patch or ""
-            if fan.winner is None:
-                report.status = "no-correct-candidate"
-                if _budget_ran_out(self.budget, fan.candidates):
-                    report.status = "budget-exhausted"
-                    report.error = "the budget ran out before a candidate was verified"
-        else:
-            report.patch = await scratch.diff()  # edits the planner made itself, unverified
-        failed_fan_outs = [t for t in trace if t.tool == "fan_out" and t.status != "ok"]
-        if fan is None and failed_fan_outs:
-            report.status = "error"
-            report.error = f"fan_out failed: {failed_fan_outs[-1].error}"
-        elif fan is None and not result.finished:
-            report.status = "error"
-            report.error = "the planner stopped without finishing (replans used up)"
-            if _budget_ran_out(self.budget, []):
-                report.status = "budget-exhausted"
-        if report.status == "budget-exhausted" and not report.error:
-            report.error = f"budget exhausted: {self.budget.describe()}"
-        return report
-
-    def _finish(self, report: RunReport, meter: CostMeter, started: float, run_dir: Path) -> None:
-        report.cost_usd = meter.cost_usd
-        report.tokens = meter.tokens
+    def _finish(self, report: RunReport, ledger: Ledger, started: float, run_dir: Path) -> None:
+        report.cost_usd = ledger.cost_usd
+        report.tokens = ledger.tokens
         report.duration_s = time.monotonic() - started
-        self.cost_usd += meter.cost_usd
-        self.tokens += meter.tokens
+        self.cost_usd += ledger.cost_usd
+        self.tokens += ledger.tokens
         self.history.append(report)
         write_atomic(run_dir / "report.json", report.model_dump_json(indent=2))
         self.events.emit(
-            "run.end",
-            run_id=report.run_id,
-            status=report.status,
-            winner=report.winner.id if report.winner else None,
-            cost_usd=report.cost_usd,
-            tokens=report.tokens,
-            session_cost_usd=self.cost_usd,
-            duration_s=report.duration_s,
-            error=report.error,
+            "run.end", run_id=report.run_id, status=report.status,
+            winner=report.winner.id if report.winner else None, cost_usd=report.cost_usd, tokens=report.tokens,
+            session_cost_usd=self.cost_usd, duration_s=report.duration_s, error=report.error,
         )
 
     # ------------------------------------------------------------------ delivering
@@ -475,12 +305,12 @@ class Session:
         raise SessionError(f"no candidate {candidate_id!r} in this run (candidates: {known})")
 
     def apply(self, report: RunReport, branch: str | None = None, yes: bool = False,
-              candidate_id: str | None = None) -> Any:
+              candidate_id: str | None = None) -> AppliedChange:
         """Commit the winner's patch (or ``candidate_id``'s) to the user's repository.
 
         One commit on the current branch, or on a new ``branch``. Refuses when the
         repository moved since the run's base commit. A candidate that is not the verified
-        winner is applied only with ``yes=True``. Returns the ``AppliedChange`` for ``undo``.
+        winner is applied only with ``yes=True``.
         """
         from bakeoff.agent.patches import apply_patch
 
@@ -493,7 +323,7 @@ class Session:
             raise SessionError(f"candidate {cand.id} changed nothing: nothing to apply")
         if report.base_commit is None:
             raise SessionError(f"{self.repo} is not a git repository: save the patch with --patch FILE instead")
-        current = head_commit(self.repo)
+        current = repository.head_commit(self.repo)
         if current != report.base_commit:
             raise SessionError(
                 f"the repository moved since the run (base {report.base_commit[:10]}, now {str(current)[:10]}): "
@@ -505,12 +335,12 @@ class Session:
             branch=branch,
         )
         self.applied.append(change)
-        self.base_commit = head_commit(self.repo)
+        self.base_commit = repository.head_commit(self.repo)
         self.events.emit("apply", candidate=cand.id, branch=branch, run_id=report.run_id,
-                         change=_dump(change))
+                         change=change.model_dump(mode="json"))
         return change
 
-    def undo(self) -> Any:
+    def undo(self) -> AppliedChange:
         """Restore exactly the state before the last apply of this session."""
         from bakeoff.agent.patches import undo
 
@@ -519,8 +349,8 @@ class Session:
         change = self.applied[-1]
         undo(self.repo, change)
         self.applied.pop()
-        self.base_commit = head_commit(self.repo)
-        self.events.emit("undo", change=_dump(change))
+        self.base_commit = repository.head_commit(self.repo)
+        self.events.emit("undo", change=change.model_dump(mode="json"))
         return change
 
     async def close(self) -> None:
@@ -531,48 +361,3 @@ class Session:
             self._pool = None
         for pool in pools:
             await pool.close()
-
-
-def _fan_out_result(value: Any) -> Any:
-    """A fan_out's result, whether the trace kept the object or its JSON form."""
-    from bakeoff.agent.fanout.trajectory import FanOutResult
-
-    if isinstance(value, FanOutResult):
-        return value
-    if isinstance(value, dict) and "verdict" in value and "candidates" in value:
-        return FanOutResult.model_validate(value)
-    return None
-
-
-def _light(call: ToolCall) -> ToolCall:
-    """The trace entry with its result summarized: the report keeps the candidates whole
-    already, and a tool's full output (files, logs) would swell every saved report."""
-    from bakeoff.agent.planning.scheduler import summarize_result
-
-    if call.result is None or isinstance(call.result, (int, float, bool)):
-        return call
-    return call.model_copy(update={"result": summarize_result(call.result, 2000)})
-
-
-def _values(results: Any) -> list[Any]:
-    if isinstance(results, dict):
-        return list(results.values())
-    return list(results or [])
-
-
-def _dump(obj: Any) -> Any:
-    if isinstance(obj, BaseModel):
-        return obj.model_dump(mode="json")
-    return json.loads(json.dumps(obj, default=str))
-
-
-def _budget_ran_out(budget: Any, candidates: Sequence[Candidate]) -> bool:
-    """True when the budget cannot pay for another call, or every candidate died of it."""
-    from bakeoff.agent.models.budget import MIN_COMPLETION_TOKENS
-
-    left = budget.remaining
-    if left.usd is not None and left.usd <= 1e-9:
-        return True
-    if left.tokens is not None and left.tokens < MIN_COMPLETION_TOKENS:
-        return True
-    return bool(candidates) and all("budget" in (c.error or "").lower() for c in candidates)

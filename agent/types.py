@@ -156,11 +156,23 @@ class Verdict(BaseModel):
     groups: list[list[str]] = Field(default_factory=list)
 
 
+class FanOutResult(BaseModel):
+    """What a fan-out produced: the verdict, every candidate, the winner and its patch, the table."""
+
+    verdict: Verdict
+    candidates: list[Candidate] = Field(default_factory=list)
+    winner: Candidate | None = None
+    patch: str = ""
+    report_table: str = ""
+
+
 class RunReport(BaseModel):
     """What a whole run produced; the front doors render this."""
 
     task: str
-    status: Literal["success", "no-correct-candidate", "budget-exhausted", "error"]
+    # success: a verified winner (or a question answered without an edit); unverified: an
+    # edit no fan-out checked (no tests, no harness), never shipped as a success.
+    status: Literal["success", "unverified", "no-correct-candidate", "budget-exhausted", "error"]
     answer: str = ""
     verdict: Verdict | None = None
     winner: Candidate | None = None
@@ -170,6 +182,7 @@ class RunReport(BaseModel):
     tokens: int = 0
     duration_s: float = 0.0
     trace: list[ToolCall] = Field(default_factory=list)
+    fan_outs: list[FanOutResult] = Field(default_factory=list)  # every fan-out of the run, in order
     error: str | None = None
     run_id: str | None = None  # names the run's saved event log and report
     base_commit: str | None = None  # the commit the run read; apply refuses if the repo moved

@@ -100,7 +100,7 @@ async def run_example(example: str, n: int, sandbox: str, workdir: Path) -> dict
 def show(result: dict) -> None:
     from rich.console import Console
 
-    from bakeoff.agent.selection.vote import render_table
+    from bakeoff.agent.selection.table import render_table
 
     console = Console(width=150)
     console.rule(f"{result['example']}: {TASKS[result['example']]}")

@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bakeoff.agent.harness.c_harness import CHarness  # noqa: E402
-from bakeoff.agent.selection.vote import choose, vote  # noqa: E402
+from bakeoff.agent.selection.choose import choose  # noqa: E402
+from bakeoff.agent.selection.vote import vote  # noqa: E402
 from bakeoff.agent.types import Candidate, ExecutionMatrix, TestCase, Timing  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "bench" / "pareval-omp-dev"

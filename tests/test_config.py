@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bakeoff.agent.config import ConfigError, Settings, load_settings, state_dir
+from bakeoff.agent.config import ConfigError, Settings, load_settings
+from bakeoff.agent.storage import state_dir
 
 EMPTY_ENV = {"HOME": "/nonexistent-home"}
 

@@ -1,5 +1,5 @@
 """Model-proposed edge inputs: parsing real-looking tester answers (table-driven), then the real
-C++ and Python differential harnesses and ``_make_tests`` turning them into tests.
+C++ and Python differential harnesses and ``make_tests`` turning them into tests.
 
 The tester is a ``ScriptedModel``; the harnesses compile and run for real.
 """
@@ -21,7 +21,8 @@ from bakeoff.agent.harness.edge_inputs import (
 )
 from bakeoff.agent.models.scripted import ScriptExhausted, ScriptedModel, ScriptedResponse
 from bakeoff.agent.harness.testgen import PythonHarness
-from bakeoff.agent.fanout.trajectory import FanOutSettings, _make_tests
+from bakeoff.agent.fanout.settings import FanOutSettings
+from bakeoff.agent.fanout.tests import make_tests
 
 SUM = "int total(std::vector<int> const& x) {\n  int s = 0;\n  for (int v : x) s += v;\n  return s;\n}\n"
 # Correct on every input but the empty one: what random sizes from 1 up never show.
@@ -212,7 +213,7 @@ async def test_a_rejected_proposal_falls_back_to_the_harness_own_tests():
         await h.close()
 
 
-# --------------------------------------------------------------------------- through _make_tests
+# --------------------------------------------------------------------------- through make_tests
 
 
 async def test_make_tests_adds_the_proposals_and_notes_what_it_left_out():
@@ -220,7 +221,7 @@ async def test_make_tests_adds_the_proposals_and_notes_what_it_left_out():
     tester = ScriptedModel([ScriptedResponse(match="edge-case inputs", text=answer)])
     h = CHarness(SUM, "total", language="c++", small_tests=2, medium_tests=0, threads=[1, 2], repeats=1)
     try:
-        made = await _make_tests(h, tester, "make total parallel", SUM, "total", "cpp", FanOutSettings())
+        made = await make_tests(h, tester, "make total parallel", SUM, "total", "cpp", FanOutSettings())
         by_id = {t.id: t for t in made.tests}
         assert set(by_id) == {"diff-small-0", "diff-small-1", "diff-edge-0", "diff-edge-1"}
         assert by_id["diff-edge-0"].input["vars"]["n"] == 0 and by_id["diff-edge-1"].input["vars"]["n"] == 1
@@ -228,11 +229,11 @@ async def test_make_tests_adds_the_proposals_and_notes_what_it_left_out():
                               "edge input 4 left out: unknown size variable 'q' (known: n)"]
         assert not made.harness_failed
         # A tester that fails leaves a note; the harness's own tests still come.
-        dead = await _make_tests(h, ScriptedModel([]), "make total parallel", SUM, "total", "cpp", FanOutSettings())
+        dead = await make_tests(h, ScriptedModel([]), "make total parallel", SUM, "total", "cpp", FanOutSettings())
         assert [t.id for t in dead.tests] == ["diff-small-0", "diff-small-1"]
         assert len(dead.notes) == 1 and dead.notes[0].startswith(f"no model-proposed edge inputs: {ScriptExhausted.__name__}")
         # No generated tests asked for: the tester is not asked for edge inputs either.
-        quiet = await _make_tests(h, ScriptedModel([]), "make total parallel", SUM, "total", "cpp",
+        quiet = await make_tests(h, ScriptedModel([]), "make total parallel", SUM, "total", "cpp",
                                   FanOutSettings(test_samples=0))
         assert [t.id for t in quiet.tests] == ["diff-small-0", "diff-small-1"] and quiet.notes == []
     finally:

@@ -138,11 +138,14 @@ def test_python_candidates_are_as_right_or_wrong_as_the_script_says():
 @pytest.mark.parametrize("example", sorted(SCRIPTS))
 def test_scripted_plan_parses_against_the_real_registry(example):
     from bakeoff.agent.planning.plan import parse_plan
-    from bakeoff.agent.fanout.trajectory import FanOut
+    from bakeoff.agent.fanout.settings import FanOutServices
+    from bakeoff.agent.fanout.tool import FanOut
+    from bakeoff.agent.seams import Workspace
+    from bakeoff.sandboxes.pool import SandboxPool
     from bakeoff.tools.registry import default_registry
 
     registry = default_registry()
-    registry.register(FanOut())
+    registry.register(FanOut(FanOutServices(editors=[], pool=SandboxPool(kind="local"), workspace=Workspace(path=EXAMPLES))))
     plan = next(r.text for r in responses(example) if r.match == "You are the planner of bakeoff")
     tasks, errors, joined = parse_plan(plan, registry)
     assert not errors and joined

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 from bakeoff.agent.models.scripted import ScriptedModel, ScriptedResponse
-from bakeoff.agent.selection.vote import Group, Vote, choose, parse_judgement, render_table, resolve_close_call, select, vote
+from bakeoff.agent.selection.choose import choose, select
+from bakeoff.agent.selection.close_call import parse_judgement, resolve_close_call
+from bakeoff.agent.selection.table import render_table
+from bakeoff.agent.selection.vote import Group, Vote, vote
 from bakeoff.agent.types import Candidate, ExecutionMatrix, TestCase, Timing
 
 

@@ -18,20 +18,13 @@ from bakeoff.agent.events import EventBus
 from bakeoff.agent.models.scripted import ScriptedModel, ScriptedResponse
 from bakeoff.agent.seams import ToolContext, Workspace
 from bakeoff.agent.fanout.strategies import Strategy, strategies_for
-from bakeoff.agent.fanout.trajectory import (
-    Baseline,
-    Commands,
-    FanOut,
-    FanOutArgs,
-    FanOutError,
-    FanOutResult,
-    FanOutSettings,
-    Trajectory,
-    fan_out,
-    guess_entry,
-    inline_includes,
-    same_output,
-)
+from bakeoff.agent.fanout.baseline import Baseline, Commands, FanOutError
+from bakeoff.agent.fanout.pipeline import fan_out
+from bakeoff.agent.fanout.settings import FanOutServices, FanOutSettings
+from bakeoff.agent.fanout.source import guess_entry, inline_includes, same_output
+from bakeoff.agent.fanout.tool import FanOut, FanOutArgs
+from bakeoff.agent.fanout.trajectory import Trajectory
+from bakeoff.agent.types import FanOutResult
 from bakeoff.sandboxes.pool import SandboxPool
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -149,14 +142,11 @@ async def test_model_errors_fail_the_candidate_alone(tmp_path):
 # --------------------------------------------------------------------------- fan_out
 
 
-def services(repo: Path, model, bus: EventBus, **settings) -> dict:
-    return {
-        "models": {"editor": model, "tester": model},
-        "pool": SandboxPool(kind="local", max_concurrent=4),
-        "workspace": Workspace(path=repo, commit="HEAD"),
-        "events": bus,
-        "settings": FanOutSettings(**settings),
-    }
+def services(repo: Path, model, bus: EventBus, budget=None, **settings) -> FanOutServices:
+    return FanOutServices(
+        editors=[model], tester=model, pool=SandboxPool(kind="local", max_concurrent=4),
+        workspace=Workspace(path=repo, commit="HEAD"), events=bus, settings=FanOutSettings(**settings), budget=budget,
+    )
 
 
 @pytest.mark.slow
@@ -215,8 +205,8 @@ async def test_budget_exhaustion_fails_the_remaining_candidates_cleanly(tmp_path
     bus = EventBus()
     result = await fan_out(
         PY_GOAL, ["pairs.py"], 4,
-        services={**services(repo, model, bus, rounds=1, first_wave=1.0, profile_repeats=1, timing_repeats=2),
-                  "budget": budget},
+        services=services(repo, model, bus, budget=budget, rounds=1, first_wave=1.0, profile_repeats=1,
+                          timing_repeats=2),
     )
 
     failed = [c for c in result.candidates if c.error and "budget" in c.error.lower()]
@@ -227,19 +217,24 @@ async def test_budget_exhaustion_fails_the_remaining_candidates_cleanly(tmp_path
     assert result.verdict.reason  # the run went on to a verdict
 
 
-async def test_fan_out_tool_schema_and_missing_services(tmp_path):
-    tool = FanOut()
+async def test_fan_out_tool_schema_and_a_missing_editor(tmp_path):
+    repo = repo_copy(tmp_path, "slow_python")
+    seen: list[FanOutResult] = []
+    svc = services(repo, script("slow_python"), EventBus())
+    svc.editors = []
+    tool = FanOut(svc, on_result=seen.append)
     schema = FanOutArgs.model_json_schema()
     assert tool.name == "fan_out" and set(schema["required"]) == {"goal", "files"}
     assert schema["properties"]["n"]["default"] == 4
-    with pytest.raises(FanOutError, match="pool"):
-        await tool(FanOutArgs(goal="g", files=["a.c"]), ToolContext(extras={"models": {}}))
+    with pytest.raises(FanOutError, match="editor model"):
+        await tool(FanOutArgs(goal="g", files=["a.c"]), ToolContext())
+    assert seen == []
 
 
 async def test_fan_out_refuses_a_pool_that_would_deadlock(tmp_path):
     repo = repo_copy(tmp_path, "slow_python")
     svc = services(repo, script("slow_python"), EventBus())
-    svc["pool"] = SandboxPool(kind="local", max_concurrent=1)
+    svc.pool = SandboxPool(kind="local", max_concurrent=1)
     with pytest.raises(FanOutError, match="at least 2 sandboxes"):
         await fan_out(PY_GOAL, ["pairs.py"], 2, services=svc)
 
@@ -273,6 +268,5 @@ def test_guess_entry_and_inline_includes():
 def test_settings_from_the_session_settings():
     from bakeoff.agent.config import Settings
 
-    s = FanOutSettings.from_any(Settings(n=6, rounds=1, test="make check"))
+    s = FanOutSettings.from_settings(Settings(n=6, rounds=1, test="make check"))
     assert (s.max_n, s.rounds, s.test, s.build) == (6, 1, "make check", None)  # the user's n caps the plan's
-    assert FanOutSettings.from_any({"rounds": 3}).rounds == 3

@@ -152,27 +152,26 @@ def read_tasks(path: Path) -> list[Any]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    from bakeoff.agent.session import write_atomic as write
+    from bakeoff.agent.storage import write_atomic as write
 
     write(path, text)
 
 
 def clone(task: Any, dest: Path) -> None:
     """A fresh clone of the task's repository at its base, HEAD detached."""
-    import subprocess
-
-    from bakeoff.agent.session import SessionError, git
+    from bakeoff.agent import repository
+    from bakeoff.agent.session import SessionError
 
     if "://" not in task.repo and not task.repo.startswith("git@") and not Path(task.repo).is_dir():
         raise SessionError(f"task {task.id}: repository {task.repo} does not exist")
-    proc = subprocess.run(["git", "clone", "--quiet", "--no-checkout", task.repo, str(dest)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SessionError(f"task {task.id}: cannot clone {task.repo}: {proc.stderr.strip()}")
+    try:
+        repository.clone(task.repo, dest)
+    except repository.GitError as exc:
+        raise SessionError(f"task {task.id}: {exc}") from None
     for ref in (task.base, f"origin/{task.base}"):
-        sha = git(dest, "rev-parse", "--verify", "-q", f"{ref}^{{commit}}", check=False)
+        sha = repository.resolve_commit(dest, ref)
         if sha:
-            git(dest, "checkout", "--quiet", "--detach", sha)
+            repository.checkout_detached(dest, sha)
             return
     raise SessionError(f"task {task.id}: base {task.base!r} is not a commit of {task.repo}")
 
@@ -254,10 +253,8 @@ class Batch:
             await asyncio.gather(*(guarded(t) for t in todo))
         finally:
             self._stop_panel()
-            if self.pool is not None and hasattr(self.pool, "close"):
-                closed = self.pool.close()
-                if asyncio.iscoroutine(closed):
-                    await closed
+            if self.pool is not None:
+                await self.pool.close()
         self.write_results()
         self.print_summary()
         statuses = [r.get("status") for r in self.results.values()]
@@ -389,7 +386,7 @@ class Batch:
 
 
 def _head(repo: Path) -> str | None:
-    from bakeoff.agent.session import head_commit
+    from bakeoff.agent.repository import head_commit
 
     return head_commit(repo)
 

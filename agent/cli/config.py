@@ -24,7 +24,8 @@ def config_command(
     from rich.table import Table
 
     from bakeoff.agent.cli.run import load
-    from bakeoff.agent.config import _flatten, env_names, repo_config, state_dir, user_config_path
+    from bakeoff.agent.config import _flatten, env_names, repo_config, user_config_path
+    from bakeoff.agent.storage import state_dir
 
     settings, provenance = load(repo, {})
     values = _flatten(settings.model_dump(mode="json"))

@@ -25,9 +25,10 @@ def register(app: typer.Typer) -> None:
 
 
 def examples_dir() -> Path:
-    import bakeoff.agent
+    """The bundled examples: inside the installed package, or the checkout's examples/."""
+    from importlib.resources import files
 
-    return Path(agent.__file__).resolve().parent.parent / "examples"
+    return Path(str(files("bakeoff.examples")))
 
 
 def demo_command(
@@ -38,20 +39,12 @@ def demo_command(
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON document."),
     keep: bool = typer.Option(False, "--keep", help="Keep the temporary copy (its path is printed)."),
 ) -> None:
-    import asyncio
-    import json
     import shutil
-    import sys
     import tempfile
 
     from rich.console import Console
 
-    from bakeoff.agent.cli.render import Progress, print_result, result_document
-    from bakeoff.agent.cli.run import STATUS_EXIT, fail, load, user_errors
-    from bakeoff.agent.events import EventBus
-    from bakeoff.agent.config import ModelNotConfigured
-    from bakeoff.agent.models import resolve_model
-    from bakeoff.agent.session import Session, git
+    from bakeoff.agent.cli.run import fail, load
 
     source = examples_dir() / example
     if example not in DEMO_TASKS or not source.is_dir():
@@ -59,29 +52,65 @@ def demo_command(
         fail(f"no bundled example {example!r} (available: {known})")
     err = Console(stderr=True)
     workdir = Path(tempfile.mkdtemp(prefix="bakeoff-demo-"))
-    repo = workdir / example
-    shutil.copytree(source, repo, ignore=shutil.ignore_patterns("*.o", "__pycache__", ".pytest_cache", "bench", "test_kernel"))
-    git(repo, "init", "--quiet")
-    git(repo, "add", "-A")
-    git(repo, "-c", "user.name=bakeoff demo", "-c", "user.email=demo@bakeoff.invalid",
-        "commit", "--quiet", "-m", f"the {example} example")
+    try:
+        repo = copy_example(source, workdir / example)
+        settings, provenance = load(repo, {"n": n, "sandbox": sandbox})
+        override = demo_model(settings, provenance, example, err)
+        err.print(f"working on a copy of the example at {repo}")
+        code = run_demo(settings, repo, override, task or DEMO_TASKS[example], json_out, err)
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if keep:
+        err.print(f"the copy stays at {repo}; commit the winner there with bakeoff run --apply")
+    raise typer.Exit(code)
 
-    settings, provenance = load(repo, {"n": n, "sandbox": sandbox})
-    override = None
+
+def copy_example(source: Path, repo: Path) -> Path:
+    """The example as a fresh git repository of its own: the package's files are never written."""
+    import shutil
+
+    from bakeoff.agent import repository
+
+    shutil.copytree(source, repo, ignore=shutil.ignore_patterns("*.o", "__pycache__", ".pytest_cache", "bench", "test_kernel"))
+    repository.commit_all(repo, f"the {repo.name} example", author="bakeoff demo", email="demo@bakeoff.invalid")
+    return repo
+
+
+def demo_model(settings, provenance: dict[str, str], example: str, err):
+    """None when a live model is configured (and said so), else the example's scripted model."""
+    from bakeoff.agent.cli.run import fail
+    from bakeoff.agent.config import ModelNotConfigured
+    from bakeoff.agent.models import resolve_model
+
     try:
         for role in ("planner", "editor", "tester", "judge"):
             settings.model.for_role(role)
-        err.print(f"[bold]live model[/bold] {settings.model.for_role('planner')} "
-                  f"(from {provenance.get('model.default', 'config')}); this run costs real money, "
-                  f"at most ${settings.budget_usd}")
     except ModelNotConfigured:
         script = examples_dir() / "scripted" / f"{example}.yaml"
         if not script.is_file():
             fail(f"no model configured and no scripted answers at {script}; configure a model (--model or BAKEOFF_MODEL)")
-        override = resolve_model(f"scripted:{script}")
         err.print(f"[bold]scripted model[/bold]: replaying {script} because no model is configured "
                   "(set BAKEOFF_MODEL or add \\[model] default = \"...\" to bakeoff.toml for a live run)")
-    err.print(f"working on a copy of the example at {repo}")
+        return resolve_model(f"scripted:{script}")
+    err.print(f"[bold]live model[/bold] {settings.model.for_role('planner')} "
+              f"(from {provenance.get('model.default', 'config')}); this run costs real money, "
+              f"at most ${settings.budget_usd}")
+    return None
+
+
+def run_demo(settings, repo: Path, override, task: str, json_out: bool, err) -> int:
+    """Run the task on the copy; print the result; the exit code."""
+    import asyncio
+    import json
+    import sys
+
+    from rich.console import Console
+
+    from bakeoff.agent.cli.render import Progress, print_result, result_document
+    from bakeoff.agent.cli.run import STATUS_EXIT, fail, user_errors
+    from bakeoff.agent.events import EventBus
+    from bakeoff.agent.session import Session
 
     events = EventBus()
     progress = Progress(err)
@@ -93,7 +122,7 @@ def demo_command(
 
     async def go():
         try:
-            return await session.run(task or DEMO_TASKS[example])
+            return await session.run(task)
         finally:
             await session.close()
 
@@ -103,14 +132,10 @@ def demo_command(
         fail(str(exc))
     finally:
         progress.stop()
-        if not keep:
-            shutil.rmtree(workdir, ignore_errors=True)
     if json_out:
         doc = result_document(report)
         doc["model"] = "scripted" if override is not None else "live"
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
         print_result(Console(), report)
-    if keep:
-        err.print(f"the copy stays at {repo}; commit the winner there with bakeoff run --apply")
-    raise typer.Exit(STATUS_EXIT.get(report.status, 1))
+    return STATUS_EXIT.get(report.status, 1)

@@ -17,11 +17,13 @@ EXIT_OK = 0
 EXIT_NO_CORRECT = 1
 EXIT_USAGE = 2
 EXIT_BUDGET = 3
+EXIT_UNVERIFIED = 4
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 a correct candidate was found (or the question answered); "
     "1 no correct candidate (or the run failed); 2 usage or configuration error "
-    "(bad flag, missing repository, no model configured, no Docker); 3 budget exhausted."
+    "(bad flag, missing repository, no model configured, no Docker); 3 budget exhausted; "
+    "4 unverified: the planner changed files without a fan-out, so nothing checked the change."
 )
 
 STATUS_EXIT = {
@@ -29,6 +31,7 @@ STATUS_EXIT = {
     "no-correct-candidate": EXIT_NO_CORRECT,
     "error": EXIT_NO_CORRECT,
     "budget-exhausted": EXIT_BUDGET,
+    "unverified": EXIT_UNVERIFIED,
 }
 
 
@@ -102,12 +105,8 @@ def run_command(
     sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else local), local, local+bwrap or docker."),
     planner: str | None = typer.Option(None, "--planner", help="compiler (parallel plan) or react (one call per turn)."),
 ) -> None:
-    import asyncio
-    import json
-
     from rich.console import Console
 
-    from bakeoff.agent.cli.render import Progress, print_result, result_document
     from bakeoff.agent.events import EventBus
 
     if branch and not apply:
@@ -118,16 +117,38 @@ def run_command(
              "sandbox": sandbox, "planner": planner}
     events = EventBus()
     err = Console(stderr=True)
+    stop_progress = show_progress(events, err, jsonl=jsonl)
+    session = open_session(repo, flags, events)
+    if session.sandbox_choice is not None and session.sandbox_choice.warning:
+        err.print(f"warning: {session.sandbox_choice.warning}", style="yellow", markup=False)
+    try:
+        report = execute(session, task)
+    finally:
+        stop_progress()
+    applied = deliver(session, report, patch=patch, apply=apply, branch=branch, err=err)
+    print_outcome(report, applied, json_out=json_out, jsonl=jsonl)
+    raise typer.Exit(STATUS_EXIT.get(report.status, EXIT_NO_CORRECT))
+
+
+def show_progress(events, err, *, jsonl: bool):
+    """Events as JSON lines on stdout, or as progress on stderr; returns how to stop showing them."""
     if jsonl:
         def emit_line(event) -> None:
             sys.stdout.write(event.model_dump_json() + "\n")
             sys.stdout.flush()
 
         events.subscribe(emit_line)
-    else:
-        progress = Progress(err)
-        events.subscribe(progress)
-    session = open_session(repo, flags, events)
+        return lambda: None
+    from bakeoff.agent.cli.render import Progress
+
+    progress = Progress(err)
+    events.subscribe(progress)
+    return progress.stop
+
+
+def execute(session, task: str):
+    """Run ``task`` to its report; the session's sandboxes are closed however it ends."""
+    import asyncio
 
     async def go():
         try:
@@ -135,29 +156,38 @@ def run_command(
         finally:
             await session.close()
 
-    choice = session.sandbox_choice
-    if choice is not None and choice.warning:
-        err.print(f"warning: {choice.warning}", style="yellow", markup=False)
     try:
-        report = asyncio.run(go())
+        return asyncio.run(go())
     except user_errors() as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         fail(f"cancelled; the repository is untouched (events so far in {session.state / 'runs'})", 130)
-    finally:
-        if not jsonl:
-            progress.stop()
 
-    applied = None
+
+def deliver(session, report, *, patch: Path | None, apply: bool, branch: str | None, err):
+    """Write the patch file and apply the winner when asked; the applied change, if any."""
     if patch is not None and report.patch:
         patch.write_text(report.patch, encoding="utf-8")
-    if apply and report.status == "success" and report.patch:
-        try:
-            applied = session.apply(report, branch=branch)
-        except user_errors() as exc:
-            fail(f"not applied: {exc}")
-    elif apply:
+    if not apply:
+        return None
+    if report.status != "success" or not report.patch:
         err.print("not applied: no verified winner with a change", style="yellow")
+        return None
+    try:
+        applied = session.apply(report, branch=branch)
+    except user_errors() as exc:
+        fail(f"not applied: {exc}")
+    err.print(f"applied as one commit on {f'branch {branch}' if branch else 'the current branch'}")
+    return applied
+
+
+def print_outcome(report, applied, *, json_out: bool, jsonl: bool) -> None:
+    import json
+
+    from rich.console import Console
+
+    from bakeoff.agent.cli.render import print_result, result_document
+
     doc = result_document(report, applied)
     if json_out:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
@@ -165,7 +195,3 @@ def run_command(
         sys.stdout.write(json.dumps({"kind": "result", "data": doc}) + "\n")
     else:
         print_result(Console(), report)
-        if applied is not None:
-            where = f"branch {branch}" if branch else "the current branch"
-            err.print(f"applied as one commit on {where}")
-    raise typer.Exit(STATUS_EXIT.get(report.status, EXIT_NO_CORRECT))

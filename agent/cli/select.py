@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         else:
             from rich.console import Console
 
-            from bakeoff.agent.selection.vote import render_table
+            from bakeoff.agent.selection.table import render_table
 
             Console().print(render_table(verdict))
         raise typer.Exit(0 if verdict.winner else 1)
@@ -122,7 +122,7 @@ async def _select(reference, candidate_paths, jsonl, test_paths, entry, unordere
 
 
 async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry, unordered, repeats, timing_repeats):
-    from bakeoff.agent.selection.vote import select
+    from bakeoff.agent.selection.choose import select
     from bakeoff.agent.types import Candidate
 
     if reference.suffix in C_SUFFIXES:

@@ -1,0 +1,80 @@
+"""The tests every candidate runs besides the repository's own: tests the tester model writes,
+and the differential harness's cases, which compare each candidate with the base version.
+
+They are made while the candidates develop, from the base version alone.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from bakeoff.agent.events import EventBus
+from bakeoff.agent.fanout.settings import FanOutSettings
+from bakeoff.agent.harness.protocol import DifferentialHarness
+from bakeoff.agent.seams import Model, Sandbox
+from bakeoff.agent.types import TestCase
+
+
+class MadeTests(BaseModel):
+    """The tests made for a fan-out, and what could not be made (notes for the report)."""
+
+    tests: list[TestCase] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    harness_failed: bool = False
+
+
+def pick_harness(language: str, entry: str | None, source: str | None, sandbox: Sandbox | None,
+                 events: EventBus) -> DifferentialHarness | None:
+    """The differential harness for the entry function, with the base version as reference.
+
+    None when there is no entry function or no harness for the language: the vote then
+    rests on the repo's tests, the benchmark's output and the generated tests. The harness
+    compiles and runs candidates in ``sandbox`` when one is given, else on this machine in a
+    temporary directory of its own (see ``FanOutSettings.harness_in_sandbox``).
+    """
+    if entry is None or source is None:
+        return None
+    if language == "python":
+        from bakeoff.agent.harness.pyexec import SandboxRunner
+        from bakeoff.agent.harness.testgen import PythonHarness
+
+        return PythonHarness(source, entry, runner=SandboxRunner(sandbox) if sandbox is not None else None)
+    if language in ("c", "cpp"):
+        from bakeoff.agent.harness.c_harness import CHarness
+
+        return CHarness(source, entry, language="c++" if language == "cpp" else "c", sandbox=sandbox, events=events)
+    return None
+
+
+async def make_tests(harness: DifferentialHarness | None, tester: Model | None, goal: str, source: str | None,
+                     entry: str | None, language: str, settings: FanOutSettings) -> MadeTests:
+    """Generated tests (tester model) and differential cases (harness), made while candidates develop."""
+    from bakeoff.agent.fanout.trajectory import model_errors
+
+    out = MadeTests()
+    if tester is not None and entry and source and language == "python" and settings.test_samples:
+        from bakeoff.agent.harness.testgen import generate_tests
+
+        try:
+            out.tests.extend(await generate_tests(tester, goal, source, entry, n=settings.test_samples))
+        except model_errors() as exc:
+            out.notes.append(f"no generated tests: {type(exc).__name__}: {exc}")
+    if harness is not None:
+        from bakeoff.agent.harness.edge_inputs import make_tests_with, propose_inputs
+
+        edge: list = []
+        if tester is not None and entry and source and settings.test_samples:
+            try:
+                edge, notes = await propose_inputs(tester, goal=goal, source=source, entry=entry, language=language,
+                                                   harness=harness)
+                out.notes.extend(notes)
+            except model_errors() as exc:
+                out.notes.append(f"no model-proposed edge inputs: {type(exc).__name__}: {exc}"[:200])
+        try:
+            made, notes = await make_tests_with(harness, edge)
+            out.tests.extend(made)
+            out.notes.extend(notes)
+        except RuntimeError as exc:  # the harness could not build its driver for this function
+            out.notes.append(f"no differential tests: {exc}"[:500])
+            out.harness_failed = True
+    return out
