@@ -17,10 +17,26 @@ app = typer.Typer(
         "Plan a coding task as a graph of parallel tool calls, fan out candidate edits in "
         "sandboxes, test and time every one, and ship the fastest correct candidate."
     ),
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+@app.callback(invoke_without_command=True)
+def root(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", help="Print bakeoff's version and exit.", is_eager=True),
+) -> None:
+    """Bare ``bakeoff`` prints the help and exits 0; ``--version`` prints the version."""
+    if version:
+        import bakeoff
+
+        typer.echo(f"bakeoff {bakeoff.__version__}")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
 
 # Each module defines ``register(app)``. Order is the order shown in --help.
 COMMAND_MODULES = ["run", "chat", "batch", "select", "demo", "config", "action"]
