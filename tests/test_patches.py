@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from bakeoff.agent.github.client import GitHub
+from bakeoff.agent.github.deliver import deliver
+from bakeoff.agent.github.trigger import Trigger
 from bakeoff.agent.patches import PatchRejected, UndoRefused, apply_patch, parse_patch, undo, validate_patch
+from tests.github_server import FakeGitHub
 
 
 def git(repo: Path, *args: str) -> str:
@@ -416,6 +420,33 @@ def test_apply_patch_commits_exactly_what_git_apply_makes(corpus: Path, case: st
     assert snapshot(corpus) == before
 
 
+def git_apply_result(repo: Path, clone: Path, patch: str) -> dict[str, tuple[str, bytes] | None]:
+    """What `git apply` of ``patch`` changes in a clone of ``repo``: path -> (mode, bytes), None if deleted."""
+    git(repo.parent, "clone", "-q", str(repo), str(clone))
+    git_bytes(clone, "apply", "--index", input=patch)
+    fields = git_bytes(clone, "diff", "--cached", "--raw", "-z", "--no-renames", "--no-abbrev", "HEAD").split(b"\0")
+    changed: dict[str, tuple[str, bytes] | None] = {}
+    for meta, path in zip(fields[0::2], fields[1::2]):
+        _, mode, _, sha, status = meta.decode().split()
+        changed[path.decode()] = None if status == "D" else (mode, git_bytes(clone, "cat-file", "blob", sha))
+    return changed
+
+
+@pytest.mark.parametrize("case", list(EDITS))
+def test_deliver_in_fix_mode_commits_exactly_what_git_apply_changes(corpus: Path, tmp_path: Path, case: str) -> None:
+    patch, _ = corpus_diff(corpus, EDITS[case])
+    expected = git_apply_result(corpus, tmp_path / "clone", patch)
+    trigger = Trigger(event="issue_comment", repo="o/r", pr=7, actor="dev", instruction="make it faster",
+                      head_sha="a" * 40, head_ref="feature")
+    report = {"status": "success", "patch": patch, "verdict": {"winner": "c1"}}
+    before = snapshot(corpus)
+    with FakeGitHub() as server:
+        outcome = deliver(GitHub("token", "o/r", api_url=server.url), trigger, report, repo=corpus, mode="fix")
+    assert outcome.startswith("Opened draft PR #99"), outcome
+    assert server.committed_files() == expected
+    assert snapshot(corpus) == before  # the checkout is only read
+
+
 # A traditional diff whose name is followed by a date after spaces: git reads the name as
 # "Jenkinsfile", the parse as the whole text. Whatever git would write must be a path the check read.
 DATED = "--- /dev/null\n+++ b/Jenkinsfile 2024-01-01 00:00:00.000000000 +0000\n@@ -0,0 +1 @@\n+pipeline {}\n"
@@ -427,3 +458,12 @@ def test_a_path_git_reads_differently_from_the_check_is_refused(repo: Path) -> N
         apply_patch(repo, DATED, message="x")
     assert "did not read: Jenkinsfile" in str(err.value)
     assert snapshot(repo) == before
+
+
+def test_deliver_refuses_a_path_git_reads_differently_from_the_check(repo: Path) -> None:
+    trigger = Trigger(event="issue_comment", repo="o/r", pr=7, actor="dev", instruction="go", head_sha="a" * 40)
+    with FakeGitHub() as server:
+        outcome = deliver(GitHub("token", "o/r", api_url=server.url), trigger,
+                          {"status": "success", "patch": DATED}, repo=repo, mode="fix")
+    assert outcome.startswith("The winning patch was refused") and "Jenkinsfile" in outcome
+    assert server.requests == []
