@@ -1,4 +1,7 @@
-"""Applying a result to the user's repository, safely, and taking it back.
+"""Reading a diff, applying a result to the user's repository safely, and taking it back.
+
+``parse_patch`` is the one diff parser: validation, the apply and the GitHub Action's
+suggestions all read its parse, and it reads paths as ``git apply`` does.
 
 The user's tree is sacred. Before a patch touches it: the patch must stay inside the repo
 (no ``..``, no absolute path, no symlink leaving it, none of ``.git/`` or CI files, nothing
@@ -18,12 +21,14 @@ import os
 import posixpath
 import re
 import signal
-import subprocess
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, Field
+
+from bakeoff.agent import repository
+from bakeoff.agent.repository import GitError
 
 _CI_PREFIXES = (".github/workflows/", ".ci/", ".circleci/")
 _CI_FILES = (".gitlab-ci.yml", "azure-pipelines.yml")
@@ -73,111 +78,167 @@ class AppliedChange(BaseModel):
 # --------------------------------------------------------------------------- parsing
 
 
-@dataclass
-class _FilePatch:
+class Hunk(BaseModel):
+    """One ``@@`` hunk: where it sits on each side, and its lines with their prefix
+    (``' '`` context, ``'-'`` removed, ``'+'`` added, ``'\\'`` a no-newline marker)."""
+
+    old_start: int
+    old_len: int
+    new_start: int
+    new_len: int
+    lines: list[str] = Field(default_factory=list)
+
+    @property
+    def new_text(self) -> list[str]:
+        """The hunk's lines as the file reads after the patch."""
+        return [line[1:] for line in self.lines if line[:1] in (" ", "+")]
+
+
+class FilePatch(BaseModel):
+    """One file of a diff: the path before (None when created) and after (None when deleted)."""
+
     old_path: str | None = None
     new_path: str | None = None
     new_mode: str | None = None
     binary: bool = False
-    added: list[str] = field(default_factory=list)  # '+' lines (a new symlink's target)
-    hunks: int = 0
+    hunks: list[Hunk] = Field(default_factory=list)
 
     @property
     def paths(self) -> list[str]:
         return [p for p in dict.fromkeys([self.old_path, self.new_path]) if p is not None]
 
 
+class ParsedPatch(BaseModel):
+    """A diff read once: the files it touches, and what is malformed about it."""
+
+    files: list[FilePatch] = Field(default_factory=list)
+    problems: list[str] = Field(default_factory=list)
+
+    @property
+    def paths(self) -> list[str]:
+        """Every path the patch touches (both sides of a rename), each once."""
+        return list(dict.fromkeys(p for f in self.files for p in f.paths))
+
+
 def _unquote(raw: str) -> str:
-    raw = raw.rstrip("\n")
-    if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
-        return codecs.escape_decode(raw[1:-1].encode())[0].decode("utf-8", errors="replace")
-    return raw.split("\t", 1)[0]
+    quoted = re.match(r'"((?:[^"\\]|\\.)*)"', raw)
+    if quoted:
+        return codecs.escape_decode(quoted[1].encode())[0].decode("utf-8", errors="replace")
+    return raw.split("\t", 1)[0]  # a tab ends the name (git writes one after names with spaces)
 
 
-def _strip_prefix(raw: str) -> str | None:
-    path = _unquote(raw.strip() if not raw.startswith('"') else raw)
+def _name(raw: str, *, strip: int = 1) -> str | None:
+    """A path as ``git apply -p1`` reads it (``strip=0``: as -p0); an absolute one stays whole, to be refused."""
+    path = _unquote(raw)
     if path == "/dev/null":
         return None
-    for prefix in ("a/", "b/"):
-        if path.startswith(prefix):
-            return path[len(prefix):]
+    path = re.sub("/{2,}", "/", path)
+    if strip and "/" in path and not path.startswith("/"):
+        path = path.split("/", 1)[1]
     return path
 
 
-def parse_patch(patch: str) -> tuple[list[_FilePatch], list[str]]:
-    """The files a unified (git) diff touches, and what is malformed about it."""
-    files: list[_FilePatch] = []
-    problems: list[str] = []
-    lines = patch.splitlines()
-    current: _FilePatch | None = None
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("diff --git "):
-            current = _FilePatch()
-            files.append(current)
-            m = re.match(r'^diff --git ("(?:[^"\\]|\\.)*"|\S+) ("(?:[^"\\]|\\.)*"|\S+)$', line)
-            if m:
-                current.old_path, current.new_path = _strip_prefix(m.group(1)), _strip_prefix(m.group(2))
-        elif line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
-            if current is None or current.binary or current.hunks:
-                current = _FilePatch()
-                files.append(current)
-            current.old_path = _strip_prefix(line[4:])
-            current.new_path = _strip_prefix(lines[i + 1][4:])
-            i += 1
-        elif current is not None and line.startswith(("new file mode ", "new mode ")):
-            current.new_mode = line.split()[-1]
-        elif current is not None and line.startswith("deleted file mode "):
-            current.new_path = None
-        elif current is not None and line.startswith(("rename from ", "copy from ")):
-            current.old_path = _unquote(line.split(" ", 2)[2])
-        elif current is not None and line.startswith(("rename to ", "copy to ")):
-            current.new_path = _unquote(line.split(" ", 2)[2])
-        elif current is not None and (line.startswith("GIT binary patch") or
-                                      (line.startswith("Binary files ") and line.endswith(" differ"))):
-            current.binary = True
-        elif line.startswith("@@"):
-            m = _HUNK.match(line)
-            if current is None or m is None:
-                problems.append(f"malformed diff: hunk header {line[:60]!r} outside a file or unreadable")
-                i += 1
-                continue
-            old_n = int(m.group(2)) if m.group(2) is not None else 1
-            new_n = int(m.group(4)) if m.group(4) is not None else 1
-            current.hunks += 1
-            i += 1
-            while i < len(lines) and (old_n > 0 or new_n > 0):
-                body = lines[i]
-                tag = body[:1]
-                if tag in (" ", ""):
-                    old_n, new_n = old_n - 1, new_n - 1
-                elif tag == "-":
-                    old_n -= 1
-                elif tag == "+":
-                    new_n -= 1
-                    current.added.append(body[1:])
-                elif tag == "\\":
-                    pass
-                else:
-                    break
-                i += 1
-            if old_n != 0 or new_n != 0:
-                problems.append(f"malformed diff: a hunk of {current.new_path or current.old_path} "
-                                "does not match its line counts")
-            while i < len(lines) and lines[i].startswith("\\"):
-                i += 1
-            continue
+def _header_names(rest: str) -> tuple[str | None, str | None]:
+    """The two names of a ``diff --git`` line; unquoted names with spaces are the same name twice."""
+    m = re.fullmatch(r'("(?:[^"\\]|\\.)*"|\S+) ("(?:[^"\\]|\\.)*"|\S+)', rest)
+    if m:
+        return _name(m[1]), _name(m[2])
+    half = len(rest) // 2
+    if len(rest) % 2 == 1 and rest[half] == " " and _name(rest[:half]) == _name(rest[half + 1:]):
+        return _name(rest[:half]), _name(rest[half + 1:])
+    return None, None
+
+
+def _read_extended_header(line: str, current: FilePatch) -> None:
+    if line.startswith(("new file mode ", "new mode ")):
+        current.new_mode = line.split()[-1]
+    elif line.startswith("deleted file mode "):
+        current.new_path = None
+    elif line.startswith(("rename from ", "copy from ")):
+        current.old_path = _name(line.split(" ", 2)[2], strip=0)
+    elif line.startswith(("rename to ", "copy to ")):
+        current.new_path = _name(line.split(" ", 2)[2], strip=0)
+    elif line.startswith("GIT binary patch") or (line.startswith("Binary files ") and line.endswith(" differ")):
+        current.binary = True
+
+
+def _read_hunk(lines: list[str], i: int, current: FilePatch | None, problems: list[str]) -> int:
+    """Read the hunk whose header is ``lines[i]``; returns the index after it. Its body is read by
+    counting lines, so a removed ``-- x`` or an added ``++ y`` is never taken for a file header."""
+    m = _HUNK.match(lines[i])
+    if current is None or m is None:
+        problems.append(f"malformed diff: hunk header {lines[i][:60]!r} outside a file or unreadable")
+        return i + 1
+    hunk = Hunk(old_start=int(m[1]), old_len=int(m[2] if m[2] is not None else 1),
+                new_start=int(m[3]), new_len=int(m[4] if m[4] is not None else 1))
+    current.hunks.append(hunk)
+    old_n, new_n = hunk.old_len, hunk.new_len
+    i += 1
+    while i < len(lines) and (old_n > 0 or new_n > 0):
+        line = lines[i] or " "  # an empty line is context whose trailing space was stripped
+        if line[0] not in " -+\\":
+            break
+        old_n -= line[0] in " -"
+        new_n -= line[0] in " +"
+        hunk.lines.append(line)
         i += 1
+    if old_n != 0 or new_n != 0:
+        problems.append(f"malformed diff: a hunk of {current.new_path or current.old_path} "
+                        "does not match its line counts")
+    while i < len(lines) and lines[i].startswith("\\"):
+        hunk.lines.append(lines[i])
+        i += 1
+    return i
+
+
+def _read_line(lines: list[str], i: int, files: list[FilePatch], problems: list[str]) -> int:
+    """Read the header line or hunk at ``lines[i]`` into ``files``; returns the next index."""
+    line = lines[i]
+    current = files[-1] if files else None
+    if line.startswith("diff --git "):
+        old_path, new_path = _header_names(line[len("diff --git "):])
+        files.append(FilePatch(old_path=old_path, new_path=new_path))
+    elif line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
+        if current is None or current.binary or current.hunks:
+            current = FilePatch()
+            files.append(current)
+        current.old_path, current.new_path = _name(line[4:]), _name(lines[i + 1][4:])
+        return i + 2
+    elif line.startswith("@@"):
+        return _read_hunk(lines, i, current, problems)
+    elif current is not None:
+        _read_extended_header(line, current)
+    return i + 1
+
+
+def _file_problems(files: list[FilePatch]) -> list[str]:
     if not files:
-        problems.append("malformed diff: no file headers (expected 'diff --git' or '---'/'+++' lines)")
+        return ["malformed diff: no file headers (expected 'diff --git' or '---'/'+++' lines)"]
+    problems = []
     for f in files:
         if not f.paths:
             problems.append("malformed diff: a file section names no path")
         elif not f.binary and not f.hunks and f.new_mode is None and not (
                 f.old_path and f.new_path is None) and f.old_path == f.new_path:
             problems.append(f"malformed diff: no change for {f.paths[0]}")
-    return files, problems
+    return problems
+
+
+def parse_patch(patch: str) -> ParsedPatch:
+    """The files and hunks a unified (git) diff touches, and what is malformed about it. Pure.
+
+    Paths are read as ``git apply`` reads them, and lines are split on ``\\n`` alone as git
+    splits them (a form feed or U+2028 inside a line does not end it).
+    """
+    lines = patch.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    files: list[FilePatch] = []
+    problems: list[str] = []
+    i = 0
+    while i < len(lines):
+        i = _read_line(lines, i, files, problems)
+    return ParsedPatch(files=files, problems=problems + _file_problems(files))
 
 
 # --------------------------------------------------------------------------- validation
@@ -195,9 +256,10 @@ def _leaves(repo_real: str, path: str) -> bool:
 
 def validate_patch(patch: str, repo: Path) -> list[str]:
     """Why ``patch`` must not be applied to ``repo``; an empty list means it may."""
-    files, reasons = parse_patch(patch)
+    parsed = parse_patch(patch)
+    reasons = list(parsed.problems)
     repo_real = os.path.realpath(repo)
-    for f in files:
+    for f in parsed.files:
         for path in f.paths:
             parts = path.split("/")
             if path.startswith("/") or os.path.isabs(path):
@@ -220,7 +282,7 @@ def validate_patch(patch: str, repo: Path) -> list[str]:
         if f.binary:
             reasons.append(f"binary patch: {f.new_path or f.old_path}")
         if f.new_mode == _SYMLINK_MODE and f.new_path is not None:
-            target = f.added[0] if f.added else ""
+            target = next((line[1:] for h in f.hunks for line in h.lines if line[:1] == "+"), "")
             inside = posixpath.normpath(posixpath.join(posixpath.dirname(f.new_path), target))
             if (target.startswith("/") or inside == ".." or inside.startswith("../")
                     or _leaves(repo_real, os.path.join(repo_real, inside))):
@@ -231,21 +293,18 @@ def validate_patch(patch: str, repo: Path) -> list[str]:
 # --------------------------------------------------------------------------- git
 
 
-def _git(repo: Path, *args: str, input: str | None = None, check: bool = True) -> str:
-    env = {**os.environ, "GIT_LITERAL_PATHSPECS": "1", "GIT_TERMINAL_PROMPT": "0"}
-    proc = subprocess.run(["git", *args], cwd=repo, input=input, capture_output=True, text=True, env=env)
-    if check and proc.returncode != 0:
-        raise PatchRejected([f"git {args[0]} failed: {proc.stderr.strip() or proc.stdout.strip()}"])
-    return proc.stdout
+@contextlib.contextmanager
+def _refused_when_git_fails() -> Iterator[None]:
+    """A failing git command refuses the patch (or its undo), naming the command and git's words."""
+    try:
+        yield
+    except GitError as err:
+        raise PatchRejected([str(err)]) from None
 
 
 def _head(repo: Path) -> str:
-    return _git(repo, "rev-parse", "--verify", "HEAD").strip()
-
-
-def _branch(repo: Path) -> str | None:
-    out = _git(repo, "symbolic-ref", "-q", "--short", "HEAD", check=False).strip()
-    return out or None
+    with _refused_when_git_fails():
+        return repository.text(repo, "rev-parse", "--verify", "HEAD")
 
 
 def _fingerprint(path: Path) -> str | None:
@@ -289,23 +348,11 @@ def _restore(repo: Path, files: list[FileState], created_dirs: list[str]) -> Non
             pass  # not empty: something else lives there now, and it is not ours to remove
 
 
-def _identity(repo: Path) -> list[str]:
-    if _git(repo, "config", "user.email", check=False).strip():
-        return []
-    return ["-c", "user.name=bakeoff", "-c", "user.email=bakeoff@localhost"]
-
-
 # --------------------------------------------------------------------------- apply / undo
 
 
-def apply_patch(
-    repo: Path,
-    patch: str,
-    *,
-    base_commit: str | None = None,
-    message: str | None = None,
-    branch: str | None = None,
-) -> AppliedChange:
+def apply_patch(repo: Path, patch: str, *, base_commit: str | None = None, message: str | None = None,
+                branch: str | None = None) -> AppliedChange:
     """Apply ``patch`` to the repository at ``repo``, all or nothing.
 
     With ``message`` the change becomes one commit (commit hooks are not run), on a new
@@ -316,37 +363,16 @@ def apply_patch(
     repo = Path(repo).resolve()
     if branch is not None and message is None:
         raise ValueError("a branch needs a commit message")
-    reasons = validate_patch(patch, repo)
-    if reasons:
-        raise PatchRejected(reasons)
-    head = _head(repo)
-    if base_commit is not None:
-        base = _git(repo, "rev-parse", "--verify", f"{base_commit}^{{commit}}", check=False).strip()
-        if base != head:
-            raise PatchRejected([f"the repository moved: HEAD is {head[:12]}, the run started from "
-                                 f"{base_commit[:12]}; re-run on the new HEAD"])
-    files, _ = parse_patch(patch)
-    paths = list(dict.fromkeys(p for f in files for p in f.paths))
-    dirty = _git(repo, "status", "--porcelain", "--ignored", "--untracked-files=all", "--", *paths)
-    if dirty.strip():
-        changed = ", ".join(line[3:] for line in dirty.splitlines())
-        raise PatchRejected([f"uncommitted changes in files the patch touches: {changed}; "
-                             "commit or stash them first"])
-    if branch is not None and _git(repo, "rev-parse", "--verify", "-q", f"refs/heads/{branch}", check=False).strip():
-        raise PatchRejected([f"branch {branch} already exists"])
-    _git(repo, "apply", "--check", "--whitespace=nowarn", input=patch)
-
-    branch_before = _branch(repo)
+    parsed = parse_patch(patch)
+    paths = parsed.paths
+    head = _check_applicable(repo, patch, paths, base_commit, branch)
+    branch_before = repository.current_branch(repo)
     states = [_capture(repo, p) for p in paths]
-    created_dirs = sorted({d for f in files if f.new_path for d in _missing_parents(repo, f.new_path)})
+    created_dirs = sorted({d for f in parsed.files if f.new_path for d in _missing_parents(repo, f.new_path)})
     locks_before = _git_locks(repo)
     try:
-        if branch is not None:
-            _git(repo, "branch", branch, head)
-            _git(repo, "symbolic-ref", "HEAD", f"refs/heads/{branch}")
-        _git(repo, "apply", "--whitespace=nowarn", *(["--index"] if message else []), input=patch)
-        if message is not None:
-            _git(repo, *_identity(repo), "commit", "-q", "--no-verify", "-m", message, "--", *paths)
+        with _refused_when_git_fails():
+            _write(repo, patch, head, paths, message=message, branch=branch)
     except BaseException:
         # A git killed by Ctrl-C leaves its lock files behind; they are ours to remove.
         for lock in _git_locks(repo) - locks_before:
@@ -358,9 +384,45 @@ def apply_patch(
         state.after_sha256 = _fingerprint(repo / state.path)
     return AppliedChange(
         repo=repo, patch=patch, head_before=head, branch_before=branch_before,
-        head_after=_head(repo), branch_after=_branch(repo), committed=message is not None,
+        head_after=_head(repo), branch_after=repository.current_branch(repo), committed=message is not None,
         created_branch=branch, files=states, created_dirs=created_dirs,
     )
+
+
+def _check_applicable(repo: Path, patch: str, paths: list[str], base_commit: str | None, branch: str | None) -> str:
+    """HEAD, when ``patch`` may be applied to ``repo`` now; else ``PatchRejected`` says why."""
+    reasons = validate_patch(patch, repo)
+    if reasons:
+        raise PatchRejected(reasons)
+    head = _head(repo)
+    if base_commit is not None and repository.resolve_commit(repo, base_commit) != head:
+        raise PatchRejected([f"the repository moved: HEAD is {head[:12]}, the run started from "
+                             f"{base_commit[:12]}; re-run on the new HEAD"])
+    with _refused_when_git_fails():
+        dirty = repository.run(repo, "status", "--porcelain", "--ignored", "--untracked-files=all", "--", *paths)
+    if dirty.strip():
+        changed = ", ".join(line[3:] for line in dirty.decode("utf-8", "replace").splitlines())
+        raise PatchRejected([f"uncommitted changes in files the patch touches: {changed}; "
+                             "commit or stash them first"])
+    if branch is not None and repository.resolve_commit(repo, f"refs/heads/{branch}"):
+        raise PatchRejected([f"branch {branch} already exists"])
+    with _refused_when_git_fails():
+        # --numstat: the paths git would write, which must all be paths the check above read.
+        out = repository.run(repo, "apply", "--check", "--numstat", "-z", "--whitespace=nowarn", input=patch)
+    unseen = {e.split(b"\t", 2)[2].decode("utf-8", "replace") for e in out.split(b"\0") if e} - set(paths)
+    if unseen:
+        raise PatchRejected([f"git would change paths the check did not read: {', '.join(sorted(unseen))}"])
+    return head
+
+
+def _write(repo: Path, patch: str, head: str, paths: list[str], *, message: str | None, branch: str | None) -> None:
+    if branch is not None:
+        repository.run(repo, "branch", branch, head)
+        repository.run(repo, "symbolic-ref", "HEAD", f"refs/heads/{branch}")
+    repository.run(repo, "apply", "--whitespace=nowarn", *(["--index"] if message else []), input=patch)
+    if message is not None:
+        repository.run(repo, *repository.identity_flags(repo), "commit", "-q", "--no-verify", "-m", message,
+                       "--", *paths)
 
 
 @contextlib.contextmanager
@@ -399,16 +461,17 @@ def _missing_parents(repo: Path, rel: str) -> list[str]:
 
 def _rollback(repo: Path, head: str, branch_before: str | None, created_branch: str | None,
               paths: list[str], states: list[FileState], created_dirs: list[str], *, index: bool) -> None:
-    if branch_before is not None:
-        if created_branch is None:
-            _git(repo, "update-ref", f"refs/heads/{branch_before}", head)
-        _git(repo, "symbolic-ref", "HEAD", f"refs/heads/{branch_before}")
-    else:
-        _git(repo, "update-ref", "--no-deref", "HEAD", head)
-    if created_branch is not None:
-        _git(repo, "branch", "-D", created_branch, check=False)
-    if index:
-        _git(repo, "reset", "-q", head, "--", *paths, check=False)
+    with _refused_when_git_fails():
+        if branch_before is not None:
+            if created_branch is None:
+                repository.run(repo, "update-ref", f"refs/heads/{branch_before}", head)
+            repository.run(repo, "symbolic-ref", "HEAD", f"refs/heads/{branch_before}")
+        else:
+            repository.run(repo, "update-ref", "--no-deref", "HEAD", head)
+        if created_branch is not None:
+            repository.run(repo, "branch", "-D", created_branch, check=False)
+        if index:
+            repository.run(repo, "reset", "-q", head, "--", *paths, check=False)
     _restore(repo, states, created_dirs)
 
 
@@ -420,10 +483,11 @@ def undo(repo: Path, change: AppliedChange) -> None:
     """
     repo = Path(repo).resolve()
     reasons = []
-    if _head(repo) != change.head_after:
-        reasons.append(f"HEAD moved since the apply (now {_head(repo)[:12]}, was {change.head_after[:12]})")
-    if _branch(repo) != change.branch_after:
-        reasons.append(f"the current branch changed since the apply (now {_branch(repo)}, was {change.branch_after})")
+    head, branch = _head(repo), repository.current_branch(repo)
+    if head != change.head_after:
+        reasons.append(f"HEAD moved since the apply (now {head[:12]}, was {change.head_after[:12]})")
+    if branch != change.branch_after:
+        reasons.append(f"the current branch changed since the apply (now {branch}, was {change.branch_after})")
     for state in change.files:
         if _fingerprint(repo / state.path) != state.after_sha256:
             reasons.append(f"{state.path} changed since the apply")

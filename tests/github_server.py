@@ -5,6 +5,7 @@ It records every request (method, path, JSON body) so tests can assert the exact
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
@@ -19,6 +20,7 @@ class FakeGitHub:
         self.pulls = pulls or {}
         self.pull_files = pull_files or {}
         self.requests: list[tuple[str, str, Any]] = []
+        self.blobs: dict[str, dict] = {}  # sha -> the body that created the blob
         self._next_id = 1000
         self._lock = threading.Lock()
         handler = self._handler()
@@ -40,6 +42,19 @@ class FakeGitHub:
 
     def calls(self, method: str | None = None) -> list[tuple[str, str, Any]]:
         return [r for r in self.requests if method is None or r[0] == method]
+
+    def committed_files(self) -> dict[str, tuple[str, bytes] | None]:
+        """What the last tree posted writes: path -> (mode, bytes), or None where it deletes."""
+        (tree,) = [body for method, path, body in self.requests if path.endswith("/git/trees")][-1:]
+        files: dict[str, tuple[str, bytes] | None] = {}
+        for entry in tree["tree"]:
+            if entry["sha"] is None:
+                files[entry["path"]] = None
+                continue
+            blob = self.blobs[entry["sha"]]
+            data = base64.b64decode(blob["content"]) if blob["encoding"] == "base64" else blob["content"].encode()
+            files[entry["path"]] = (entry["mode"], data)
+        return files
 
     def _new_id(self) -> int:
         with self._lock:
@@ -66,7 +81,10 @@ class FakeGitHub:
         if m := re.fullmatch(r"/repos/[^/]+/[^/]+/git/commits/([0-9a-f]+)", path):
             return 200, {"sha": m[1], "tree": {"sha": "tree" + m[1][:8]}}
         if re.fullmatch(r"/repos/[^/]+/[^/]+/git/(blobs|trees|commits)", path) and method == "POST":
-            return 201, {"sha": f"{self._new_id():040x}"}
+            sha = f"{self._new_id():040x}"
+            if path.endswith("/blobs"):
+                self.blobs[sha] = body
+            return 201, {"sha": sha}
         if re.fullmatch(r"/repos/[^/]+/[^/]+/git/refs", path) and method == "POST":
             return 201, {"ref": body["ref"]}
         if re.fullmatch(r"/repos/[^/]+/[^/]+/pulls", path) and method == "POST":

@@ -10,17 +10,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bakeoff.agent.github.action import (
-    Skip,
-    Trigger,
-    apply_file_patch,
-    parse_patch,
-    read_trigger,
-    suggestions,
-    task_text,
-)
 from bakeoff.agent.cli.action import action_app
 from bakeoff.agent.github.client import sanitize
+from bakeoff.agent.github.deliver import patched_files, suggestions
+from bakeoff.agent.github.trigger import Skip, Trigger, read_trigger, task_text
+from bakeoff.agent.patches import PatchRejected, parse_patch
 from tests.github_server import FakeGitHub
 from tests.shared_data import bench_data
 
@@ -143,13 +137,15 @@ PATCH = """diff --git a/src/hist.c b/src/hist.c
 ORIGINAL = "void hist(int *h, const int *x, int n) {\n  int i;\n  for (i = 0; i < n; i++)\n    h[x[i]]++;\n}\n\n\nint other(void) {\n  return 1;\n}\n"
 
 
-def test_parse_and_apply_patch():
-    (fp,) = parse_patch(PATCH)
+def test_parse_and_apply_patch(tmp_path):
+    (fp,) = parse_patch(PATCH).files
     assert fp.old_path == fp.new_path == "src/hist.c" and len(fp.hunks) == 2
-    new = apply_file_patch(ORIGINAL, fp)
+    repo = git_repo(tmp_path)
+    new = patched_files(repo, PATCH)["src/hist.c"].data.decode()
     assert "#pragma omp parallel for reduction(+:h[:256])" in new and "return 2;" in new
-    with pytest.raises(ValueError):
-        apply_file_patch(ORIGINAL.replace("int i;", "long i;"), fp)
+    (repo / "src" / "hist.c").write_text(ORIGINAL.replace("int i;", "long i;"))
+    with pytest.raises(PatchRejected):
+        patched_files(repo, PATCH)
 
 
 def test_suggestions_only_on_lines_the_pr_touches():

@@ -1,14 +1,20 @@
-"""Applying results to the user's repo: RELIABILITY items 14, 18 and 19, on real git repos."""
+"""Reading and applying results to the user's repo: RELIABILITY items 14, 18 and 19, on real git repos,
+and the one diff parser against `git apply` itself."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from bakeoff.agent.patches import PatchRejected, UndoRefused, apply_patch, undo, validate_patch
+from bakeoff.agent.github.client import GitHub
+from bakeoff.agent.github.deliver import deliver
+from bakeoff.agent.github.trigger import Trigger
+from bakeoff.agent.patches import PatchRejected, UndoRefused, apply_patch, parse_patch, undo, validate_patch
+from tests.github_server import FakeGitHub
 
 
 def git(repo: Path, *args: str) -> str:
@@ -255,3 +261,209 @@ def test_applied_change_serializes(repo: Path) -> None:
     again = AppliedChange.model_validate_json(change.model_dump_json())
     undo(repo, again)
     assert (repo / "old.txt").exists()
+
+
+# --------------------------------------------------------------------------- the parse reads what git applies
+#
+# A corpus of real `git diff` output: for each, the paths the one parser reads (and validation
+# checks) must be exactly the paths `git apply` changes, and what is applied or delivered must be
+# exactly what `git apply` makes of it.
+
+CORPUS_FILES = {
+    "src/a.c": "int a(void) {\n    return 1;\n}\n",
+    "notes.lua": "-- old note\nprint(1)\n-- a/evil\nprint(2)\n",
+    "steps.c": "void f(int i) {\n++i;\n--i;\n}\n",
+    "query.sql": "select 1;\n-- a comment\nselect 2;\n",
+    "docs/guide.md": "".join(f"line {n}\n" for n in range(1, 21)),
+    "script.sh": "echo hi\n",
+    "my file.txt": "spaces\n",
+    'naïve "quoted".txt': "unicode and quotes\n",
+    "tab\there.txt": "a tab in the name\n",
+    "trail ": "a trailing space in the name\n",
+    "feed.c": "int x;\n\x0c\nint y; /* \u2028 */\nint z;\n",
+    "nonl.txt": "no newline at the end",
+    "empty.txt": "",
+    "old.txt": "to be deleted\n",
+}
+
+
+def write(repo: Path, rel: str, text: str) -> None:
+    (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+    (repo / rel).write_text(text)
+
+
+def replace(repo: Path, rel: str, old: str, new: str) -> None:
+    text = (repo / rel).read_text()
+    assert old in text
+    (repo / rel).write_text(text.replace(old, new))
+
+
+def rename(repo: Path, old: str, new: str) -> None:
+    (repo / new).parent.mkdir(parents=True, exist_ok=True)
+    (repo / old).rename(repo / new)
+
+
+def odd_names(repo: Path) -> None:
+    for name in ("my file.txt", 'naïve "quoted".txt', "tab\there.txt", "trail "):
+        replace(repo, name, "\n", " (edited)\n")
+
+
+def several(repo: Path) -> None:
+    for edit in ("modified", "deleted", "renamed in its folder", "mode change", "a hunk that reads like file headers",
+                 "C increments at the line start", "a new file with spaces", "names with spaces, unicode, quotes, tabs"):
+        EDITS[edit](repo)
+
+
+EDITS = {
+    "modified": lambda r: replace(r, "src/a.c", "return 1", "return 2"),
+    "added": lambda r: write(r, "src/new/b.c", "int b(void) { return 3; }\n"),
+    "deleted": lambda r: (r / "old.txt").unlink(),
+    "renamed and edited": lambda r: (rename(r, "docs/guide.md", "manual/guide.md"),
+                                     replace(r, "manual/guide.md", "line 5\n", "line five\n")),
+    "renamed as is": lambda r: rename(r, "script.sh", "bin/script.sh"),
+    "renamed in its folder": lambda r: rename(r, "src/a.c", "src/b.c"),
+    "mode change": lambda r: (r / "script.sh").chmod(0o755),
+    "a removed '-- ' comment": lambda r: replace(r, "notes.lua", "-- old note\n", ""),
+    "a hunk that reads like file headers": lambda r: replace(r, "notes.lua", "-- a/evil\n",
+                                                             "++ b/.github/workflows/ci.yml\n"),
+    "C increments at the line start": lambda r: replace(r, "steps.c", "++i;\n--i;\n", "++ i;\n"),
+    "an SQL comment": lambda r: replace(r, "query.sql", "-- a comment\n", "-- another comment\n"),
+    "names with spaces, unicode, quotes, tabs": odd_names,
+    "a new file with spaces": lambda r: write(r, "new dir/new file.txt", "hello\n"),
+    "form feed and U+2028 inside lines": lambda r: replace(r, "feed.c", "int z;", "int z = 1;"),
+    "no newline at the end": lambda r: replace(r, "nonl.txt", "the end", "the very end"),
+    "an empty file added": lambda r: write(r, "blank.txt", ""),
+    "an empty file deleted": lambda r: (r / "empty.txt").unlink(),
+    "a symlink added": lambda r: os.symlink("../notes.lua", r / "src" / "notes"),
+    "several files": several,
+}
+
+
+def git_bytes(repo: Path, *args: str, input: str | None = None) -> bytes:
+    return subprocess.run(["git", *args], cwd=repo, input=None if input is None else input.encode(),
+                          check=True, capture_output=True).stdout
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    r = tmp_path / "corpus"
+    r.mkdir()
+    git(r, "init", "-q", "-b", "main")
+    git(r, "config", "user.email", "dev@example.com")
+    git(r, "config", "user.name", "Dev")
+    for rel, text in CORPUS_FILES.items():
+        write(r, rel, text)
+    git(r, "add", "-A")
+    git(r, "commit", "-q", "-m", "base")
+    return r
+
+
+def corpus_diff(repo: Path, edit) -> tuple[str, str]:
+    """A real git patch of ``edit`` (renames found), and the tree it leads to; the repo is put back."""
+    edit(repo)
+    git(repo, "add", "-A")
+    tree = git(repo, "write-tree").strip()
+    patch = git_bytes(repo, "diff", "--cached", "-M", "HEAD").decode()
+    git(repo, "reset", "-q", "--hard", "HEAD")
+    git(repo, "clean", "-qfd")
+    return patch, tree
+
+
+def git_would_touch(repo: Path, patch: str) -> set[str]:
+    """The paths `git apply` changes: those --numstat names, and the old side of each rename --summary names."""
+    numstat = git_bytes(repo, "apply", "--numstat", "-z", input=patch)
+    paths = {entry.split(b"\t", 2)[2].decode() for entry in numstat.split(b"\0") if entry}
+    for line in git_bytes(repo, "apply", "--summary", "-z", input=patch).decode().splitlines():
+        if renamed := re.fullmatch(r" rename (.+) \(\d+%\)", line):
+            braces = re.fullmatch(r"(.*)\{(.*) => (.*)\}(.*)", renamed[1])
+            old = braces[1] + braces[2] + braces[4] if braces else renamed[1].split(" => ")[0]
+            paths.add(re.sub("/+", "/", old).lstrip("/"))
+    return paths
+
+
+def test_the_corpus_has_what_it_promises(corpus: Path) -> None:
+    summaries = " ".join(git_bytes(corpus, "apply", "--summary", input=corpus_diff(corpus, EDITS[case])[0]).decode()
+                         for case in ("renamed in its folder", "mode change"))
+    assert "rename src/{a.c => b.c}" in summaries and "mode change 100644 => 100755" in summaries
+    lookalikes = corpus_diff(corpus, EDITS["a hunk that reads like file headers"])[0]
+    assert "\n--- a/evil\n+++ b/.github/workflows/ci.yml\n" in lookalikes
+    increments = corpus_diff(corpus, EDITS["C increments at the line start"])[0]
+    assert "\n-++i;\n---i;\n+++ i;\n" in increments
+
+
+@pytest.mark.parametrize("case", list(EDITS))
+def test_the_parse_reads_exactly_the_paths_git_apply_changes(corpus: Path, case: str) -> None:
+    patch, _ = corpus_diff(corpus, EDITS[case])
+    parsed = parse_patch(patch)
+    assert parsed.problems == []
+    assert set(parsed.paths) == git_would_touch(corpus, patch)
+    assert validate_patch(patch, corpus) == []
+
+
+def test_hunk_lines_that_read_like_file_headers_stay_in_their_hunk(corpus: Path) -> None:
+    patch, _ = corpus_diff(corpus, EDITS["a hunk that reads like file headers"])
+    (f,) = parse_patch(patch).files
+    assert (f.old_path, f.new_path) == ("notes.lua", "notes.lua")
+    (h,) = f.hunks
+    assert (h.old_start, h.old_len, h.new_start, h.new_len) == (1, 4, 1, 4)
+    assert h.lines == [" -- old note", " print(1)", "--- a/evil", "+++ b/.github/workflows/ci.yml", " print(2)"]
+    assert h.new_text == ["-- old note", "print(1)", "++ b/.github/workflows/ci.yml", "print(2)"]
+
+
+@pytest.mark.parametrize("case", list(EDITS))
+def test_apply_patch_commits_exactly_what_git_apply_makes(corpus: Path, case: str) -> None:
+    patch, tree = corpus_diff(corpus, EDITS[case])
+    before = snapshot(corpus)
+    change = apply_patch(corpus, patch, message="bakeoff result")
+    assert git(corpus, "rev-parse", "HEAD^{tree}").strip() == tree
+    undo(corpus, change)
+    assert snapshot(corpus) == before
+
+
+def git_apply_result(repo: Path, clone: Path, patch: str) -> dict[str, tuple[str, bytes] | None]:
+    """What `git apply` of ``patch`` changes in a clone of ``repo``: path -> (mode, bytes), None if deleted."""
+    git(repo.parent, "clone", "-q", str(repo), str(clone))
+    git_bytes(clone, "apply", "--index", input=patch)
+    fields = git_bytes(clone, "diff", "--cached", "--raw", "-z", "--no-renames", "--no-abbrev", "HEAD").split(b"\0")
+    changed: dict[str, tuple[str, bytes] | None] = {}
+    for meta, path in zip(fields[0::2], fields[1::2]):
+        _, mode, _, sha, status = meta.decode().split()
+        changed[path.decode()] = None if status == "D" else (mode, git_bytes(clone, "cat-file", "blob", sha))
+    return changed
+
+
+@pytest.mark.parametrize("case", list(EDITS))
+def test_deliver_in_fix_mode_commits_exactly_what_git_apply_changes(corpus: Path, tmp_path: Path, case: str) -> None:
+    patch, _ = corpus_diff(corpus, EDITS[case])
+    expected = git_apply_result(corpus, tmp_path / "clone", patch)
+    trigger = Trigger(event="issue_comment", repo="o/r", pr=7, actor="dev", instruction="make it faster",
+                      head_sha="a" * 40, head_ref="feature")
+    report = {"status": "success", "patch": patch, "verdict": {"winner": "c1"}}
+    before = snapshot(corpus)
+    with FakeGitHub() as server:
+        outcome = deliver(GitHub("token", "o/r", api_url=server.url), trigger, report, repo=corpus, mode="fix")
+    assert outcome.startswith("Opened draft PR #99"), outcome
+    assert server.committed_files() == expected
+    assert snapshot(corpus) == before  # the checkout is only read
+
+
+# A traditional diff whose name is followed by a date after spaces: git reads the name as
+# "Jenkinsfile", the parse as the whole text. Whatever git would write must be a path the check read.
+DATED = "--- /dev/null\n+++ b/Jenkinsfile 2024-01-01 00:00:00.000000000 +0000\n@@ -0,0 +1 @@\n+pipeline {}\n"
+
+
+def test_a_path_git_reads_differently_from_the_check_is_refused(repo: Path) -> None:
+    before = snapshot(repo)
+    with pytest.raises(PatchRejected) as err:
+        apply_patch(repo, DATED, message="x")
+    assert "did not read: Jenkinsfile" in str(err.value)
+    assert snapshot(repo) == before
+
+
+def test_deliver_refuses_a_path_git_reads_differently_from_the_check(repo: Path) -> None:
+    trigger = Trigger(event="issue_comment", repo="o/r", pr=7, actor="dev", instruction="go", head_sha="a" * 40)
+    with FakeGitHub() as server:
+        outcome = deliver(GitHub("token", "o/r", api_url=server.url), trigger,
+                          {"status": "success", "patch": DATED}, repo=repo, mode="fix")
+    assert outcome.startswith("The winning patch was refused") and "Jenkinsfile" in outcome
+    assert server.requests == []

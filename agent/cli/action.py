@@ -50,7 +50,8 @@ def gate(
     api_url: Optional[str] = typer.Option(None, help="GitHub API URL (default: $GITHUB_API_URL)"),
 ) -> None:
     """Decide whether to run; post the status comment; write the trigger."""
-    from bakeoff.agent.github.action import WRITE_PERMISSIONS, Skip, read_trigger, status_body, write_outputs
+    from bakeoff.agent.github.report import status_body, write_outputs
+    from bakeoff.agent.github.trigger import WRITE_PERMISSIONS, Skip, read_trigger
 
     event_path = event or (Path(os.environ["GITHUB_EVENT_PATH"]) if os.environ.get("GITHUB_EVENT_PATH") else None)
     name = event_name or os.environ.get("GITHUB_EVENT_NAME")
@@ -109,7 +110,7 @@ def run_step(
     """Run bakeoff on the PR head. Refuses to run while GITHUB_TOKEN is in the environment."""
     import asyncio
 
-    from bakeoff.agent.github.action import Trigger, load_json, task_text
+    from bakeoff.agent.github.trigger import Trigger, load_json, task_text
 
     if os.environ.get("GITHUB_TOKEN"):
         _fail("GITHUB_TOKEN is set in the run step: this step runs pull-request code, so it must not hold it")
@@ -143,8 +144,9 @@ def deliver(
     api_url: Optional[str] = typer.Option(None, help="GitHub API URL (default: $GITHUB_API_URL)"),
 ) -> None:
     """Post the result: a review with suggestions, or a branch and a draft PR; finish the status."""
-    from bakeoff.agent.github.action import Trigger, load_json, report_markdown, status_body, write_outputs
-    from bakeoff.agent.github.action import deliver as do_deliver
+    from bakeoff.agent.github.deliver import deliver as do_deliver
+    from bakeoff.agent.github.report import report_markdown, status_body, write_outputs
+    from bakeoff.agent.github.trigger import Trigger, load_json
 
     if mode not in ("review", "fix"):
         _fail(f"mode must be review or fix, not {mode!r}")

@@ -6,11 +6,14 @@ from a pull request may carry secrets, mass @mentions or more than GitHub accept
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 COMMENT_LIMIT = 60_000  # GitHub rejects bodies over 65,536 characters; leave room for the footer
@@ -24,6 +27,14 @@ _SECRET_PATTERNS = [
     re.compile(r"xox[baprs]-[A-Za-z0-9-]{10,}"),  # Slack tokens
 ]
 _SECRET_ENV_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class FileContent:
+    """A file as a commit holds it: its bytes (a symlink's: its target) and its git mode."""
+
+    data: bytes
+    mode: str = "100644"  # 100755 executable, 120000 symlink
 
 
 class GitHubError(RuntimeError):
@@ -115,7 +126,7 @@ class GitHub:
         }
         return self.request("POST", f"/repos/{self.repo}/pulls/{number}/reviews", payload)["id"]
 
-    def commit_files(self, base_sha: str, files: dict[str, str | None], message: str) -> str:
+    def commit_files(self, base_sha: str, files: Mapping[str, FileContent | None], message: str) -> str:
         """One commit on top of ``base_sha`` writing ``files`` (None deletes); returns its sha."""
         base = self.request("GET", f"/repos/{self.repo}/git/commits/{base_sha}")
         tree = []
@@ -123,8 +134,8 @@ class GitHub:
             if content is None:
                 tree.append({"path": path, "mode": "100644", "type": "blob", "sha": None})
             else:
-                blob = self.request("POST", f"/repos/{self.repo}/git/blobs", {"content": content, "encoding": "utf-8"})
-                tree.append({"path": path, "mode": "100644", "type": "blob", "sha": blob["sha"]})
+                blob = self.request("POST", f"/repos/{self.repo}/git/blobs", _blob(content.data))
+                tree.append({"path": path, "mode": content.mode, "type": "blob", "sha": blob["sha"]})
         new_tree = self.request("POST", f"/repos/{self.repo}/git/trees", {"base_tree": base["tree"]["sha"], "tree": tree})
         commit = self.request(
             "POST",
@@ -142,3 +153,11 @@ class GitHub:
             f"/repos/{self.repo}/pulls",
             {"title": sanitize(title, limit=250), "head": head, "base": base, "body": sanitize(body), "draft": True},
         )
+
+
+def _blob(data: bytes) -> dict[str, str]:
+    """A blob's body for the API: UTF-8 text as it is, any other bytes in base64."""
+    try:
+        return {"content": data.decode("utf-8"), "encoding": "utf-8"}
+    except UnicodeDecodeError:
+        return {"content": base64.b64encode(data).decode(), "encoding": "base64"}

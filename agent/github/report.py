@@ -1,0 +1,58 @@
+"""What the Action says: the status comment, the candidate table, and the step outputs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from bakeoff.agent.github.trigger import Trigger
+
+STATUS_MARKER = "<!-- bakeoff-status -->"
+
+
+def status_body(trigger: Trigger, state: Literal["started", "done", "failed"], detail: str = "") -> str:
+    head = {
+        "started": f"⏳ bakeoff is running on #{trigger.pr} for @{trigger.actor}: fanning out candidates…",
+        "done": f"✅ bakeoff finished on #{trigger.pr}.",
+        "failed": f"❌ bakeoff could not finish on #{trigger.pr}.",
+    }[state]
+    return f"{STATUS_MARKER}\n{head}\n\n{detail}".rstrip() + "\n"
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The candidate table and the cost, as Markdown, from a RunReport's JSON."""
+    verdict = report.get("verdict") or {}
+    rows = verdict.get("rows") or []
+    lines = [
+        f"**Result:** {report.get('status', '?')}. {verdict.get('reason', '')}".strip(),
+        "",
+        "| candidate | built | tests passed | group | flaky | speedup | cost |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        speed = "–"
+        if r.get("speedup") is not None:
+            speed = f"{r['speedup']:.2f}x"
+            if r.get("low") is not None and r.get("high") is not None:
+                speed += f" [{r['low']:.2f}, {r['high']:.2f}]"
+        mark = " 🏆" if r.get("candidate") == verdict.get("winner") else ""
+        lines.append(
+            f"| {r.get('candidate')}{mark} | {_yes(r.get('built'))} | {r.get('tests_passed', 0)}/{r.get('tests_total', 0)}"
+            f" | {r.get('group') if r.get('group') is not None else '–'} | {_yes(r.get('flaky'))} | {speed}"
+            f" | ${r.get('cost_usd', 0.0):.4f} |"
+        )
+    lines += ["", f"Total cost: ${report.get('cost_usd', 0.0):.4f} ({report.get('tokens', 0)} tokens)."]
+    return "\n".join(lines)
+
+
+def _yes(value: Any) -> str:
+    return "–" if value is None else ("yes" if value else "no")
+
+
+def write_outputs(path: str | None, values: dict[str, str]) -> None:
+    """Append step outputs to $GITHUB_OUTPUT, using delimiters so values may hold newlines."""
+    if not path:
+        return
+    with open(path, "a", encoding="utf-8") as fh:
+        for key, value in values.items():
+            delimiter = f"BAKEOFF_EOF_{abs(hash((key, value))) % 10**12}"
+            fh.write(f"{key}<<{delimiter}\n{value}\n{delimiter}\n")
