@@ -17,9 +17,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bakeoff.agent.seams import ExecResult, ToolContext
+from bakeoff.agent.seams import ExecResult, Sandbox, ToolContext
 from bakeoff.tools.errors import ToolError
-from bakeoff.tools.files import probe, probe_script
+from bakeoff.tools.probe import probe, probe_script
 
 _JOBS = "$(nproc 2>/dev/null || echo 2)"
 _C_EXTS = (".c",)
@@ -35,7 +35,7 @@ def cap_text(text: str, limit: int) -> str:
     return text[:head] + f"\n[... {len(text) - limit} characters cut ...]\n" + text[-tail:]
 
 
-def need_sandbox(ctx: ToolContext, tool: str) -> Any:
+def need_sandbox(ctx: ToolContext, tool: str) -> Sandbox:
     if ctx.sandbox is None:
         raise ToolError(f"{tool} needs a sandbox: commands never run in the user's tree")
     return ctx.sandbox

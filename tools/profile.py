@@ -13,11 +13,11 @@ import json
 import re
 import shlex
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bakeoff.agent.seams import ExecResult, ToolContext
+from bakeoff.agent.seams import ExecResult, Sandbox, ToolContext
 from bakeoff.agent.stats import interleaved, median
 from bakeoff.agent.types import Timing
 from bakeoff.tools.errors import ToolError
@@ -34,7 +34,7 @@ class CommandFailed(RuntimeError):
 
 
 async def time_command(
-    sandbox: Any, cmd: str, *, env: Mapping[str, str] | None = None, timeout: float | None = None
+    sandbox: Sandbox, cmd: str, *, env: Mapping[str, str] | None = None, timeout: float | None = None
 ) -> float:
     """Wall seconds of one successful run of ``cmd`` in ``sandbox``; raises ``CommandFailed``."""
     res = await sandbox.exec(cmd, timeout=timeout, env=dict(env) if env else None)
@@ -182,7 +182,7 @@ class Profile:
 
     @staticmethod
     async def _compare(
-        args: Profile.Args, sandbox: Any, base_sandbox: Any, base_cmd: str,
+        args: Profile.Args, sandbox: Sandbox, base_sandbox: Sandbox, base_cmd: str,
         env: dict[str, str] | None, base_env: dict[str, str] | None, threads: int | None,
     ) -> Timing:
         async def run_baseline() -> float:

@@ -227,7 +227,8 @@ class Trajectory:
 
     async def _attempt(self, sb: Any, cand: Candidate, reply: str, contents: dict[str, str], round_: int) -> Feedback | None:
         """Apply one answer and check it; None when it is finished (or the model declined to go on)."""
-        from bakeoff.tools.edit import EditError, EditParseError, apply_edit_blocks, parse_edit_blocks
+        from bakeoff.tools.edit import EditError, apply_edit_blocks
+        from bakeoff.tools.edit_blocks import EditParseError, parse_edit_blocks
 
         try:
             blocks = parse_edit_blocks(reply, default_path=self.files[0] if len(self.files) == 1 else None)
@@ -407,7 +408,7 @@ async def _detect_commands(sb: Any, settings: FanOutSettings) -> Commands:
     import it. The benchmark is a Makefile target named like one, or a ``bench.py``.
     """
     from bakeoff.tools.exec import plan_build, plan_tests
-    from bakeoff.tools.files import probe
+    from bakeoff.tools.probe import probe
 
     found = await probe(ToolContext(sandbox=sb), {"mode": "detect"})
     plan = plan_build(found, settings.build)
