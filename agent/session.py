@@ -547,7 +547,7 @@ def _fan_out_result(value: Any) -> Any:
 def _light(call: ToolCall) -> ToolCall:
     """The trace entry with its result summarized: the report keeps the candidates whole
     already, and a tool's full output (files, logs) would swell every saved report."""
-    from bakeoff.agent.planning.scheduler import summarize_result
+    from bakeoff.agent.planning.results import summarize_result
 
     if call.result is None or isinstance(call.result, (int, float, bool)):
         return call

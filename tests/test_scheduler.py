@@ -10,7 +10,8 @@ from typing import ClassVar
 from pydantic import BaseModel
 
 from bakeoff.agent.events import EventBus, JsonlSink, read_events
-from bakeoff.agent.planning.scheduler import Scheduler, resolve_args, summarize_result
+from bakeoff.agent.planning.results import summarize_result
+from bakeoff.agent.planning.scheduler import Scheduler, resolve_args
 from bakeoff.agent.seams import ExecResult, ToolContext
 from bakeoff.agent.types import Task, ToolCall
 from bakeoff.tools.registry import Registry
