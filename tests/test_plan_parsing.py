@@ -24,6 +24,7 @@ class Out(BaseModel):
 
 class _Sleep:
     Result: ClassVar[type[BaseModel]] = Out
+    time_limit_s: ClassVar[float | None] = None
 
     async def __call__(self, args: BaseModel, ctx: ToolContext) -> Out:
         await asyncio.sleep(0.01)

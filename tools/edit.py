@@ -18,6 +18,7 @@ from bakeoff.agent.seams import ToolContext
 from bakeoff.tools.edit_blocks import FORMAT_HINT, EditBlock, parse_edit_blocks
 from bakeoff.tools.errors import ToolError
 from bakeoff.tools.files import check_relative_path
+from bakeoff.tools.limits import SANDBOX_START_S
 
 
 class EditError(ToolError):
@@ -165,6 +166,8 @@ class Edit:
         "file exactly, once; an empty SEARCH creates a new file; whole_file replaces a file. Give "
         "'blocks', or 'text' holding SEARCH/REPLACE blocks as written in an answer."
     )
+    # Reading and writing a few files takes moments; the first call of a run may also start its sandbox.
+    time_limit_s: ClassVar[float | None] = 30.0 + SANDBOX_START_S
 
     class Args(BaseModel):
         model_config = ConfigDict(extra="forbid")

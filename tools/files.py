@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bakeoff.agent.seams import ToolContext
 from bakeoff.tools.errors import ToolError
-from bakeoff.tools.probe import probe
+from bakeoff.tools.limits import SANDBOX_START_S
+from bakeoff.tools.probe import PROBE_TIMEOUT_S, probe
 
 
 # --------------------------------------------------------------------------- path checks
@@ -65,6 +66,8 @@ class ReadFile:
         "Read a text file of the repository, optionally a range of lines (1-based, inclusive). "
         "Long files are cut with a marker that says how to read on."
     )
+    # Reading one file takes moments; the first call of a run may also start its sandbox.
+    time_limit_s: ClassVar[float | None] = 30.0 + SANDBOX_START_S
 
     class Args(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -121,6 +124,8 @@ class ListFiles:
         "List the repository's files matching a glob ('*.c' matches anywhere, 'src/**/*.py' is "
         "anchored), skipping what .gitignore ignores."
     )
+    # One probe under its own timeout.
+    time_limit_s: ClassVar[float | None] = PROBE_TIMEOUT_S + SANDBOX_START_S
 
     class Args(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -156,6 +161,8 @@ class Search:
         "Search the repository's text files for a Python regular expression, line by line, "
         "skipping what .gitignore ignores. Returns matches as path:line:text."
     )
+    # One probe under its own timeout.
+    time_limit_s: ClassVar[float | None] = PROBE_TIMEOUT_S + SANDBOX_START_S
 
     class Args(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -22,6 +22,7 @@ from bakeoff.agent.stats import interleaved, median
 from bakeoff.agent.types import Timing
 from bakeoff.tools.errors import ToolError
 from bakeoff.tools.exec import need_sandbox
+from bakeoff.tools.limits import LONGEST_COMMAND_S
 
 
 class CommandFailed(RuntimeError):
@@ -111,6 +112,9 @@ class Profile:
         "for each OMP_NUM_THREADS in 'threads' (without a baseline the sweep compares against 1 thread), "
         "and for Python commands the hot spots by cProfile."
     )
+    # Every timed run has its own timeout, but how many there are grows with the arguments
+    # (warmup and repeats, both sides, each thread count): the caller bounds the whole.
+    time_limit_s: ClassVar[float | None] = None
 
     class Args(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -124,7 +128,7 @@ class Profile:
         threads: list[int] = Field(default_factory=list, description="OMP_NUM_THREADS values to sweep, e.g. [1, 2, 4]")
         hotspots: bool = Field(default=False, description="also run a Python command once under cProfile")
         top: int = Field(default=15, ge=1, le=100, description="hot spots to return")
-        timeout: float = Field(default=120.0, gt=0, le=3600, description="seconds allowed for each run")
+        timeout: float = Field(default=120.0, gt=0, le=LONGEST_COMMAND_S, description="seconds allowed for each run")
 
     class Result(BaseModel):
         ok: bool

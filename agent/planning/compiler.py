@@ -34,14 +34,13 @@ class LLMCompiler:
         events: EventBus | None = None,
         max_replans: int = 2,
         concurrency: Mapping[str, int] | None = None,
-        default_timeout: float = 300,
     ) -> None:
         self.planner = planner
         self.joiner = joiner
         self.registry = registry
         self.events = events
         self.max_replans = max_replans
-        self.scheduler = Scheduler(registry, ctx, events=events, concurrency=concurrency, default_timeout=default_timeout)
+        self.scheduler = Scheduler(registry, ctx, events=events, concurrency=concurrency)
 
     def _emit(self, kind: str, **data: Any) -> None:
         if self.events is not None:

@@ -110,13 +110,12 @@ class ReActAgent:
         *,
         events: EventBus | None = None,
         max_steps: int = 20,
-        default_timeout: float = 300,
     ) -> None:
         self.model = model
         self.registry = registry
         self.events = events
         self.max_steps = max_steps
-        self.scheduler = Scheduler(registry, ctx, events=events, default_timeout=default_timeout)
+        self.scheduler = Scheduler(registry, ctx, events=events)
 
     def _emit(self, kind: str, **data: Any) -> None:
         if self.events is not None:

@@ -2,8 +2,9 @@
 
 Dispatch is event-driven: a finishing task starts its ready dependents from its own
 completion (no polling, no sweeps over the plan). Tasks may arrive while the planner is
-still writing (an async iterable) or all at once. Per-tool concurrency limits, per-task
-timeouts; a failure is recorded as data (``ToolCall``) and its dependents are skipped.
+still writing (an async iterable) or all at once. Per-tool concurrency limits; each call is
+bounded by its tool's own ``time_limit_s``. A failure is recorded as data (``ToolCall``) and
+its dependents are skipped.
 """
 
 from __future__ import annotations
@@ -111,6 +112,12 @@ def _arguments(task: Task, tool: Tool, values: Mapping[int, Any]) -> BaseModel |
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'arguments'}: {x['msg']}" for x in e.errors())
         return f"arguments do not fit {tool.name}'s schema once references were resolved: {problems}"
+
+
+def _time_limit(tool: Tool) -> float | None:
+    # A tool that does not declare ``time_limit_s`` yet (fan_out, for one) counts as None:
+    # the scheduler adds no limit of its own, its caller bounds it.
+    return getattr(tool, "time_limit_s", None)
 
 
 def _failed(call: ToolCall) -> str:
@@ -223,7 +230,11 @@ class _Dispatch:
 
 
 class Scheduler:
-    """Runs tasks concurrently as their dependencies finish. One per run; reusable across plans."""
+    """Runs tasks concurrently as their dependencies finish. One per run; reusable across plans.
+
+    Each call is bounded by its tool's ``time_limit_s`` (none when the tool declares None);
+    ``timeouts`` (tool name -> seconds) overrides a tool's own limit.
+    """
 
     def __init__(
         self,
@@ -232,13 +243,11 @@ class Scheduler:
         *,
         events: EventBus | None = None,
         concurrency: Mapping[str, int] | None = None,
-        default_timeout: float = 300,
         timeouts: Mapping[str, float] | None = None,
     ) -> None:
         self.registry = registry
         self.ctx = ctx
         self.events = events
-        self.default_timeout = default_timeout
         self.timeouts = dict(timeouts or {})
         # Semaphores are shared by every plan this scheduler runs: limits hold across replans.
         self._limits = {name: asyncio.Semaphore(n) for name, n in (concurrency or {}).items()}
@@ -284,11 +293,13 @@ class Scheduler:
     async def _call(self, task: Task, tool: Tool, args: BaseModel) -> ToolCall:
         started = time.time()
         self._emit("task.start", task_id=task.id, tool=task.tool, args=task.args, deps=task.deps, at=started)
-        limit = self.timeouts.get(task.tool, self.default_timeout)
+        limit = self.timeouts.get(task.tool, _time_limit(tool))
         try:
-            async with asyncio.timeout(limit):
+            async with asyncio.timeout(limit) as deadline:
                 result = await tool(args, self.ctx)
-        except TimeoutError:
+        except TimeoutError as e:
+            if not deadline.expired():  # raised by the tool itself: a failure like any other
+                return _traced(task, "error", started, error=f"{type(e).__name__}: {e}")
             return _traced(task, "timeout", started, error=f"{task.tool} took longer than {limit:g}s")
         except Exception as e:  # a tool's failure is data for the joiner, not a crash of the run
             return _traced(task, "error", started, error=f"{type(e).__name__}: {e}")
