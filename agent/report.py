@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bakeoff.agent.models.budget import MIN_COMPLETION_TOKENS, Budget
-from bakeoff.agent.planning.compiler import AgentResult
-from bakeoff.agent.planning.scheduler import summarize_result
+from bakeoff.agent.planning.outcome import AgentResult
+from bakeoff.agent.planning.results import summarize_result
 from bakeoff.agent.types import Candidate, FanOutResult, RunReport, ToolCall
 
 

@@ -168,11 +168,18 @@ class ToolContext(BaseModel):
 
 @runtime_checkable
 class Tool(Protocol):
-    """A typed tool. ``Args``' JSON schema is what the planner sees."""
+    """A typed tool. ``Args``' JSON schema is what the planner sees.
+
+    ``time_limit_s`` is the longest one call may take, declared by the tool next to what it
+    does (a file read: seconds; a build: its own command timeout plus a margin). The
+    scheduler cancels a call that runs past it. None: the tool sets no bound of its own and
+    its caller bounds it (the run's budget and time limit), as for a fan-out of candidates.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str]
     Args: ClassVar[type[BaseModel]]
     Result: ClassVar[type[BaseModel]]
+    time_limit_s: ClassVar[float | None]
 
     async def __call__(self, args: BaseModel, ctx: ToolContext) -> BaseModel: ...

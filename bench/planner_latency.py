@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bakeoff.agent.planning.compiler import LLMCompiler  # noqa: E402
 from bakeoff.agent.events import EventBus, JsonlSink  # noqa: E402
 from bakeoff.agent.models.scripted import ScriptedModel, ScriptedResponse  # noqa: E402
-from bakeoff.agent.planning.plan import pure_ref  # noqa: E402
+from bakeoff.agent.planning.refs import pure_ref  # noqa: E402
 from bakeoff.agent.planning.react import ReActAgent  # noqa: E402
 from bakeoff.agent.planning.scheduler import Scheduler  # noqa: E402
 from bakeoff.agent.seams import ToolContext  # noqa: E402

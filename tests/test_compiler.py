@@ -56,7 +56,11 @@ async def test_question_is_planned_run_in_parallel_and_answered(tmp_path):
     sink = JsonlSink(tmp_path / "events.jsonl")
     bus.subscribe(sink)
     reg, nap = registry()
-    compiler = LLMCompiler(planner, planner.for_role("joiner"), reg, ToolContext(), events=bus)
+    budget = Budget()  # counts what the model calls used; the loop itself keeps no account
+    compiler = LLMCompiler(
+        BudgetedModel(planner, budget, role="planner"), BudgetedModel(planner.for_role("joiner"), budget, role="joiner"),
+        reg, ToolContext(), events=bus,
+    )
     started = time.monotonic()
     result = await compiler.run("Where could kernel.c use OpenMP?", context="repo: examples/omp")
     elapsed = time.monotonic() - started
@@ -65,7 +69,7 @@ async def test_question_is_planned_run_in_parallel_and_answered(tmp_path):
     assert [c.task_id for c in result.trace] == [1, 2, 3, 4] and all(c.status == "ok" for c in result.trace)
     assert nap.peak == 3 and elapsed < 0.9  # three 0.3 s probes at once, not 0.9 s in a row
     assert result.results[4].label == "loops in kernel.c; no pragmas yet" and result.results[4].count == 3
-    assert result.replans == 0 and result.tokens > 0 and result.plan_errors == []
+    assert result.replans == 0 and budget.spent_tokens > 0 and result.plan_errors == []
     kinds = [e.kind for e in read_events(tmp_path / "events.jsonl")]
     assert kinds.count("plan.task") == 4 and kinds.count("task.start") == 4 and kinds.count("task.end") == 4
     assert kinds.index("task.start") < kinds.index("plan.end")  # tasks ran while the plan streamed
@@ -137,8 +141,18 @@ async def test_budget_pays_for_planner_and_joiner():
         [ScriptedResponse(text="1. ask()\n2. nap(seconds=0)\njoin()\n")], [ScriptedResponse(text="Finish: ok")]
     )
     reg, _ = registry()
-    compiler = LLMCompiler(BudgetedModel(planner, budget, role="planner"), BudgetedModel(joiner, budget, role="joiner"), reg, ToolContext())
+    bus = EventBus()
+    paid = []
+    bus.subscribe(lambda e: paid.append(e.data) if e.kind == "model.call" else None)
+    compiler = LLMCompiler(
+        BudgetedModel(planner, budget, role="planner", events=bus), BudgetedModel(joiner, budget, role="joiner", events=bus),
+        reg, ToolContext(),
+    )
     result = await compiler.run("probe")
     assert result.finished
-    # the run's tokens = the model calls the budget paid for + what the ask tool reported
-    assert result.tokens == budget.spent_tokens + 1234 and result.cost_usd == 0.05
+    # one call each for the planner and the joiner, and the budget paid exactly for them
+    assert [p["role"] for p in paid] == ["planner", "joiner"]
+    assert budget.spent_tokens == sum(p["prompt_tokens"] + p["completion_tokens"] for p in paid) > 0
+    # what the ask tool reported stays on its own trace entry
+    (ask,) = [c for c in result.trace if c.tool == "ask"]
+    assert ask.tokens == 1234 and ask.cost_usd == 0.05

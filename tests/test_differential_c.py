@@ -359,7 +359,7 @@ async def test_crash_is_error_and_hang_is_timeout_per_test():
 
 @pytest.mark.slow
 async def test_through_the_local_sandbox(tmp_path):
-    local = pytest.importorskip("sandboxes.local")
+    local = pytest.importorskip("bakeoff.sandboxes.local")
     from bakeoff.agent.seams import Workspace
 
     sandbox = await local.LocalSandbox.create(Workspace(path=tmp_path))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bakeoff.tools.edit import EditBlock, EditError, EditParseError, apply_edit_blocks, parse_edit_blocks
+from bakeoff.tools.edit import EditError, apply_edit_blocks
+from bakeoff.tools.edit_blocks import EditBlock, EditParseError, parse_edit_blocks
 from bakeoff.tools.errors import ToolError
 
 F = "```"

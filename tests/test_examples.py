@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from bakeoff.agent.models.scripted import ScriptFile
-from bakeoff.tools.edit import EditParseError, apply_edit_blocks, parse_edit_blocks
+from bakeoff.tools.edit import apply_edit_blocks
+from bakeoff.tools.edit_blocks import EditParseError, parse_edit_blocks
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SCRIPTS = {"omp_kernel": "kernel.c", "slow_python": "pairs.py"}

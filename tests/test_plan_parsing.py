@@ -10,7 +10,9 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from bakeoff.agent.models.scripted import ScriptedModel, ScriptedResponse
-from bakeoff.agent.planning.plan import JOIN, PlanLineError, parse_plan, parse_plan_line, pure_ref, refs_in, stream_plan
+from bakeoff.agent.planning.plan import JOIN, PlanLineError, parse_plan, parse_plan_line
+from bakeoff.agent.planning.plan_stream import stream_plan
+from bakeoff.agent.planning.refs import pure_ref, refs_in
 from bakeoff.agent.seams import Message, ToolContext
 from bakeoff.agent.types import Task
 from bakeoff.tools.registry import Registry
@@ -22,6 +24,7 @@ class Out(BaseModel):
 
 class _Sleep:
     Result: ClassVar[type[BaseModel]] = Out
+    time_limit_s: ClassVar[float | None] = None
 
     async def __call__(self, args: BaseModel, ctx: ToolContext) -> Out:
         await asyncio.sleep(0.01)

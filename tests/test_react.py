@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bakeoff.agent.models.budget import Budget, BudgetedModel
 from bakeoff.agent.models.scripted import ScriptedModel, ScriptedResponse
 from bakeoff.agent.planning.react import ReActAgent, parse_react
 from bakeoff.agent.seams import ToolContext
@@ -60,11 +61,12 @@ async def test_loop_one_tool_call_per_turn_with_feedback():
         ScriptedResponse(match=r'Observation 4 \(\$4\):\n\{"label": ?"kernel", ?"count": ?3', text="Thought: enough.\nFinal Answer: kernel has 3 loops"),
     ])
     nap = Nap()
-    result = await ReActAgent(model, Registry([nap, Boom()]), ToolContext()).run("count loops")
+    budget = Budget()  # counts what the model calls used; the loop itself keeps no account
+    result = await ReActAgent(BudgetedModel(model, budget), Registry([nap, Boom()]), ToolContext()).run("count loops")
     assert result.finished and result.answer == "kernel has 3 loops"
     assert [(c.task_id, c.tool, c.status) for c in result.trace] == [(1, "nap", "ok"), (3, "boom", "error"), (4, "nap", "ok")]
     assert result.results[4].label == "kernel" and result.results[4].count == 3
-    assert nap.peak == 1 and result.tokens > 0
+    assert nap.peak == 1 and budget.spent_tokens > 0
 
 
 async def test_step_limit():

@@ -10,7 +10,8 @@ from typing import ClassVar
 from pydantic import BaseModel
 
 from bakeoff.agent.events import EventBus, JsonlSink, read_events
-from bakeoff.agent.planning.scheduler import Scheduler, resolve_args, summarize_result
+from bakeoff.agent.planning.results import summarize_result
+from bakeoff.agent.planning.scheduler import Scheduler, resolve_args
 from bakeoff.agent.seams import ExecResult, ToolContext
 from bakeoff.agent.types import Task, ToolCall
 from bakeoff.tools.registry import Registry
@@ -38,6 +39,7 @@ class Nap:
     description: ClassVar[str] = "Sleep for a while and echo the arguments."
     Args: ClassVar[type[BaseModel]] = NapArgs
     Result: ClassVar[type[BaseModel]] = NapResult
+    time_limit_s: ClassVar[float | None] = None
 
     def __init__(self) -> None:
         self.active = 0
@@ -63,6 +65,7 @@ class Boom:
     description: ClassVar[str] = "Always fails."
     Args: ClassVar[type[BaseModel]] = BoomArgs
     Result: ClassVar[type[BaseModel]] = NapResult
+    time_limit_s: ClassVar[float | None] = None
 
     async def __call__(self, args: BoomArgs, ctx: ToolContext) -> NapResult:
         await asyncio.sleep(0.01)
@@ -82,6 +85,7 @@ class Ask:
     description: ClassVar[str] = "Ask a model something."
     Args: ClassVar[type[BaseModel]] = BoomArgs
     Result: ClassVar[type[BaseModel]] = Spend
+    time_limit_s: ClassVar[float | None] = None
 
     async def __call__(self, args: BoomArgs, ctx: ToolContext) -> Spend:
         return Spend(text="x" * 5000, tokens=1234, cost_usd=0.05)
@@ -157,6 +161,38 @@ async def test_timeout_and_per_tool_concurrency_limit():
     assert calls[7].status == "timeout" and "longer than 0.3s" in calls[7].error
     assert time.monotonic() - started < 2.0
     assert sum(c.status == "ok" for c in calls.values()) == 6
+
+
+class Doze(Nap):
+    """A nap that declares its own time limit."""
+
+    name: ClassVar[str] = "doze"
+    time_limit_s: ClassVar[float | None] = 0.2
+
+
+class Stall(Boom):
+    """A tool whose own work gives up with a TimeoutError: a failure, not the scheduler's limit."""
+
+    name: ClassVar[str] = "stall"
+
+    async def __call__(self, args: BoomArgs, ctx: ToolContext) -> NapResult:
+        raise TimeoutError("the license server did not answer")
+
+
+async def test_each_tool_is_bounded_by_its_own_time_limit():
+    scheduler = Scheduler(Registry([Doze(), Nap(), Stall()]), ToolContext())
+    started = time.monotonic()
+    calls = await scheduler.run([
+        Task(id=1, tool="doze", args={"seconds": 5}),
+        Task(id=2, tool="nap", args={"seconds": 0.4}),  # declares None: the scheduler sets no limit
+        Task(id=3, tool="stall"),
+    ])
+    assert calls[1].status == "timeout" and calls[1].error == "doze took longer than 0.2s"
+    assert calls[2].status == "ok" and time.monotonic() - started < 2.0
+    assert calls[3].status == "error" and calls[3].error == "TimeoutError: the license server did not answer"
+    # An explicit ``timeouts`` entry overrides the tool's own limit.
+    longer = Scheduler(Registry([Doze()]), ToolContext(), timeouts={"doze": 2.0})
+    assert (await longer.run([Task(id=1, tool="doze", args={"seconds": 0.4})]))[1].status == "ok"
 
 
 async def test_tasks_start_while_the_plan_still_streams():

@@ -34,6 +34,15 @@ def test_each_tool_is_typed_and_schema_is_valid(tool):
         tool.Args.model_validate({"no_such_argument": 1, **{k: "x" for k in schema.get("required", [])}})
 
 
+@pytest.mark.parametrize("tool", builtin_tools(), ids=lambda t: t.name)
+def test_each_tool_declares_its_own_time_limit(tool):
+    limit = tool.time_limit_s
+    assert limit is None or limit > 0
+    longest_command = tool.Args.model_json_schema()["properties"].get("timeout", {}).get("maximum")
+    if limit is not None and longest_command is not None:
+        assert limit > longest_command  # the command's own timeout fires first; the limit is a backstop
+
+
 def test_registry_exports_json():
     entries = json.loads(default_registry().to_json())
     assert {e["name"] for e in entries} == EXPECTED

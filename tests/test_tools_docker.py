@@ -11,7 +11,8 @@ import os
 import pytest
 
 from bakeoff.agent.seams import ToolContext, Workspace
-from bakeoff.tools.edit import Edit, EditBlock
+from bakeoff.tools.edit import Edit
+from bakeoff.tools.edit_blocks import EditBlock
 from bakeoff.tools.exec import Build, Run, Test, TestCounts
 from bakeoff.tools.files import ListFiles, ReadFile, Search
 from bakeoff.tools.profile import Profile

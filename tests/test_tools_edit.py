@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bakeoff.agent.seams import ToolContext
-from bakeoff.tools.edit import Edit, EditBlock, EditError, EditParseError
+from bakeoff.tools.edit import Edit, EditError
+from bakeoff.tools.edit_blocks import EditBlock, EditParseError
 from bakeoff.tools.errors import ToolError
 from tests.test_tools_support import c_project, make_sandbox
 

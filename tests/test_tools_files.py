@@ -6,7 +6,8 @@ import pytest
 
 from bakeoff.agent.seams import ToolContext
 from bakeoff.tools.errors import ToolError
-from bakeoff.tools.files import ListFiles, ReadFile, Search, glob_matcher, is_ignored, parse_ignore_file
+from bakeoff.tools.files import ListFiles, ReadFile, Search
+from bakeoff.tools.ignore import glob_matcher, is_ignored, parse_ignore_file
 from tests.test_tools_support import git_init, make_sandbox, write_tree
 
 TREE = {

@@ -17,9 +17,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bakeoff.agent.seams import ExecResult, ToolContext
+from bakeoff.agent.seams import ExecResult, Sandbox, ToolContext
 from bakeoff.tools.errors import ToolError
-from bakeoff.tools.files import probe, probe_script
+from bakeoff.tools.limits import LONGEST_COMMAND_S, SANDBOX_START_S
+from bakeoff.tools.probe import PROBE_TIMEOUT_S, probe, probe_script
 
 _JOBS = "$(nproc 2>/dev/null || echo 2)"
 _C_EXTS = (".c",)
@@ -35,7 +36,7 @@ def cap_text(text: str, limit: int) -> str:
     return text[:head] + f"\n[... {len(text) - limit} characters cut ...]\n" + text[-tail:]
 
 
-def need_sandbox(ctx: ToolContext, tool: str) -> Any:
+def need_sandbox(ctx: ToolContext, tool: str) -> Sandbox:
     if ctx.sandbox is None:
         raise ToolError(f"{tool} needs a sandbox: commands never run in the user's tree")
     return ctx.sandbox
@@ -47,12 +48,14 @@ def need_sandbox(ctx: ToolContext, tool: str) -> Any:
 class Run:
     name: ClassVar[str] = "run"
     description: ClassVar[str] = "Run a shell command in the sandbox's copy of the repository, with a timeout."
+    # The command under its own timeout, which fires first; this limit is the backstop.
+    time_limit_s: ClassVar[float | None] = LONGEST_COMMAND_S + SANDBOX_START_S
 
     class Args(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
         command: str = Field(description="shell command, run from the repository root")
-        timeout: float = Field(default=120.0, gt=0, le=3600, description="seconds before the command is killed")
+        timeout: float = Field(default=120.0, gt=0, le=LONGEST_COMMAND_S, description="seconds before the command is killed")
         env: dict[str, str] = Field(default_factory=dict, description="extra environment variables, e.g. OMP_NUM_THREADS")
         cwd: str | None = Field(default=None, description="directory relative to the repository root")
 
@@ -225,12 +228,14 @@ class Build:
         "MPI), CUDA (nvcc, compile only) or Python (syntax check), detected unless 'command' is given. "
         "Returns compiler errors as file:line:col records."
     )
+    # Detecting the build (one probe), then the build command under its own timeout.
+    time_limit_s: ClassVar[float | None] = PROBE_TIMEOUT_S + LONGEST_COMMAND_S + SANDBOX_START_S
 
     class Args(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
         command: str | None = Field(default=None, description="build command to run instead of detecting one")
-        timeout: float = Field(default=600.0, gt=0, le=3600, description="seconds before the build is killed")
+        timeout: float = Field(default=600.0, gt=0, le=LONGEST_COMMAND_S, description="seconds before the build is killed")
 
     class Result(BaseModel):
         system: str
@@ -407,12 +412,14 @@ class Test:
         "Run the repository's tests in the sandbox: pytest, ctest, 'make test'/'make check', detected "
         "unless 'command' is given. Returns pass/fail counts and the names of failing tests."
     )
+    # Detecting the test runner (one probe), then the tests under their own timeout.
+    time_limit_s: ClassVar[float | None] = PROBE_TIMEOUT_S + LONGEST_COMMAND_S + SANDBOX_START_S
 
     class Args(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
         command: str | None = Field(default=None, description="test command to run instead of detecting one")
-        timeout: float = Field(default=600.0, gt=0, le=3600, description="seconds before the tests are killed")
+        timeout: float = Field(default=600.0, gt=0, le=LONGEST_COMMAND_S, description="seconds before the tests are killed")
         env: dict[str, str] = Field(default_factory=dict, description="extra environment, e.g. OMP_NUM_THREADS")
 
     class Result(BaseModel):

@@ -26,6 +26,7 @@ class Git:
         "'log', 'branch' (list, or create 'name'), 'commit' ('message', optional 'paths'). Writes "
         "need the user's approval."
     )
+    time_limit_s: ClassVar[float | None] = 60.0  # git on the user's own repository: no sandbox to start
 
     class Args(BaseModel):
         model_config = ConfigDict(extra="forbid")

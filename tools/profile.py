@@ -13,15 +13,16 @@ import json
 import re
 import shlex
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bakeoff.agent.seams import ExecResult, ToolContext
+from bakeoff.agent.seams import ExecResult, Sandbox, ToolContext
 from bakeoff.agent.stats import interleaved, median
 from bakeoff.agent.types import Timing
 from bakeoff.tools.errors import ToolError
 from bakeoff.tools.exec import need_sandbox
+from bakeoff.tools.limits import LONGEST_COMMAND_S
 
 
 class CommandFailed(RuntimeError):
@@ -34,7 +35,7 @@ class CommandFailed(RuntimeError):
 
 
 async def time_command(
-    sandbox: Any, cmd: str, *, env: Mapping[str, str] | None = None, timeout: float | None = None
+    sandbox: Sandbox, cmd: str, *, env: Mapping[str, str] | None = None, timeout: float | None = None
 ) -> float:
     """Wall seconds of one successful run of ``cmd`` in ``sandbox``; raises ``CommandFailed``."""
     res = await sandbox.exec(cmd, timeout=timeout, env=dict(env) if env else None)
@@ -111,6 +112,9 @@ class Profile:
         "for each OMP_NUM_THREADS in 'threads' (without a baseline the sweep compares against 1 thread), "
         "and for Python commands the hot spots by cProfile."
     )
+    # Every timed run has its own timeout, but how many there are grows with the arguments
+    # (warmup and repeats, both sides, each thread count): the caller bounds the whole.
+    time_limit_s: ClassVar[float | None] = None
 
     class Args(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -124,7 +128,7 @@ class Profile:
         threads: list[int] = Field(default_factory=list, description="OMP_NUM_THREADS values to sweep, e.g. [1, 2, 4]")
         hotspots: bool = Field(default=False, description="also run a Python command once under cProfile")
         top: int = Field(default=15, ge=1, le=100, description="hot spots to return")
-        timeout: float = Field(default=120.0, gt=0, le=3600, description="seconds allowed for each run")
+        timeout: float = Field(default=120.0, gt=0, le=LONGEST_COMMAND_S, description="seconds allowed for each run")
 
     class Result(BaseModel):
         ok: bool
@@ -182,7 +186,7 @@ class Profile:
 
     @staticmethod
     async def _compare(
-        args: Profile.Args, sandbox: Any, base_sandbox: Any, base_cmd: str,
+        args: Profile.Args, sandbox: Sandbox, base_sandbox: Sandbox, base_cmd: str,
         env: dict[str, str] | None, base_env: dict[str, str] | None, threads: int | None,
     ) -> Timing:
         async def run_baseline() -> float:

@@ -69,7 +69,7 @@ async def detect_commands(sb: Sandbox, settings: FanOutSettings) -> Commands:
     import it. The benchmark is a Makefile target named like one, or a ``bench.py``.
     """
     from bakeoff.tools.exec import plan_build, plan_tests
-    from bakeoff.tools.files import probe
+    from bakeoff.tools.probe import probe
 
     found = await probe(ToolContext(sandbox=sb), {"mode": "detect"})
     plan = plan_build(found, settings.build)

@@ -38,6 +38,8 @@ class FanOut:
     )
     Args: ClassVar[type[BaseModel]] = FanOutArgs
     Result: ClassVar[type[BaseModel]] = FanOutResult
+    # No limit of its own: a fan-out is bounded by the run's budget and time limit.
+    time_limit_s: ClassVar[float | None] = None
 
     def __init__(self, services: FanOutServices, on_result: Callable[[FanOutResult], None] | None = None) -> None:
         self.services = services

@@ -9,7 +9,6 @@ number of repair rounds. The loop ends as a ``Candidate``.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -140,7 +139,8 @@ class Trajectory:
 
     async def _attempt(self, sb: Sandbox, cand: Candidate, reply: str, contents: dict[str, str], round_: int) -> Feedback | None:
         """Apply one answer and check it; None when it is finished (or the model declined to go on)."""
-        from bakeoff.tools.edit import EditError, EditParseError, apply_edit_blocks, parse_edit_blocks
+        from bakeoff.tools.edit import EditError, apply_edit_blocks
+        from bakeoff.tools.edit_blocks import EditParseError, parse_edit_blocks
 
         try:
             blocks = parse_edit_blocks(reply, default_path=self.files[0] if len(self.files) == 1 else None)
@@ -238,9 +238,10 @@ class Trajectory:
         ))
 
     async def _changed_files(self, sb: Sandbox) -> dict[str, str]:
-        changed = re.findall(r"^diff --git a/(\S+) b/", self.candidate.patch, re.M)
+        from bakeoff.agent.patches import parse_patch
+
         out = {}
-        for path in changed:
+        for path in (f.new_path for f in parse_patch(self.candidate.patch).files if f.new_path):
             try:
                 out[path] = (await sb.read_file(path)).decode("utf-8", "replace")
             except FileNotFoundError:

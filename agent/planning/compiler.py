@@ -10,49 +10,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from pydantic import BaseModel, Field
-
 from bakeoff.agent.events import EventBus
 from bakeoff.agent.planning.joiner import JoinDecision, parse_join, render_errors, render_results
-from bakeoff.agent.planning.plan import PlanStream, stream_plan
-from bakeoff.agent.prompting import render
+from bakeoff.agent.planning.outcome import AgentResult
+from bakeoff.agent.planning.plan_stream import PlanStream, stream_plan
 from bakeoff.agent.planning.scheduler import Scheduler
-from bakeoff.agent.seams import Completion, Message, Model, ToolContext
+from bakeoff.agent.prompting import render
+from bakeoff.agent.seams import Message, Model, ToolContext
 from bakeoff.agent.types import Task, ToolCall
 from bakeoff.tools.registry import Registry
-
-
-class AgentResult(BaseModel):
-    """What an agent run produced: the answer and everything behind it."""
-
-    answer: str
-    finished: bool  # False: out of replans or steps; ``answer`` then says what is missing
-    trace: list[ToolCall] = Field(default_factory=list)
-    results: dict[int, Any] = Field(default_factory=dict)  # task id -> result of each ok task
-    replans: int = 0
-    tokens: int = 0
-    cost_usd: float = 0.0
-    plan_errors: list[str] = Field(default_factory=list)
-
-
-class _Spend:
-    def __init__(self) -> None:
-        self.tokens = 0
-        self.cost_usd = 0.0
-
-    def add(self, completion: Completion | None) -> None:
-        if completion is not None:
-            self.tokens += completion.usage.total_tokens
-            self.cost_usd += completion.cost_usd or 0.0
-
-    def result(self, answer: str, finished: bool, calls: Mapping[int, ToolCall], replans: int, errors: list[str]) -> AgentResult:
-        trace = sorted(calls.values(), key=lambda c: (c.started_at, c.task_id))
-        return AgentResult(
-            answer=answer, finished=finished, trace=trace,
-            results={i: c.result for i, c in sorted(calls.items()) if c.status == "ok"},
-            replans=replans, tokens=self.tokens + sum(c.tokens for c in trace),
-            cost_usd=self.cost_usd + sum(c.cost_usd for c in trace), plan_errors=errors,
-        )
 
 
 class LLMCompiler:
@@ -68,14 +34,13 @@ class LLMCompiler:
         events: EventBus | None = None,
         max_replans: int = 2,
         concurrency: Mapping[str, int] | None = None,
-        default_timeout: float = 300,
     ) -> None:
         self.planner = planner
         self.joiner = joiner
         self.registry = registry
         self.events = events
         self.max_replans = max_replans
-        self.scheduler = Scheduler(registry, ctx, events=events, concurrency=concurrency, default_timeout=default_timeout)
+        self.scheduler = Scheduler(registry, ctx, events=events, concurrency=concurrency)
 
     def _emit(self, kind: str, **data: Any) -> None:
         if self.events is not None:
@@ -91,7 +56,6 @@ class LLMCompiler:
 
     async def run(self, task: str, context: str = "") -> AgentResult:
         calls: dict[int, ToolCall] = {}
-        spend = _Spend()
         errors: list[str] = []
         feedback = ""
         decision = JoinDecision(action="finish", text="")
@@ -103,7 +67,7 @@ class LLMCompiler:
             )
             plan = stream_plan(self.planner, [Message(role="user", content=prompt)], self.registry, known_ids=calls)
             calls = await self.scheduler.run(self._announced(plan, round_), prior=calls)
-            spend.add(await plan.finished())
+            await plan.finished()  # the planner's call ends (and is paid for) before the joiner's starts
             errors += [str(e) for e in plan.errors]
             self._emit("plan.end", round=round_, tasks=len(plan.tasks), errors=len(plan.errors), joined=plan.joined)
             if not plan.tasks and plan.errors and replans_left > 0:
@@ -115,13 +79,12 @@ class LLMCompiler:
                 errors=render_errors(plan.errors), replans_left=replans_left,
             )
             completion = await self.joiner.complete([Message(role="user", content=prompt)])
-            spend.add(completion)
             decision = parse_join(completion.text)
             self._emit("join", round=round_, **decision.model_dump())
             if decision.action == "finish":
-                return spend.result(decision.text, True, calls, round_, errors)
+                return AgentResult.from_calls(decision.text, True, calls, replans=round_, plan_errors=errors)
             feedback = decision.text
             if plan.errors:
                 feedback += "\nThese lines of your plan were rejected:\n" + render_errors(plan.errors)
         answer = decision.text if decision.action == "finish" else f"Not finished after {self.max_replans} replans. Missing: {feedback}"
-        return spend.result(answer, False, calls, self.max_replans, errors)
+        return AgentResult.from_calls(answer, False, calls, replans=self.max_replans, plan_errors=errors)

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from bakeoff.agent.planning.plan import PlanLineError
-from bakeoff.agent.planning.scheduler import RESULT_LIMIT, summarize_result
+from bakeoff.agent.planning.results import RESULT_LIMIT, summarize_result
 from bakeoff.agent.types import ToolCall
 
 

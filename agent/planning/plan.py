@@ -1,4 +1,4 @@
-"""The plan format and its parser: one task per line, parsed while the model is still writing.
+"""The plan format and its parser: one task per line, pure.
 
 A plan line is a call with an optional number, dependencies and a comment::
 
@@ -8,36 +8,31 @@ A plan line is a call with an optional number, dependencies and a comment::
 
 Argument values may reference earlier results: ``$2`` (task 2's whole result, type kept),
 ``$2.path`` / ``${2}.files[0]`` (a field, type kept). A string that mixes text and references
-("$1 and $2") gets them substituted as text; ``$$`` is a literal ``$``. Parsing is pure and
-tolerant of what real models write (numbering variants, bullets, code fences, prose lines,
-JSON lines, ``key: value`` arguments, positional arguments). What it cannot accept (unknown
-tool, arguments the tool's schema rejects, references to tasks not defined earlier, a task
-depending on itself) becomes a ``PlanLineError``: a message for the planner, never a crash.
+("$1 and $2") gets them substituted as text; ``$$`` is a literal ``$`` (see ``refs``).
+Parsing is pure and tolerant of what real models write (numbering variants, bullets, code
+fences, prose lines, JSON lines, ``key: value`` arguments, positional arguments). What it
+cannot accept (unknown tool, arguments the tool's schema rejects, references to tasks not
+defined earlier, a task depending on itself) becomes a ``PlanLineError``: a message for the
+planner, never a crash. ``plan_stream`` applies the same rules while the model writes.
 """
 
 from __future__ import annotations
 
 import ast
-import asyncio
 import difflib
 import json
 import re
-from dataclasses import dataclass
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from bakeoff.agent.seams import Completion, Message, Model
+from bakeoff.agent.planning.refs import REF, pure_ref, refs_in
+from bakeoff.agent.seams import Tool
 from bakeoff.agent.types import Task
 from bakeoff.tools.registry import Registry
 
 JOIN = "join"  # the tool name of the line that ends a plan
-
-# `$$` (an escaped dollar), `${2}` / `${2.path}`, or `$2` / `$2.path` / `$2.files[0]`.
-_PATH = r"((?:\.[A-Za-z_]\w*|\[\d+\])*)"
-REF = re.compile(r"\$\$|\$\{(\d+)" + _PATH + r"\}" + _PATH + r"|\$(\d+)" + _PATH)
-_PURE_REF = re.compile(r"\s*(?:\$\{(\d+)" + _PATH + r"\}" + _PATH + r"|\$(\d+)" + _PATH + r")\s*")
 
 _NUMBER = re.compile(
     r"^(?:(?:task|step|action)\s*)?[#$%]?\(?(\d+)\)?\s*(?:[.:)\-]|=|\s)\s*", re.IGNORECASE
@@ -63,50 +58,6 @@ class PlanLineError(BaseModel):
     def __str__(self) -> str:
         where = f"task {self.task_id}" if self.task_id is not None else "line"
         return f"{where} `{self.line.strip()[:200]}`: {self.message}"
-
-
-@dataclass(frozen=True, slots=True)
-class Ref:
-    """One reference inside an argument: task ``task_id``, then ``path`` (fields and indices).
-    A dataclass, not pydantic: the scheduler resolves references on every task."""
-
-    task_id: int
-    path: list[str | int]
-
-
-def _parse_path(text: str) -> list[str | int]:
-    return [int(p[1:-1]) if p.startswith("[") else p[1:] for p in re.findall(r"\.[A-Za-z_]\w*|\[\d+\]", text)]
-
-
-def pure_ref(value: Any) -> Ref | None:
-    """The reference a whole argument value is (``"$2.path"``), or None."""
-    if not isinstance(value, str):
-        return None
-    m = _PURE_REF.fullmatch(value)
-    if m is None:
-        return None
-    if m.group(1) is not None:
-        return Ref(task_id=int(m.group(1)), path=_parse_path(m.group(2) + m.group(3)))
-    return Ref(task_id=int(m.group(4)), path=_parse_path(m.group(5)))
-
-
-def refs_in(value: Any) -> list[Ref]:
-    """Every reference in an argument value (strings, lists and dicts, recursively)."""
-    if isinstance(value, str):
-        out = []
-        for m in REF.finditer(value):
-            if m.group(0) == "$$":
-                continue
-            if m.group(1) is not None:
-                out.append(Ref(task_id=int(m.group(1)), path=_parse_path(m.group(2) + m.group(3))))
-            else:
-                out.append(Ref(task_id=int(m.group(4)), path=_parse_path(m.group(5))))
-        return out
-    if isinstance(value, dict):
-        return [r for v in value.values() for r in refs_in(v)]
-    if isinstance(value, (list, tuple)):
-        return [r for v in value for r in refs_in(v)]
-    return []
 
 
 # --------------------------------------------------------------------------- call syntax
@@ -222,23 +173,31 @@ def parse_call_args(inner: str) -> tuple[list[Any], dict[str, Any]] | str:
     return last
 
 
-# --------------------------------------------------------------------------- one line
+# --------------------------------------------------------------------------- one task
 
 
-def _resolve_tool(name: str, registry: Registry) -> tuple[Any, str | None]:
+def _resolve_tool(name: str, registry: Registry) -> Tool | str:
+    """The tool ``name`` means (tolerating ``functions.read_file``, ``Read-File``); a str is
+    the message for the planner."""
     tool = registry.get(name)
     if tool is not None:
-        return tool, None
+        return tool
     wanted = name.lower().replace("-", "_").rsplit(".", 1)[-1]  # functions.read_file, Read-File
     same = [n for n in registry.names() if n.lower() == wanted]
     if len(same) == 1:
-        return registry.get(same[0]), None
+        found = registry.get(same[0])
+        assert found is not None
+        return found
     close = difflib.get_close_matches(name, registry.names(), n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return None, f"unknown tool {name!r}.{hint} Available tools: {', '.join(registry.names())}."
+    return f"unknown tool {name!r}.{hint} Available tools: {', '.join(registry.names())}."
 
 
-def _schema_errors(tool: Any, args: dict[str, Any], deferred: set[str]) -> list[str]:
+def _is_tool(name: str, registry: Registry) -> bool:
+    return not isinstance(_resolve_tool(name, registry), str)
+
+
+def _schema_errors(tool: Tool, args: dict[str, Any], deferred: set[str]) -> list[str]:
     """Schema problems in ``args``; fields holding references are checked once resolved."""
     try:
         tool.Args.model_validate(args)
@@ -254,8 +213,58 @@ def _schema_errors(tool: Any, args: dict[str, Any], deferred: set[str]) -> list[
     return []
 
 
-def _fields(tool: Any) -> list[str]:
-    return list(tool.Args.model_fields)
+def _bind_positional(tool: Tool, positional: Sequence[Any], args: dict[str, Any]) -> dict[str, Any] | str:
+    """Keyword arguments with the positional ones named by the schema's field order."""
+    args = dict(args)
+    if not positional:
+        return args
+    fields = list(tool.Args.model_fields)
+    if len(positional) == 1 and isinstance(positional[0], dict) and not args and set(positional[0]) <= set(fields):
+        return dict(positional[0])  # tool({"path": "a.c"}): a JSON object as the only argument
+    if len(positional) > len(fields):
+        return f"{tool.name} takes {len(fields)} arguments ({', '.join(fields)}), got {len(positional)}"
+    for name, value in zip(fields, positional):
+        if name in args:
+            return f"argument {name!r} given twice"
+        args[name] = value
+    return args
+
+
+def _declared_deps(task_id: int, deps: Iterable[int], known: set[int]) -> set[int] | str:
+    """The dependencies a line names (``deps=[1, 2]``), each a task defined before it."""
+    found = set()
+    for d in deps:
+        if d == task_id:
+            return "a task cannot depend on itself (that is a cycle)"
+        if d not in known:
+            return (
+                f"depends on task {d}, which is not defined before this line; a task may depend "
+                "only on tasks written earlier in the plan (this also rules out cycles)"
+            )
+        found.add(d)
+    return found
+
+
+def _referenced(task_id: int, args: dict[str, Any], known: set[int]) -> tuple[set[int], set[str]] | str:
+    """(tasks the arguments reference, arguments holding a reference): both become known
+    only when the referenced tasks finish."""
+    deps: set[int] = set()
+    deferred: set[str] = set()
+    for name, value in args.items():
+        whole = pure_ref(value)
+        for ref in refs_in(value):
+            if ref.task_id == task_id:
+                return f"argument {name!r} refers to ${ref.task_id}, the task itself (a cycle)"
+            if ref.task_id not in known:
+                if whole is None:
+                    continue  # text such as awk's '{print $1}' stays as written
+                return (
+                    f"argument {name!r} refers to ${ref.task_id}, which is not a task defined "
+                    "earlier in the plan"
+                )
+            deps.add(ref.task_id)
+            deferred.add(name)
+    return deps, deferred
 
 
 def _build_task(
@@ -279,50 +288,26 @@ def _build_task(
         return Task(id=task_id, tool=JOIN, deps=sorted(d for d in set(deps) if d in known))
     if number is not None and number in known:
         return error(f"task id {number} is already used; number new tasks from {max(known) + 1}")
-    tool, problem = _resolve_tool(tool_name, registry)
-    if problem:
-        return error(problem)
-    args = dict(args)
-    if positional:
-        fields = _fields(tool)
-        if len(positional) == 1 and isinstance(positional[0], dict) and not args and set(positional[0]) <= set(fields):
-            args = dict(positional[0])  # tool({"path": "a.c"}): a JSON object as the only argument
-        else:
-            if len(positional) > len(fields):
-                return error(f"{tool.name} takes {len(fields)} arguments ({', '.join(fields)}), got {len(positional)}")
-            for name, value in zip(fields, positional):
-                if name in args:
-                    return error(f"argument {name!r} given twice")
-                args[name] = value
-    deferred: set[str] = set()
-    all_deps = set()
-    for d in deps:
-        if d == task_id:
-            return error("a task cannot depend on itself (that is a cycle)")
-        if d not in known:
-            return error(
-                f"depends on task {d}, which is not defined before this line; a task may depend "
-                "only on tasks written earlier in the plan (this also rules out cycles)"
-            )
-        all_deps.add(d)
-    for name, value in args.items():
-        whole = pure_ref(value)
-        for ref in refs_in(value):
-            if ref.task_id == task_id:
-                return error(f"argument {name!r} refers to ${ref.task_id}, the task itself (a cycle)")
-            if ref.task_id not in known:
-                if whole is None:
-                    continue  # text such as awk's '{print $1}' stays as written
-                return error(
-                    f"argument {name!r} refers to ${ref.task_id}, which is not a task defined "
-                    "earlier in the plan"
-                )
-            all_deps.add(ref.task_id)
-            deferred.add(name)
-    problems = _schema_errors(tool, args, deferred)
+    tool = _resolve_tool(tool_name, registry)
+    if isinstance(tool, str):
+        return error(tool)
+    bound = _bind_positional(tool, positional, args)
+    if isinstance(bound, str):
+        return error(bound)
+    named = _declared_deps(task_id, deps, known)
+    if isinstance(named, str):
+        return error(named)
+    referenced = _referenced(task_id, bound, known)
+    if isinstance(referenced, str):
+        return error(referenced)
+    ref_deps, deferred = referenced
+    problems = _schema_errors(tool, bound, deferred)
     if problems:
         return error(f"arguments do not fit {tool.name}'s schema: " + "; ".join(problems))
-    return Task(id=task_id, tool=tool.name, args=args, deps=sorted(all_deps), thought=thought.strip())
+    return Task(id=task_id, tool=tool.name, args=bound, deps=sorted(named | ref_deps), thought=thought.strip())
+
+
+# --------------------------------------------------------------------------- one line
 
 
 def _parse_json_line(line: str, text: str, registry: Registry, known_ids: set[int]) -> Task | PlanLineError | None:
@@ -358,6 +343,54 @@ def _parse_json_line(line: str, text: str, registry: Registry, known_ids: set[in
     return _build_task(line, number, tool, [], args, deps, thought, registry, known_ids)
 
 
+def _is_join(text: str) -> bool:
+    return text.lower().strip("`*. ") in _JOIN_WORDS
+
+
+def _split_number(text: str) -> tuple[int | None, str]:
+    """(the task number a line starts with, the call after it without its decorations)."""
+    number = None
+    m = _NUMBER.match(text)
+    if m is not None:
+        number = int(m.group(1))
+        text = text[m.end() :].strip()
+    text = _CALL_PREFIX.sub("", _BULLET.sub("", text)).strip().strip("`").strip()
+    head, paren, tail = text.partition("(")
+    if paren and len(head) < 80:
+        # Markdown around the tool name (**read_file**(...), `read_file`(...)).
+        text = head.replace("*", "").replace("`", "").strip() + paren + tail
+    return number, text
+
+
+def _parse_call_line(
+    line: str, number: int | None, text: str, registry: Registry, known: set[int]
+) -> Task | PlanLineError | None:
+    """``name(args) deps=[..]  # comment`` → a task; None when it is prose after all."""
+    scanned = _scan_call(text)
+    if isinstance(scanned, str):
+        if scanned == "no call":
+            return None  # prose
+        head = _CALL_HEAD.match(text)
+        if number is None and not (head is not None and _is_tool(head.group(1), registry)):
+            return None
+        return PlanLineError(line=line, message=scanned, task_id=number)
+    name, inner, rest = scanned
+    parsed = parse_call_args(inner)
+    if isinstance(parsed, str):
+        if number is None and not (_is_tool(name, registry) or name.lower() == JOIN):
+            return None  # prose that happens to contain parentheses
+        return PlanLineError(line=line, message=parsed, task_id=number)
+    positional, keywords = parsed
+    if number is None and name.lower() != JOIN and not _is_tool(name, registry) and not keywords:
+        return None  # "Note (important) ..." and similar prose
+    rest, _, comment = rest.strip().partition("#")
+    deps: list[int] = []
+    dm = _DEPS.search(rest)
+    if dm is not None:
+        deps = [int(d) for d in re.findall(r"\d+", dm.group(1))]
+    return _build_task(line, number, name, positional, keywords, deps, comment, registry, known)
+
+
 def parse_plan_line(line: str, registry: Registry, known_ids: Iterable[int] = ()) -> Task | PlanLineError | None:
     """One plan line → a ``Task``, a ``PlanLineError``, or None for a line that is not a task
     (blank, prose, a code fence, a thought). The line ending a plan gives ``Task(tool="join")``.
@@ -370,159 +403,19 @@ def parse_plan_line(line: str, registry: Registry, known_ids: Iterable[int] = ()
     if not text or text.startswith("```") or THOUGHT.match(text):
         return None
     text = _BULLET.sub("", text).strip()
-    if text.lower().strip("`*. ") in _JOIN_WORDS:
+    if _is_join(text):
         return _build_task(line, None, JOIN, [], {}, [], "", registry, known)
     if text.startswith("{"):
         return _parse_json_line(line, text, registry, known)
-    number = None
-    m = _NUMBER.match(text)
-    if m is not None:
-        number = int(m.group(1))
-        text = text[m.end() :].strip()
-    text = _CALL_PREFIX.sub("", _BULLET.sub("", text)).strip().strip("`").strip()
-    head, paren, tail = text.partition("(")
-    if paren and len(head) < 80:
-        # Markdown around the tool name (**read_file**(...), `read_file`(...)).
-        text = head.replace("*", "").replace("`", "").strip() + paren + tail
+    number, text = _split_number(text)
     if text.startswith("{"):
         parsed = _parse_json_line(line, text, registry, known)
         if isinstance(parsed, Task) and number is not None and parsed.id != number and "id" not in text:
             return _build_task(line, number, parsed.tool, [], parsed.args, parsed.deps, parsed.thought, registry, known)
         return parsed
-    if text.lower().strip("`*. ") in _JOIN_WORDS:
+    if _is_join(text):
         return _build_task(line, number, JOIN, [], {}, [], "", registry, known)
-    scanned = _scan_call(text)
-    if isinstance(scanned, str):
-        if scanned == "no call":
-            return None  # prose
-        head = _CALL_HEAD.match(text)
-        known_tool = head is not None and _resolve_tool(head.group(1), registry)[0] is not None
-        if number is None and not known_tool:
-            return None
-        return PlanLineError(line=line, message=scanned, task_id=number)
-    name, inner, rest = scanned
-    parsed = parse_call_args(inner)
-    if isinstance(parsed, str):
-        tool_known = _resolve_tool(name, registry)[0] is not None or name.lower() == JOIN
-        if number is None and not tool_known:
-            return None  # prose that happens to contain parentheses
-        return PlanLineError(line=line, message=parsed, task_id=number)
-    positional, keywords = parsed
-    if number is None and name.lower() != JOIN and _resolve_tool(name, registry)[0] is None and not keywords:
-        return None  # "Note (important) ..." and similar prose
-    rest = rest.strip()
-    comment = ""
-    if "#" in rest:
-        rest, comment = rest.split("#", 1)
-    deps: list[int] = []
-    dm = _DEPS.search(rest)
-    if dm is not None:
-        deps = [int(d) for d in re.findall(r"\d+", dm.group(1))]
-    return _build_task(line, number, name, positional, keywords, deps, comment, registry, known)
-
-
-# --------------------------------------------------------------------------- streaming
-
-
-class PlanStream:
-    """The planner's output, parsed line by line as it streams.
-
-    Iterate to get each ``Task`` or ``PlanLineError`` as soon as its line is complete.
-    After the iteration: ``tasks``, ``errors``, ``joined`` (the plan ended with ``join``),
-    ``text``; ``await finished()`` gives the model's final ``Completion`` (usage, cost).
-    """
-
-    def __init__(self, model: Model, messages: Sequence[Message], registry: Registry, known_ids: Iterable[int] = ()) -> None:
-        self.model = model
-        self.messages = list(messages)
-        self.registry = registry
-        self.known = set(known_ids)
-        self.tasks: list[Task] = []
-        self.errors: list[PlanLineError] = []
-        self.joined = False
-        self.text = ""
-        self._completion: asyncio.Future[Completion | None] | None = None
-        self._drain: asyncio.Task | None = None
-
-    def _line(self, line: str, thought: list[str]) -> Task | PlanLineError | None:
-        t = THOUGHT.match(line)
-        if t is not None:
-            thought[:] = [t.group(1).strip()]
-            return None
-        item = parse_plan_line(line, self.registry, self.known)
-        if isinstance(item, Task):
-            if item.tool == JOIN:
-                self.joined = True
-                return None
-            if not item.thought and thought:
-                item.thought = thought[0]
-            thought.clear()
-            self.known.add(item.id)
-            self.tasks.append(item)
-        elif isinstance(item, PlanLineError):
-            self.errors.append(item)
-        return item
-
-    async def __aiter__(self) -> AsyncIterator[Task | PlanLineError]:
-        loop = asyncio.get_running_loop()
-        self._completion = loop.create_future()
-        stream = self.model.stream(self.messages)
-        buffer = ""
-        thought: list[str] = []
-        try:
-            async for item in stream:
-                if isinstance(item, Completion):
-                    self._completion.set_result(item)
-                    continue
-                self.text += item
-                buffer += item
-                while "\n" in buffer and not self.joined:
-                    line, buffer = buffer.split("\n", 1)
-                    parsed = self._line(line, thought)
-                    if parsed is not None:
-                        yield parsed
-                if self.joined:
-                    # The plan is complete; what the model still writes is only read for its
-                    # usage, in the background, so the tasks and the joiner do not wait for it.
-                    self._drain = asyncio.ensure_future(self._finish(stream))
-                    return
-            if buffer.strip() and not self.joined:
-                parsed = self._line(buffer, thought)
-                if parsed is not None:
-                    yield parsed
-        finally:
-            if self._drain is None and not self._completion.done():
-                self._completion.set_result(None)
-
-    async def _finish(self, stream: AsyncIterator[str | Completion]) -> None:
-        assert self._completion is not None
-        try:
-            async for item in stream:
-                if isinstance(item, Completion):
-                    self._completion.set_result(item)
-                else:
-                    self.text += item
-        finally:
-            if not self._completion.done():
-                self._completion.set_result(None)
-
-    async def finished(self) -> Completion | None:
-        """The planner call's ``Completion`` once the model has stopped (None if it gave none)."""
-        if self._completion is None:
-            return None
-        return await self._completion
-
-    async def only_tasks(self) -> AsyncIterator[Task]:
-        """The tasks alone (errors are collected in ``errors``): what the scheduler consumes."""
-        async for item in self:
-            if isinstance(item, Task):
-                yield item
-
-
-def stream_plan(model: Model, messages: Sequence[Message], registry: Registry, *, known_ids: Iterable[int] = ()) -> PlanStream:
-    """Stream a plan from ``model``: ``async for item in stream_plan(...)`` yields each ``Task``
-    or ``PlanLineError`` as soon as its line is complete."""
-    return PlanStream(model, messages, registry, known_ids)
+    return _parse_call_line(line, number, text, registry, known)
 
 
 def parse_plan(text: str, registry: Registry, known_ids: Iterable[int] = ()) -> tuple[list[Task], list[PlanLineError], bool]:

@@ -2,88 +2,31 @@
 
 Dispatch is event-driven: a finishing task starts its ready dependents from its own
 completion (no polling, no sweeps over the plan). Tasks may arrive while the planner is
-still writing (an async iterable) or all at once. Per-tool concurrency limits, per-task
-timeouts; a failure is recorded as data (``ToolCall``) and its dependents are skipped.
+still writing (an async iterable) or all at once. Per-tool concurrency limits; each call is
+bounded by its tool's own ``time_limit_s``. A failure is recorded as data (``ToolCall``) and
+its dependents are skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import time
-from collections.abc import AsyncIterable, Iterable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from bakeoff.agent.events import EventBus
-from bakeoff.agent.planning.plan import REF, Ref, pure_ref
-from bakeoff.agent.seams import ToolContext
+from bakeoff.agent.planning.refs import REF, Ref, pure_ref
+from bakeoff.agent.planning.results import plain, result_text, summarize_result
+from bakeoff.agent.seams import Tool, ToolContext
 from bakeoff.agent.types import Task, ToolCall
 from bakeoff.tools.registry import Registry
-
-RESULT_LIMIT = 2000  # characters of one result a model sees
 
 
 class UnresolvedReference(Exception):
     """An argument's ``$N.field`` does not exist in task N's result: the planner can fix it."""
-
-
-# --------------------------------------------------------------------------- results as text
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    return value
-
-
-def _shorten(value: Any, share: int) -> Any:
-    """Cut long strings inside a structure so each field keeps some of its text."""
-    if isinstance(value, str) and len(value) > share:
-        keep = max(20, share - 40)
-        return value[: keep * 2 // 3] + f"[... {len(value) - keep} characters cut ...]" + value[-(keep // 3) :]
-    if isinstance(value, dict):
-        return {k: _shorten(v, share) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_shorten(v, share) for v in value[:50]] + ([f"[... {len(value) - 50} more items ...]"] if len(value) > 50 else [])
-    return value
-
-
-def result_text(result: Any) -> str:
-    """The whole result as text (what ``result_chars`` measures)."""
-    if isinstance(result, str):
-        return result
-    if isinstance(result, BaseModel):
-        return result.model_dump_json()  # pydantic's serializer: several times faster than json
-    plain = _plain(result)
-    if isinstance(plain, (dict, list)):
-        return json.dumps(plain, ensure_ascii=False, default=str)
-    return str(plain)
-
-
-def summarize_result(result: Any, limit: int = RESULT_LIMIT) -> str:
-    """A result as a model should see it: whole when short, otherwise cut with a marker
-    (``[... N characters cut ...]``) keeping the head and the tail of each long field."""
-    summary = getattr(result, "summary", None)
-    if isinstance(result, BaseModel) and callable(summary):
-        try:
-            text = summary(limit)
-        except TypeError:  # a summary() that takes no limit
-            text = summary()
-        if isinstance(text, str):
-            result = text
-    text = result_text(result)
-    if len(text) <= limit:
-        return text
-    plain = _plain(result)
-    if isinstance(plain, (dict, list)):
-        fields = max(1, len(plain))
-        text = json.dumps(_shorten(plain, max(80, limit // fields)), ensure_ascii=False, default=str)
-        if len(text) <= limit:
-            return text
-    head, tail = limit * 2 // 3, limit // 3
-    return text[:head] + f"\n[... {len(text) - head - tail} characters cut ...]\n" + text[-tail:]
 
 
 # --------------------------------------------------------------------------- references
@@ -118,7 +61,7 @@ def resolve_args(args: Mapping[str, Any], values: Mapping[int, Any]) -> dict[str
         if isinstance(v, str):
             ref = pure_ref(v)
             if ref is not None:
-                return _plain(_follow(ref, values))
+                return plain(_follow(ref, values))
 
             def sub(m) -> str:
                 if m.group(0) == "$$":
@@ -140,7 +83,7 @@ def resolve_args(args: Mapping[str, Any], values: Mapping[int, Any]) -> dict[str
     return {k: resolve(v) for k, v in args.items()}
 
 
-# --------------------------------------------------------------------------- scheduler
+# --------------------------------------------------------------------------- one call
 
 
 def _reported(result: Any, name: str) -> Any:
@@ -150,8 +93,148 @@ def _reported(result: Any, name: str) -> Any:
     return getattr(result, name, None)
 
 
+def _traced(task: Task, status: str, started: float, *, result: Any = None, error: str | None = None) -> ToolCall:
+    return ToolCall(
+        task_id=task.id, tool=task.tool, args=task.args, status=status, started_at=started,
+        ended_at=time.time(), result=result, error=error,
+        result_chars=len(result_text(result)) if result is not None else 0,
+        tokens=int(_reported(result, "tokens") or 0),
+        cost_usd=float(_reported(result, "cost_usd") or 0.0),
+    )
+
+
+def _arguments(task: Task, tool: Tool, values: Mapping[int, Any]) -> BaseModel | str:
+    """The task's arguments with references resolved, validated by the tool; a str says why not."""
+    try:
+        return tool.Args.model_validate(resolve_args(task.args, values))
+    except UnresolvedReference as e:
+        return f"bad reference: {e}"
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'arguments'}: {x['msg']}" for x in e.errors())
+        return f"arguments do not fit {tool.name}'s schema once references were resolved: {problems}"
+
+
+def _time_limit(tool: Tool) -> float | None:
+    # A tool that does not declare ``time_limit_s`` yet (fan_out, for one) counts as None:
+    # the scheduler adds no limit of its own, its caller bounds it.
+    return getattr(tool, "time_limit_s", None)
+
+
+def _failed(call: ToolCall) -> str:
+    """Why a dependent of ``call`` is skipped."""
+    return f"skipped: task {call.task_id} ({call.tool}) {call.status}: {call.error or ''}".rstrip(": ")
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+class _Dispatch:
+    """One ``Scheduler.run``: what finished, what waits on what, what runs. A task is
+    submitted once; it launches when its last dependency records its call, from that call's
+    own completion callback."""
+
+    def __init__(
+        self,
+        execute: Callable[[Task, Mapping[int, Any]], Awaitable[ToolCall]],
+        emit: Callable[..., None],
+        prior: Mapping[int, ToolCall] | None,
+    ) -> None:
+        self.execute = execute
+        self.emit = emit
+        self.calls: dict[int, ToolCall] = dict(prior or {})
+        self.values: dict[int, Any] = {i: c.result for i, c in self.calls.items() if c.status == "ok"}
+        self.waiting: dict[int, tuple[Task, set[int]]] = {}  # task id -> (task, deps not finished)
+        self.dependents: dict[int, list[int]] = {}
+        self.seen: set[int] = set(self.calls)
+        self.running: set[asyncio.Task[ToolCall]] = set()
+        self.bugs: list[BaseException] = []
+        self.idle = asyncio.Event()  # set while nothing runs
+        self.idle.set()
+
+    def submit(self, task: Task) -> None:
+        if task.id in self.seen:
+            raise ValueError(f"task id {task.id} submitted twice (the plan parser should have refused it)")
+        self.seen.add(task.id)
+        missing = [d for d in task.deps if d not in self.seen]
+        if missing:
+            return self.skip(task, f"skipped: depends on unknown task(s) {missing}")
+        failed = [d for d in task.deps if d in self.calls and self.calls[d].status != "ok"]
+        if failed:
+            return self.skip(task, _failed(self.calls[failed[0]]))
+        pending = {d for d in task.deps if d not in self.calls}
+        if not pending:
+            return self.launch(task)
+        self.waiting[task.id] = (task, pending)
+        for d in pending:
+            self.dependents.setdefault(d, []).append(task.id)
+
+    def launch(self, task: Task) -> None:
+        job = asyncio.ensure_future(self.execute(task, self.values))
+        self.running.add(job)
+        self.idle.clear()
+        job.add_done_callback(self._done)
+
+    def _done(self, job: asyncio.Task[ToolCall]) -> None:
+        self.running.discard(job)
+        if job.cancelled():
+            pass
+        elif job.exception() is not None:
+            self.bugs.append(job.exception())  # raised by bakeoff itself, not by a tool
+        else:
+            self.record(job.result())
+        if not self.running:
+            self.idle.set()
+
+    def record(self, call: ToolCall) -> None:
+        """Keep ``call``, then start or skip the tasks that were waiting for it."""
+        self.calls[call.task_id] = call
+        if call.status == "ok":
+            self.values[call.task_id] = call.result
+        self.emit(
+            "task.end", task_id=call.task_id, tool=call.tool, args=call.args, status=call.status,
+            started_at=call.started_at, ended_at=call.ended_at,
+            duration_s=round(call.ended_at - call.started_at, 6), result_chars=call.result_chars,
+            tokens=call.tokens, cost_usd=call.cost_usd, error=call.error,
+        )
+        for child_id in self.dependents.pop(call.task_id, []):
+            if child_id not in self.waiting:
+                continue  # already skipped through another failed dependency
+            child, pending = self.waiting[child_id]
+            if call.status != "ok":
+                del self.waiting[child_id]
+                self.skip(child, _failed(call))
+                continue
+            pending.discard(call.task_id)
+            if not pending:
+                del self.waiting[child_id]
+                self.launch(child)
+
+    def skip(self, task: Task, why: str) -> None:
+        now = time.time()
+        self.record(ToolCall(task_id=task.id, tool=task.tool, args=task.args, status="skipped", started_at=now, ended_at=now, error=why))
+
+    def cancel(self) -> None:
+        for job in self.running:
+            job.cancel()
+
+    def finish(self) -> dict[int, ToolCall]:
+        """Every call by task id, once nothing runs; a bug in bakeoff raises here."""
+        if self.bugs:
+            raise self.bugs[0]
+        for task, _ in list(self.waiting.values()):
+            self.skip(task, "skipped: its dependencies never finished")
+        return self.calls
+
+
+# --------------------------------------------------------------------------- scheduler
+
+
 class Scheduler:
-    """Runs tasks concurrently as their dependencies finish. One per run; reusable across plans."""
+    """Runs tasks concurrently as their dependencies finish. One per run; reusable across plans.
+
+    Each call is bounded by its tool's ``time_limit_s`` (none when the tool declares None);
+    ``timeouts`` (tool name -> seconds) overrides a tool's own limit.
+    """
 
     def __init__(
         self,
@@ -160,13 +243,11 @@ class Scheduler:
         *,
         events: EventBus | None = None,
         concurrency: Mapping[str, int] | None = None,
-        default_timeout: float = 300,
         timeouts: Mapping[str, float] | None = None,
     ) -> None:
         self.registry = registry
         self.ctx = ctx
         self.events = events
-        self.default_timeout = default_timeout
         self.timeouts = dict(timeouts or {})
         # Semaphores are shared by every plan this scheduler runs: limits hold across replans.
         self._limits = {name: asyncio.Semaphore(n) for name, n in (concurrency or {}).items()}
@@ -182,136 +263,44 @@ class Scheduler:
     ) -> dict[int, ToolCall]:
         """Run ``tasks`` (as they arrive) on top of ``prior`` results; returns every call,
         prior ones included, by task id. Failures are data; only a bug raises."""
-        calls: dict[int, ToolCall] = dict(prior or {})
-        values: dict[int, Any] = {i: c.result for i, c in calls.items() if c.status == "ok"}
-        waiting: dict[int, tuple[Task, set[int]]] = {}  # task id -> (task, deps not finished)
-        dependents: dict[int, list[int]] = {}
-        seen: set[int] = set(calls)
-        running: set[asyncio.Task] = set()
-        bugs: list[BaseException] = []
-        idle = asyncio.Event()
-        idle.set()
-
-        def record(call: ToolCall) -> None:
-            calls[call.task_id] = call
-            if call.status == "ok":
-                values[call.task_id] = call.result
-            self._emit(
-                "task.end", task_id=call.task_id, tool=call.tool, args=call.args, status=call.status,
-                started_at=call.started_at, ended_at=call.ended_at,
-                duration_s=round(call.ended_at - call.started_at, 6), result_chars=call.result_chars,
-                tokens=call.tokens, cost_usd=call.cost_usd, error=call.error,
-            )
-            for child_id in dependents.pop(call.task_id, []):
-                if child_id not in waiting:
-                    continue  # already skipped through another failed dependency
-                child, pending = waiting[child_id]
-                if call.status != "ok":
-                    del waiting[child_id]
-                    skip(child, f"skipped: task {call.task_id} ({call.tool}) {call.status}: {call.error or ''}".rstrip(": "))
-                    continue
-                pending.discard(call.task_id)
-                if not pending:
-                    del waiting[child_id]
-                    launch(child)
-
-        def skip(task: Task, why: str) -> None:
-            now = time.time()
-            record(ToolCall(task_id=task.id, tool=task.tool, args=task.args, status="skipped", started_at=now, ended_at=now, error=why))
-
-        def launch(task: Task) -> None:
-            job = asyncio.ensure_future(self._execute(task, values))
-            running.add(job)
-            idle.clear()
-
-            def done(job: asyncio.Task) -> None:
-                running.discard(job)
-                if job.cancelled():
-                    pass
-                elif job.exception() is not None:
-                    bugs.append(job.exception())  # raised by bakeoff itself, not by a tool
-                else:
-                    record(job.result())
-                if not running:
-                    idle.set()
-
-            job.add_done_callback(done)
-
-        def submit(task: Task) -> None:
-            if task.id in seen:
-                raise ValueError(f"task id {task.id} submitted twice (the plan parser should have refused it)")
-            seen.add(task.id)
-            missing = [d for d in task.deps if d not in seen]
-            if missing:
-                return skip(task, f"skipped: depends on unknown task(s) {missing}")
-            failed = [d for d in task.deps if d in calls and calls[d].status != "ok"]
-            if failed:
-                d = calls[failed[0]]
-                return skip(task, f"skipped: task {d.task_id} ({d.tool}) {d.status}: {d.error or ''}".rstrip(": "))
-            pending = {d for d in task.deps if d not in calls}
-            if not pending:
-                return launch(task)
-            waiting[task.id] = (task, pending)
-            for d in pending:
-                dependents.setdefault(d, []).append(task.id)
-
+        dispatch = _Dispatch(self._execute, self._emit, prior)
         try:
             if isinstance(tasks, AsyncIterable):
                 async for task in tasks:
-                    submit(task)
+                    dispatch.submit(task)
             else:
                 for task in tasks:
-                    submit(task)
+                    dispatch.submit(task)
             # Completions launch their dependents from their own callbacks; idle is set only
             # when nothing runs any more.
-            await idle.wait()
+            await dispatch.idle.wait()
         except BaseException:
-            for job in running:
-                job.cancel()
+            dispatch.cancel()
             raise
-        if bugs:
-            raise bugs[0]
-        for task_id, (task, _) in list(waiting.items()):
-            skip(task, "skipped: its dependencies never finished")
-        return calls
+        return dispatch.finish()
 
     async def _execute(self, task: Task, values: Mapping[int, Any]) -> ToolCall:
         tool = self.registry.get(task.tool)
         started = time.time()
-
-        def call(status: str, *, result: Any = None, error: str | None = None, at: float = started) -> ToolCall:
-            return ToolCall(
-                task_id=task.id, tool=task.tool, args=task.args, status=status, started_at=at,
-                ended_at=time.time(), result=result, error=error,
-                result_chars=len(result_text(result)) if result is not None else 0,
-                tokens=int(_reported(result, "tokens") or 0),
-                cost_usd=float(_reported(result, "cost_usd") or 0.0),
-            )
-
         if tool is None:
-            return call("error", error=f"unknown tool {task.tool!r}")
+            return _traced(task, "error", started, error=f"unknown tool {task.tool!r}")
+        args = _arguments(task, tool, values)
+        if isinstance(args, str):
+            return _traced(task, "error", started, error=args)
+        async with self._limits.get(task.tool) or contextlib.nullcontext():
+            return await self._call(task, tool, args)
+
+    async def _call(self, task: Task, tool: Tool, args: BaseModel) -> ToolCall:
+        started = time.time()
+        self._emit("task.start", task_id=task.id, tool=task.tool, args=task.args, deps=task.deps, at=started)
+        limit = self.timeouts.get(task.tool, _time_limit(tool))
         try:
-            args = tool.Args.model_validate(resolve_args(task.args, values))
-        except UnresolvedReference as e:
-            return call("error", error=f"bad reference: {e}")
-        except ValidationError as e:
-            problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'arguments'}: {x['msg']}" for x in e.errors())
-            return call("error", error=f"arguments do not fit {tool.name}'s schema once references were resolved: {problems}")
-        limit = self._limits.get(task.tool)
-        if limit is not None:
-            await limit.acquire()
-        try:
-            started = time.time()
-            self._emit("task.start", task_id=task.id, tool=task.tool, args=task.args, deps=task.deps, at=started)
-            timeout = self.timeouts.get(task.tool, self.default_timeout)
-            try:
-                async with asyncio.timeout(timeout):
-                    result = await tool(args, self.ctx)
-            except TimeoutError:
-                return call("timeout", error=f"{task.tool} took longer than {timeout:g}s", at=started)
-            except Exception as e:  # a tool's failure is data for the joiner, not a crash of the run
-                return call("error", error=f"{type(e).__name__}: {e}", at=started)
-            return call("ok", result=result, at=started)
-        finally:
-            if limit is not None:
-                limit.release()
+            async with asyncio.timeout(limit) as deadline:
+                result = await tool(args, self.ctx)
+        except TimeoutError as e:
+            if not deadline.expired():  # raised by the tool itself: a failure like any other
+                return _traced(task, "error", started, error=f"{type(e).__name__}: {e}")
+            return _traced(task, "timeout", started, error=f"{task.tool} took longer than {limit:g}s")
+        except Exception as e:  # a tool's failure is data for the joiner, not a crash of the run
+            return _traced(task, "error", started, error=f"{type(e).__name__}: {e}")
+        return _traced(task, "ok", started, result=result)
