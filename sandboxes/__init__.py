@@ -30,7 +30,7 @@ class BackendChoice(BaseModel):
 
 def _docker_engine() -> tuple[bool, str]:
     try:
-        from bakeoff.sandboxes.docker import engine_available
+        from bakeoff.sandboxes.docker_engine import engine_available
     except ImportError as exc:  # the docker SDK (or its backend module) is not installed
         return False, f"the Docker backend cannot be loaded: {exc}"
     return engine_available()
@@ -38,7 +38,7 @@ def _docker_engine() -> tuple[bool, str]:
 
 @functools.cache
 def _local_choice() -> BackendChoice:
-    from bakeoff.sandboxes.local import bwrap_status
+    from bakeoff.sandboxes.local_isolation import bwrap_status
 
     ok, why = bwrap_status()
     if ok:
@@ -79,7 +79,7 @@ async def create_sandbox(
     """A fresh sandbox holding a copy of ``workspace``, on the backend ``kind`` resolves to."""
     choice = choose_backend(kind)
     if choice.backend == "docker":
-        from bakeoff.sandboxes.docker import DockerBackend
+        from bakeoff.sandboxes.docker_backend import DockerBackend
 
         return await DockerBackend.shared(image=image, dockerfile=dockerfile).create(workspace, limits)
     from bakeoff.sandboxes.local import LocalSandbox

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from bakeoff.agent.seams import Sandbox, SandboxLimits, Workspace
 from bakeoff.sandboxes import choose_backend, create_sandbox
@@ -114,7 +114,7 @@ class SandboxPool:
         await self.close()
 
 
-def _workspace_for(item: Any, explicit: Workspace | Callable[[Any], Workspace] | None,
+def _workspace_for(item: T, explicit: Workspace | Callable[[T], Workspace] | None,
                    default: Workspace | None) -> Workspace:
     if isinstance(explicit, Workspace):
         return explicit

@@ -12,18 +12,22 @@ can remove what a killed orchestrator left behind (``reap_stale``).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
 import shutil
 import signal
-import errno
 import stat
 import subprocess
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
+from bakeoff.agent import repository
+from bakeoff.agent.repository import GitError
 from bakeoff.agent.seams import Workspace
 
 MARKER = ".bakeoff-owner"
@@ -59,14 +63,13 @@ def new_sandbox_dir(root: Path | None = None) -> Path:
 # --------------------------------------------------------------------------- copying
 
 
-def _git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-         input: bytes | None = None, check: bool = True) -> bytes:
-    full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run(["git", "-c", "safe.directory=*", *args], cwd=cwd, env=full_env,
-                          input=input, capture_output=True)
-    if check and proc.returncode != 0:
-        raise WorkspaceError(f"git {' '.join(args)} failed: {proc.stderr.decode(errors='replace').strip()}")
-    return proc.stdout
+@contextlib.contextmanager
+def git_failures_as_workspace_errors() -> Iterator[None]:
+    """A git command that fails on the workspace (unknown commit, say) raises ``WorkspaceError``."""
+    try:
+        yield
+    except GitError as exc:
+        raise WorkspaceError(str(exc)) from exc
 
 
 def copy_workspace(workspace: Workspace, dest: Path) -> None:
@@ -79,7 +82,8 @@ def copy_workspace(workspace: Workspace, dest: Path) -> None:
             shutil.copytree(src, dest, symlinks=True, ignore=shutil.ignore_patterns(".git"),
                             dirs_exist_ok=True)
             return
-        tar = _git("archive", "--format=tar", workspace.commit, cwd=src)
+        with git_failures_as_workspace_errors():
+            tar = repository.archive(src, workspace.commit)
         safe_extract(tar, dest)
     except (OSError, shutil.Error, WorkspaceError) as exc:
         if "No space left" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC:
@@ -94,13 +98,7 @@ class BaseSnapshot:
     def __init__(self, git_dir: Path, work_tree: Path) -> None:
         self.git_dir = git_dir
         self.work_tree = work_tree
-        self._env = {
-            "GIT_DIR": str(git_dir), "GIT_WORK_TREE": str(work_tree),
-            # The user's git configuration (filters, hooks, excludes) has no say here.
-            "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
-            "GIT_AUTHOR_NAME": "bakeoff", "GIT_AUTHOR_EMAIL": "bakeoff@localhost",
-            "GIT_COMMITTER_NAME": "bakeoff", "GIT_COMMITTER_EMAIL": "bakeoff@localhost",
-        }
+        self._env = repository.private_env(git_dir, work_tree)
 
     @classmethod
     def record(cls, git_dir: Path, work_tree: Path) -> BaseSnapshot:
@@ -113,15 +111,18 @@ class BaseSnapshot:
         snap._run("init", "-q", "--template=")
         snap._run("config", "core.autocrlf", "false")
         snap._run("config", "core.fileMode", "true")
-        _git("fast-import", "--quiet", "--done", env=snap._env, cwd=work_tree, input=_fast_import_stream(work_tree))
+        snap._run("fast-import", "--quiet", "--done", input=_fast_import_stream(work_tree))
         snap._run("read-tree", "refs/heads/base")
         snap._run("symbolic-ref", "HEAD", "refs/heads/base")
         # Stat data for the index, so each diff re-reads only the files that changed.
-        _git("update-index", "-q", "--refresh", env=snap._env, cwd=work_tree, check=False)
+        snap._run("update-index", "-q", "--refresh", check=False)
         return snap
 
-    def _run(self, *args: str, extra_env: dict[str, str] | None = None) -> bytes:
-        return _git(*args, cwd=self.work_tree, env={**self._env, **(extra_env or {})})
+    def _run(self, *args: str, extra_env: dict[str, str] | None = None, input: bytes | None = None,
+             check: bool = True) -> bytes:
+        with git_failures_as_workspace_errors():
+            return repository.run(self.work_tree, *args, input=input, env={**self._env, **(extra_env or {})},
+                                  check=check)
 
     def diff(self, include_binary: bool = False) -> str:
         """Git-format diff of the work tree against the base (new and deleted files included).
@@ -299,7 +300,7 @@ def remove_tree(path: Path) -> None:
     """Remove a sandbox directory, including files sandboxed code made read-only."""
     unmount_below(path)
 
-    def _writable_then_retry(func, p, _exc):
+    def _writable_then_retry(func: Callable[[str], object], p: str, _exc: object) -> None:
         try:
             os.chmod(os.path.dirname(p), 0o700)
             if not os.path.islink(p) and os.path.isdir(p):
@@ -312,7 +313,7 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path, onerror=_writable_then_retry)
 
 
-def processes_with_marker(predicate) -> list[int]:
+def processes_with_marker(predicate: Callable[[str], bool]) -> list[int]:
     """Pids whose environment carries the sandbox marker and whose value satisfies ``predicate``."""
     found = []
     needle = (ENV_MARKER + "=").encode()

@@ -22,12 +22,12 @@ import pytest
 
 from bakeoff.agent.seams import SandboxLimits, Workspace
 from bakeoff.sandboxes import SandboxUnavailable
+from bakeoff.sandboxes.archive import changed_entries, diff_changed
 from bakeoff.sandboxes.docker import (
     LABEL_BACKEND,
     DockerBackend,
     DockerSandbox,
     DockerUnavailable,
-    _changed_entries,
     engine_available,
 )
 from bakeoff.sandboxes.workspace import UnsafeArchive, WorkspaceError
@@ -285,9 +285,8 @@ def _tar(*entries: tuple[str, str | None]) -> bytes:
 def test_15_unsafe_archives_are_refused(entries, tmp_path) -> None:
     base = _tar(("kept", None))
     with pytest.raises(UnsafeArchive):
-        _, a_side, b_side = _changed_entries(base, {}, [_tar(*entries)])
-        from bakeoff.sandboxes.docker import _diff_changed
-        _diff_changed(a_side, b_side)
+        _, a_side, b_side = changed_entries(base, {}, [_tar(*entries)])
+        diff_changed(a_side, b_side)
     assert not (tmp_path.parent / "evil").exists()
 
 

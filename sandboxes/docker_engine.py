@@ -1,0 +1,200 @@
+"""The Docker engine as the sandboxes see it: is one there, a connection, and the sandbox image.
+
+``DockerEngine`` holds one connection and the thread pool every blocking SDK call runs in,
+and turns an engine that went away into ``DockerUnavailable`` (a message the user can act
+on). ``resolve_image`` finds the image a user named, or builds ``sandboxes/Dockerfile`` once,
+tagged ``bakeoff-sandbox:<hash of the Dockerfile>``.
+
+``import docker`` happens only inside functions: ``bakeoff --help`` never pays for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+
+from bakeoff.agent.events import EventBus
+from bakeoff.sandboxes import SandboxUnavailable
+
+if TYPE_CHECKING:
+    from docker import APIClient, DockerClient
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+DEFAULT_DOCKERFILE = Path(__file__).with_name("Dockerfile")
+IMAGE_REPOSITORY = "bakeoff-sandbox"
+LABEL = "bakeoff.sandbox"  # on everything bakeoff makes on the engine
+
+
+class DockerUnavailable(SandboxUnavailable):
+    """No Docker engine answers (or it stopped answering): start it, or use --sandbox local."""
+
+
+class DockerImageError(RuntimeError):
+    """The sandbox image could not be found or built: fix the Dockerfile or name another image."""
+
+
+def engine_address() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def unreachable_message(reason: object) -> str:
+    return (f"no Docker engine reachable at {engine_address()}: start it, or use --sandbox local"
+            f" ({reason})")
+
+
+def engine_available(timeout: float = 2.0) -> tuple[bool, str]:
+    """Whether a Docker engine answers, and if not, why (in words a user can act on)."""
+    try:
+        import docker
+        import requests
+    except ImportError as exc:
+        return False, f"the docker Python package is missing ({exc}): pip install docker, or use --sandbox local"
+    try:
+        client = docker.from_env(timeout=max(1, int(round(timeout))))
+    except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+        return False, unreachable_message(exc)
+    try:
+        client.api.ping()
+        version = client.api.version().get("Version", "?")
+    except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+        return False, unreachable_message(exc)
+    finally:
+        client.close()
+    return True, f"Docker engine {version} at {engine_address()}"
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    import requests
+
+    return isinstance(exc, (requests.ConnectionError, ConnectionError, socket.timeout))
+
+
+class DockerEngine:
+    """One connection to the engine (made on first use) and the threads its blocking calls run in."""
+
+    def __init__(self, base_url: str | None = None, max_threads: int = 64) -> None:
+        self.base_url = base_url
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_threads, thread_name_prefix="bakeoff-docker")
+        self._lock = threading.Lock()
+        self._client: DockerClient | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection was ever made (nothing can be left on an engine never reached)."""
+        return self._client is not None
+
+    @property
+    def api(self) -> APIClient:
+        """The low-level docker API client (connects on first use)."""
+        if self._client is None:
+            import docker
+
+            with self._lock:
+                if self._client is None:
+                    try:
+                        if self.base_url:
+                            self._client = docker.DockerClient(base_url=self.base_url, timeout=60,
+                                                               max_pool_size=128)
+                        else:
+                            self._client = docker.from_env(timeout=60, max_pool_size=128)
+                    except docker.errors.DockerException as exc:
+                        raise DockerUnavailable(unreachable_message(exc)) from exc
+        return self._client.api
+
+    def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """One blocking engine call, with an engine that went away turned into DockerUnavailable."""
+        import docker
+
+        try:
+            return fn(*args, **kwargs)
+        except docker.errors.APIError:
+            raise
+        except docker.errors.DockerException as exc:
+            raise DockerUnavailable(unreachable_message(exc)) from exc
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise DockerUnavailable(
+                    f"the Docker engine at {self.base_url or engine_address()} stopped answering: {exc}. "
+                    "Start it again, or use --sandbox local") from exc
+            raise
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``call`` in the engine's own thread pool, so many sandboxes run at once."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: self.call(fn, *args, **kwargs))
+
+
+# --------------------------------------------------------------------------- the image
+
+
+def resolve_image(engine: DockerEngine, requested_image: str | None, dockerfile: Path | None,
+                  events: EventBus) -> str:
+    """The tag of the sandbox image: the image the user named, or the Dockerfile's (built if missing)."""
+    import docker
+
+    if requested_image:
+        try:
+            engine.call(engine.api.inspect_image, requested_image)
+        except docker.errors.ImageNotFound as exc:
+            raise DockerImageError(
+                f"image {requested_image} not found on the engine: pull or build it first") from exc
+        return requested_image
+    assert dockerfile is not None
+    try:
+        recipe = dockerfile.read_bytes()
+    except OSError as exc:
+        raise DockerImageError(f"cannot read the sandbox Dockerfile {dockerfile}: {exc}") from exc
+    tag = f"{IMAGE_REPOSITORY}:{hashlib.sha256(recipe).hexdigest()[:12]}"
+    try:
+        engine.call(engine.api.inspect_image, tag)
+        return tag
+    except docker.errors.ImageNotFound:
+        pass
+    _build(engine, dockerfile, tag, events)
+    return tag
+
+
+def _looks_offline(error: str, log: list[str]) -> bool:
+    text = (error + "\n" + "\n".join(log)).lower()
+    return any(sign in text for sign in ("temporary failure resolving", "could not resolve",
+                                         "failed to fetch", "network is unreachable"))
+
+
+def _build(engine: DockerEngine, dockerfile: Path, tag: str, events: EventBus) -> None:
+    started = time.monotonic()
+    events.emit("sandbox.image.build", image=tag, dockerfile=str(dockerfile))
+    error, log = _build_once(engine, dockerfile, tag, network_mode=None)
+    if error is not None and _looks_offline(error, log):
+        # Some engines give build containers no route out; the host's network often has one.
+        events.emit("sandbox.image.build_retry", image=tag, network_mode="host")
+        error, log = _build_once(engine, dockerfile, tag, network_mode="host")
+    if error is not None:
+        raise DockerImageError(
+            f"building the sandbox image from {dockerfile} failed: {error.strip()}\n"
+            + "\n".join(log[-20:]))
+    events.emit("sandbox.image.built", image=tag, seconds=round(time.monotonic() - started, 1))
+
+
+def _build_once(engine: DockerEngine, dockerfile: Path, tag: str,
+                network_mode: str | None) -> tuple[str | None, list[str]]:
+    log: list[str] = []
+    error = None
+    for chunk in engine.call(engine.api.build, path=str(dockerfile.parent),
+                             dockerfile=dockerfile.name, tag=tag, rm=True, forcerm=True,
+                             decode=True, labels={LABEL + ".image": "1"}, network_mode=network_mode):
+        if "stream" in chunk:
+            log.extend(chunk["stream"].splitlines())
+            del log[:-40]
+        if "error" in chunk:
+            error = chunk["error"]
+    return error, log
