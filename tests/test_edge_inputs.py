@@ -20,7 +20,7 @@ from bakeoff.agent.harness.edge_inputs import (
     propose_inputs,
 )
 from bakeoff.agent.models.scripted import ScriptExhausted, ScriptedModel, ScriptedResponse
-from bakeoff.agent.harness.testgen import PythonHarness
+from bakeoff.agent.harness.python_harness import PythonHarness
 from bakeoff.agent.fanout.trajectory import FanOutSettings, _make_tests
 
 SUM = "int total(std::vector<int> const& x) {\n  int s = 0;\n  for (int v : x) s += v;\n  return s;\n}\n"

@@ -536,9 +536,9 @@ def inline_includes(source: str, files: Mapping[str, str], depth: int = 4) -> st
 
 
 def _testgen() -> Any:
-    import bakeoff.agent.harness.testgen
+    from bakeoff.agent.harness import python_harness
 
-    return agent.testgen
+    return python_harness
 
 
 class _Tests(BaseModel):
