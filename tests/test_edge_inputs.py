@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bakeoff.agent.harness.c_driver import ConstraintError, build_plan
+from bakeoff.agent.harness.c_plan import ConstraintError, build_plan
 from bakeoff.agent.harness.c_signature import parse_signature
 from bakeoff.agent.harness.c_harness import CHarness
 from bakeoff.agent.harness.edge_inputs import (
@@ -266,7 +266,7 @@ async def test_literals_with_infinities_nan_and_a_left_out_vector_field_build_an
 
 @pytest.mark.parametrize("expr", ["n / 0", "n % 0", "10.0 ** 400", "(0 - n) ** 0.5"])
 def test_size_expressions_that_cannot_be_computed_are_constraint_errors(expr):
-    from bakeoff.agent.harness.c_driver import evaluate
+    from bakeoff.agent.harness.c_plan import evaluate
 
     with pytest.raises(ConstraintError, match="cannot be computed"):
         evaluate(expr, {"n": 4.0})

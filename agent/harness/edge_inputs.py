@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bakeoff.agent.harness.c_driver import ConstraintError, DriverPlan, evaluate
+from bakeoff.agent.harness.c_plan import ConstraintError, DriverPlan, evaluate
 from bakeoff.agent.harness.c_signature import CType, Param, Signature
 from bakeoff.agent.types import TestCase
 
