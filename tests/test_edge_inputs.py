@@ -11,14 +11,9 @@ import pytest
 from bakeoff.agent.harness.c_plan import ConstraintError, build_plan
 from bakeoff.agent.harness.c_signature import parse_signature
 from bakeoff.agent.harness.c_harness import CHarness
-from bakeoff.agent.harness.edge_inputs import (
-    MAX_INPUTS,
-    json_items,
-    make_tests_with,
-    parse_c_inputs,
-    parse_python_inputs,
-    propose_inputs,
-)
+from bakeoff.agent.harness.c_edge_inputs import parse_c_inputs
+from bakeoff.agent.harness.edge_inputs import make_tests_with, parse_python_inputs, propose_inputs
+from bakeoff.agent.harness.edge_text import MAX_INPUTS, json_items
 from bakeoff.agent.models.scripted import ScriptExhausted, ScriptedModel, ScriptedResponse
 from bakeoff.agent.harness.python_harness import PythonHarness
 from bakeoff.agent.fanout.trajectory import FanOutSettings, _make_tests
