@@ -209,7 +209,7 @@ def test_identical_sources_are_built_once(sum_run):
     h, _, m, _ = sum_run
     assert m.cells["serial"] == m.cells["serial_again"]
     # runtime + reference objects + reference binary + 7 distinct candidates
-    assert len([k for k in h._builds if k.startswith("cand_")]) == 7  # six distinct + the race
+    assert len([k for k in h.builds.tasks if k.startswith("cand_")]) == 7  # six distinct + the race
 
 
 def test_timing_has_an_interval(sum_run):

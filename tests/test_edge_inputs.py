@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import pytest
 
-from bakeoff.agent.harness.c_driver import ConstraintError, build_plan
+from bakeoff.agent.harness.c_plan import ConstraintError, build_plan
 from bakeoff.agent.harness.c_signature import parse_signature
 from bakeoff.agent.harness.c_harness import CHarness
-from bakeoff.agent.harness.edge_inputs import (
-    MAX_INPUTS,
-    json_items,
-    make_tests_with,
-    parse_c_inputs,
-    parse_python_inputs,
-    propose_inputs,
-)
+from bakeoff.agent.harness.c_edge_inputs import parse_c_inputs
+from bakeoff.agent.harness.edge_inputs import make_tests_with, parse_python_inputs, propose_inputs
+from bakeoff.agent.harness.edge_text import MAX_INPUTS, json_items
 from bakeoff.agent.models.scripted import ScriptExhausted, ScriptedModel, ScriptedResponse
-from bakeoff.agent.harness.testgen import PythonHarness
+from bakeoff.agent.harness.python_harness import PythonHarness
 from bakeoff.agent.fanout.settings import FanOutSettings
 from bakeoff.agent.fanout.tests import make_tests
 
@@ -267,7 +262,7 @@ async def test_literals_with_infinities_nan_and_a_left_out_vector_field_build_an
 
 @pytest.mark.parametrize("expr", ["n / 0", "n % 0", "10.0 ** 400", "(0 - n) ** 0.5"])
 def test_size_expressions_that_cannot_be_computed_are_constraint_errors(expr):
-    from bakeoff.agent.harness.c_driver import evaluate
+    from bakeoff.agent.harness.c_plan import evaluate
 
     with pytest.raises(ConstraintError, match="cannot be computed"):
         evaluate(expr, {"n": 4.0})

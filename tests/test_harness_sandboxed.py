@@ -23,7 +23,7 @@ from bakeoff.agent.harness.c_harness import CHarness
 from bakeoff.agent.events import EventBus
 from bakeoff.agent.harness.pyexec import SandboxRunner
 from bakeoff.agent.seams import Workspace
-from bakeoff.agent.harness.testgen import PythonHarness
+from bakeoff.agent.harness.python_harness import PythonHarness
 from bakeoff.agent.fanout.settings import FanOutSettings
 from bakeoff.agent.fanout.tests import pick_harness
 from bakeoff.sandboxes import create_sandbox

@@ -7,7 +7,8 @@ import pytest
 from bakeoff.agent.harness.protocol import DifferentialHarness
 from bakeoff.agent.models.scripted import ScriptedModel, ScriptedResponse
 from bakeoff.agent.harness.pyexec import PyJob, decode, run_job, values_equal
-from bakeoff.agent.harness.testgen import PythonHarness, call_of, generate_tests, parse_generated_tests, parse_inputs, typed_inputs
+from bakeoff.agent.harness.python_harness import PythonHarness
+from bakeoff.agent.harness.testgen import call_of, generate_tests, parse_generated_tests, parse_inputs, typed_inputs
 
 PARSE_CASES = [
     ("plain", "assert f(1) == 2\nassert f(2) == 3\n", ["assert f(1) == 2", "assert f(2) == 3"]),

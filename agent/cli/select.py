@@ -137,7 +137,8 @@ async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry,
         given = []
     else:
         from bakeoff.agent.harness.pyexec import SandboxRunner
-        from bakeoff.agent.harness.testgen import PythonHarness, parse_generated_tests
+        from bakeoff.agent.harness.python_harness import PythonHarness
+        from bakeoff.agent.harness.testgen import parse_generated_tests
 
         entry = entry or _default_entry(ref_source)
         try:

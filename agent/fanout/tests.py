@@ -36,7 +36,7 @@ def pick_harness(language: str, entry: str | None, source: str | None, sandbox: 
         return None
     if language == "python":
         from bakeoff.agent.harness.pyexec import SandboxRunner
-        from bakeoff.agent.harness.testgen import PythonHarness
+        from bakeoff.agent.harness.python_harness import PythonHarness
 
         return PythonHarness(source, entry, runner=SandboxRunner(sandbox) if sandbox is not None else None)
     if language in ("c", "cpp"):

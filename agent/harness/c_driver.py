@@ -4,148 +4,23 @@ Each side (the reference, or one candidate) is compiled with a generated ``bk_<s
 that builds the inputs from a seed and a vector ``P`` of numbers (sizes, ranges), calls the
 function with ``threads`` OpenMP threads, times the call alone and serializes the return
 value and every non-const reference or pointer argument. Inputs are a pure function of
-(seed, P, literal), so both sides see the same data.
-
-Constraints (a mapping, e.g. from a JSON file), all optional:
-
-``vars``      size variables: ``{"N": {"small": [2, 8], "medium": 64, "large": 600}}``
-              (``"pow2": true`` draws powers of two);
-              small tests draw from the range, one medium test exposes races, the timing
-              input uses large. Default: ``{"n": {"small": [1, 16], "medium": 2048,
-              "large": 1048576}}``.
-``args``      per parameter: ``len`` (containers and pointers; an expression in the vars and
-              ``len(other)``; default the first var), ``value`` (scalars: a fixed
-              expression; default the var of the same name if there is one), ``range``
-              ``[lo, hi]`` (scalars and elements), ``init`` (``"zero"`` or ``"random"`` for
-              written containers; default zero when the function also has read-only inputs),
-              ``elem`` (spec of the elements), ``fields`` (specs of struct fields),
-              ``charset``/``strlen`` (strings), ``bernoulli`` (an expression p: elements are 1 with
-              probability p, else 0), ``sorted``, ``unique``, ``sorted_by``,
-              ``unique_by`` (struct fields), ``symmetric``/``zero_diagonal``/
-              ``diag_dominant`` (an expression N: the container is an NxN row-major matrix),
-              ``coo`` ``{"rows", "cols", "density", "diagonal", "row", "col"}`` (a vector of
-              structs that are the entries of a sparse matrix, sorted by row then column).
-``support``   code appended to each side when the source declares but does not define it.
-``edge``      extra inputs: ``{"vars": {...}}`` and/or ``{"values": {param: literal}}``.
-``unordered``, ``float_rel``, ``float_abs``: comparison settings.
+(seed, P, literal), so both sides see the same data. The plan (size variables, the
+constraints, the expressions behind ``P``) is ``c_plan``'s.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import math
-import operator
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from bakeoff.agent.harness.c_plan import ConstraintError, DriverPlan, arg_specs
 from bakeoff.agent.harness.c_signature import CType, Param, Signature, SignatureError
 
-DEFAULT_VARS: dict[str, dict[str, Any]] = {"n": {"small": [1, 16], "medium": 2048, "large": 1 << 20}}
 _DEFAULT_RANGES = {"int": [-100, 100], "uint": [0, 100], "float": [-10.0, 10.0]}
 _LOWER = "abcdefghijklmnopqrstuvwxyz"
-
-
-class ConstraintError(ValueError):
-    """The constraints name an unknown parameter or hold an expression that cannot be read."""
-
-
-# --------------------------------------------------------------------------- expressions
-
-_BINOPS = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
-}
-
-
-def evaluate(expr: Any, env: Mapping[str, float], lengths: Mapping[str, Any] | None = None) -> float:
-    """Arithmetic over numbers, vars, ``len(param)``, ``min``/``max``; nothing else runs."""
-    if isinstance(expr, bool):
-        return float(expr)
-    if isinstance(expr, int | float):
-        return float(expr)
-    if not isinstance(expr, str):
-        raise ConstraintError(f"not an expression: {expr!r}")
-
-    def ev(node: ast.AST) -> float:
-        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-            return float(node.value)
-        if isinstance(node, ast.Name):
-            if node.id not in env:
-                raise ConstraintError(f"unknown name {node.id!r} in {expr!r}")
-            return float(env[node.id])
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            try:
-                return float(_BINOPS[type(node.op)](ev(node.left), ev(node.right)))
-            except (ArithmeticError, ValueError, TypeError) as exc:  # x / 0, 10.0 ** 400, (-8) ** 0.5 (complex)
-                raise ConstraintError(f"{expr!r} cannot be computed: {exc}") from None
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -ev(node.operand)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            if node.func.id == "len" and len(node.args) == 1 and isinstance(node.args[0], ast.Name):
-                target = node.args[0].id
-                if lengths is None or target not in lengths:
-                    raise ConstraintError(f"len({target}) in {expr!r}: {target} has no length expression")
-                return evaluate(lengths[target], env, lengths)
-            if node.func.id in ("min", "max") and node.args:
-                vals = [ev(a) for a in node.args]
-                return min(vals) if node.func.id == "min" else max(vals)
-        raise ConstraintError(f"unsupported expression {expr!r}")
-
-    return ev(ast.parse(expr, mode="eval").body)
-
-
-# --------------------------------------------------------------------------- the plan
-
-
-@dataclass
-class DriverPlan:
-    """What the generated code needs from Python per test: the expressions behind P."""
-
-    signature: Signature
-    constraints: Mapping[str, Any]
-    slots: list[Any] = field(default_factory=list)  # expression per P index
-    lengths: dict[str, Any] = field(default_factory=dict)  # param -> len expression
-
-    @property
-    def vars(self) -> dict[str, dict[str, Any]]:
-        return dict(self.constraints.get("vars") or DEFAULT_VARS)
-
-    def slot(self, expr: Any) -> str:
-        # Every side's code is generated from the same plan: an expression already in a slot
-        # reuses it, so the slots do not grow with each candidate built.
-        for i, known in enumerate(self.slots):
-            if type(known) is type(expr) and known == expr:
-                return f"P[{i}]"
-        self.slots.append(expr)
-        return f"P[{len(self.slots) - 1}]"
-
-    def values(self, var_values: Mapping[str, float]) -> list[float]:
-        return [evaluate(e, var_values, self.lengths) for e in self.slots]
-
-
-def _arg_specs(sig: Signature, constraints: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    given = dict(constraints.get("args") or {})
-    names = {p.name for p in sig.params}
-    for unknown in set(given) - names:
-        raise ConstraintError(f"constraints name argument {unknown!r}, which {sig.name}() does not have")
-    return {p.name: dict(given.get(p.name) or {}) for p in sig.params}
-
-
-def _is_container(p: Param) -> bool:
-    return p.is_pointer or p.type.kind in ("vector", "array", "string")
-
-
-def build_plan(sig: Signature, constraints: Mapping[str, Any]) -> DriverPlan:
-    plan = DriverPlan(sig, constraints)
-    first_var = next(iter(plan.vars))
-    specs = _arg_specs(sig, constraints)
-    for p in sig.params:
-        if (p.is_pointer or p.type.kind == "vector") and "coo" not in specs[p.name]:
-            plan.lengths[p.name] = specs[p.name].get("len", first_var)
-    return plan
 
 
 # --------------------------------------------------------------------------- code generation
@@ -329,6 +204,10 @@ def _struct_serializers(sig: Signature) -> str:
     return "\n".join(out)
 
 
+def _is_container(p: Param) -> bool:
+    return p.is_pointer or p.type.kind in ("vector", "array", "string")
+
+
 def default_init(sig: Signature, p: Param) -> str:
     """Written containers start zeroed when the function also reads other inputs (an output
     argument), random when they are its only data (an in-out argument)."""
@@ -336,17 +215,15 @@ def default_init(sig: Signature, p: Param) -> str:
     return "zero" if has_inputs else "random"
 
 
-def run_function(plan: DriverPlan, side: str, callee: str, literals: Sequence[Mapping[str, Any]]) -> str:
-    """The C++ definition of ``bk_<side>_run`` calling ``callee`` (e.g. ``::bk_cand::fn``)."""
+def _generate_inputs(g: _Gen, plan: DriverPlan, literals: Sequence[Mapping[str, Any]]) -> None:
+    """Code that makes each argument ``a<i>`` from the seed and ``P``, then sets the literal ones."""
     sig = plan.signature
-    ns = f"::bk_{side}"
-    specs = _arg_specs(sig, plan.constraints)
-    g = _Gen(plan, ns)
+    specs = arg_specs(sig, plan.constraints)
     for i, p in enumerate(sig.params):
         spec = specs[p.name]
         lhs = f"a{i}"
         st = _storage(p)
-        g.emit(f"{st.spell(ns)} {lhs}{{}};")
+        g.emit(f"{st.spell(g.ns)} {lhs}{{}};")
         if "coo" in spec:
             g.coo(lhs, st, spec)
         elif st.kind in ("vector", "array"):
@@ -363,27 +240,31 @@ def run_function(plan: DriverPlan, side: str, callee: str, literals: Sequence[Ma
         assigns = []
         for i, p in enumerate(sig.params):
             if p.name in values:
-                assigns.append(f"a{i} = {_literal(values[p.name], _storage(p), sig, ns)};")
+                assigns.append(f"a{i} = {_literal(values[p.name], _storage(p), sig, g.ns)};")
         if assigns:
             g.emit(f"if (literal == {k}) {{ " + " ".join(assigns) + " }")
-    # The inputs of the last (seed, P, literal) are kept and copied for each call: repeated
-    # runs of one test then cost a copy, not a regeneration.
-    n_slots = len(plan.slots)
-    types = ", ".join(_storage(p).spell(ns) for p in sig.params)
+
+
+def _cached(g: _Gen, plan: DriverPlan, gen_body: str) -> None:
+    """The inputs of the last (seed, P, literal) are kept and copied for each call: repeated
+    runs of one test then cost a copy, not a regeneration."""
+    sig = plan.signature
+    types = ", ".join(_storage(p).spell(g.ns) for p in sig.params)
     moved = ", ".join(f"std::move(a{i})" for i in range(len(sig.params)))
-    gen_body = "\n".join(g.lines)
-    g.lines = []
-    if sig.params:
-        g.emit(f"static std::tuple<{types}> cache_; static uint64_t cache_key_ = 0; static bool cached_ = false;")
-        g.emit("uint64_t key_ = seed * 1000003ull + (uint64_t)(literal + 7);")
-        g.emit(f"for (int k_ = 0; k_ < {n_slots}; ++k_) {{ uint64_t b_; double d_ = P[k_]; memcpy(&b_, &d_, 8); key_ = (key_ ^ b_) * 1099511628211ull; }}")
-        g.emit("if (!cached_ || key_ != cache_key_) {")
-        g.lines.append(gen_body)
-        g.emit(f"  cache_ = std::make_tuple({moved}); cache_key_ = key_; cached_ = true;")
-        g.emit("}")
-        g.emit(f"std::tuple<{types}> in_ = cache_;")
-        for i in range(len(sig.params)):
-            g.emit(f"auto& a{i} = std::get<{i}>(in_);")
+    g.emit(f"static std::tuple<{types}> cache_; static uint64_t cache_key_ = 0; static bool cached_ = false;")
+    g.emit("uint64_t key_ = seed * 1000003ull + (uint64_t)(literal + 7);")
+    g.emit(f"for (int k_ = 0; k_ < {len(plan.slots)}; ++k_) {{ uint64_t b_; double d_ = P[k_]; memcpy(&b_, &d_, 8); key_ = (key_ ^ b_) * 1099511628211ull; }}")
+    g.emit("if (!cached_ || key_ != cache_key_) {")
+    g.lines.append(gen_body)
+    g.emit(f"  cache_ = std::make_tuple({moved}); cache_key_ = key_; cached_ = true;")
+    g.emit("}")
+    g.emit(f"std::tuple<{types}> in_ = cache_;")
+    for i in range(len(sig.params)):
+        g.emit(f"auto& a{i} = std::get<{i}>(in_);")
+
+
+def _call_and_outputs(sig: Signature, callee: str) -> tuple[str, str]:
+    """The call of ``callee`` on the arguments, and the code that serializes what it returned and wrote."""
     args = ", ".join(f"a{i}.data()" if p.is_pointer else f"a{i}" for i, p in enumerate(sig.params))
     call = f"{callee}({args})"
     if sig.returns.kind != "void":
@@ -400,8 +281,19 @@ def run_function(plan: DriverPlan, side: str, callee: str, literals: Sequence[Ma
             puts.append(f"out->open('O', {i}); bk_put(*out, a{i}, 0);")
         else:
             puts.append(f"out->open('O', {i}); bk_put(*out, a{i});")
+    return call, "\n      ".join(puts)
+
+
+def run_function(plan: DriverPlan, side: str, callee: str, literals: Sequence[Mapping[str, Any]]) -> str:
+    """The C++ definition of ``bk_<side>_run`` calling ``callee`` (e.g. ``::bk_cand::fn``)."""
+    g = _Gen(plan, f"::bk_{side}")
+    _generate_inputs(g, plan, literals)
+    gen_body = "\n".join(g.lines)
+    g.lines = []
+    if plan.signature.params:
+        _cached(g, plan, gen_body)
+    call, put_code = _call_and_outputs(plan.signature, callee)
     body = "\n".join(g.lines)
-    put_code = "\n      ".join(puts)
     return f"""
 int bk_{side}_run(uint64_t seed, const double* P, int literal, int threads, bk::Val* out, double* secs, std::string* err) {{
   using namespace bk;
@@ -489,22 +381,3 @@ def c_runner(plan: DriverPlan, side: str, literals: Sequence[Mapping[str, Any]])
     )
 
 
-def literal_digest(literals: Sequence[Mapping[str, Any]]) -> str:
-    return json.dumps([lit.get("values") or {} for lit in literals], sort_keys=True)
-
-
-def draw_vars(vars_spec: Mapping[str, Mapping[str, Any]], rng: Any, size: str) -> dict[str, float]:
-    """Concrete var values for one test: ``size`` is small (drawn), medium or large."""
-    out: dict[str, float] = {}
-    for name, spec in vars_spec.items():
-        v = spec.get(size)
-        if v is None:
-            v = spec.get("small", [1, 16])
-        if isinstance(v, list):
-            lo, hi = v
-            if spec.get("pow2"):
-                v = 2 ** rng.randint(int(math.log2(max(lo, 1))), int(math.log2(max(hi, 1))))
-            else:
-                v = rng.randint(int(lo), int(hi))
-        out[name] = float(v)
-    return out

@@ -1,6 +1,6 @@
 """Reading a C or C++ function's signature and the structs it uses, from source text.
 
-Pure parsing: no compiler is involved. The differential harness (``agent.differential_c``)
+Pure parsing: no compiler is involved. The differential harness (``c_harness``)
 turns what this module finds into a driver program that feeds random inputs to the
 reference and to each candidate.
 

@@ -6,394 +6,31 @@ duplicates) are better named by a model that has read the function. ``propose_in
 the tester model (prompt edge_inputs.j2) and turns its answer into what the harness's
 ``make_tests(extra_inputs)`` takes:
 
-- C/C++ (``agent.differential_c.CHarness``): mappings ``{"vars": {...}, "values": {...}}``,
-  checked against the harness's driver plan, so that an input reaches the reference only when
-  the driver can build it and its literal arguments agree with its sizes;
-- Python (``agent.testgen.PythonHarness``): calls of the entry function with literal arguments.
+- C/C++ (``c_harness.CHarness``): mappings ``{"vars": {...}, "values": {...}}``,
+  checked against the harness's driver plan (``c_edge_inputs``), so that an input reaches the
+  reference only when the driver can build it and its literal arguments agree with its sizes;
+- Python (``python_harness.PythonHarness``): calls of the entry function with literal arguments.
 
 Parsing is pure (``parse_c_inputs``, ``parse_python_inputs``): model text in, inputs and notes
-out. Each proposal left out gives a note saying why.
+out (``edge_text`` reads the JSON). Each proposal left out gives a note saying why.
 """
 
 from __future__ import annotations
 
 import ast
-import json
-import math
-import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-from bakeoff.agent.harness.c_driver import ConstraintError, DriverPlan, evaluate
-from bakeoff.agent.harness.c_signature import CType, Param, Signature
+from bakeoff.agent.harness.c_edge_inputs import c_prompt_parts, parse_c_inputs
+from bakeoff.agent.harness.c_harness import CHarness
+from bakeoff.agent.harness.edge_text import MAX_INPUTS, capped, gist
+from bakeoff.agent.harness.protocol import DifferentialHarness
+from bakeoff.agent.harness.python_harness import PythonHarness
+from bakeoff.agent.harness.testgen import parse_inputs, typed_inputs
+from bakeoff.agent.seams import Message, Model
 from bakeoff.agent.types import TestCase
 
-# Each accepted input is one more test every candidate runs at every thread count, several
-# times: a dozen covers the usual edge cases (0, 1, odd, around powers of two, ties) without
-# outweighing the harness's own tests.
-MAX_INPUTS = 12
-# Literal arguments are compiled into every side of the C/C++ driver; edge cases are small.
-MAX_LITERAL_ELEMENTS = 4096
-# The largest size allowed is the largest the correctness tests already run (a size
-# variable's medium, else the top of its small range), and at least this much, so that sizes
-# just past a multiple of 8 or 16 threads stay allowed where the small range is tiny.
-SIZE_FLOOR = 64
 MAX_CALL_CHARS = 2000  # a Python call longer than this is data, not an edge case
-_MAX_NOTES = 6  # notes past this many are counted, not listed: they end up in the verdict's reason
-
-_FENCE = re.compile(r"```[a-zA-Z0-9_+-]*[ \t]*\n(.*?)(?:```|\Z)", re.S)
-_TRAILING_COMMA = re.compile(r",(\s*[\]}])")
-_OPENER = re.compile(r"[\[{]")
-_JSON_WORDS = {"true": "True", "false": "False", "null": "None"}
-
-
-class _Bad(ValueError):
-    """Why one proposed input is left out (a note, never raised past this module)."""
-
-
-# --------------------------------------------------------------------------- JSON in model text
-
-
-def _loads(text: str) -> Any:
-    """One JSON value, leniently: trailing commas, and Python literals (single quotes, True)."""
-    cleaned = _TRAILING_COMMA.sub(r"\1", text.strip())
-    try:
-        return json.loads(cleaned)
-    except ValueError:
-        pass
-    pythonic = re.sub(r"\b(true|false|null)\b", lambda m: _JSON_WORDS[m.group(1)], cleaned)
-    try:
-        return ast.literal_eval(pythonic)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
-        raise ValueError(str(exc)) from exc
-
-
-def _scan(text: str) -> tuple[list[Any], bool]:
-    """Every JSON object or list in ``text``, left to right, and whether a bracket opened
-    something that did not parse (a broken item, rather than prose around good JSON)."""
-    decoder = json.JSONDecoder()
-    cleaned = _TRAILING_COMMA.sub(r"\1", text)
-    found: list[Any] = []
-    broken = False
-    pos = 0
-    while (m := _OPENER.search(cleaned, pos)) is not None:
-        try:
-            value, end = decoder.raw_decode(cleaned, m.start())
-        except ValueError:
-            broken = True
-            pos = m.start() + 1
-            continue
-        # A list of plain numbers in the prose ("sizes [0, 1]") is not a proposal.
-        if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value)):
-            found.append(value)
-        pos = end
-    return found, broken
-
-
-def json_items(text: str) -> tuple[list[Any], bool]:
-    """The proposed items in model output, and whether all of it read as JSON: the JSON of
-    each fenced block (or of the whole text when there is no fence), a list flattened to its
-    items; a block that does not parse as a whole (one broken item) yields each object in it
-    that does, and the flag is False."""
-    items: list[Any] = []
-    whole = True
-    for block in _FENCE.findall(text) or [text]:
-        try:
-            values = [_loads(block)]
-        except ValueError:
-            values, broken = _scan(block)
-            whole = whole and not broken
-        for value in values:
-            if isinstance(value, dict):
-                wrapped = next((value[k] for k in ("inputs", "cases", "edge_cases", "tests")
-                                if isinstance(value.get(k), list)), None)
-                items.extend(wrapped if wrapped is not None else [value])
-            elif isinstance(value, list):
-                items.extend(value)
-    return items, whole
-
-
-# --------------------------------------------------------------------------- C/C++ inputs
-
-
-@dataclass(frozen=True)
-class SizeDomain:
-    """The sizes a model may propose for one size variable of the driver plan."""
-
-    lo: int
-    hi: int
-    pow2: bool = False
-
-
-def size_domains(plan: DriverPlan) -> dict[str, SizeDomain]:
-    """Per size variable: from 0 (or, when the constraints name the variable, the bottom of its
-    small range: the domain they state) up to the largest size the correctness tests run."""
-    explicit = bool(plan.constraints.get("vars"))
-    out: dict[str, SizeDomain] = {}
-    for name, spec in plan.vars.items():
-        small = spec.get("small", [1, 16])
-        sizes = [float(x) for x in (small if isinstance(small, list) else [small])]
-        medium = spec.get("medium")
-        top = max([*sizes, *([float(medium)] if isinstance(medium, int | float) else [])], default=0.0)
-        out[name] = SizeDomain(lo=int(min(sizes)) if explicit and sizes else 0,
-                               hi=max(int(top), SIZE_FLOOR), pow2=bool(spec.get("pow2")))
-    return out
-
-
-def _storage(p: Param) -> CType:
-    return CType("vector", elem=p.type) if p.is_pointer else p.type
-
-
-def _name(given: Any, known: Sequence[str], what: str) -> str:
-    """``given`` as one of ``known``: exactly, else ignoring case when that is unambiguous."""
-    if isinstance(given, str) and given in known:
-        return given
-    folded = [k for k in known if isinstance(given, str) and k.lower() == given.lower()]
-    if len(folded) == 1:
-        return folded[0]
-    raise _Bad(f"unknown {what} {given!r} (known: {', '.join(known) or 'none'})")
-
-
-def _whole(value: Any, what: str) -> int:
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value != int(value):
-        raise _Bad(f"{what}={value!r} is not a whole number")
-    return int(value)
-
-
-def _size(name: str, value: Any, domain: SizeDomain) -> int:
-    n = _whole(value, f"size {name}")
-    if n < 0:
-        raise _Bad(f"size {name}={n} is negative")
-    if n > domain.hi:
-        raise _Bad(f"size {name}={n} is over {domain.hi}, the largest the correctness tests use")
-    if n < domain.lo:
-        raise _Bad(f"size {name}={n} is under {domain.lo}, the smallest the constraints allow")
-    if domain.pow2 and (n < 1 or n & (n - 1)):
-        raise _Bad(f"size {name}={n} is not a power of two, as the constraints require")
-    return n
-
-
-def _zero(t: CType, sig: Signature) -> Any:
-    if t.kind == "scalar":
-        return {"bool": False, "float": 0.0}.get(t.scalar_class, 0)
-    if t.kind == "string":
-        return ""
-    if t.kind == "complex":
-        return [0.0, 0.0]
-    if t.kind == "struct":
-        return {f: _zero(ft, sig) for f, ft in sig.structs[t.name].fields}
-    return []
-
-
-class _Literal:
-    """Checks a JSON value against a C/C++ type and returns it in the shape ``c_driver`` writes."""
-
-    def __init__(self, sig: Signature):
-        self.sig = sig
-        self.elements = 0
-
-    def __call__(self, v: Any, t: CType, where: str) -> Any:
-        self.elements += 1
-        if self.elements > MAX_LITERAL_ELEMENTS:
-            raise _Bad(f"literal arguments hold over {MAX_LITERAL_ELEMENTS} values")
-        if t.kind == "scalar":
-            return self.scalar(v, t, where)
-        if t.kind == "string":
-            if not isinstance(v, str):
-                raise _Bad(f"{where} must be a string, not {v!r:.40}")
-            return v
-        if t.kind == "complex":
-            parts = [v.get("re", 0), v.get("im", 0)] if isinstance(v, dict) else (v if isinstance(v, list) else [v, 0])
-            if len(parts) != 2:
-                raise _Bad(f"{where} must be a complex number: [re, im]")
-            return [self.number(x, where) for x in parts]
-        if t.kind == "struct":
-            return self.struct(v, t, where)
-        if t.kind in ("vector", "array"):
-            assert t.elem is not None
-            if isinstance(v, str) and t.elem.kind == "scalar" and t.elem.scalar_class == "char":
-                v = list(v)
-            if not isinstance(v, list):
-                raise _Bad(f"{where} must be a list, not {v!r:.40}")
-            if t.kind == "array" and t.size is not None and len(v) > t.size:
-                raise _Bad(f"{where} has {len(v)} elements, more than its std::array's {t.size}")
-            return [self(x, t.elem, f"{where}[{i}]") for i, x in enumerate(v)]
-        raise _Bad(f"{where}: no literal of type {t.spell()}")
-
-    def struct(self, v: Any, t: CType, where: str) -> dict[str, Any]:
-        fields = self.sig.structs[t.name].fields
-        names = [f for f, _ in fields]
-        if isinstance(v, list):
-            if len(v) > len(fields):
-                raise _Bad(f"{where} has {len(v)} fields, struct {t.name} has {len(fields)}")
-            v = dict(zip(names, v, strict=False))
-        if not isinstance(v, dict):
-            raise _Bad(f"{where} must be an object with the fields of struct {t.name}")
-        for unknown in set(v) - set(names):
-            raise _Bad(f"{where}: struct {t.name} has no field {unknown!r}")
-        # Every field written out: the driver writes a missing field as 0, which no vector takes.
-        return {f: self(v[f], ft, f"{where}.{f}") if f in v else _zero(ft, self.sig) for f, ft in fields}
-
-    @staticmethod
-    def number(v: Any, where: str) -> float | int:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            # JSON has no infinity; Python's reader takes "Infinity" and "NaN", C++ has no such literal.
-            raise _Bad(f"{where} must be a finite number, not {v!r:.40}")
-        return v
-
-    def scalar(self, v: Any, t: CType, where: str) -> Any:
-        cls = t.scalar_class
-        if cls == "bool":
-            if isinstance(v, bool) or (isinstance(v, int) and v in (0, 1)):
-                return bool(v)
-            raise _Bad(f"{where} must be true or false, not {v!r:.40}")
-        if cls == "char":
-            if isinstance(v, str) and len(v) == 1 and ord(v) < 256:
-                return v
-            if isinstance(v, int) and not isinstance(v, bool) and -128 <= v < 256:
-                return v
-            raise _Bad(f"{where} must be one character, not {v!r:.40}")
-        if cls == "float":
-            return float(self.number(v, where))
-        n = _whole(v, where)
-        lo, hi = (0, 1 << 64) if cls == "uint" else (-(1 << 63), 1 << 63)
-        if not lo <= n < hi:
-            raise _Bad(f"{where}={n} does not fit a {t.name}")
-        return n
-
-
-# Constraints that give an argument a shape (a sparse matrix, a symmetric one, a value set...)
-# beyond what a literal can be checked against here: such an argument takes sizes, not literals.
-_SHAPES = ("coo", "symmetric", "zero_diagonal", "diag_dominant", "sorted_by", "unique_by", "bernoulli",
-           "charset", "fields", "strlen")
-_EXPR_KEYS = ("len", "value", "range", "bernoulli", "strlen", "symmetric", "zero_diagonal", "diag_dominant")
-
-
-def _expressions(spec: Mapping[str, Any]) -> list[Any]:
-    """Every size expression in one argument's constraints (nested element and field specs too)."""
-    out: list[Any] = []
-    for key in _EXPR_KEYS:
-        v = spec.get(key)
-        out.extend(v if isinstance(v, list) else [] if v is None else [v])
-    coo = spec.get("coo")
-    if isinstance(coo, Mapping):
-        out.extend(coo.get(k) for k in ("rows", "cols", "density") if coo.get(k) is not None)
-    for nested in (spec.get("elem"), *(dict(spec.get("fields") or {}).values())):
-        if isinstance(nested, Mapping):
-            out.extend(_expressions(nested))
-    return out
-
-
-def _in_domain(name: str, value: Any, spec: Mapping[str, Any], env: Mapping[str, float], plan: DriverPlan) -> None:
-    """A literal (a scalar, or a list of scalars) inside the range, order and uniqueness its
-    constraints state: they describe the function's domain, and an input outside it is no test."""
-    scalars = value if isinstance(value, list) else [value]
-    if any(isinstance(x, list | dict) for x in scalars):
-        return
-    bounds = spec.get("range") or dict(spec.get("elem") or {}).get("range")
-    if bounds and isinstance(bounds, list) and len(bounds) == 2:
-        lo, hi = (evaluate(b, env, plan.lengths) for b in bounds)
-        outside = [x for x in scalars if isinstance(x, int | float) and not lo <= x <= hi]
-        if outside:
-            raise _Bad(f"{name} holds {outside[0]!r}, outside its range [{lo:g}, {hi:g}]")
-    if spec.get("sorted") and scalars != sorted(scalars):
-        raise _Bad(f"{name} must be sorted")
-    if spec.get("unique") and len(set(map(repr, scalars))) != len(scalars):
-        raise _Bad(f"{name} must hold no duplicates")
-
-
-def check_c_input(item: Any, plan: DriverPlan, domains: Mapping[str, SizeDomain] | None = None) -> dict[str, Any]:
-    """One proposed input as ``CHarness.make_tests`` takes it, or ``ValueError`` saying why not."""
-    sig = plan.signature
-    domains = domains or size_domains(plan)
-    if not isinstance(item, Mapping):
-        raise _Bad(f"not an object: {item!r:.60}")
-    raw_vars, raw_values = item.get("vars") or {}, item.get("values") or {}
-    if not isinstance(raw_vars, Mapping) or not isinstance(raw_values, Mapping):
-        raise _Bad("'vars' and 'values' must be objects")
-    if not raw_vars and not raw_values:
-        raise _Bad(f"neither 'vars' nor 'values' in {json.dumps(item)[:80]}")
-    var_names = list(plan.vars)
-    sizes: dict[str, int] = {}
-
-    def set_size(name: str, n: Any, why: str) -> None:
-        n = _size(name, n, domains[name])
-        if sizes.setdefault(name, n) != n:
-            raise _Bad(f"size {name} is {sizes[name]}, but {why} makes it {n}")
-
-    for given, n in raw_vars.items():
-        set_size(_name(given, var_names, "size variable"), n, "another entry")
-    args = dict(plan.constraints.get("args") or {})
-    literal = _Literal(sig)
-    values: dict[str, Any] = {}
-    for given, v in raw_values.items():
-        p = sig.param(_name(given, [q.name for q in sig.params], "parameter"))
-        spec = dict(args.get(p.name) or {})
-        if _storage(p).kind == "scalar" and ("value" in spec or p.name in plan.vars):
-            # The driver computes this argument from the sizes; a literal would disagree with them.
-            tied = spec.get("value", p.name)
-            if not (isinstance(tied, str) and tied in plan.vars):
-                raise _Bad(f"{p.name} is computed from the sizes ({tied}): propose the sizes instead")
-            set_size(tied, v, f"{p.name}={v!r}")
-            continue
-        shaped = [k for k in _SHAPES if k in spec or k in dict(spec.get("elem") or {})]
-        if shaped:
-            raise _Bad(f"{p.name}'s constraints shape it ({', '.join(shaped)}): propose sizes for it instead")
-        values[p.name] = literal(v, _storage(p), p.name)
-        length = plan.lengths.get(p.name)
-        if isinstance(length, str) and length in plan.vars:
-            set_size(length, len(values[p.name]), f"{p.name}'s {len(values[p.name])} elements")
-    # Sizes left out are drawn from their small range: every expression must work at both ends.
-    for end in (0, 1):
-        env: dict[str, float] = {}
-        for name, spec in plan.vars.items():
-            small = spec.get("small", [1, 16])
-            env[name] = float(sizes.get(name, (small if isinstance(small, list) else [small, small])[end]))
-        for p in sig.params:
-            spec = dict(args.get(p.name) or {})
-            try:
-                for expr in _expressions(spec):
-                    evaluate(expr, env, plan.lengths)
-                length = evaluate(plan.lengths[p.name], env, plan.lengths) if p.name in plan.lengths else None
-            except (ConstraintError, ArithmeticError) as exc:
-                raise _Bad(f"the sizes {sizes} leave {p.name}'s constraints unusable: {exc}") from exc
-            if length is not None and length < 0:
-                raise _Bad(f"the sizes {sizes} give {p.name} a negative length")
-            if p.name not in values:
-                continue
-            if length is not None and length != len(values[p.name]):
-                raise _Bad(f"{p.name} has {len(values[p.name])} elements but the sizes make it "
-                           f"{plan.lengths[p.name]} = {length:g}: give the sizes that match")
-            _in_domain(p.name, values[p.name], spec, env, plan)
-    return {k: v for k, v in (("vars", sizes), ("values", values)) if v}
-
-
-def parse_c_inputs(text: str, plan: DriverPlan, limit: int = MAX_INPUTS) -> tuple[list[dict[str, Any]], list[str]]:
-    """The usable inputs in a tester's answer for a C/C++ function, and a note per one left out."""
-    items, whole = json_items(text)
-    if not items:
-        return [], [f"edge inputs: the tester's answer proposed no input in JSON ({_gist(text)})"]
-    domains = size_domains(plan)
-    kept: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    # The objects around a broken one are read; what was inside the broken one is lost.
-    notes: list[str] = [] if whole else ["edge inputs: part of the tester's answer was not valid JSON; the objects that were are read"]
-    for i, item in enumerate(items, 1):
-        try:
-            checked = check_c_input(item, plan, domains)
-        except _Bad as why:
-            notes.append(f"edge input {i} left out: {why}")
-            continue
-        key = json.dumps(checked, sort_keys=True)
-        if key in seen:
-            notes.append(f"edge input {i} left out: the same as an earlier one")
-            continue
-        seen.add(key)
-        kept.append(checked)
-    return _capped(kept, notes, limit)
 
 
 # --------------------------------------------------------------------------- Python inputs
@@ -413,11 +50,9 @@ def _literal_call(call: str) -> bool:
 
 def parse_python_inputs(text: str, entry: str, limit: int = MAX_INPUTS) -> tuple[list[str], list[str]]:
     """The calls of ``entry`` with literal arguments in a tester's answer, and a note per one left out."""
-    from bakeoff.agent.harness.testgen import parse_inputs
-
     calls = parse_inputs(text, entry)
     if not calls:
-        return [], [f"edge inputs: the tester's answer held no call of {entry} ({_gist(text)})"]
+        return [], [f"edge inputs: the tester's answer held no call of {entry} ({gist(text)})"]
     kept: list[str] = []
     notes: list[str] = []
     for call in calls:
@@ -427,63 +62,14 @@ def parse_python_inputs(text: str, entry: str, limit: int = MAX_INPUTS) -> tuple
             notes.append(f"edge input {call[:60]} left out: its arguments are not all literals")
         else:
             kept.append(call)
-    return _capped(kept, notes, limit)
+    return capped(kept, notes, limit)
 
 
 # --------------------------------------------------------------------------- asking the model
 
 
-def _gist(text: str) -> str:
-    one = " ".join(text.split())
-    return repr(one[:60] + ("..." if len(one) > 60 else "")) if one else "empty"
-
-
-def _capped(kept: list, notes: list[str], limit: int) -> tuple[list, list[str]]:
-    if len(kept) > limit:
-        notes.append(f"edge inputs: {len(kept) - limit} past the first {limit} left out")
-        kept = kept[:limit]
-    if len(notes) > _MAX_NOTES:
-        notes = [*notes[: _MAX_NOTES - 1], f"edge inputs: {len(notes) - _MAX_NOTES + 1} more left out"]
-    return kept, notes
-
-
-def _c_prompt_parts(plan: DriverPlan) -> dict[str, Any]:
-    sig = plan.signature
-    domains = size_domains(plan)
-    args = dict(plan.constraints.get("args") or {})
-    sizes = []
-    for name, d in domains.items():
-        drives = [f"the length of `{p}`" for p, e in plan.lengths.items() if isinstance(e, str) and re.search(rf"\b{re.escape(name)}\b", e)]
-        drives += [f"the value of `{p.name}`" for p in sig.params
-                   if _storage(p).kind == "scalar" and dict(args.get(p.name) or {}).get("value", p.name if p.name in plan.vars else None) == name]
-        sizes.append({"name": name, "lo": d.lo, "hi": d.hi, "pow2": d.pow2, "drives": ", ".join(drives)})
-    params = []
-    for p in sig.params:
-        notes = ["written by the function"] if p.is_output else []
-        if p.is_pointer:
-            notes.append("give a list of its elements")
-        if p.name in plan.lengths:
-            notes.append(f"length {plan.lengths[p.name]}")
-        spelled = ("const " if p.passing == "cpointer" else "") + p.type.spell() + ("*" if p.is_pointer else "")
-        params.append({"name": p.name, "type": spelled, "note": "; ".join(notes)})
-    first = next(iter(domains))
-    example: list[dict[str, Any]] = [{"vars": {first: domains[first].lo}}]
-    # A literal in the example only where it is surely valid: three plain elements, no constraints.
-    container = next((p for p in sig.params if isinstance(plan.lengths.get(p.name), str) and plan.lengths[p.name] in plan.vars
-                      and set(dict(args.get(p.name) or {})) <= {"len"} and not domains[plan.lengths[p.name]].pow2
-                      and domains[plan.lengths[p.name]].lo <= 3 <= domains[plan.lengths[p.name]].hi
-                      and _storage(p).elem is not None and _storage(p).elem.kind == "scalar"), None)
-    if container is not None:
-        elem = _storage(container).elem
-        assert elem is not None
-        sample = {"float": [1.5, 1.5, -0.5], "bool": [True, False, True], "uint": [2, 2, 0], "char": ["a", "a", "b"]}
-        example.append({"vars": {plan.lengths[container.name]: 3},
-                        "values": {container.name: sample.get(elem.scalar_class, [2, 2, -1])}})
-    return {"kind": "c", "sizes": sizes, "params": params, "example": json.dumps(example)}
-
-
-async def propose_inputs(model: Any, *, goal: str, source: str, entry: str, language: str,
-                         harness: Any) -> tuple[list, list[str]]:
+async def propose_inputs(model: Model, *, goal: str, source: str, entry: str, language: str,
+                         harness: DifferentialHarness) -> tuple[list, list[str]]:
     """Ask ``model`` (the tester) for edge cases of ``entry`` and return (inputs for
     ``harness.make_tests``, notes on what was left out). A ``CHarness`` gets mappings checked
     against its driver plan; a ``PythonHarness`` gets calls with literal arguments. The
@@ -491,29 +77,27 @@ async def propose_inputs(model: Any, *, goal: str, source: str, entry: str, lang
     task's) name them in the prompt only when the harness does not. Errors of the model call
     itself propagate: the caller decides what a failed call means."""
     from bakeoff.agent.prompting import render
-    from bakeoff.agent.seams import Message
 
-    if getattr(harness, "language", None) == "python":
-        from bakeoff.agent.harness.testgen import typed_inputs
-
-        name = getattr(harness, "entry", None) or entry
+    if isinstance(harness, PythonHarness):
+        name = harness.entry or entry
         example = "\n".join(typed_inputs(harness.reference_source, name, count=2, size=2))
         parts: dict[str, Any] = {"kind": "python", "sizes": [], "params": [], "example": example}
         fence, shown = "python", "Python"
+    elif isinstance(harness, CHarness):
+        name = harness.function or entry
+        parts = c_prompt_parts(harness.plan)
+        fence, shown = ("c", "C") if (harness.language or language) == "c" else ("cpp", "C++")
     else:
-        name = getattr(harness, "function", None) or entry
-        parts = _c_prompt_parts(harness.plan)
-        c = getattr(harness, "language", language) == "c"
-        fence, shown = ("c", "C") if c else ("cpp", "C++")
+        raise TypeError(f"no edge inputs for a {type(harness).__name__}: only CHarness and PythonHarness take them")
     prompt = render("edge_inputs", language=shown, goal=goal, source=source, entry=name, fence=fence,
                     limit=MAX_INPUTS, **parts)
     completion = await model.complete([Message(role="user", content=prompt)], temperature=0.0)
-    if parts["kind"] == "python":
+    if isinstance(harness, PythonHarness):
         return parse_python_inputs(completion.text, name)
     return parse_c_inputs(completion.text, harness.plan)
 
 
-async def make_tests_with(harness: Any, extra_inputs: Sequence[Any]) -> tuple[list[TestCase], list[str]]:
+async def make_tests_with(harness: DifferentialHarness, extra_inputs: Sequence[Any]) -> tuple[list[TestCase], list[str]]:
     """``harness.make_tests(extra_inputs)``; when the proposed inputs make it fail, once more
     without them, with a note. An error that is not theirs comes back from the second try."""
     if not extra_inputs:

@@ -2,8 +2,9 @@
 
 Where a task keeps behaviour (parallelize, optimize, refactor), a harness feeds the same
 inputs to the reference and to each candidate and compares what they produce. One
-implementation per language (C/C++ in ``agent.differential_c``, Python in
-``agent.testgen``); selection only sees the ``ExecutionMatrix`` and ``Timing``s they return.
+implementation per language, each declaring that it implements this Protocol
+(``c_harness.CHarness`` for C/C++, ``python_harness.PythonHarness`` for Python); selection
+only sees the ``ExecutionMatrix`` and ``Timing``s they return.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from bakeoff.agent.seams import Sandbox
+
 CHILD = Path(__file__).with_name("pyexec_child.py")
 
 CellOutcome = Literal["pass", "fail", "error", "timeout"]
@@ -122,7 +124,7 @@ class SandboxRunner:
     (bubblewrap and a cgroup, or a docker exec) is paid once per batch, not once per program.
     """
 
-    def __init__(self, sandbox: Any, *, workers: int | None = None, root: str = ".bakeoff-py"):
+    def __init__(self, sandbox: Sandbox, *, workers: int | None = None, root: str = ".bakeoff-py"):
         self.sandbox = sandbox
         self.workers = workers or os.cpu_count() or 1
         self.root = root

@@ -1,4 +1,4 @@
-"""Runs one untrusted Python program on a batch of asserts and calls; started by agent.pyexec.
+"""Runs one untrusted Python program on a batch of asserts and calls; started by pyexec.
 
 This file is executed by path with ``python -I`` (never imported by bakeoff), so the
 candidate cannot shadow stdlib modules with files next to it. It reads one JSON job on
@@ -83,18 +83,8 @@ def _limits(job):
             pass
 
 
-def main():
-    job = json.loads(sys.stdin.read())
-    out = os.fdopen(os.dup(1), "w", buffering=1)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    _limits(job)
-    signal.signal(signal.SIGALRM, _alarm)
-    timeout = float(job.get("timeout_s", 1.0))
-    max_timeouts = int(job.get("max_timeouts", 3))
-    repeat_calls = int(job.get("call_repeats", 1))
-
+def _emitter(out):
+    """A function that writes one result as a JSON line on ``out`` and flushes it."""
     def emit(obj):
         try:
             line = json.dumps(obj)
@@ -111,74 +101,111 @@ def main():
         out.write(line + "\n")
         out.flush()
 
-    def guarded(fn):
-        signal.setitimer(signal.ITIMER_REAL, timeout)
+    return emit
+
+
+class _Checks:
+    """The asserts and calls of one job on the loaded candidate, each under its own alarm;
+    after ``max_timeouts`` timeouts the rest are abandoned."""
+
+    def __init__(self, job, emit):
+        self.emit = emit
+        self.timeout = float(job.get("timeout_s", 1.0))
+        self.max_timeouts = int(job.get("max_timeouts", 3))
+        self.repeat_calls = int(job.get("call_repeats", 1))
+        self.timeouts = 0
+        self.namespace = {"__name__": "__candidate__"}
+
+    def guarded(self, fn):
+        signal.setitimer(signal.ITIMER_REAL, self.timeout)
         try:
             return fn()
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
 
-    namespace = {"__name__": "__candidate__"}
-    try:
-        code = compile(job["source"], "<candidate>", "exec")
-        guarded(lambda: exec(code, namespace))
-    except _Deadline:
-        emit({"k": "load", "error": "timeout"})
-        return
-    except BaseException as exc:
-        emit({"k": "load", "error": type(exc).__name__ + ": " + str(exc)[:300]})
-        return
-    entry = job.get("entry")
-    if entry and not callable(namespace.get(entry)):
-        emit({"k": "load", "error": "entry function %r not defined" % entry})
-        return
-    emit({"k": "load", "error": None})
+    def load(self, job):
+        """Run the candidate's module code; False (and the reason emitted) when it did not load."""
+        try:
+            code = compile(job["source"], "<candidate>", "exec")
+            self.guarded(lambda: exec(code, self.namespace))
+        except _Deadline:
+            self.emit({"k": "load", "error": "timeout"})
+            return False
+        except BaseException as exc:
+            self.emit({"k": "load", "error": type(exc).__name__ + ": " + str(exc)[:300]})
+            return False
+        entry = job.get("entry")
+        if entry and not callable(self.namespace.get(entry)):
+            self.emit({"k": "load", "error": "entry function %r not defined" % entry})
+            return False
+        self.emit({"k": "load", "error": None})
+        return True
 
-    timeouts = 0
-    for i, text in enumerate(job.get("asserts", [])):
-        if timeouts >= max_timeouts:
-            emit({"k": "abandon"})
-            return
+    def abandoned(self):
+        if self.timeouts >= self.max_timeouts:
+            self.emit({"k": "abandon"})
+            return True
+        return False
+
+    def check_assert(self, i, text):
         try:
             test_code = compile(text, "<test>", "exec")
         except SyntaxError:
-            emit({"k": "a", "i": i, "o": "error", "e": "SyntaxError"})
-            continue
-        try:
-            guarded(lambda: exec(test_code, dict(namespace)))
-            emit({"k": "a", "i": i, "o": "pass"})
-        except _Deadline:
-            timeouts += 1
-            emit({"k": "a", "i": i, "o": "timeout"})
-        except AssertionError:
-            emit({"k": "a", "i": i, "o": "fail"})
-        except BaseException as exc:
-            emit({"k": "a", "i": i, "o": "error", "e": type(exc).__name__})
-
-    for i, text in enumerate(job.get("calls", [])):
-        if timeouts >= max_timeouts:
-            emit({"k": "abandon"})
+            self.emit({"k": "a", "i": i, "o": "error", "e": "SyntaxError"})
             return
+        try:
+            self.guarded(lambda: exec(test_code, dict(self.namespace)))
+            self.emit({"k": "a", "i": i, "o": "pass"})
+        except _Deadline:
+            self.timeouts += 1
+            self.emit({"k": "a", "i": i, "o": "timeout"})
+        except AssertionError:
+            self.emit({"k": "a", "i": i, "o": "fail"})
+        except BaseException as exc:
+            self.emit({"k": "a", "i": i, "o": "error", "e": type(exc).__name__})
+
+    def check_call(self, i, text):
         try:
             call_code = compile(text, "<call>", "eval")
         except SyntaxError:
-            emit({"k": "c", "i": i, "o": "error", "e": "SyntaxError"})
-            continue
+            self.emit({"k": "c", "i": i, "o": "error", "e": "SyntaxError"})
+            return
         try:
             elapsed = []
             value = None
-            for _ in range(repeat_calls):
-                scope = dict(namespace)
+            for _ in range(self.repeat_calls):
+                scope = dict(self.namespace)
                 start = time.perf_counter()
-                value = guarded(lambda: eval(call_code, scope))
+                value = self.guarded(lambda: eval(call_code, scope))
                 elapsed.append(time.perf_counter() - start)
-            emit({"k": "c", "i": i, "o": "pass", "v": encode(value), "t": elapsed})
+            self.emit({"k": "c", "i": i, "o": "pass", "v": encode(value), "t": elapsed})
         except _Deadline:
-            timeouts += 1
-            emit({"k": "c", "i": i, "o": "timeout"})
+            self.timeouts += 1
+            self.emit({"k": "c", "i": i, "o": "timeout"})
         except BaseException as exc:
-            emit({"k": "c", "i": i, "o": "error", "e": type(exc).__name__})
-    emit({"k": "done"})
+            self.emit({"k": "c", "i": i, "o": "error", "e": type(exc).__name__})
+
+
+def main():
+    job = json.loads(sys.stdin.read())
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    _limits(job)
+    signal.signal(signal.SIGALRM, _alarm)
+    checks = _Checks(job, _emitter(out))
+    if not checks.load(job):
+        return
+    for i, text in enumerate(job.get("asserts", [])):
+        if checks.abandoned():
+            return
+        checks.check_assert(i, text)
+    for i, text in enumerate(job.get("calls", [])):
+        if checks.abandoned():
+            return
+        checks.check_call(i, text)
+    checks.emit({"k": "done"})
 
 
 def _run_one(path, job, wall):

@@ -1,11 +1,8 @@
-"""Tests for candidates: parsing model-written tests, asking the tester model for them, and
-the Python differential harness (the original function is the reference).
+"""Tests and inputs for Python candidates: parsing model-written tests, asking the tester
+model for them, and drawing inputs from a function's type hints (and mutating them).
 
-``parse_generated_tests`` is pure: model text in, ``TestCase``s out. ``PythonHarness``
-implements ``agent.harness.DifferentialHarness`` for a Python function: inputs come from its
-type hints plus model-proposed edge cases, every candidate runs on every input in its own
-process (see ``agent.pyexec``), several times, and its outputs are compared with the
-reference's.
+``parse_generated_tests`` is pure: model text in, ``TestCase``s out. ``typed_inputs`` and
+``mutate_inputs`` make the calls the Python differential harness (``python_harness``) runs.
 """
 
 from __future__ import annotations
@@ -14,10 +11,11 @@ import ast
 import hashlib
 import random
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from bakeoff.agent.types import ExecutionMatrix, Outcome, Task, TestCase, Timing
+from bakeoff.agent.seams import Model
+from bakeoff.agent.types import Task, TestCase
 
 _FENCE = re.compile(r"```[a-zA-Z0-9_+-]*\n(.*?)(?:```|\Z)", re.S)
 _ASSERT = re.compile(r"(?<![\w.])assert(?=[\s(])")
@@ -116,7 +114,7 @@ def call_of(assertion: str, entry: str) -> str | None:
     return None
 
 
-async def generate_tests(model: Any, task: Task | str, code: str, entry: str, *, n: int = 1) -> list[TestCase]:
+async def generate_tests(model: Model, task: Task | str, code: str, entry: str, *, n: int = 1) -> list[TestCase]:
     """Ask the tester model for tests of ``entry`` (prompt testgen.j2); ``n`` samples, merged."""
     from bakeoff.agent.prompting import render
     from bakeoff.agent.seams import Message
@@ -222,7 +220,7 @@ def _freeze(v: Any) -> Any:
     return v
 
 
-def _parameters(source: str, entry: str) -> list[ast.arg]:
+def parameters(source: str, entry: str) -> list[ast.arg]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry:
             return [a for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
@@ -251,7 +249,7 @@ def typed_inputs(source: str, entry: str, *, count: int, size: int, seed: int = 
     """``count`` calls of ``entry`` with random arguments drawn from its type hints (or, for a
     parameter without one, from its name), sizes growing from 0 to ``size`` so that empty and
     tiny inputs come first."""
-    params = _parameters(source, entry)
+    params = parameters(source, entry)
     rng = random.Random(seed)
     calls: list[str] = []
     for i in range(count * 3):
@@ -263,185 +261,6 @@ def typed_inputs(source: str, entry: str, *, count: int, size: int, seed: int = 
         if len(calls) == count:
             break
     return calls
-
-
-# --------------------------------------------------------------------------- the Python harness
-
-# A runner takes a batch of jobs (and optionally ``workers=``, how many run at once) and returns
-# their results in order: ``agent.pyexec.run_jobs`` (host processes, blocking) or an
-# ``agent.pyexec.SandboxRunner`` (async, inside a sandbox).
-Runner = Callable[..., "list[PyResult] | Awaitable[list[PyResult]]"]
-
-
-class PythonHarness:
-    """The differential harness for one Python function (``agent.harness.DifferentialHarness``).
-
-    The reference's outputs are the expected values. Each candidate runs ``repeats`` times,
-    each in a fresh process with a different hash seed, so set-order and other
-    nondeterminism shows; a result that changes between runs is ``flaky``.
-
-    Programs run through ``runner``; with none they run on this machine (``run_jobs``), so
-    callers running candidates they did not write pass ``SandboxRunner(sandbox)``.
-    """
-
-    language = "python"
-
-    def __init__(
-        self,
-        reference_source: str,
-        entry: str,
-        *,
-        runner: Runner | None = None,
-        float_tol: tuple[float, float] = (1e-9, 1e-12),
-        unordered: bool = False,
-        repeats: int = 3,
-        count: int = 24,
-        size: int = 8,
-        timing_size: int = 2000,
-        timeout_s: float = 2.0,
-        seed: int = 0,
-    ):
-        from bakeoff.agent.harness.pyexec import run_jobs
-
-        self.reference_source = reference_source
-        self.entry = entry
-        self.runner: Runner = runner or run_jobs
-        self.rel, self.abs = float_tol
-        self.unordered = unordered
-        self.repeats = repeats
-        self.count = count
-        self.size = size
-        self.timing_size = timing_size
-        self.timeout_s = timeout_s
-        self.seed = seed
-        _parameters(reference_source, entry)  # the user's error, reported now: no such function
-
-    async def _run(self, jobs: Sequence[Any], workers: int | None = None) -> list[Any]:
-        import asyncio
-        import inspect
-
-        kw = {} if workers is None else {"workers": workers}
-        if inspect.iscoroutinefunction(self.runner) or inspect.iscoroutinefunction(getattr(self.runner, "__call__", None)):
-            return await self.runner(jobs, **kw)  # type: ignore[misc]
-        return await asyncio.to_thread(self.runner, jobs, **kw)
-
-    def _calls(self, extra_inputs: Sequence[Any]) -> list[str]:
-        calls = typed_inputs(self.reference_source, self.entry, count=self.count, size=self.size, seed=self.seed)
-        proposed: list[str] = []
-        for x in extra_inputs:
-            text = x if isinstance(x, str) else repr(tuple(x) if isinstance(x, list) else x)
-            if not text.lstrip().startswith(self.entry):
-                text = f"{self.entry}{text if text.startswith('(') else '(' + text + ')'}"
-            call = call_of(text, self.entry)
-            if call and call not in calls:
-                calls.append(call)
-                proposed.append(call)
-        # Edge cases a model proposes are where bugs hide: probe next to them too.
-        calls += [c for c in mutate_inputs(proposed, self.entry, per_call=2, seed=self.seed) if c not in calls]
-        return calls
-
-    def _job(self, source: str, tests: Sequence[TestCase], seed: int):
-        from bakeoff.agent.harness.pyexec import PyJob
-
-        return PyJob(
-            source=source,
-            entry=self.entry,
-            asserts=[t.code for t in tests if t.input is None],
-            calls=[t.input for t in tests if t.input is not None],
-            timeout_s=self.timeout_s,
-            max_timeouts=2,
-            hash_seed=seed,
-        )
-
-    async def make_tests(self, extra_inputs: Sequence[Any] = ()) -> list[TestCase]:
-        calls = self._calls(extra_inputs)
-        probe = [TestCase(id=f"diff-{i}", kind="differential", code=c, input=c) for i, c in enumerate(calls)]
-        runs = await self._run([self._job(self.reference_source, probe, s) for s in (0, 1)])
-        if runs[0].load_error:
-            raise ValueError(f"the reference does not load: {runs[0].load_error}")
-        tests = []
-        for i, t in enumerate(probe):
-            a, b = runs[0].calls[i], runs[1].calls[i]
-            # An input the reference fails on, or answers differently twice, is no test.
-            if a.outcome == "pass" and b.outcome == "pass" and self._same(a.value, b.value):
-                tests.append(t.model_copy(update={"expected": a.value, "valid": True}))
-        return tests
-
-    def _same(self, a: Any, b: Any) -> bool:
-        from bakeoff.agent.harness.pyexec import decode, values_equal
-
-        return values_equal(decode(a), decode(b), rel=self.rel, abs_tol=self.abs, unordered=self.unordered)
-
-    async def run_matrix(self, sources: Mapping[str, str], tests: Sequence[TestCase]) -> ExecutionMatrix:
-        ids = list(sources)
-        jobs = [self._job(sources[c], tests, seed) for c in ids for seed in range(self.repeats)]
-        results = await self._run(jobs)
-        matrix = ExecutionMatrix()
-        asserts = [t for t in tests if t.input is None]
-        calls = [t for t in tests if t.input is not None]
-        for n, c in enumerate(ids):
-            runs = results[n * self.repeats : (n + 1) * self.repeats]
-            for j, t in enumerate(asserts):
-                seen = {r.asserts[j] for r in runs}
-                matrix.set(c, t.id, seen.pop() if len(seen) == 1 else "flaky")
-            for j, t in enumerate(calls):
-                cells = [r.calls[j] for r in runs]
-                outcome, output = self._judge_call(cells, t)
-                matrix.set(c, t.id, outcome, output if output is not None else None)
-            if runs and runs[0].load_error:
-                for t in tests:
-                    matrix.set(c, t.id, "error", "!" + runs[0].load_error[:200])
-        return matrix
-
-    def _judge_call(self, cells, test: TestCase) -> tuple[Outcome, str | None]:
-        from bakeoff.agent.harness.pyexec import signature
-
-        kinds = {c.outcome for c in cells}
-        if kinds != {"pass"}:
-            if len(kinds) > 1:
-                return "flaky", None
-            return kinds.pop(), "!" + cells[0].outcome
-        first = cells[0].value
-        if any(not self._same(first, c.value) for c in cells[1:]):
-            return "flaky", signature(first)
-        if test.expected is None:
-            return "pass", signature(first)
-        return ("pass" if self._same(test.expected, first) else "fail"), signature(first)
-
-    async def time(self, sources: Mapping[str, str], *, repeats: int = 5) -> dict[str, Timing]:
-        """Interleaved timing (reference, candidate, ...) of one call on a larger typed input;
-        each sample is the median of 3 calls in one fresh process. The processes of one
-        candidate run one at a time in the order of ``agent.stats.interleaved`` (a warm-up
-        pair, then A B, B A, ...), as one batch: one sandbox command per candidate."""
-        import statistics
-
-        from bakeoff.agent.harness.pyexec import PyJob
-        from bakeoff.agent.stats import timing_from_samples
-
-        call = typed_inputs(self.reference_source, self.entry, count=1, size=self.timing_size, seed=self.seed + 1)[0]
-        order = ["ref", "cand"]  # the unrecorded warm-up pair
-        for i in range(repeats):
-            # Alternate which goes first so a drift in machine load does not favour one side.
-            order += ["ref", "cand"] if i % 2 == 0 else ["cand", "ref"]
-
-        def seconds(res: Any) -> float:
-            cell = res.calls[0] if res.calls else None
-            if cell is None or cell.outcome != "pass":
-                return float("inf")
-            return statistics.median(cell.seconds)
-
-        timings: dict[str, Timing] = {}
-        for c, src in sources.items():
-            jobs = [
-                PyJob(source=self.reference_source if side == "ref" else src, entry=self.entry, calls=[call],
-                      call_repeats=3, timeout_s=30.0, max_timeouts=1)
-                for side in order
-            ]
-            results = await self._run(jobs, workers=1)
-            base = [seconds(r) for side, r in list(zip(order, results))[2:] if side == "ref"]
-            cand = [seconds(r) for side, r in list(zip(order, results))[2:] if side == "cand"]
-            timings[c] = timing_from_samples(base, cand)
-        return timings
 
 
 # --------------------------------------------------------------------------- type-aware mutation
