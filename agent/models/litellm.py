@@ -239,22 +239,12 @@ class LitellmModel:
                 parts: list[str] = []
                 usage: Usage | None = None
                 try:
-                    response = await asyncio.wait_for(litellm.acompletion(**params), self.timeout + 5)
-                    chunks = response.__aiter__()
-                    while True:
-                        try:
-                            # Each chunk within the timeout: a stalled stream must not hang a run.
-                            chunk = await asyncio.wait_for(chunks.__anext__(), self.timeout)
-                        except StopAsyncIteration:
-                            break
-                        raw = getattr(chunk, "usage", None)
-                        if raw is not None and getattr(raw, "completion_tokens", None):
-                            usage = Usage(prompt_tokens=int(raw.prompt_tokens or 0), completion_tokens=int(raw.completion_tokens or 0))
-                        for choice in getattr(chunk, "choices", None) or []:
-                            delta = getattr(getattr(choice, "delta", None), "content", None)
-                            if delta:
-                                parts.append(delta)
-                                yield delta
+                    async for delta, raw_usage in self._chunks(litellm, params):
+                        if raw_usage is not None:
+                            usage = raw_usage
+                        if delta:
+                            parts.append(delta)
+                            yield delta
                 except Exception as e:
                     bug = _assertion_inside(e)
                     if bug is not None:
@@ -286,3 +276,20 @@ class LitellmModel:
         raise self._failed(errors)
 
 
+
+    async def _chunks(self, litellm: Any, params: dict) -> AsyncIterator[tuple[str, Usage | None]]:
+        """(text delta, usage if this chunk carries it) for each chunk of one streamed call."""
+        response = await asyncio.wait_for(litellm.acompletion(**params), self.timeout + 5)
+        chunks = response.__aiter__()
+        while True:
+            try:
+                # Each chunk within the timeout: a stalled stream must not hang a run.
+                chunk = await asyncio.wait_for(chunks.__anext__(), self.timeout)
+            except StopAsyncIteration:
+                return
+            raw = getattr(chunk, "usage", None)
+            usage = None
+            if raw is not None and getattr(raw, "completion_tokens", None):
+                usage = Usage(prompt_tokens=int(raw.prompt_tokens or 0), completion_tokens=int(raw.completion_tokens or 0))
+            text = "".join(getattr(getattr(c, "delta", None), "content", None) or "" for c in getattr(chunk, "choices", None) or [])
+            yield text, usage
