@@ -8,8 +8,9 @@ when a real model or a Docker sandbox is used).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -156,14 +157,14 @@ class Model(Protocol):
 # --------------------------------------------------------------------------- tool
 
 
-class ToolContext(BaseModel):
+@dataclass
+class ToolContext:
     """What a tool may touch: a sandbox to run in, and/or a read-only workspace path."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
     workspace: Path | None = None  # read-only view of the user's repo
-    sandbox: Any = None  # a Sandbox; Any because Protocols are not pydantic types
-    extras: dict[str, Any] = Field(default_factory=dict)  # session services (models, pool…)
+    sandbox: Sandbox | None = None
+    baseline_sandbox: Sandbox | None = None  # profile: the base version, for A/B timing
+    allow_git_write: bool = False  # git: commit and branch in the workspace (never in a run)
 
 
 @runtime_checkable

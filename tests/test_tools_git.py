@@ -48,7 +48,7 @@ async def test_writes_are_refused_without_approval(repo):
 
 
 async def test_branch_and_commit_when_allowed(repo):
-    ctx = ToolContext(workspace=repo, extras={"allow_git_write": True})
+    ctx = ToolContext(workspace=repo, allow_git_write=True)
     branch = await Git()(Git.Args(action="branch", name="bakeoff/faster", checkout=True), ctx)
     assert branch.branch == "bakeoff/faster" and branch.branches == ["bakeoff/faster", "main"]
     commit = await Git()(Git.Args(action="commit", message="Parallel a", paths=["a.c"]), ctx)

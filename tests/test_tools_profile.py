@@ -63,7 +63,7 @@ async def test_interleaved_against_baseline_command(sandboxes):
 async def test_baseline_runs_in_its_own_sandbox(sandboxes):
     sandbox, baseline = sandboxes
     await baseline.write_file("bench.py", BENCH.replace("slow_part(n) + ", "slow_part(n * 5) + "))
-    ctx = ToolContext(sandbox=sandbox, extras={"baseline_sandbox": baseline})
+    ctx = ToolContext(sandbox=sandbox, baseline_sandbox=baseline)
     result = await Profile()(Profile.Args(command="python3 bench.py", repeats=2, warmup=0), ctx)
     assert result.ok and result.baseline == "baseline_sandbox" and result.baseline_command == "python3 bench.py"
     assert len(result.timing.baseline_s) == 2 and result.timing.speedup > 0

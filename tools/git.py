@@ -1,7 +1,7 @@
 """The ``git`` tool: status, diff, log, branch and commit on the user's repository.
 
 It is the only tool that can write to a real repository, so every write (creating a branch,
-committing) is refused unless the session set ``ctx.extras["allow_git_write"] = True``,
+committing) is refused unless the session set ``ctx.allow_git_write``,
 which a front door does only after the user approved.
 """
 
@@ -54,7 +54,7 @@ class Git:
         if ctx.workspace is None:
             raise ToolError("git needs the session's workspace (a git repository); none was given")
         if args.action in ("commit", "branch") and (args.action == "commit" or args.name):
-            if ctx.extras.get("allow_git_write") is not True:
+            if not ctx.allow_git_write:
                 raise ToolError(
                     f"git {args.action} writes to the user's repository and is not allowed in this run; "
                     "the result is delivered as a patch instead"

@@ -145,7 +145,7 @@ class Profile:
         sandbox = need_sandbox(ctx, self.name)
         if any(t < 1 for t in args.threads):
             raise ToolError("thread counts must be at least 1")
-        other = ctx.extras.get("baseline_sandbox")
+        other = ctx.baseline_sandbox
         base_sandbox = other or sandbox
         if other is not None:
             kind, base_cmd = "baseline_sandbox", args.baseline_command or args.command
