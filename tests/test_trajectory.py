@@ -120,7 +120,9 @@ async def test_an_edit_that_does_not_apply_gets_did_you_mean(tmp_path):
 @pytest.mark.parametrize(
     ("path", "why"),
     [("../outside.c", "not inside the repository"), (".git/config", "inside .git"),
-     (".github/workflows/ci.yml", "CI configuration"), ("Makefile", "not one of the files")],
+     (".github/workflows/ci.yml", "CI file"), (".g\u0456t/config", "touches .git/"),
+     (".github/actions/setup/action.yml", "CI file"), ("GIT~1/hooks/pre-commit", "touches .git/"),
+     (".gitmodules", "repository configuration"), ("Makefile", "not one of the files")],
 )
 async def test_edits_outside_the_task_files_are_refused(tmp_path, path, why):
     repo = repo_copy(tmp_path, "omp_kernel")

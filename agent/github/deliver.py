@@ -18,7 +18,8 @@ from bakeoff.agent import repository
 from bakeoff.agent.github.client import FileContent, GitHub
 from bakeoff.agent.github.report import report_markdown
 from bakeoff.agent.github.trigger import Trigger
-from bakeoff.agent.patches import PatchRejected, parse_patch, validate_patch
+from bakeoff.agent.diffs import parse_patch
+from bakeoff.agent.patches import PatchRejected, validate_patch
 from bakeoff.agent.repository import GitError
 
 
