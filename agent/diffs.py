@@ -123,8 +123,11 @@ def _header_names(rest: str) -> tuple[str | None, str | None]:
     if m:
         return _name(m[1]), _name(m[2])
     half = len(rest) // 2
-    if len(rest) % 2 == 1 and rest[half] == " " and _name(rest[:half]) == _name(rest[half + 1:]):
-        return _name(rest[:half]), _name(rest[half + 1:])
+    try:
+        if len(rest) % 2 == 1 and rest[half] == " " and _name(rest[:half]) == _name(rest[half + 1:]):
+            return _name(rest[:half]), _name(rest[half + 1:])
+    except _Unstrippable:
+        pass  # not two halves of one name; the ---/+++ lines name the file
     return None, None
 
 
