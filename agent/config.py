@@ -226,25 +226,45 @@ def load_settings(
     came from. Raises ``ConfigError`` naming the source, the field and how to fix it.
     """
     environ = os.environ if environ is None else environ
+    layers: list[tuple[dict[str, Any], str | Mapping[str, str]]] = []
+    user_path = user_config_path(environ)
+    if user_path.is_file():
+        layers.append((_flatten(_read_toml(user_path, str(user_path))), str(user_path)))
+    table, name = repo_config(repo)
+    if name is not None:
+        layers.append((_flatten(table), name))
+    return _merge([*layers, _from_env(environ), _flag_layer(flags)])
+
+
+def load_action_settings(
+    base: Mapping[str, Any],
+    base_source: str,
+    environ: Mapping[str, str],
+    flags: Mapping[str, Any] | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """The GitHub Action's settings: defaults < ``base`` (the base branch's table, named
+    ``base_source``) < ``BAKEOFF_*`` variables the workflow sets < flags.
+
+    Neither the user's config file nor the checkout's ``bakeoff.toml`` or ``[tool.bakeoff]`` is
+    read: in the Action the checkout is the pull request's, and the PR never configures the run.
+    """
+    layers: list[tuple[dict[str, Any], str | Mapping[str, str]]] = [(_flatten(base), base_source)] if base else []
+    return _merge([*layers, _from_env(environ), _flag_layer(flags)])
+
+
+def _flag_layer(flags: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, str]]:
+    given = _flatten({k: v for k, v in (flags or {}).items() if v is not None})  # "model": "x" is model.default
+    return given, {k: "flag " + flag_name(k) for k in given}
+
+
+def _merge(layers: list[tuple[dict[str, Any], str | Mapping[str, str]]]) -> tuple[Settings, dict[str, str]]:
+    """Defaults, then each layer (dotted values, and where each came from), validated once."""
     merged = _defaults()
     provenance = {key: DEFAULT for key in merged}
-
-    def layer(values: Mapping[str, Any], source: str | Mapping[str, str]) -> None:
+    for values, source in layers:
         for key, value in values.items():
             merged[key] = value
             provenance[key] = source if isinstance(source, str) else source[key]
-
-    user_path = user_config_path(environ)
-    if user_path.is_file():
-        layer(_flatten(_read_toml(user_path, str(user_path))), str(user_path))
-    table, name = repo_config(repo)
-    if name is not None:
-        layer(_flatten(table), name)
-    env_values, env_sources = _from_env(environ)
-    layer(env_values, env_sources)
-    given = _flatten({k: v for k, v in (flags or {}).items() if v is not None})  # "model": "x" is model.default
-    layer(given, {k: "flag " + flag_name(k) for k in given})
-
     try:
         settings = Settings.model_validate(_unflatten(merged))
     except ValidationError as exc:
