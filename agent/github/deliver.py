@@ -17,6 +17,7 @@ from typing import Any
 from bakeoff.agent import repository
 from bakeoff.agent.github.client import FileContent, GitHub
 from bakeoff.agent.github.report import report_markdown
+from bakeoff.agent.github.sanitize import fenced
 from bakeoff.agent.github.trigger import Trigger
 from bakeoff.agent.diffs import parse_patch
 from bakeoff.agent.patches import PatchRejected, validate_patch
@@ -44,7 +45,7 @@ def deliver(gh: GitHub, trigger: Trigger, report: dict[str, Any], *, repo: Path,
     comments, leftovers = suggestions(patch, gh.pull_files(trigger.pr))
     body = note + report_markdown(report)
     if leftovers:
-        body += "\n\nChanges outside the lines this PR touches (apply by hand):\n```diff\n" + "\n".join(leftovers) + "\n```"
+        body += "\n\nChanges outside the lines this PR touches (apply by hand):\n" + fenced("\n".join(leftovers), "diff")
     gh.create_review(trigger.pr, trigger.head_sha, body, comments)
     return f"Posted a review with {len(comments)} suggestion(s) from candidate {winner}."
 
@@ -155,7 +156,7 @@ def suggestions(patch: str, pr_files: list[dict]) -> tuple[list[dict], list[str]
             if not fits:
                 leftovers.append(f"--- {path}\n" + "\n".join(h.lines))
                 continue
-            body = "bakeoff's winning candidate changes these lines:\n```suggestion\n" + "\n".join(h.new_text) + "\n```"
+            body = "bakeoff's winning candidate changes these lines:\n" + fenced("\n".join(h.new_text), "suggestion")
             comment = {"path": path, "line": last, "side": "RIGHT", "body": body}
             if last > first:
                 comment.update(start_line=first, start_side="RIGHT")
