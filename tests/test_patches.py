@@ -631,6 +631,55 @@ def test_deliver_in_fix_mode_commits_exactly_what_git_apply_changes(corpus: Path
     assert snapshot(corpus) == before  # the checkout is only read
 
 
+def whole_files(repo: Path) -> list[dict]:
+    """What GitHub's pull-request files endpoint would say if the PR had touched every line of every
+    file: a hunk over each, so any change may sit on it as a suggestion."""
+    files = []
+    for path in git(repo, "ls-files", "-z").split("\0")[:-1]:
+        if not (repo / path).is_symlink():
+            n = len((repo / path).read_bytes().split(b"\n"))
+            files.append({"filename": path, "patch": f"@@ -1,{n} +1,{n} @@\n" + " x\n" * n})
+    return files
+
+
+def suggested(review: dict, repo: Path) -> dict[str, bytes]:
+    """Each file with the review's suggestions applied, as a reviewer clicking them would."""
+    result: dict[str, list[bytes]] = {}
+    for c in sorted(review["comments"], key=lambda c: c["line"], reverse=True):
+        lines = result.setdefault(c["path"], (repo / c["path"]).read_bytes().split(b"\n"))
+        body = c["body"].split("\n")
+        opening = next(i for i, line in enumerate(body) if line.lstrip("`") == "suggestion")
+        fence = body[opening][: -len("suggestion")]
+        lines[c.get("start_line", c["line"]) - 1: c["line"]] = [s.encode() for s in body[opening + 1: body.index(fence)]]
+    return {path: b"\n".join(lines) for path, lines in result.items()}
+
+
+@pytest.mark.parametrize("case", list(EDITS))
+def test_deliver_in_review_mode_suggests_exactly_what_git_apply_changes(corpus: Path, tmp_path: Path, case: str) -> None:
+    patch, _ = corpus_diff(corpus, EDITS[case])
+    expected = git_apply_result(corpus, tmp_path / "clone", patch)
+    trigger = Trigger(event="issue_comment", repo="o/r", pr=7, actor="dev", instruction="go", head_sha="a" * 40)
+    with FakeGitHub(pull_files={7: whole_files(corpus)}) as server:
+        outcome = deliver(GitHub("token", "o/r", api_url=server.url), trigger,
+                          {"status": "success", "patch": patch, "verdict": {"winner": "c1"}}, repo=corpus, mode="review")
+    assert outcome.startswith("Posted a review"), outcome
+    (review,) = [body for method, path, body in server.requests if path.endswith("/reviews")]
+    by_hand = set(re.findall(r"^--- (.+?)(?: \(.*\))?$", review["body"], re.M))  # left for the body, as diff text
+    moved_from = set(re.findall(r"^--- .+ \((?:renamed|copied) from ([^;)]+)", review["body"], re.M))
+    assert {c["path"] for c in review["comments"]} | by_hand <= set(parse_patch(patch).paths)
+    assert set(expected) <= by_hand | moved_from | {c["path"] for c in review["comments"]}  # nothing goes unsaid
+    for path, data in suggested(review, corpus).items():
+        if path not in by_hand:
+            assert (expected[path][1] if expected.get(path) else None) == data, path
+    if case in IN_PLACE:
+        assert review["comments"] and not by_hand
+
+
+IN_PLACE = {"modified", "a removed '-- ' comment", "a hunk that reads like file headers", "C increments at the line start",
+            "an SQL comment", "names with spaces, unicode, quotes", "form feed and U+2028 inside lines",
+            "no newline at the end", "CRLF lines"}
+
+
 # A traditional diff whose name is followed by a date after spaces: git reads the name as
 # "Jenkinsfile", and so does the parse, so the check refuses the CI file git would write.
 DATED = "--- /dev/null\n+++ b/Jenkinsfile 2024-01-01 00:00:00.000000000 +0000\n@@ -0,0 +1 @@\n+pipeline {}\n"
