@@ -309,6 +309,7 @@ def test_deliver_review_posts_suggestions_and_finishes_status(tmp_path, monkeypa
     assert "return 2;" in review["body"]  # the hunk outside the PR's lines, as a diff
     status = server.requests[2][2]["body"]
     assert "| c2 🏆 | yes | 12/12 | 1 | no | 1.80x [1.60, 2.00] |" in status and "Total cost: $0.0123" in status
+    assert "This pull request's own `bakeoff.toml` and `[tool.bakeoff]` are ignored" in status
     assert outputs["conclusion"] == "success" and outputs["cost"] == "0.0123"
 
 
