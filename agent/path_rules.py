@@ -126,6 +126,7 @@ def path_problems(path: str, *, allow_git_config: bool = False) -> list[str]:
 
 # --------------------------------------------------------------------------- the tree a patch produces
 
+_MODES = ("100644", "100755", SYMLINK_MODE)  # what a patch may leave: files, executables, symlinks
 _MAX_HOPS = 40  # as the kernel's ELOOP
 _MAX_TARGET = 4096  # PATH_MAX
 
@@ -301,6 +302,8 @@ def patch_problems(parsed: ParsedPatch, repo: Path, *, allow_git_config: bool = 
     """
     reasons = [r for f in parsed.files for p in f.paths for r in path_problems(p, allow_git_config=allow_git_config)]
     reasons += [f"binary patch: {shown(f.new_path or f.old_path or '')}" for f in parsed.files if f.binary]
+    reasons += [f"file mode {mode} (a submodule, or not a file) for {shown(f.new_path or f.old_path or '')}"
+                for f in parsed.files for mode in (f.old_mode, f.new_mode, f.index_mode) if mode and mode not in _MODES]
     before = PatchedTree(repo)
     reasons += [r for p in parsed.paths for r in _parent_problems(before, p)] if not reasons else []
     if reasons or parsed.problems:

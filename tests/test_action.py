@@ -490,6 +490,7 @@ def test_a_scripted_file_that_is_not_a_script_is_not_quoted(tmp_path, monkeypatc
     assert "ScriptFileError" in result.output and "hunter2" not in result.output
 
 
+@pytest.mark.slow
 def test_run_step_end_to_end_uses_the_base_settings_not_the_prs(tmp_path):
     """The real CLI on a checkout whose bakeoff.toml asks for 1 candidate, a failing test, a
     Dockerfile and a scripted model of its own: the base branch's settings win on every one."""

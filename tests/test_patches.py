@@ -255,6 +255,12 @@ def test_a_symlink_into_git_ci_or_out_is_refused(repo: Path, target: str, reason
     refused_and_untouched(repo, symlink("link", target), reason)
 
 
+def test_a_submodule_is_refused(repo: Path) -> None:
+    gitlink = ("diff --git a/vendor/lib b/vendor/lib\nnew file mode 160000\nindex 0000000..1234567\n--- /dev/null\n"
+               "+++ b/vendor/lib\n@@ -0,0 +1 @@\n+Subproject commit " + "1" * 40 + "\n")
+    refused_and_untouched(repo, gitlink, "file mode 160000")
+
+
 def test_a_symlink_loop_is_refused(repo: Path) -> None:
     refused_and_untouched(repo, symlink("a", "b") + symlink("b", "a"), "loop")
 
