@@ -191,6 +191,9 @@ class PatchedTree:
         if f.new_path is None:
             return None
         mode = f.mode_after
+        if before is not None and f.old_path == f.new_path and mode and mode != SYMLINK_MODE and (
+                f.old_mode or f.index_mode) != SYMLINK_MODE:
+            raise _Unresolvable(f"{shown(f.new_path)} is a symlink, but the patch edits it as a file")
         if not (mode == SYMLINK_MODE if mode else before is not None):
             self.laid[f.new_path] = None
             return None

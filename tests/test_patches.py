@@ -275,6 +275,14 @@ def test_retargeting_an_existing_symlink_is_checked(repo: Path) -> None:
     refused_and_untouched(repo, bare, "points outside")
 
 
+def test_a_symlink_edited_as_a_file_is_refused(repo: Path) -> None:
+    os.symlink("../README", repo / "src" / "readme")
+    commit_all(repo)
+    as_file = ("diff --git a/src/readme b/src/readme\nindex 1111111..2222222 100644\n--- a/src/readme\n"
+               "+++ b/src/readme\n@@ -1 +1 @@\n-hello\n+owned\n")
+    refused_and_untouched(repo, as_file, "is a symlink, but the patch edits it as a file")
+
+
 def test_a_symlink_renamed_where_its_target_leaves_is_refused(repo: Path) -> None:
     os.symlink("../README", repo / "src" / "readme")
     commit_all(repo)

@@ -2,7 +2,7 @@
 
 It holds GITHUB_TOKEN and runs nothing from the checkout. What it proposes is the patch it
 validated, byte for byte: suggestions read the hunks of the one diff parser
-(``bakeoff.agent.patches.parse_patch``), and in fix mode ``git apply`` writes the new files in a
+(``bakeoff.agent.diffs.parse_patch``), and in fix mode ``git apply`` writes the new files in a
 private copy of the paths the patch names, never in the checkout.
 """
 
