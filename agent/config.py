@@ -4,7 +4,8 @@ Layers, lowest first: built-in defaults < the user's config file
 (``$XDG_CONFIG_HOME/bakeoff/config.toml``) < the repository's ``bakeoff.toml`` or
 ``[tool.bakeoff]`` in its ``pyproject.toml`` < ``BAKEOFF_*`` environment variables < flags.
 Every value remembers the layer it came from, so ``bakeoff config`` can show it and a
-validation error can say where to fix it.
+validation error can say where to fix it. The GitHub Action merges other layers
+(``load_action_settings``): its checkout is a pull request's, which never configures a run.
 """
 
 from __future__ import annotations
