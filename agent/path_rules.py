@@ -210,8 +210,11 @@ class PatchedTree:
             return ""  # nothing there: git apply will say so
         if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_TARGET:
             raise _Unresolvable(f"{shown(rel)} would become a symlink whose target is not a short text")
-        with open(full, "rb") as fh:
-            return fh.read().decode("utf-8", "replace")
+        try:
+            with open(full, "rb") as fh:
+                return fh.read().decode("utf-8", "replace")
+        except OSError:
+            raise _Unresolvable(f"{shown(rel)} would become a symlink, and cannot be read") from None
 
 
 def _patched_text(old: str, f: FilePatch) -> str:
@@ -231,13 +234,16 @@ def _disk_links(root: str) -> Iterator[str]:
     stack = [""]
     while stack:
         rel = stack.pop()
-        with os.scandir(os.path.join(root, rel)) as entries:
-            for entry in entries:
-                path = f"{rel}/{entry.name}" if rel else entry.name
-                if entry.is_symlink():
-                    yield path
-                elif entry.is_dir(follow_symlinks=False) and path != ".git":
-                    stack.append(path)
+        try:
+            entries = list(os.scandir(os.path.join(root, rel)))
+        except OSError:
+            continue  # unreadable: nothing of it can be written by git either
+        for entry in entries:
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_symlink():
+                yield path
+            elif entry.is_dir(follow_symlinks=False) and path != ".git":
+                stack.append(path)
 
 
 def _link_problems(tree: PatchedTree, path: str) -> list[str]:
