@@ -119,7 +119,7 @@ async def test_an_edit_that_does_not_apply_gets_did_you_mean(tmp_path):
 
 @pytest.mark.parametrize(
     ("path", "why"),
-    [("../outside.c", "not inside the repository"), (".git/config", "inside .git"),
+    [("../outside.c", "leaves the repository"), (".git/config", "touches .git/"),
      (".github/workflows/ci.yml", "CI file"), (".g\u0456t/config", "touches .git/"),
      (".github/actions/setup/action.yml", "CI file"), ("GIT~1/hooks/pre-commit", "touches .git/"),
      (".gitmodules", "repository configuration"), ("Makefile", "not one of the files")],

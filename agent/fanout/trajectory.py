@@ -169,16 +169,13 @@ class Trajectory:
         """Why an edit may not touch ``path``: the rules every patch obeys (``path_rules``: inside
         the repository, not .git, CI or repository configuration, however spelled), and only the
         fan-out's files or new ones."""
-        from bakeoff.agent.path_rules import path_problems, shown
+        from bakeoff.agent.path_rules import shown
         from bakeoff.tools.files import check_relative_path
 
         try:
-            clean = check_relative_path(path)
+            clean = check_relative_path(path, writing=True)
         except ToolError as exc:
-            return str(exc)
-        problems = path_problems(clean)
-        if problems:
-            return f"{shown(path)} may not be edited ({problems[0]}); edit only {', '.join(self.files)}"
+            return f"{exc}; edit only {', '.join(self.files)}"
         if known:
             return None
         try:
