@@ -25,6 +25,10 @@ class FanOutArgs(BaseModel):
     n: int = Field(4, ge=1, le=64, description="candidates developed in parallel")
     entry: str | None = Field(None, description="the function the goal is about (guessed from the goal when omitted)")
     language: str | None = Field(None, description="c, cpp, cuda or python (from the file names when omitted)")
+    keeps_behaviour: bool = Field(True, description=(
+        "true when the code must compute the same results as now (optimize, parallelize, refactor, port): the "
+        "original is the reference every candidate must match. false when the goal changes what it computes (a "
+        "bug fix, a new feature): candidates are then voted on by agreement, and a judge model settles close calls"))
 
 
 class FanOut:
@@ -47,7 +51,7 @@ class FanOut:
 
     async def __call__(self, args: FanOutArgs, ctx: ToolContext) -> FanOutResult:
         result = await fan_out(args.goal, args.files, args.n, services=self.services, entry=args.entry,
-                               language=args.language)
+                               language=args.language, keeps_behaviour=args.keeps_behaviour)
         if self.on_result is not None:
             self.on_result(result)
         return result
