@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bakeoff.agent.config import ConfigError, ModelConfig
 from bakeoff.agent.events import EventBus
 from bakeoff.agent.seams import Model
+
+if TYPE_CHECKING:
+    from bakeoff.agent.models.retry import Breakers
 
 
 class ModelSetupError(ConfigError):
@@ -34,7 +37,7 @@ def resolve_model(spec: str, *, role: str | None = None, **kw: Any) -> Model:
 
 
 def model_for_role(config: ModelConfig, role: str, *, spec: str | None = None, events: EventBus | None = None,
-                   breakers: Any = None, environ: Mapping[str, str] | None = None) -> Model:
+                   breakers: Breakers | None = None, environ: Mapping[str, str] | None = None) -> Model:
     """The configured model for ``role`` (or ``spec``, one of the role's models), with the
     configuration's fallbacks, retries, parameters and prices. Raises ``ModelSetupError``
     when the API key of the model or of a fallback is missing."""
@@ -43,6 +46,10 @@ def model_for_role(config: ModelConfig, role: str, *, spec: str | None = None, e
         return resolve_model(spec, role=role)
     check_keys({m: {**config.role_params(role), **config.model_params().get(m, {})} for m in [spec, *config.fallbacks]},
                environ)
+    if breakers is None:
+        from bakeoff.agent.models.retry import Breakers
+
+        breakers = Breakers(config.breaker_failures, config.breaker_cooldown_s)
     return resolve_model(
         spec, fallbacks=config.fallbacks, timeout=config.timeout, max_retries=config.retries,
         backoff_s=config.backoff_s, max_backoff_s=config.max_backoff_s, params=config.model_params(),

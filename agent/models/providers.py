@@ -63,7 +63,7 @@ def load_litellm() -> Any:
     warnings.filterwarnings("ignore", module=r"litellm(\..*)?$")
     # pydantic builds litellm's types lazily and warns about them from its own module.
     warnings.filterwarnings("ignore", message=r".*on TypedDict class .*ReadOnly", category=UserWarning)
-    if "LITELLM_LOG" not in os.environ:  # the user asked for litellm's own logs
+    if "LITELLM_LOG" not in os.environ:  # unless the user asked for litellm's own logs
         for name in _LOGGERS:
             logging.getLogger(name).disabled = True
     _loaded = litellm
