@@ -396,3 +396,50 @@ async def test_a_real_network_call_fails_the_test_at_once():
             pass
     assert model.attempts == []  # not retried, not hidden behind a fallback
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("status, text, what, retryable", [
+    (429, "rate limited", "model busy (429)", True),
+    (500, "Unterminated string starting at: line 1", "malformed answer", True),
+    (503, "overloaded", "server error (503)", True),
+    (400, "Expecting a list of messages", "request refused (400)", False),
+    (401, "invalid api key", "API key refused (401)", False),
+    (500, "Missing credentials. Please pass an `api_key`", "no API key", False),
+    (404, "model not found", "request refused (404)", False),
+])
+def test_failures_are_read_for_people_and_retried_only_when_it_can_help(status, text, what, retryable):
+    from bakeoff.agent.models.retry import Failure
+
+    class ApiError(Exception):
+        status_code = status
+
+    failure = Failure.of(ApiError(text))
+    assert (failure.what, failure.retryable) == (what, retryable)
+
+
+def test_retry_after_and_the_circuit_breaker(monkeypatch):
+    from bakeoff.agent.models import retry
+
+    class Limited(Exception):
+        status_code = 429
+
+        def __init__(self, headers):
+            super().__init__("rate limited")
+            self.response = type("R", (), {"headers": headers})()
+
+    assert retry.retry_after(Limited({"retry-after": "3"})) == 3.0
+    assert retry.retry_after(Limited({"retry-after-ms": "250"})) == 0.25
+    assert retry.retry_after(Limited({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0  # a date long past
+    assert retry.retry_after(Limited({})) is None
+    backoff = retry.Backoff(base_s=1.0, max_s=30.0)
+    assert backoff.delay(0, retry.Failure.of(Limited({"retry-after": "3"}))) == 3.0
+    assert 2.0 <= backoff.delay(2, retry.Failure("server error (500)", True)) <= 4.0  # 4 s with equal jitter
+    breakers = retry.Breakers(failures=2, cooldown_s=10)
+    clock = [100.0]
+    monkeypatch.setattr(retry.time, "monotonic", lambda: clock[0])
+    assert not breakers.failed("m") and breakers.failed("m") and breakers.is_open("m")
+    clock[0] += 10.5  # the cool-down is over: the next call tries the model again
+    assert not breakers.is_open("m")
+    assert breakers.failed("m") and breakers.is_open("m")  # and one more failure opens it again
+    breakers.succeeded("m")
+    assert not breakers.is_open("m")

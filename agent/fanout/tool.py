@@ -38,7 +38,10 @@ class FanOut:
     description: ClassVar[str] = (
         "Develop n candidate edits for a goal in parallel, each in its own sandbox (edit, build, test, profile, "
         "repair), run every candidate on every test, and return the fastest one the vote says is correct. "
-        "Every edit of the repository must go through fan_out: it is what verifies a change."
+        "Every edit of the repository must go through fan_out: it is what verifies a change. The original code is "
+        "the reference the candidates must match; pass keeps_behaviour=false when the goal changes what the code "
+        "computes (a bug fix, a new feature): the candidates are then voted on by agreement, and a judge settles "
+        "close calls."
     )
     Args: ClassVar[type[BaseModel]] = FanOutArgs
     Result: ClassVar[type[BaseModel]] = FanOutResult

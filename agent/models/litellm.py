@@ -291,7 +291,8 @@ class LitellmModel:
                     if seg.finish != "length" and not seg.text.strip():
                         raise EmptyAnswer(f"{model} answered with no text")
                 except Exception as e:
-                    if seg.text:  # already yielded: the caller continues from it
+                    if seg.text and api_error(e) and assertion_inside(e) is None:
+                        # Text already went to the caller: a retry would repeat it, so it continues instead.
                         self._failed_once(model, last=i + 1 == len(route))
                         raise self._broke(seg, messages, e, max_tokens) from e
                     delay = self._next_try(model, attempt, e, tried, last=i + 1 == len(route))
@@ -319,19 +320,24 @@ class LitellmModel:
         """The text deltas of one streamed call; ``seg`` collects its text, usage and finish reason."""
         response = await self._watch(model, asyncio.wait_for(litellm.acompletion(**params), self.timeout + 5))
         chunks = response.__aiter__()
-        while True:
-            try:
-                # Each chunk within the timeout: a stalled stream must not hang a run.
-                chunk = await self._watch(model, asyncio.wait_for(chunks.__anext__(), self.timeout))
-            except StopAsyncIteration:
-                return
-            seg.usage = _usage(getattr(chunk, "usage", None)) or seg.usage
-            for choice in getattr(chunk, "choices", None) or []:
-                seg.finish = getattr(choice, "finish_reason", None) or seg.finish
-                text = getattr(getattr(choice, "delta", None), "content", None) or ""
-                if text:
-                    seg.text += text
-                    yield text
+        try:
+            while True:
+                try:
+                    # Each chunk within the timeout: a stalled stream must not hang a run.
+                    chunk = await self._watch(model, asyncio.wait_for(chunks.__anext__(), self.timeout))
+                except StopAsyncIteration:
+                    return
+                seg.usage = _usage(getattr(chunk, "usage", None)) or seg.usage
+                for choice in getattr(chunk, "choices", None) or []:
+                    seg.finish = getattr(choice, "finish_reason", None) or seg.finish
+                    text = getattr(getattr(choice, "delta", None), "content", None) or ""
+                    if text:
+                        seg.text += text
+                        yield text
+        finally:
+            close = getattr(response, "aclose", None)
+            if close is not None:  # a stalled or abandoned stream gives its connection back now
+                await asyncio.gather(asyncio.wait_for(close(), 5), return_exceptions=True)
 
 
 class _Segment:

@@ -65,13 +65,17 @@ class Failure:
         status = getattr(exc, "status_code", None)
         status = status if isinstance(status, int) else None
         text = str(exc)
-        if "Missing credentials" in text or "api_key client option must be set" in text or status in (401, 403):
-            return cls(f"API key refused ({status})" if status else "no API key", False, status, credentials=True)
+        if "Missing credentials" in text or "api_key client option must be set" in text:
+            return cls("no API key", False, status, credentials=True)
+        if status in (401, 403):
+            return cls(f"API key refused ({status})", False, status, credentials=True)
         if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or "Timeout" in type(exc).__name__ or status == 408:
             return cls("no answer in time (timeout)", True, status)
         if isinstance(exc, EmptyAnswer):
             return cls("empty answer", True)
-        if isinstance(exc, (MalformedAnswer, json.JSONDecodeError)) or "Unterminated string" in text or "Expecting" in text:
+        server_side = status is None or status >= 500
+        if isinstance(exc, (MalformedAnswer, json.JSONDecodeError)) or server_side and (
+                "Unterminated string" in text or "Expecting value" in text or "Expecting property name" in text):
             return cls("malformed answer", True, status)
         if status == 429:
             return cls("model busy (429)", True, status, retry_after(exc))
