@@ -11,13 +11,14 @@ validation error can say where to fix it. The GitHub Action merges other layers
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT = "default"
 MODEL_ROLES = ("planner", "editor", "tester", "judge")  # the joiner uses the planner's model
@@ -41,8 +42,30 @@ class ModelNotConfigured(Exception):
         )
 
 
+class Price(BaseModel):
+    """A model's price in dollars per million tokens, for models litellm has no price for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: float = Field(ge=0, description="dollars per million prompt tokens")
+    output: float = Field(ge=0, description="dollars per million completion tokens")
+
+
+# litellm parameters bakeoff sets itself on every call: a [model.params] table may not.
+RESERVED_PARAMS = {
+    "model", "messages", "n", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature",
+    "timeout", "max_retries", "drop_params",
+}
+
+
 class ModelConfig(BaseModel):
-    """Which model plays each role. A role without its own model uses ``default``."""
+    """Which model plays each role, how calls are retried, and what litellm is told besides.
+
+    A role without its own model uses ``default``. ``editors`` spreads the candidates over
+    several models in turn. ``params`` adds litellm parameters (``api_base``,
+    ``reasoning_effort``, ...) by role (``default`` for all roles) or by model string, the
+    model's own winning; ``prices`` prices models litellm has none for.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -51,16 +74,50 @@ class ModelConfig(BaseModel):
     editor: str | None = None
     tester: str | None = None
     judge: str | None = None
+    editors: list[str] = Field(default_factory=list)
     fallbacks: list[str] = Field(default_factory=list)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    timeout: float = Field(120.0, gt=0)
+    timeout: float = Field(120.0, gt=0, description="seconds one attempt may wait (a stream: for each chunk)")
+    retries: int = Field(4, ge=0, le=10, description="retries of one model before its fallback")
+    backoff_s: float = Field(1.0, gt=0, description="first wait between retries; it doubles")
+    max_backoff_s: float = Field(30.0, gt=0, description="longest wait; a longer Retry-After goes to the fallback")
+    breaker_failures: int = Field(3, ge=1, description="failures in a row that send a model's calls to its fallback")
+    breaker_cooldown_s: float = Field(30.0, ge=0, description="how long they go there before the model is tried again")
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    prices: dict[str, Price] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if self.editor and self.editors:
+            raise ValueError("set either editor (one model) or editors (several), not both")
+        roles = ("default", *MODEL_ROLES)
+        for key, table in self.params.items():
+            near = difflib.get_close_matches(key, roles, n=1, cutoff=0.75)
+            if key not in roles and "/" not in key and near:
+                raise ValueError(f"params for {key!r}: did you mean the role {near[0]!r}?")
+            reserved = sorted(RESERVED_PARAMS & set(table))
+            if reserved:
+                raise ValueError(f"params for {key!r} set {', '.join(reserved)}, which bakeoff sets on every call "
+                                 "(temperature is spread across the candidates; max_tokens comes from the budget)")
+        return self
 
     def for_role(self, role: str) -> str:
         spec = getattr(self, role, None) if role in MODEL_ROLES else None
-        spec = spec or self.default
+        spec = spec or (self.editors[0] if role == "editor" and self.editors else None) or self.default
         if not spec:
             raise ModelNotConfigured(role)
         return spec
+
+    def editor_models(self) -> list[str]:
+        """The editor models, in the order candidates take them."""
+        return list(self.editors) or [self.for_role("editor")]
+
+    def role_params(self, role: str) -> dict[str, Any]:
+        """litellm parameters for every call of ``role`` (``default``'s, then the role's own)."""
+        return {**self.params.get("default", {}), **self.params.get(role, {})}
+
+    def model_params(self) -> dict[str, dict[str, Any]]:
+        """litellm parameters by model string, wherever the model is used (fallbacks too)."""
+        return {k: v for k, v in self.params.items() if k != "default" and k not in MODEL_ROLES}
 
 
 class Settings(BaseModel):
@@ -122,17 +179,22 @@ def repo_config(repo: Path) -> tuple[dict[str, Any], str | None]:
     return {}, None
 
 
+# Settings whose value is a table of their own (keys are model strings, which may hold dots).
+_TABLES = {"model.params", "model.prices"}
+
+
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Dotted keys: ``{"model": {"editor": "x"}}`` -> ``{"model.editor": "x"}``.
 
-    ``model = "name"`` is shorthand for ``model.default = "name"``.
+    ``model = "name"`` is shorthand for ``model.default = "name"``; the tables in ``_TABLES``
+    stay whole (a layer's table replaces a lower layer's).
     """
     flat: dict[str, Any] = {}
     for key, value in table.items():
         dotted = f"{prefix}{key}"
         if dotted == "model" and isinstance(value, str):
             flat["model.default"] = value
-        elif isinstance(value, Mapping):
+        elif isinstance(value, Mapping) and dotted not in _TABLES:
             flat.update(_flatten(value, dotted + "."))
         else:
             flat[dotted] = value
@@ -193,6 +255,11 @@ def _from_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str
         value: Any = raw
         if raw.strip().lower() in ("", "none", "null"):
             value = None
+        elif dotted in _TABLES:
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"environment variable {var}: not a JSON object ({exc}); fix or unset it") from None
         elif _is_list_field(dotted):
             value = [part.strip() for part in raw.split(",") if part.strip()]
         flat[dotted] = value
@@ -278,11 +345,15 @@ def _explain(exc: ValidationError, provenance: Mapping[str, str]) -> str:
     valid = set(_defaults()) | {"model"}
     for err in exc.errors():
         dotted = ".".join(str(p) for p in err["loc"])
-        source = provenance.get(dotted) or provenance.get(dotted.split(".")[0], "?")
+        prefixes = [".".join(dotted.split(".")[:i]) for i in range(dotted.count(".") + 1, 0, -1)]
+        inside = sorted({v for k, v in provenance.items() if k.startswith(dotted + ".") and v != DEFAULT})
+        source = next((provenance[p] for p in prefixes if p in provenance), ", ".join(inside) or "?")
         if err["type"] == "extra_forbidden":
             guess = difflib.get_close_matches(dotted, valid, n=1)
             hint = f"did you mean {guess[0]!r}? " if guess else ""
             lines.append(f"  {source}: {dotted!r} is not a setting; {hint}remove or rename it")
+        elif isinstance(err.get("input"), Mapping):  # a check across a table's fields
+            lines.append(f"  {source}: {dotted}: {err['msg'].removeprefix('Value error, ')}; {_how_to_fix(source, dotted)}")
         else:
             lines.append(
                 f"  {source}: {dotted} = {err.get('input')!r}: {err['msg']}; {_how_to_fix(source, dotted)}"

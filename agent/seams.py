@@ -124,6 +124,7 @@ class Completion(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     cost_usd: float | None = None  # None when the model's price is unknown
     latency_s: float = 0.0
+    estimated: bool = False  # usage is partly estimated: a stream ended before its usage arrived
 
     @property
     def text(self) -> str:

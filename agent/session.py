@@ -28,7 +28,7 @@ from bakeoff.agent.config import Settings
 from bakeoff.agent.events import EventBus, JsonlSink
 from bakeoff.agent.fanout.settings import FanOutServices, FanOutSettings
 from bakeoff.agent.models.budget import Budget, BudgetedModel, BudgetExceeded
-from bakeoff.agent.models.ledger import Ledger, MeteredModel
+from bakeoff.agent.models.ledger import Ledger
 from bakeoff.agent.patches import AppliedChange
 from bakeoff.agent.seams import Model, ToolContext, Workspace
 from bakeoff.agent.storage import new_run_id, state_dir, write_atomic
@@ -94,38 +94,47 @@ class Session:
     # ------------------------------------------------------------------ configuration
 
     def _configure(self, settings: Settings, override: Model | None, shared_budget: Budget | None) -> None:
-        models = self._models_per_role(settings, override)  # raises before anything changes
+        models, editors = self._models_per_role(settings, override)  # raises before anything changes
         self.settings = settings
         self.model_override = override
         self._shared_budget = shared_budget
         self.budget = shared_budget or Budget(max_usd=settings.budget_usd, max_tokens=settings.budget_tokens)
         self._raw_models = models
-        self._budgeted = {
-            role: BudgetedModel(model, self.budget, role=role, events=self.events)
-            for role, model in self._raw_models.items()
-        }
+        self._editors = editors
+        self._checked = False  # the models are checked with litellm at the next run's start
 
-    @staticmethod
-    def _models_per_role(settings: Settings, override: Model | None) -> dict[str, Model]:
-        """One model per role. Roles naming the same spec share one model object, so a
-        scripted model's responses are shared between roles as its file intends."""
+    def _models_per_role(self, settings: Settings, override: Model | None) -> tuple[dict[str, Model], list[Model]]:
+        """One model per role, and the editor models (several with ``[model] editors``). Roles
+        naming the same script share one model object, so a scripted model's responses are
+        shared between roles as its file intends; litellm models share one set of circuit
+        breakers, so every role sees a failing model's circuit."""
         from bakeoff.agent.models import model_for_role
+        from bakeoff.agent.models.retry import Breakers
         from bakeoff.agent.models.scripted import ScriptedModel
 
-        models: dict[str, Model] = {}
-        by_spec: dict[str, Model] = {}
-        for role in ROLES:
+        config = settings.model
+        breakers = Breakers(config.breaker_failures, config.breaker_cooldown_s)
+        scripts: dict[str, Model] = {}
+
+        def make(role: str, spec: str | None = None) -> Model:
             if override is not None:
                 base = override
             else:
                 # The joiner is the planner's second half; it uses the planner's model.
                 config_role = "planner" if role == "joiner" else role
-                spec = settings.model.for_role(config_role)
-                if spec not in by_spec:
-                    by_spec[spec] = model_for_role(settings.model, config_role)
-                base = by_spec[spec]
-            models[role] = base.for_role(role) if isinstance(base, ScriptedModel) else base
-        return models
+                spec = spec or config.for_role(config_role)
+                if spec.startswith("scripted:"):
+                    if spec not in scripts:
+                        scripts[spec] = model_for_role(config, config_role, spec=spec)
+                    base = scripts[spec]
+                else:
+                    base = model_for_role(config, config_role, spec=spec, events=self.events, breakers=breakers)
+            return base.for_role(role) if isinstance(base, ScriptedModel) else base
+
+        models = {role: make(role) for role in ROLES}
+        editors = [models["editor"]] if override is not None else [make("editor", s) for s in config.editor_models()]
+        models["editor"] = editors[0]
+        return models, editors
 
     def update(self, **changes: Any) -> Settings:
         """Change settings between runs (chat's /model, /n, /budget, /sandbox), validated again.
@@ -136,7 +145,7 @@ class Session:
         data = self.settings.model_dump()
         for key, value in changes.items():
             if key == "model":
-                data["model"].update(default=value, planner=None, editor=None, tester=None, judge=None)
+                data["model"].update(default=value, planner=None, editor=None, tester=None, judge=None, editors=[])
             else:
                 data[key] = value
         settings = Settings.model_validate(data)
@@ -156,7 +165,11 @@ class Session:
 
     @property
     def model_names(self) -> dict[str, str]:
-        return {role: model.name for role, model in self._raw_models.items()}
+        """Role -> model name; several editor models are ``editor``, ``editor 2``, ..."""
+        names = {role: model.name for role, model in self._raw_models.items()}
+        for i, model in enumerate(self._editors[1:], start=2):
+            names[f"editor {i}"] = model.name
+        return names
 
     @property
     def pool(self) -> SandboxPool:
@@ -192,7 +205,10 @@ class Session:
 
         The run is saved as it goes under ``<state>/runs/<id>/`` (events.jsonl, report.json).
         A cancelled run (Ctrl-C) re-raises ``CancelledError`` after recording that it stopped.
+        A model that cannot be used (see ``models.check_models``) raises ``ModelSetupError``
+        before the run starts.
         """
+        await self._check_models()  # a model that cannot be used is a configuration error, before the run starts
         self.base_commit = repository.head_commit(self.repo)  # the user may have committed since the last run
         run_id = run_id or new_run_id()
         run_dir = self.state / "runs" / run_id
@@ -236,10 +252,11 @@ class Session:
         from bakeoff.agent.report import run_report
         from bakeoff.sandboxes.lazy import LazySandbox
 
-        models = {role: MeteredModel(m, ledger, self.events, role) for role, m in self._budgeted.items()}
+        models = {role: self._paid(m, role, ledger) for role, m in self._raw_models.items()}
+        editors = [self._paid(m, "editor", ledger) for m in self._editors]
         workspace = Workspace(path=self.repo, commit=self.base_commit)
         fan_outs: list[FanOutResult] = []
-        registry = self._registry(models, workspace, fan_outs.append)
+        registry = self._registry(models, editors, workspace, fan_outs.append)
         scratch = LazySandbox(self.pool, workspace)  # where the planner's own tools run and edit
         try:
             ctx = ToolContext(workspace=self.repo, sandbox=scratch)
@@ -249,13 +266,35 @@ class Session:
             await scratch.close()
         return run_report(task, result, fan_outs, unverified, self.budget, run_id=run_id, base_commit=self.base_commit)
 
-    def _registry(self, models: dict[str, MeteredModel], workspace: Workspace, on_fan_out) -> Registry:
+    def _paid(self, model: Model, role: str, ledger: Ledger) -> BudgetedModel:
+        """``model`` as one run calls it: paid from the budget, written to the run's ledger."""
+        return BudgetedModel(model, self.budget, role=role, events=self.events, ledger=ledger)
+
+    async def _check_models(self) -> None:
+        """Once per configuration, before the first call: keys litellm asks for, and whether a
+        dollar budget can bound every model (raises ``ModelSetupError`` when it cannot)."""
+        from bakeoff.agent.models import check_models
+
+        if self._checked:
+            return
+        unpriced = await asyncio.to_thread(
+            check_models, [*self._raw_models.values(), *self._editors],
+            budget_usd=self.budget.max_usd, budget_tokens=self.budget.max_tokens,
+        )
+        self._checked = True
+        if unpriced:  # said once; a dollar budget without a token budget was refused above
+            self.events.emit("model.status", what="unpriced", models=unpriced, message=(
+                f"{', '.join(unpriced)}: no price known, so only tokens count for it against the token budget "
+                "(add [model.prices] to count dollars)"))
+
+    def _registry(self, models: dict[str, BudgetedModel], editors: list[BudgetedModel], workspace: Workspace,
+                  on_fan_out) -> Registry:
         """The tools of one run: the built-in tools, and a fan_out that reports to the run."""
         from bakeoff.agent.fanout.tool import FanOut
         from bakeoff.tools.registry import default_registry
 
         services = FanOutServices(
-            editors=[models["editor"]], tester=models["tester"], judge=models["judge"], pool=self.pool,
+            editors=list(editors), tester=models["tester"], judge=models["judge"], pool=self.pool,
             workspace=workspace, settings=FanOutSettings.from_settings(self.settings), events=self.events,
             budget=self.budget,
         )
@@ -263,7 +302,7 @@ class Session:
         registry.register(FanOut(services, on_result=on_fan_out))
         return registry
 
-    def _agent(self, models: dict[str, MeteredModel], registry: Registry, ctx: ToolContext):
+    def _agent(self, models: dict[str, BudgetedModel], registry: Registry, ctx: ToolContext):
         if self.settings.planner == "react":
             from bakeoff.agent.planning.react import ReActAgent
 
@@ -277,6 +316,7 @@ class Session:
     def _finish(self, report: RunReport, ledger: Ledger, started: float, run_dir: Path) -> None:
         report.cost_usd = ledger.cost_usd
         report.tokens = ledger.tokens
+        report.estimated_usd, report.estimated_tokens = ledger.estimated_usd, ledger.estimated_tokens
         report.duration_s = time.monotonic() - started
         self.cost_usd += ledger.cost_usd
         self.tokens += ledger.tokens
@@ -285,6 +325,7 @@ class Session:
         self.events.emit(
             "run.end", run_id=report.run_id, status=report.status,
             winner=report.winner.id if report.winner else None, cost_usd=report.cost_usd, tokens=report.tokens,
+            estimated_usd=report.estimated_usd, estimated_tokens=report.estimated_tokens,
             session_cost_usd=self.cost_usd, duration_s=report.duration_s, error=report.error,
         )
 

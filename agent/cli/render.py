@@ -225,6 +225,11 @@ class Progress:
     def _on_model_call(self, d: dict[str, Any]) -> None:
         self.cost_usd += float(d.get("cost_usd") or 0.0)
 
+    def _on_model_status(self, d: dict[str, Any]) -> None:
+        """Retries, fallbacks, open circuits, cut-off answers, slow calls: one line each."""
+        style = "dim" if d.get("what") == "waiting" else "yellow"
+        self._line(f"  [{style}]model[/{style}] {escape(short(d.get('message', ''), 160))}")
+
 
 # --------------------------------------------------------------------------- results
 
@@ -232,7 +237,11 @@ class Progress:
 def report_table(report: RunReport) -> Table:
     """The selection table: one row per candidate, the same data as the JSON report."""
     table = Table(title="bake-off", title_justify="left")
-    for col in ("candidate", "built", "tests", "group", "flaky", "correct", "speedup", "cost", "note"):
+    # Which model wrote each candidate, when several editor models shared the work.
+    models = {c.id: c.model for c in report.candidates}
+    several = len(set(models.values())) > 1
+    for col in ("candidate", *(("model",) if several else ()), "built", "tests", "group", "flaky", "correct",
+                "speedup", "cost", "note"):
         table.add_column(col)
     winner = report.winner.id if report.winner else None
     rows = report.verdict.rows if report.verdict else []
@@ -240,6 +249,7 @@ def report_table(report: RunReport) -> Table:
         for r in rows:
             table.add_row(
                 Text(r.candidate + (" *" if r.candidate == winner else ""), style="bold green" if r.candidate == winner else ""),
+                *((r.model or models.get(r.candidate, ""),) if several else ()),
                 _yes_no(r.built), f"{r.tests_passed}/{r.tests_total}",
                 "-" if r.group is None else str(r.group), "yes" if r.flaky else "no", _yes_no(r.correct),
                 speedup_text(r.speedup, r.low, r.high), money(r.cost_usd), r.note,
@@ -247,7 +257,7 @@ def report_table(report: RunReport) -> Table:
     else:
         for c in report.candidates:
             table.add_row(
-                c.id + (" *" if c.id == winner else ""), _yes_no(c.built),
+                c.id + (" *" if c.id == winner else ""), *((c.model,) if several else ()), _yes_no(c.built),
                 "-" if c.tests_passed is None else str(c.tests_passed), "-", "-", "-",
                 speedup_text(c.timing.speedup, c.timing.low, c.timing.high) if c.timing else "-",
                 money(c.cost_usd), c.error or "",
@@ -272,7 +282,9 @@ def print_result(console: Console, report: RunReport, *, show_patch: bool = True
         parts.append(Text(f"{report.status}: {report.error}", style="red"))
     if show_patch and report.patch:
         parts.append(Text(report.patch))
-    parts.append(Text(f"cost {money(report.cost_usd)} · {report.tokens} tokens · {report.duration_s:.1f}s"))
+    estimated = (f" (of which {money(report.estimated_usd)} / {report.estimated_tokens} tokens estimated: "
+                 "streams that broke before their usage arrived)") if report.estimated_tokens else ""
+    parts.append(Text(f"cost {money(report.cost_usd)} · {report.tokens} tokens · {report.duration_s:.1f}s{estimated}"))
     console.print(Group(*parts))
 
 
@@ -301,7 +313,8 @@ def result_document(report: RunReport, applied: Any = None) -> dict[str, Any]:
         "verdict": report.verdict.model_dump(mode="json") if report.verdict else None,
         "patch": report.patch,
         "report": [c.model_dump(mode="json", exclude={"messages"}) for c in report.candidates],
-        "cost": {"usd": report.cost_usd, "tokens": report.tokens},
+        "cost": {"usd": report.cost_usd, "tokens": report.tokens, "estimated_usd": report.estimated_usd,
+                 "estimated_tokens": report.estimated_tokens},
         "duration_s": report.duration_s,
         "error": report.error,
         "applied": _plain(applied),
