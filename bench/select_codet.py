@@ -341,11 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     total_s = time.time() - start
 
     print(f"\nhumaneval-codet ({args.data}): {n} problems, {sum(len(by_task[p['task_id']]) for p in problems)} samples")
-    print(f"{'rule':<44}{'pass@1':>9}{'gap closed':>12}")
-    print(f"{'random sample (mean pass rate)':<44}{mean['random']:>9.2%}{0:>12.2f}")
-    print(f"{'oracle (any sample correct)':<44}{mean['oracle']:>9.2%}{1:>12.2f}")
-    print(f"{'CodeT rule (own execution, CodeT asserts)':<44}{mean['codet']:>9.2%}{codet_closed:>12.2f}")
-    print(f"{'bakeoff vote (' + RULE.name + ')':<44}{mean['selected']:>9.2%}{closed:>12.2f}")
+    print(f"{'rule':<52}{'pass@1':>9}{'gap closed':>12}")
+    print(f"{'random sample (mean pass rate)':<52}{mean['random']:>9.2%}{0:>12.2f}")
+    print(f"{'oracle (any sample correct)':<52}{mean['oracle']:>9.2%}{1:>12.2f}")
+    print(f"{'CodeT rule (own execution, CodeT asserts)':<52}{mean['codet']:>9.2%}{codet_closed:>12.2f}")
+    print(f"{'bakeoff vote (' + RULE.name + ')':<52}{mean['selected']:>9.2%}{closed:>12.2f}")
     if cv:
         print_cv(cv, n)
     print(f"close calls: {sum(r['close_call'] for r in rows)}; execution {exec_s:.0f} s, total {total_s:.0f} s")
