@@ -71,7 +71,8 @@ class Settings(BaseModel):
     n: int = Field(4, ge=1, le=64, description="candidate edits developed in parallel")
     budget_usd: float | None = Field(2.0, ge=0, description="dollars one run may spend (None: no cap)")
     budget_tokens: int | None = Field(None, ge=0, description="tokens one run may spend (None: no cap)")
-    sandbox: Literal["auto", "local", "local+bwrap", "docker"] = "auto"
+    # "unsafe-local" runs candidates with no isolation: the user's own choice, never a repository's.
+    sandbox: Literal["auto", "local", "local+bwrap", "docker", "unsafe-local"] = "auto"
     image: str | None = Field(None, description="docker image or Dockerfile path for sandboxes")
     rounds: int = Field(2, ge=0, le=10, description="repair rounds per candidate")
     workers: int = Field(2, ge=1, le=64, description="batch tasks run at once")
@@ -244,6 +245,9 @@ def load_settings(
     layer(env_values, env_sources)
     given = _flatten({k: v for k, v in (flags or {}).items() if v is not None})  # "model": "x" is model.default
     layer(given, {k: "flag " + flag_name(k) for k in given})
+    if merged.get("sandbox") == "unsafe-local" and provenance.get("sandbox") == name:
+        raise ConfigError(f"{name}: sandbox = \"unsafe-local\" turns isolation off, which a repository may not "
+                          "choose for you: remove it, or pass --sandbox unsafe-local yourself")
 
     try:
         settings = Settings.model_validate(_unflatten(merged))

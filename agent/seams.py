@@ -27,10 +27,11 @@ class ExecResult(BaseModel):
     timed_out: bool = False
     oom_killed: bool = False
     truncated: bool = False  # stdout or stderr was capped (head and tail kept)
+    limit: str | None = None  # the limit that stopped it, in words: "more than 512 processes"
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and not self.oom_killed
+        return self.exit_code == 0 and not self.timed_out and not self.oom_killed and self.limit is None
 
     def summary(self, limit: int = 2000) -> str:
         """A short text for a model or a log: status line plus the tail of the output."""
@@ -39,6 +40,8 @@ class ExecResult(BaseModel):
             else "out of memory" if self.oom_killed
             else f"exit {self.exit_code}"
         )
+        if self.limit:
+            status = f"killed: {self.limit}" + (f", {status}" if self.timed_out or self.oom_killed else "")
         out = (self.stdout + ("\n" if self.stdout and self.stderr else "") + self.stderr).strip()
         if len(out) > limit:
             out = "[... output cut ...]\n" + out[-limit:]
