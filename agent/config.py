@@ -81,6 +81,7 @@ class Settings(BaseModel):
     max_replans: int = Field(2, ge=0, le=10)
     build: str | None = Field(None, description="build command (detected when unset)")
     test: str | None = Field(None, description="test command (detected when unset)")
+    command_timeout: float = Field(300.0, gt=0, description="seconds a candidate's build, test or benchmark may run")
 
     @property
     def max_n(self) -> int:

@@ -66,9 +66,9 @@ wait "$p"; rc=$?
 kill -9 "-$p" 2>/dev/null
 set -- /proc/[0-9]*
 if [ "$#" -gt 3 ]; then
-  for d in "$@"; do
-    [ "${d#/proc/}" = "$$" ] && continue
-    grep -qsz "^BAKEOFF_EXEC=$BAKEOFF_EXEC\$" "$d/environ" && kill -9 "${d#/proc/}" 2>/dev/null
+  for f in $(grep -lsz "^BAKEOFF_EXEC=$BAKEOFF_EXEC\$" /proc/[0-9]*/environ); do
+    f=${f#/proc/}; f=${f%%/*}
+    [ "$f" = "$$" ] || kill -9 "$f" 2>/dev/null
   done
   set -- /proc/[0-9]*
 fi

@@ -280,7 +280,8 @@ class LocalSandbox:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         cgroup_fds = [os.open(f, os.O_WRONLY | os.O_CLOEXEC) for f in (cgroup.procs_files() if cgroup else [])]
-        preexec = drop_to(self.uid, command_rlimits(self.limits, self.uid), cgroup_fds, cwd_fd=cwd_fd,
+        rlimits = command_rlimits(self.limits, self.uid, pids_cgroup=cgroup is not None and "pids" in cgroup.dirs)
+        preexec = drop_to(self.uid, rlimits, cgroup_fds, cwd_fd=cwd_fd,
                           no_new_privileges=not self._bwrap)  # bwrap forbids privilege gains itself
         try:
             proc = await asyncio.create_subprocess_exec(

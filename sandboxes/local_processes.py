@@ -94,12 +94,19 @@ def drop_to(uid: int | None, rlimits: list[tuple[int, int]], cgroup_fds: list[in
     return preexec
 
 
-def command_rlimits(limits: SandboxLimits, uid: int | None) -> list[tuple[int, int]]:
-    """The rlimits a command starts under; ``uid`` is the sandbox's own user, if it has one."""
-    nproc = limits.max_processes
-    if uid is None:
+def command_rlimits(limits: SandboxLimits, uid: int | None, *, pids_cgroup: bool = False) -> list[tuple[int, int]]:
+    """The rlimits a command starts under; ``uid`` is the sandbox's own user, if it has one.
+
+    With a cgroup counting the command's processes (``pids_cgroup``) the cgroup alone limits
+    them: RLIMIT_NPROC counts every process of the user, so it would let one command's fork
+    bomb refuse the forks of another running beside it, and unrecorded."""
+    if pids_cgroup:
+        nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]  # as high as it may go
+    elif uid is None:
         # Not root: the limit counts every process of this user, so leave room for them.
-        nproc += sum(1 for p in all_pids() if uid_of(p) == os.getuid()) + 64
+        nproc = limits.max_processes + sum(1 for p in all_pids() if uid_of(p) == os.getuid()) + 64
+    else:
+        nproc = limits.max_processes
     return [
         (resource.RLIMIT_CPU, limits.cpu_seconds),
         (resource.RLIMIT_NPROC, nproc),
