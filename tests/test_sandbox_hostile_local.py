@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import bakeoff.sandboxes as sandboxes
+from bakeoff.agent.config import ConfigError
 from bakeoff.agent.seams import SandboxLimits, Workspace
 from bakeoff.sandboxes import SandboxUnavailable, choose_backend
 from bakeoff.sandboxes.beneath import read_beneath, write_beneath
@@ -157,6 +158,31 @@ def test_auto_and_local_refuse_without_docker_or_bubblewrap(monkeypatch) -> None
         if kind == "auto":
             assert "docs.docker.com" in message and "apt-get install bubblewrap" in message
     assert choose_backend("unsafe-local").backend == "unsafe-local"  # only when named
+
+
+def test_only_the_demos_own_scripted_example_may_fall_back_to_unsafe_local(monkeypatch, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from bakeoff.agent.cli.demo import demo_sandbox
+    from bakeoff.agent.config import load_settings
+    from bakeoff.agent.models import resolve_model
+
+    script = tmp_path / "s.json"
+    script.write_text('{"responses": [{"role": "planner", "text": "join()", "repeat": true}]}')
+    scripted = resolve_model(f"scripted:{script}")
+    settings, provenance = load_settings(tmp_path, environ={})
+    err = Console(file=open(os.devnull, "w"), record=True)
+    assert demo_sandbox(settings, provenance, scripted, err) is settings  # an isolating sandbox is here
+    monkeypatch.setattr(sandboxes, "_docker_engine", lambda: (False, "no Docker engine reachable (test)"))
+    monkeypatch.setattr(sandboxes, "_bwrap", lambda: (False, "bwrap is not installed (test)"))
+    weak = demo_sandbox(settings, provenance, scripted, err)
+    assert weak.sandbox == "unsafe-local" and "no isolation" in err.export_text()
+    assert demo_sandbox(settings, provenance, None, err) is settings  # a live model's code: never
+    asked, asked_from = load_settings(tmp_path, environ={"BAKEOFF_SANDBOX": "docker"})
+    assert demo_sandbox(asked, asked_from, scripted, err) is asked  # a sandbox the user named: kept
+    (tmp_path / "bakeoff.toml").write_text('sandbox = "unsafe-local"\n')
+    with pytest.raises(ConfigError, match="a repository may not choose"):
+        load_settings(tmp_path, environ={})
 
 
 async def test_unsafe_local_forbids_privilege_gains_and_says_what_it_allows(tmp_path: Path) -> None:
