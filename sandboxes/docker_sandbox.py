@@ -2,18 +2,20 @@
 
 Commands run through ``docker exec`` under ``timeout -k`` inside the container and a
 wall-clock deadline outside it; when the command ends, everything in its process group is
-killed so background children cannot hold its output open. Files go in and out as tar
-archives (``archive``); paths are relative to the workspace ``/work``.
+killed so background children cannot hold its output open, and once no command of the
+sandbox runs, everything in the container but its init and keeper is (what escaped the
+group: ``env -i``, a double fork). The limit a command ran into (processes, memory, time)
+is read from the container's cgroup and reported in ``ExecResult.limit``. Files go in as tar
+archives (``archive``) and are read inside the container as the sandbox's user, so a read
+sees no more than that user would; paths are relative to the workspace ``/work``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import posixpath
 import secrets
-import tarfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING

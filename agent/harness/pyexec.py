@@ -7,8 +7,9 @@ assert and call runs under its own alarm. The process has a memory cap and a fil
 process group (killed whole at the wall-clock limit), and no access to bakeoff's modules.
 
 Two runners: ``run_jobs`` starts the processes on this machine (rlimits only; what the
-benchmarks on public data use), and ``SandboxRunner`` runs a whole batch inside a
-``Sandbox`` with one command (what bakeoff's product path uses: candidates are hostile).
+benchmarks on public data use), and ``SandboxRunner`` runs each job as one command inside
+a ``Sandbox``, under the sandbox's limits (what bakeoff's product path uses: candidates are
+hostile).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import asyncio
 import json
 import math
 import os
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
