@@ -27,7 +27,7 @@ BACKENDS = [
     pytest.param("docker", marks=[pytest.mark.docker, pytest.mark.skipif(not ENGINE_UP, reason=ENGINE_WHY)]),
     pytest.param("local", marks=pytest.mark.skipif(not bwrap_status()[0], reason="bubblewrap cannot run here")),
 ]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(500)]  # the subprocess's own timeout (400 s) fires first
 
 GOOD = "return sum(xs)"
 # What each hostile body does, and the limit the report must name for it (None: the time
