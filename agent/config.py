@@ -129,7 +129,8 @@ class Settings(BaseModel):
     n: int = Field(4, ge=1, le=64, description="candidate edits developed in parallel")
     budget_usd: float | None = Field(2.0, ge=0, description="dollars one run may spend (None: no cap)")
     budget_tokens: int | None = Field(None, ge=0, description="tokens one run may spend (None: no cap)")
-    sandbox: Literal["auto", "local", "local+bwrap", "docker"] = "auto"
+    # "unsafe-local" runs candidates with no isolation: the user's own choice, never a repository's.
+    sandbox: Literal["auto", "local", "local+bwrap", "docker", "unsafe-local"] = "auto"
     image: str | None = Field(None, description="docker image or Dockerfile path for sandboxes")
     rounds: int = Field(2, ge=0, le=10, description="repair rounds per candidate")
     workers: int = Field(2, ge=1, le=64, description="batch tasks run at once")
@@ -138,6 +139,7 @@ class Settings(BaseModel):
     max_replans: int = Field(2, ge=0, le=10)
     build: str | None = Field(None, description="build command (detected when unset)")
     test: str | None = Field(None, description="test command (detected when unset)")
+    command_timeout: float = Field(300.0, gt=0, description="seconds a candidate's build, test or benchmark may run")
 
     @property
     def max_n(self) -> int:
@@ -301,7 +303,7 @@ def load_settings(
     table, name = repo_config(repo)
     if name is not None:
         layers.append((_flatten(table), name))
-    return _merge([*layers, _from_env(environ), _flag_layer(flags)])
+    return _merge([*layers, _from_env(environ), _flag_layer(flags)], repository=name)
 
 
 def load_action_settings(
@@ -317,7 +319,7 @@ def load_action_settings(
     read: in the Action the checkout is the pull request's, and the PR never configures the run.
     """
     layers: list[tuple[dict[str, Any], str | Mapping[str, str]]] = [(_flatten(base), base_source)] if base else []
-    return _merge([*layers, _from_env(environ), _flag_layer(flags)])
+    return _merge([*layers, _from_env(environ), _flag_layer(flags)], repository=base_source or None)
 
 
 def _flag_layer(flags: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, str]]:
@@ -325,14 +327,22 @@ def _flag_layer(flags: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[s
     return given, {k: "flag " + flag_name(k) for k in given}
 
 
-def _merge(layers: list[tuple[dict[str, Any], str | Mapping[str, str]]]) -> tuple[Settings, dict[str, str]]:
-    """Defaults, then each layer (dotted values, and where each came from), validated once."""
+def _merge(layers: list[tuple[dict[str, Any], str | Mapping[str, str]]],
+           repository: str | None = None) -> tuple[Settings, dict[str, str]]:
+    """Defaults, then each layer (dotted values, and where each came from), validated once.
+
+    ``repository`` names the layer a repository wrote (its own file, or the base branch's in
+    the Action): it may not turn isolation off for the person who runs bakeoff on it."""
     merged = _defaults()
     provenance = {key: DEFAULT for key in merged}
     for values, source in layers:
         for key, value in values.items():
             merged[key] = value
             provenance[key] = source if isinstance(source, str) else source[key]
+    if merged.get("sandbox") == "unsafe-local" and repository and provenance.get("sandbox") == repository:
+        name = repository
+        raise ConfigError(f"{name}: sandbox = \"unsafe-local\" turns isolation off, which a repository may not "
+                          "choose for you: remove it, or pass --sandbox unsafe-local yourself")
     try:
         settings = Settings.model_validate(_unflatten(merged))
     except ValidationError as exc:

@@ -242,6 +242,8 @@ class Session:
             sandbox=self.sandbox_choice.backend if self.sandbox_choice else self.settings.sandbox,
             run_dir=str(run_dir),
         )
+        if self.sandbox_choice is not None and self.sandbox_choice.warning:  # unsafe-local: say what it allows
+            self.events.emit("sandbox.warning", backend=self.sandbox_choice.backend, message=self.sandbox_choice.warning)
         dirty = repository.uncommitted(self.repo) if self.base_commit else []
         if dirty:
             # Candidates copy the base commit: edits not committed yet are not part of the run.

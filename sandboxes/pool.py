@@ -114,6 +114,49 @@ class SandboxPool:
         await self.close()
 
 
+class SandboxPerKey:
+    """One sandbox per key (a candidate's source, say), each a fresh copy of ``workspace``,
+    made on first use and kept until ``close``: what one key's code does to its sandbox (a
+    fork bomb holding every process slot) cannot touch another key's."""
+
+    def __init__(self, workspace: Workspace, kind: str = "auto", limits: SandboxLimits | None = None, *,
+                 image: str | None = None, dockerfile: Path | None = None) -> None:
+        self.workspace = workspace
+        self.kind = kind
+        self.limits = limits
+        self.image = image
+        self.dockerfile = dockerfile
+        self._made: dict[str, asyncio.Task[Sandbox]] = {}
+        self._closed = False
+
+    async def __call__(self, key: str) -> Sandbox:
+        if self._closed:
+            raise RuntimeError("these sandboxes are closed")
+        task = self._made.get(key)
+        if task is None:
+            task = asyncio.ensure_future(create_sandbox(self.workspace, self.kind, self.limits,
+                                                        image=self.image, dockerfile=self.dockerfile))
+            self._made[key] = task
+        return await asyncio.shield(task)  # a cancelled caller does not cancel a shared creation
+
+    async def close(self) -> None:
+        """Close every sandbox made (also those still being made)."""
+        self._closed = True
+        made, self._made = list(self._made.values()), {}
+        for task in made:
+            try:
+                sb = await task
+            except (Exception, asyncio.CancelledError):  # its creation failed: nothing to close (the caller saw why)
+                continue
+            await asyncio.shield(sb.close())
+
+    async def __aenter__(self) -> SandboxPerKey:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
 def _workspace_for(item: T, explicit: Workspace | Callable[[T], Workspace] | None,
                    default: Workspace | None) -> Workspace:
     if isinstance(explicit, Workspace):

@@ -368,13 +368,3 @@ def reap_stale(root: Path | None = None) -> int:
             lock.unlink(missing_ok=True)
     return removed
 
-
-def resolve_inside(root: Path, rel: str) -> Path:
-    """Resolve ``rel`` under ``root``; raise ``ValueError`` if it escapes (also via symlinks)."""
-    if not rel or os.path.isabs(rel):
-        raise ValueError(f"path must be relative to the workspace: {rel!r}")
-    root_real = Path(os.path.realpath(root))
-    target = Path(os.path.realpath(root_real / rel))
-    if target != root_real and root_real not in target.parents:
-        raise ValueError(f"path escapes the workspace: {rel!r}")
-    return target

@@ -44,7 +44,7 @@ def batch_command(
     n: int | None = typer.Option(None, "--n", help="Candidates per task."),
     budget: float | None = typer.Option(None, "--budget", help="Dollars the whole batch may spend."),
     budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Tokens the whole batch may spend."),
-    sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else local), local, local+bwrap or docker."),
+    sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else bubblewrap), docker, local (bubblewrap) or unsafe-local (no isolation)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run again the tasks that ended in an error."),
 ) -> None:
     import asyncio

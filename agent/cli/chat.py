@@ -40,7 +40,7 @@ def chat_command(
     model: str | None = typer.Option(None, "--model", help="Model for every role (litellm model string or scripted:PATH)."),
     n: int | None = typer.Option(None, "--n", help="Candidates developed in parallel."),
     budget: float | None = typer.Option(None, "--budget", help="Dollars the whole chat session may spend."),
-    sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else local), local, local+bwrap or docker."),
+    sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else bubblewrap), docker, local (bubblewrap) or unsafe-local (no isolation)."),
     yes: bool = typer.Option(False, "--yes", help="Apply each winner without asking (its diff is still shown)."),
     branch: str | None = typer.Option(None, "--branch", help="Commit applied changes on this new branch."),
 ) -> None:

@@ -35,7 +35,7 @@ def demo_command(
     example: str = typer.Option("omp_kernel", "--example", help=f"Which example: {', '.join(DEMO_TASKS)}."),
     task: str | None = typer.Option(None, "--task", help="A task of your own instead of the example's."),
     n: int | None = typer.Option(None, "--n", help="Candidates developed in parallel."),
-    sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else local), local, local+bwrap or docker."),
+    sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else bubblewrap), docker, local (bubblewrap) or unsafe-local (no isolation)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON document."),
     keep: bool = typer.Option(False, "--keep", help="Keep the temporary copy (its path is printed)."),
 ) -> None:
@@ -56,6 +56,7 @@ def demo_command(
         repo = copy_example(source, workdir / example)
         settings, provenance = load(repo, {"n": n, "sandbox": sandbox})
         override = demo_model(settings, provenance, example, err)
+        settings = demo_sandbox(settings, provenance, override, err)
         err.print(f"working on a copy of the example at {repo}")
         code = run_demo(settings, repo, override, task or DEMO_TASKS[example], json_out, err)
     finally:
@@ -97,6 +98,24 @@ def demo_model(settings, provenance: dict[str, str], example: str, err):
               f"(from {provenance.get('model.default', 'config')}); this run costs real money, "
               f"at most ${settings.budget_usd}")
     return None
+
+
+def demo_sandbox(settings, provenance: dict[str, str], override, err):
+    """The settings, with the bundled example's scripted (so trusted) candidates allowed to
+    run unisolated when no Docker or bubblewrap is here and no sandbox was asked for: said
+    loudly. A live model's candidates never are."""
+    from bakeoff.sandboxes import HOW_TO_ISOLATE, UNSAFE_LOCAL, SandboxUnavailable, choose_backend
+
+    if override is None or settings.sandbox != "auto" or provenance.get("sandbox") != "default":
+        return settings
+    try:
+        choose_backend("auto")
+        return settings
+    except SandboxUnavailable:
+        err.print(f"[bold]no isolation[/bold]: neither Docker nor bubblewrap can run here, so the bundled example's "
+                  f"scripted candidates (trusted code) run with --sandbox {UNSAFE_LOCAL}; for your own code, "
+                  f"{HOW_TO_ISOLATE}")
+        return settings.model_copy(update={"sandbox": UNSAFE_LOCAL})
 
 
 def run_demo(settings, repo: Path, override, task: str, json_out: bool, err) -> int:

@@ -133,6 +133,9 @@ class Progress:
             f"sandbox={d.get('sandbox', '?')}"
         )
 
+    def _on_sandbox_warning(self, d: dict[str, Any]) -> None:
+        self._line(f"[bold yellow]warning[/bold yellow]: {escape(str(d.get('message', '')))}")
+
     def _on_repo_uncommitted(self, d: dict[str, Any]) -> None:
         paths = ", ".join(d.get("paths") or [])
         self._line(

@@ -102,7 +102,7 @@ def run_command(
     n: int | None = typer.Option(None, "--n", help="Candidates developed in parallel."),
     budget: float | None = typer.Option(None, "--budget", help="Dollars this run may spend."),
     budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Tokens this run may spend."),
-    sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else local), local, local+bwrap or docker."),
+    sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else bubblewrap), docker, local (bubblewrap) or unsafe-local (no isolation)."),
     planner: str | None = typer.Option(None, "--planner", help="compiler (parallel plan) or react (one call per turn)."),
 ) -> None:
     from rich.console import Console

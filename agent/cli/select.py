@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         repeats: int = typer.Option(3, "--repeats", min=1, help="Runs per candidate (a changing result is flaky)."),
         timing_repeats: int = typer.Option(5, "--timing-repeats", min=2, help="Interleaved timing pairs per winner."),
         sandbox: str = typer.Option(
-            "auto", "--sandbox", help="Where candidates run: auto (Docker if an engine answers, else local), docker, local, local+bwrap."
+            "auto", "--sandbox", help="Where candidates run: auto (Docker if an engine answers, else bubblewrap), docker, local (bubblewrap), unsafe-local (no isolation: trusted code only)."
         ),
     ) -> None:
         """Pick the fastest candidate that behaves like the reference. Exit 0 with a winner, 1 without."""
@@ -107,12 +107,19 @@ async def _select(reference, candidate_paths, jsonl, test_paths, entry, unordere
     import tempfile
 
     from bakeoff.agent.seams import Workspace
-    from bakeoff.sandboxes import create_sandbox
+    from bakeoff.sandboxes import choose_backend, create_sandbox
+    from bakeoff.sandboxes.pool import SandboxPerKey
 
+    choose_backend(sandbox_kind)  # a sandbox that cannot run here is the user's to fix, before any work
     ref_source = _read(reference, "reference")
     sources = _load_candidates(candidate_paths, jsonl)
-    # An empty workspace: the harness writes what it runs into it.
+    # An empty workspace: the harness writes what it runs into it. Python programs get a
+    # sandbox each (one candidate's fork bomb cannot starve another's runs); C/C++ share one.
     with tempfile.TemporaryDirectory(prefix="bakeoff-select-") as tmp:
+        if reference.suffix not in C_SUFFIXES:
+            async with SandboxPerKey(Workspace(path=Path(tmp)), sandbox_kind) as per_source:
+                return await _select_in(per_source, reference, ref_source, sources, test_paths, entry, unordered,
+                                        repeats, timing_repeats)
         sandbox = await create_sandbox(Workspace(path=Path(tmp)), kind=sandbox_kind)
         try:
             return await _select_in(sandbox, reference, ref_source, sources, test_paths, entry, unordered, repeats,
@@ -166,10 +173,11 @@ async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry,
 
 
 def _load_error(matrix, cand: str) -> str | None:
-    """Why a candidate failed on every test, when it failed the same way on all of them."""
+    """Why a candidate failed on every test, when it failed the same way on all of them
+    (a limit it ran into: ``killed: more than 512 processes``)."""
     outs = set(matrix.outputs.get(cand, {}).values())
     cells = set(matrix.cells.get(cand, {}).values())
-    if cells == {"error"} and len(outs) == 1:
+    if cells in ({"error"}, {"timeout"}) and len(outs) == 1:
         return outs.pop().lstrip("!")
     return None
 

@@ -40,7 +40,8 @@ class FanOutSettings(BaseModel):
     @classmethod
     def from_settings(cls, settings: Settings) -> FanOutSettings:
         """The session's settings, as far as they concern a fan-out."""
-        return cls(max_n=settings.max_n, rounds=settings.rounds, build=settings.build, test=settings.test)
+        return cls(max_n=settings.max_n, rounds=settings.rounds, build=settings.build, test=settings.test,
+                   command_timeout_s=settings.command_timeout)
 
 
 @dataclass
