@@ -167,8 +167,8 @@ def env_names() -> dict[str, str]:
     return names
 
 
-# Variables other parts of bakeoff read directly; they are not settings.
-_NOT_SETTINGS = {"BAKEOFF_STATE_DIR"}
+# Variables other parts of bakeoff read directly; they are not settings (and not typos of one).
+_NOT_SETTINGS = {"BAKEOFF_STATE_DIR", "BAKEOFF_SANDBOX_DIR"}
 
 
 def _from_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
