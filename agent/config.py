@@ -75,7 +75,8 @@ class Settings(BaseModel):
     image: str | None = Field(None, description="docker image or Dockerfile path for sandboxes")
     rounds: int = Field(2, ge=0, le=10, description="repair rounds per candidate")
     workers: int = Field(2, ge=1, le=64, description="batch tasks run at once")
-    max_sandboxes: int = Field(4, ge=1, le=128, description="sandboxes alive at once")
+    max_sandboxes: int = Field(4, ge=1, le=128, description="sandboxes running candidates at once")
+    time_limit_s: float = Field(3600.0, gt=0, description="wall-clock seconds one run (or batch task) may take")
     planner: Literal["compiler", "react"] = "compiler"
     max_replans: int = Field(2, ge=0, le=10)
     build: str | None = Field(None, description="build command (detected when unset)")

@@ -425,20 +425,27 @@ def _write(repo: Path, patch: str, head: str, paths: list[str], *, message: str 
                        "--", *paths)
 
 
+_DEFERRED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextlib.contextmanager
 def _ctrl_c_deferred():
-    """A second Ctrl-C must not cut a rollback short; it is delivered once the rollback is done."""
+    """A second Ctrl-C (or TERM, or HUP) must not cut a rollback short; it is delivered once the
+    rollback is done, to whatever handled it before."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     pending: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in _DEFERRED}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
     if pending:
-        raise KeyboardInterrupt
+        if previous[pending[0]] is signal.default_int_handler:
+            raise KeyboardInterrupt
+        signal.raise_signal(pending[0])
 
 
 def _git_locks(repo: Path) -> set[Path]:

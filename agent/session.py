@@ -31,7 +31,7 @@ from bakeoff.agent.models.budget import Budget, BudgetedModel, BudgetExceeded
 from bakeoff.agent.models.ledger import Ledger, MeteredModel
 from bakeoff.agent.patches import AppliedChange
 from bakeoff.agent.seams import Model, ToolContext, Workspace
-from bakeoff.agent.storage import new_run_id, state_dir, write_atomic
+from bakeoff.agent.storage import new_run_dir, new_run_id, state_dir, write_atomic
 from bakeoff.agent.types import Candidate, FanOutResult, RunReport
 from bakeoff.sandboxes import BackendChoice
 from bakeoff.sandboxes.pool import SandboxPool
@@ -42,6 +42,29 @@ ROLES = ("planner", "joiner", "editor", "tester", "judge")
 
 class SessionError(Exception):
     """Something the user can fix (a missing repository, nothing to apply, a changed tree)."""
+
+
+def format_duration(seconds: float) -> str:
+    """``3600`` -> ``1h``, ``90`` -> ``1m30s``, ``45`` -> ``45s``."""
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
+    return "".join(parts) or f"{seconds:g}s"
+
+
+class UsersFanOut:
+    """``fan_out`` sized by the user: it develops the user's ``n`` candidates (the number the
+    run's header shows, and the budget and sandboxes were set for), whatever ``n`` the plan
+    wrote. A wrapper with the wrapped tool's name, schema and time limit."""
+
+    def __init__(self, tool: Any, n: int) -> None:
+        self.tool, self.n = tool, n
+        self.name, self.description, self.Args, self.Result = tool.name, tool.description, tool.Args, tool.Result
+        self.time_limit_s = tool.time_limit_s
+
+    async def __call__(self, args: Any, ctx: ToolContext) -> Any:
+        return await self.tool(args.model_copy(update={"n": self.n}), ctx)
 
 
 def make_pool(settings: Settings) -> SandboxPool:
@@ -170,6 +193,10 @@ class Session:
         from bakeoff.sandboxes import choose_backend
 
         choice = choose_backend(self.settings.sandbox)
+        if choice.backend != "docker":
+            from bakeoff.sandboxes.workspace import sandbox_root
+
+            sandbox_root()  # where local sandboxes live must be usable: say so now, not mid-run
         self.sandbox_choice = choice
         return choice
 
@@ -195,19 +222,27 @@ class Session:
         """
         self.base_commit = repository.head_commit(self.repo)  # the user may have committed since the last run
         run_id = run_id or new_run_id()
-        run_dir = self.state / "runs" / run_id
+        run_dir = new_run_dir(self.state, run_id)  # its own folder: runs may share a state directory
         sink = JsonlSink(run_dir / "events.jsonl")
         unsubscribe = self.events.subscribe(sink)
         ledger = Ledger()
         started = time.monotonic()
         self._announce(task, run_id, run_dir)
         report = RunReport(task=task, status="error", base_commit=self.base_commit, run_id=run_id)
+        limit = self.settings.time_limit_s
         try:
             try:
-                report = await self._run(task, run_id, ledger)
+                async with asyncio.timeout(limit) as clock:
+                    report = await self._run(task, run_id, ledger)
             except BudgetExceeded as exc:
                 report.status = "budget-exhausted"
                 report.error = str(exc)
+            except TimeoutError as exc:
+                if not clock.expired():
+                    raise
+                report.error = (f"the run's time limit ({format_duration(limit)}) ran out before it finished: "
+                                "raise it with --time-limit SECONDS (or time_limit_s in bakeoff.toml), or lower n")
+                self.events.emit("run.time_limit", run_id=run_id, time_limit_s=limit)
             except BaseException as exc:
                 # Recorded, then raised on: a cancelled step (Ctrl-C), an unreachable model.
                 report.error = "cancelled" if isinstance(exc, asyncio.CancelledError) else f"{type(exc).__name__}: {exc}"
@@ -224,7 +259,7 @@ class Session:
             "run.start", run_id=run_id, task=task, repo=str(self.repo), base_commit=self.base_commit,
             models=self.model_names, n=self.settings.n,
             sandbox=self.sandbox_choice.backend if self.sandbox_choice else self.settings.sandbox,
-            run_dir=str(run_dir),
+            run_dir=str(run_dir), time_limit_s=self.settings.time_limit_s,
         )
         dirty = repository.uncommitted(self.repo) if self.base_commit else []
         if dirty:
@@ -239,7 +274,15 @@ class Session:
         models = {role: MeteredModel(m, ledger, self.events, role) for role, m in self._budgeted.items()}
         workspace = Workspace(path=self.repo, commit=self.base_commit)
         fan_outs: list[FanOutResult] = []
-        registry = self._registry(models, workspace, fan_outs.append)
+
+        def on_fan_out(result: FanOutResult) -> None:
+            fan_outs.append(result)
+            self._announce_results(result)
+
+        registry = self._registry(models, workspace, on_fan_out)
+        # The sandbox backend gets ready first, as a step of its own (Docker builds its image
+        # the first time): its minutes are not charged to whichever tool happens to come first.
+        await self.pool.prepare(self.events)
         scratch = LazySandbox(self.pool, workspace)  # where the planner's own tools run and edit
         try:
             ctx = ToolContext(workspace=self.repo, sandbox=scratch)
@@ -260,8 +303,18 @@ class Session:
             budget=self.budget,
         )
         registry = default_registry()
-        registry.register(FanOut(services, on_result=on_fan_out))
+        registry.register(UsersFanOut(FanOut(services, on_result=on_fan_out), self.settings.n))
         return registry
+
+    def _announce_results(self, result: FanOutResult) -> None:
+        """Each candidate's standing after the vote: what its progress line ends with, the
+        same numbers as the report's table."""
+        for row in result.verdict.rows:
+            self.events.emit(
+                "candidate.result", id=row.candidate, tests_passed=row.tests_passed, tests_total=row.tests_total,
+                correct=row.correct, flaky=row.flaky, speedup=row.speedup, low=row.low, high=row.high,
+                winner=row.candidate == result.verdict.winner,
+            )
 
     def _agent(self, models: dict[str, MeteredModel], registry: Registry, ctx: ToolContext):
         if self.settings.planner == "react":

@@ -105,13 +105,24 @@ def _python_binds() -> tuple[tuple[Path, Path], ...]:
             continue
         view = sandbox_root() / (".python-" + hashlib.sha256(str(prefix).encode()).hexdigest()[:12])
         view.mkdir(exist_ok=True)
-        if not os.path.ismount(view):
+        if not _mounted(view):  # once per machine: every later run finds it mounted
             for args in (["--bind", str(prefix), str(view)], ["-o", "remount,bind,ro", str(view)]):
                 proc = subprocess.run(["mount", *args], capture_output=True)
                 if proc.returncode != 0:
                     raise SandboxBroken(f"cannot expose {prefix} to sandboxes: {proc.stderr.decode().strip()}")
         binds.append((view, prefix))
     return tuple(binds)
+
+
+def _mounted(path: Path) -> bool:
+    """Whether something is mounted at ``path``. ``os.path.ismount`` says no for a bind mount
+    of a directory on the same filesystem, and each run would stack one more."""
+    target = str(path.resolve())
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 1 and fields[1].replace("\\040", " ") == target:
+            return True
+    return False
 
 
 def _python_bin_for_host() -> Path:

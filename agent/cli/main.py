@@ -46,7 +46,19 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
-    app()
+    """The console script. INT, TERM and HUP stop bakeoff alike (``stopping``), and every way
+    of being stopped exits 128 + the signal's number."""
+    import signal
+
+    from bakeoff.agent.cli.stopping import Stopped, install, leave_now
+
+    install()
+    try:
+        app()
+    except Stopped as stop:
+        leave_now(stop, f"stopped by {stop.name}")
+    except KeyboardInterrupt:
+        leave_now(Stopped(signal.SIGINT), "stopped by SIGINT")
 
 
 if __name__ == "__main__":

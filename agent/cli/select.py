@@ -9,7 +9,6 @@ Top-level imports: typer and the standard library only, so ``bakeoff --help`` st
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -41,15 +40,18 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Pick the fastest candidate that behaves like the reference. Exit 0 with a winner, 1 without."""
+        from bakeoff.agent.cli.stopping import Stopped, leave_now, run_stoppable
         from bakeoff.sandboxes import SandboxUnavailable
 
         try:
-            verdict = asyncio.run(
+            verdict = run_stoppable(
                 _select(reference, candidate, candidates_jsonl, tests, entry, unordered, repeats, timing_repeats, sandbox)
             )
         except (UsageProblem, SandboxUnavailable) as exc:
             typer.echo(f"bakeoff select: {exc}", err=True)
             raise typer.Exit(2) from None
+        except Stopped as stop:
+            leave_now(stop, f"stopped by {stop.name}: the candidates' sandbox removed")
         if as_json:
             typer.echo(verdict.model_dump_json(indent=2))
         else:

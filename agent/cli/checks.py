@@ -1,0 +1,93 @@
+"""What a user typed or named, checked before any work starts.
+
+Each check either returns what it checked or ends the command with one line on stderr and
+exit 2 (``fail``): a task that is empty or not text, a file that is missing or not UTF-8, an
+output or state directory that is a file or cannot be written, a ``--patch`` whose folder
+does not exist.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NoReturn
+
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """A user-fixable problem: say what to do, exit with ``code``."""
+    import typer
+
+    typer.echo(f"bakeoff: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def not_utf8(data: bytes, error: UnicodeDecodeError) -> str:
+    """Where the first byte that is not UTF-8 is, in words."""
+    return f"byte 0x{data[error.start]:02x} at offset {error.start} is not UTF-8"
+
+
+def task_text(task: str, what: str = "the task") -> str:
+    """A task the model can read: not empty, and text (an argument of bytes that are not
+    UTF-8 arrives as lone surrogates, which no JSON can carry)."""
+    if not task.strip():
+        fail(f"{what} is empty: say what to do, e.g. bakeoff run \"make total in calc.py faster\"")
+    try:
+        task.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raw = task.encode("utf-8", "surrogateescape")
+        fail(f"{what} is not UTF-8 text ({_bad_byte(raw, exc.start)}): write it in UTF-8")
+    return task
+
+
+def _bad_byte(raw: bytes, index: int) -> str:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return not_utf8(raw, exc)
+    return f"character {index} is not text"
+
+
+def read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of the file ``path``; exit 2 naming the file when it is missing or not text."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        fail(f"{what} {path} does not exist: check the path")
+    except IsADirectoryError:
+        fail(f"{what} {path} is a directory, not a file")
+    except OSError as exc:
+        fail(f"{what} {path} cannot be read: {exc.strerror or exc}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        fail(f"{what} {path} is not UTF-8 text ({not_utf8(data, exc)}): save it as UTF-8")
+
+
+def writable_dir(path: Path, what: str) -> Path:
+    """``path`` as a directory this process can write (made when missing); exit 2 when it is a
+    file, or cannot be made or written."""
+    if path.exists() and not path.is_dir():
+        fail(f"{what} {path} is a file, not a directory: name a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"{what} {path} cannot be made: {exc.strerror or exc}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        fail(f"{what} {path} is not writable: choose a directory you can write")
+    return path
+
+
+def patch_target(path: Path | None) -> Path | None:
+    """Where ``--patch`` will write: its folder must exist and be writable, and it must not be a directory."""
+    if path is None:
+        return None
+    if path.is_dir():
+        fail(f"--patch {path} is a directory: name a file, e.g. --patch {path / 'winner.diff'}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        fail(f"--patch {path}: the folder {folder} does not exist; create it first or name another file")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        fail(f"--patch {path}: the folder {folder} is not writable")
+    return path
