@@ -29,7 +29,7 @@ from bakeoff.agent.events import EventBus, JsonlSink
 from bakeoff.agent.fanout.settings import FanOutServices, FanOutSettings
 from bakeoff.agent.models.budget import Budget, BudgetedModel, BudgetExceeded
 from bakeoff.agent.models.ledger import Ledger, MeteredModel
-from bakeoff.agent.patches import AppliedChange
+from bakeoff.agent.apply import AppliedChange
 from bakeoff.agent.seams import Model, ToolContext, Workspace
 from bakeoff.agent.storage import new_run_dir, new_run_id, state_dir, write_atomic
 from bakeoff.agent.types import Candidate, FanOutResult, RunReport
@@ -202,10 +202,15 @@ class Session:
 
     # ------------------------------------------------------------------ running
 
+    def _no_commit(self) -> str:
+        """Why there is no base commit, in words."""
+        return "has no commits yet" if repository.is_repository(self.repo) else "is not a git repository"
+
     def _context(self) -> str:
         s = self.settings
         lines = [
-            f"Repository: {self.repo} at commit {self.base_commit or '(not a git repository)'}.",
+            f"Repository: {self.repo} " + (f"at commit {self.base_commit}." if self.base_commit
+                                           else f"(it {self._no_commit()})."),
             f"Candidates per fan_out: {s.n}; repair rounds: {s.rounds}.",
         ]
         if s.build:
@@ -261,6 +266,8 @@ class Session:
             sandbox=self.sandbox_choice.backend if self.sandbox_choice else self.settings.sandbox,
             run_dir=str(run_dir), time_limit_s=self.settings.time_limit_s,
         )
+        if self.base_commit is None and repository.is_repository(self.repo):
+            self.events.emit("repo.no_commits", repo=str(self.repo))
         dirty = repository.uncommitted(self.repo) if self.base_commit else []
         if dirty:
             # Candidates copy the base commit: edits not committed yet are not part of the run.
@@ -365,7 +372,7 @@ class Session:
         repository moved since the run's base commit. A candidate that is not the verified
         winner is applied only with ``yes=True``.
         """
-        from bakeoff.agent.patches import apply_patch
+        from bakeoff.agent.apply import apply_patch
 
         cand = self.candidate(report, candidate_id)
         verified = report.winner is not None and cand.id == report.winner.id
@@ -375,7 +382,10 @@ class Session:
         if not patch.strip():
             raise SessionError(f"candidate {cand.id} changed nothing: nothing to apply")
         if report.base_commit is None:
-            raise SessionError(f"{self.repo} is not a git repository: save the patch with --patch FILE instead")
+            raise SessionError(f"{self.repo} {self._no_commit()}: "
+                               + ("commit your files first (git add -A && git commit), then run again, or "
+                                  if repository.is_repository(self.repo) else "")
+                               + "save the patch with --patch FILE instead")
         current = repository.head_commit(self.repo)
         if current != report.base_commit:
             raise SessionError(
@@ -395,7 +405,7 @@ class Session:
 
     def undo(self) -> AppliedChange:
         """Restore exactly the state before the last apply of this session."""
-        from bakeoff.agent.patches import undo
+        from bakeoff.agent.apply import undo
 
         if not self.applied:
             raise SessionError("nothing to undo: no change was applied in this session")

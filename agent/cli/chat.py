@@ -158,17 +158,8 @@ class Chat:
             if line.startswith("/"):
                 if self.command(line) == "exit":
                     return
-            elif self.meant_as_task(line):
+            elif meant_as_task(line, self.ask):
                 self.step(line)
-
-    def meant_as_task(self, line: str) -> bool:
-        """A one-word line is more often a slip (``exit``, ``help``, ``diff``) than a task: ask first."""
-        if len(line.split()) > 1:
-            return True
-        names = [c.split()[0] for c in COMMANDS] + ["/quit"]
-        hint = f" (did you mean /{line.lower()}?)" if f"/{line.lower()}" in names else ""
-        answer = self.ask(f"start a run with the task {line!r}{hint}? [y/N] ")
-        return (answer or "").strip().lower() in ("y", "yes")
 
     def step(self, task: str) -> None:
         from rich.markup import escape
@@ -322,10 +313,10 @@ class Chat:
             if (answer or "").strip().lower() not in ("y", "yes"):
                 self.console.print("not applied")
                 return
+        from bakeoff.agent.cli.run import where_applied
+
         change = self.session.apply(report, branch=self.branch, yes=True, candidate_id=arg)
-        commit = getattr(change, "commit", None) or getattr(change, "new_commit", None)
-        self.console.print(f"[green]applied[/green] candidate {cand.id}" + (f" as {str(commit)[:10]}" if commit else "")
-                           + "; /undo reverts it")
+        self.console.print(f"candidate {cand.id} {where_applied(change)}; /undo reverts it", markup=False)
 
     def undo(self, _: str | None) -> None:
         self.session.undo()
@@ -335,6 +326,16 @@ class Chat:
         for i, r in enumerate(self.session.history, 1):
             self.console.print(f"  {i}. {_usd(r.cost_usd)} {r.tokens} tokens, {r.status}: {r.task[:50]}", markup=False)
         self.console.print(f"  session {_usd(self.session.cost_usd)} · {self.session.tokens} tokens")
+
+
+def meant_as_task(line: str, ask) -> bool:
+    """A one-word line is more often a slip (``exit``, ``help``, ``diff``) than a task: ``ask`` first."""
+    if len(line.split()) > 1:
+        return True
+    names = [c.split()[0] for c in COMMANDS] + ["/quit"]
+    hint = f" (did you mean /{line.lower()}?)" if f"/{line.lower()}" in names else ""
+    answer = ask(f"start a run with the task {line!r}{hint}? [y/N] ")
+    return (answer or "").strip().lower() in ("y", "yes")
 
 
 def _is_text(line: str) -> bool:

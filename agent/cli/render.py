@@ -97,7 +97,48 @@ class CandidateBoard:
         return table
 
 
-class Progress:
+class RunNotices:
+    """What a run says about where it works, beside the work itself: files left out of it, a
+    repository without commits, the sandbox image being built, the time limit running out.
+    ``Progress`` shows them with its ``_line``."""
+
+    _building = False
+
+    def _line(self, markup: str) -> None:
+        raise NotImplementedError
+
+    def _on_repo_uncommitted(self, d: dict[str, Any]) -> None:
+        paths = ", ".join(d.get("paths") or [])
+        self._line(
+            f"[yellow]warning[/yellow]: {d.get('count')} file(s) with uncommitted changes ({escape(paths)}) "
+            "are not part of this run, which reads the last commit; commit them to include them"
+        )
+
+    def _on_repo_no_commits(self, d: dict[str, Any]) -> None:
+        self._line("[yellow]warning[/yellow]: the repository has no commits yet, so the run reads the files as "
+                   "they are; commit them first to apply a result (git add -A && git commit)")
+
+    def _on_run_time_limit(self, d: dict[str, Any]) -> None:
+        self._line(f"  [red]time limit[/red] the run's {duration(d.get('time_limit_s') or 0)} ran out; "
+                   "stopping its candidates")
+
+    # ------------------------------------------------------------------ sandbox backend
+
+    def _on_sandbox_prepare(self, d: dict[str, Any]) -> None:
+        if d.get("state") == "start":
+            return
+        took = float(d.get("duration_s") or 0.0)
+        if self._building or took >= 2.0:
+            self._line(f"  [green]ok[/green] sandbox image {escape(str(d.get('image', '')))} ready {took:.1f}s")
+        self._building = False
+
+    def _on_sandbox_image_build(self, d: dict[str, Any]) -> None:
+        self._building = True
+        self._line(f"  [bold]sandbox image[/bold] building {escape(str(d.get('image', '')))} from "
+                   f"{escape(str(d.get('dockerfile', '')))}: the first run on this machine takes a few minutes")
+
+
+class Progress(RunNotices):
     """Renders a Session's events on ``console`` (stderr for the headless door)."""
 
     def __init__(self, console: Console, *, live: bool | None = None, stream_model: bool = False,
@@ -111,7 +152,7 @@ class Progress:
         self.cost_usd = 0.0
         self._live: Live | None = None
         self._lock = threading.RLock()
-        self._preparing = self._building = False
+        self._building = False  # the sandbox image is being built (its ready line is shown)
         self._pending = ""  # the planner's streamed text since its last newline
         self._verdict = ""  # a fan-out's verdict line, shown after its candidates' results
 
@@ -159,33 +200,6 @@ class Progress:
         self._line(
             f"[bold]run {d.get('run_id', '')}[/bold] n={d.get('n')} model={escape(', '.join(names) or '?')} "
             f"sandbox={d.get('sandbox', '?')}" + (f" time limit {duration(limit)}" if limit else "")
-        )
-
-    def _on_run_time_limit(self, d: dict[str, Any]) -> None:
-        self._line(f"  [red]time limit[/red] the run's {duration(d.get('time_limit_s') or 0)} ran out; "
-                   "stopping its candidates")
-
-    # ------------------------------------------------------------------ sandbox backend
-
-    def _on_sandbox_prepare(self, d: dict[str, Any]) -> None:
-        if d.get("state") == "start":
-            self._preparing = True
-            return
-        took = float(d.get("duration_s") or 0.0)
-        if self._building or took >= 2.0:
-            self._line(f"  [green]ok[/green] sandbox image {escape(str(d.get('image', '')))} ready {took:.1f}s")
-        self._preparing = self._building = False
-
-    def _on_sandbox_image_build(self, d: dict[str, Any]) -> None:
-        self._building = True
-        self._line(f"  [bold]sandbox image[/bold] building {escape(str(d.get('image', '')))} from "
-                   f"{escape(str(d.get('dockerfile', '')))}: the first run on this machine takes a few minutes")
-
-    def _on_repo_uncommitted(self, d: dict[str, Any]) -> None:
-        paths = ", ".join(d.get("paths") or [])
-        self._line(
-            f"[yellow]warning[/yellow]: {d.get('count')} file(s) with uncommitted changes ({escape(paths)}) "
-            "are not part of this run, which reads the last commit; commit them to include them"
         )
 
     def _on_run_end(self, d: dict[str, Any]) -> None:

@@ -192,8 +192,17 @@ def deliver(session, report, *, patch: Path | None, apply: bool, branch: str | N
         applied = session.apply(report, branch=branch)
     except user_errors() as exc:
         fail(f"not applied: {exc}")
-    err.print(f"applied as one commit on {f'branch {branch}' if branch else 'the current branch'}")
+    err.print(where_applied(applied), markup=False, highlight=False)
     return applied
+
+
+def where_applied(change) -> str:
+    """Where the commit went, as git would say it; on a detached HEAD, how to keep it."""
+    commit = change.head_after[:10]
+    if change.branch_after:
+        return f"applied as commit {commit} on branch {change.branch_after}"
+    return (f"applied as commit {commit} on a detached HEAD (no branch points to it): keep it with "
+            f"git branch NAME {commit}, or use --apply --branch NAME next time")
 
 
 def print_outcome(report, applied, *, json_out: bool, jsonl: bool) -> None:
