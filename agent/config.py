@@ -105,6 +105,11 @@ def _read_toml(path: Path, source: str) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML ({exc}); fix the file or remove it") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          "TOML files are UTF-8: save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot be read ({exc.strerror or exc})") from None
 
 
 def repo_config(repo: Path) -> tuple[dict[str, Any], str | None]:
@@ -204,7 +209,7 @@ def _from_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str
 
 
 # Flags whose name is not the setting's own.
-_FLAG_NAMES = {"model.default": "--model", "budget_usd": "--budget"}
+_FLAG_NAMES = {"model.default": "--model", "budget_usd": "--budget", "time_limit_s": "--time-limit"}
 
 
 def flag_name(dotted: str) -> str:

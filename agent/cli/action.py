@@ -108,8 +108,7 @@ def run_step(
     sandbox: str = typer.Option("docker", help="sandbox backend (the Action defaults to docker)"),
 ) -> None:
     """Run bakeoff on the PR head. Refuses to run while GITHUB_TOKEN is in the environment."""
-    import asyncio
-
+    from bakeoff.agent.cli.run import execute
     from bakeoff.agent.github.trigger import Trigger, load_json, task_text
 
     if os.environ.get("GITHUB_TOKEN"):
@@ -128,10 +127,11 @@ def run_step(
     events = EventBus()
     events.subscribe(lambda e: print(json.dumps({"kind": e.kind, **e.data}, default=str)[:300], file=sys.stderr))
     session = Session(settings, repo, events=events)
-    report = asyncio.run(session.run(task_text(decided)))
+    report = execute(session, task_text(decided))  # INT, TERM, HUP: sandboxes removed, exit 128 + signal
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(report.model_dump_json(indent=2), encoding="utf-8")
-    (out / "winner.patch").write_text(report.patch, encoding="utf-8")
+    # Only a verified winner is a patch to deliver; an unverified edit stays in the report.
+    (out / "winner.patch").write_text(report.patch if report.status == "success" else "", encoding="utf-8")
     typer.echo(f"bakeoff: {report.status}; report in {out}/report.json", err=True)
 
 

@@ -19,7 +19,7 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """A user-fixable problem: say what to do, exit with ``code``."""
     import typer
 
-    typer.echo(f"bakeoff: {message}", err=True)
+    typer.echo(f"bakeoff: {' '.join(message.split())}", err=True)  # one line, however the message was written
     raise typer.Exit(code)
 
 

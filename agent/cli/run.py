@@ -74,9 +74,13 @@ def load(repo: Path, flags: dict[str, Any]):
     if not repo.is_dir():
         fail(f"repository {repo} does not exist: pass --repo PATH to a checkout")
     try:
-        return load_settings(repo, os.environ, flags)
+        settings, provenance = load_settings(repo, os.environ, flags)
     except ConfigError as exc:
         fail(str(exc))
+    for spec in {getattr(settings.model, role) or settings.model.default for role in ("planner", "editor", "tester", "judge")}:
+        if spec is not None and spec.strip().rstrip(":") == "scripted":
+            fail("the scripted model needs its file of answers: --model scripted:PATH (see examples/scripted/)")
+    return settings, provenance
 
 
 def open_session(repo: Path, flags: dict[str, Any], events, *, model_override=None, **kwargs):

@@ -66,7 +66,12 @@ def register(app: typer.Typer) -> None:
 def _read(path: Path, what: str) -> str:
     if not path.is_file():
         raise UsageProblem(f"{what} {path} does not exist or is not a file: check the path")
-    return path.read_text(encoding="utf-8", errors="replace")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageProblem(f"{what} {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
+                           "save it as UTF-8") from None
 
 
 def _load_candidates(paths: list[Path], jsonl: Path | None) -> dict[str, str]:
@@ -91,13 +96,16 @@ def _load_candidates(paths: list[Path], jsonl: Path | None) -> dict[str, str]:
     return sources
 
 
-def _default_entry(source: str) -> str:
+def _default_entry(source: str, entry: str | None = None) -> str:
+    """``entry``, else the reference's last public function; the reference must parse either way."""
     import ast
 
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
         raise UsageProblem(f"the reference does not parse (line {exc.lineno}: {exc.msg}): fix it first") from None
+    if entry:
+        return entry
     names = [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")]
     if not names:
         raise UsageProblem("the reference defines no function: pass --entry NAME")
@@ -142,7 +150,7 @@ async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry,
         from bakeoff.agent.harness.python_harness import PythonHarness
         from bakeoff.agent.harness.testgen import parse_generated_tests
 
-        entry = entry or _default_entry(ref_source)
+        entry = _default_entry(ref_source, entry)
         try:
             harness = PythonHarness(ref_source, entry, unordered=unordered, repeats=repeats, runner=SandboxRunner(sandbox))
         except ValueError as exc:
