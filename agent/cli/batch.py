@@ -61,12 +61,13 @@ def batch_command(
     flags = {"model.default": model, "n": n, "budget_usd": budget, "budget_tokens": budget_tokens,
              "sandbox": sandbox, "workers": workers, "time_limit_s": time_limit}
     settings, _ = load(Path.cwd(), flags)
-    from bakeoff.agent.config import ModelNotConfigured
+    from bakeoff.agent.models import model_for_role
 
     try:
         for role in ("planner", "editor", "tester", "judge"):
-            settings.model.for_role(role)
-    except ModelNotConfigured as exc:
+            if settings.model.for_role(role).startswith("scripted:"):
+                model_for_role(settings.model, role)  # its file is read and checked now, not in every task
+    except user_errors() as exc:
         fail(str(exc))
     writable_dir(out, "--out")
     batch = Batch(items, out, flags=flags, settings=settings, branch=branch, retry_failed=retry_failed)

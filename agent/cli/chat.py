@@ -28,7 +28,7 @@ COMMANDS = {
     "/apply [ID]": "commit the winner (or candidate ID) after showing its diff",
     "/undo": "revert the last /apply exactly",
     "/cost": "cost of each step and of the session",
-    "/sandbox [KIND]": "show or set the sandbox backend (auto, local, docker)",
+    "/sandbox [KIND]": "show the sandbox backends (auto, docker, local, local+bwrap) or choose one",
     "/exit": "leave (Ctrl-D works too)",
 }
 
@@ -269,9 +269,18 @@ class Chat:
         )
 
     def sandbox(self, arg: str | None) -> None:
+        from bakeoff.sandboxes import KINDS, SandboxUnavailable, choose_backend
+
         if arg:
             self._set("sandbox", arg, f"sandbox {arg}")
-        self.console.print(f"  sandbox: {self.session.settings.sandbox}")
+        self.console.print(f"  sandbox: {self.session.settings.sandbox}", markup=False)
+        for kind in KINDS:  # every backend, and whether it runs here
+            try:
+                choice = choose_backend(kind)
+                state = f"runs here as {choice.backend}" if kind == "auto" else f"available ({choice.reason})"
+            except SandboxUnavailable as exc:
+                state = f"not available: {exc}"
+            self.console.print(f"    {kind:<12} {state}", markup=False)
 
     def _need_report(self):
         from bakeoff.agent.session import SessionError

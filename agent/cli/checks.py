@@ -9,6 +9,7 @@ does not exist.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -74,9 +75,22 @@ def writable_dir(path: Path, what: str) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         fail(f"{what} {path} cannot be made: {exc.strerror or exc}")
-    if not os.access(path, os.W_OK | os.X_OK):
-        fail(f"{what} {path} is not writable: choose a directory you can write")
+    problem = _cannot_write(path)
+    if problem:
+        fail(f"{what} {path} is not writable ({problem}): choose a directory you can write")
     return path
+
+
+def _cannot_write(folder: Path) -> str | None:
+    """Why a file cannot be made in ``folder``, found by making one (permissions, a read-only
+    mount and a full disk all show this way; root passes ``os.access`` on a read-only mount)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".bakeoff-write-check-", dir=folder)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.close(fd)
+    os.unlink(probe)
+    return None
 
 
 def patch_target(path: Path | None) -> Path | None:
@@ -88,6 +102,7 @@ def patch_target(path: Path | None) -> Path | None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         fail(f"--patch {path}: the folder {folder} does not exist; create it first or name another file")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        fail(f"--patch {path}: the folder {folder} is not writable")
+    problem = _cannot_write(folder)
+    if problem:
+        fail(f"--patch {path}: the folder {folder} is not writable ({problem})")
     return path

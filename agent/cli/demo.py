@@ -113,6 +113,7 @@ def run_demo(settings, repo: Path, override, task: str, json_out: bool, err) -> 
 
     from rich.console import Console
 
+    from bakeoff.agent.cli.checks import writable_dir
     from bakeoff.agent.cli.render import Progress, print_result, result_document
     from bakeoff.agent.cli.run import STATUS_EXIT, fail, user_errors
     from bakeoff.agent.cli.stopping import run_stoppable
@@ -126,6 +127,7 @@ def run_demo(settings, repo: Path, override, task: str, json_out: bool, err) -> 
         session = Session(settings, repo, events=events, model_override=override)
     except user_errors() as exc:
         fail(str(exc))
+    writable_dir(session.state, "the state directory (BAKEOFF_STATE_DIR)")
 
     async def go():
         try:

@@ -72,6 +72,10 @@ def _label_values(commands: typer.Typer) -> None:
 
 
 _label_values(app)
+if hasattr(typer.core.TyperArgument, "display_type_rich"):
+    # Typer (0.20 and later) prints an argument's Python type beside its name ("TASK <str>"):
+    # the name says enough, as it does for options once they carry a metavar.
+    typer.core.TyperArgument.display_type_rich = lambda self, ctx: None
 
 
 def main() -> None:
