@@ -10,6 +10,7 @@ bakeoff's Python, when it lives under a directory other users cannot traverse (p
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -17,7 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from bakeoff.sandboxes.local_processes import SandboxBroken, all_pids, drop_to, uid_of
@@ -105,13 +106,27 @@ def _python_binds() -> tuple[tuple[Path, Path], ...]:
             continue
         view = sandbox_root() / (".python-" + hashlib.sha256(str(prefix).encode()).hexdigest()[:12])
         view.mkdir(exist_ok=True)
-        if not _mounted(view):  # once per machine: every later run finds it mounted
-            for args in (["--bind", str(prefix), str(view)], ["-o", "remount,bind,ro", str(view)]):
-                proc = subprocess.run(["mount", *args], capture_output=True)
-                if proc.returncode != 0:
-                    raise SandboxBroken(f"cannot expose {prefix} to sandboxes: {proc.stderr.decode().strip()}")
+        with _locked(view.with_name(view.name + ".lock")):  # runs starting at once mount it once
+            if not _mounted(view):  # once per machine: every later run finds it mounted
+                for args in (["--bind", str(prefix), str(view)], ["-o", "remount,bind,ro", str(view)]):
+                    proc = subprocess.run(["mount", *args], capture_output=True)
+                    if proc.returncode != 0:
+                        raise SandboxBroken(f"cannot expose {prefix} to sandboxes: {proc.stderr.decode().strip()}")
         binds.append((view, prefix))
     return tuple(binds)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` between processes; the kernel drops it if one dies."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _mounted(path: Path) -> bool:

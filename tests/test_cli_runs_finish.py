@@ -203,3 +203,17 @@ def test_the_first_image_build_is_a_step_of_its_own(tmp_path):
         client = docker.from_env()
         for image in client.images.list(filters={"label": "bakeoff.test"}):
             client.images.remove(image.id, force=True)
+
+
+def test_chat_shows_the_streamed_plan_once(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    plan = ('Thought: the loop is a plain sum.\n'
+            '1. fan_out(goal="make total in calc.py faster", files=["calc.py"], n=2, entry="total")\njoin()\n')
+    script = plan_script(tmp_path / "s.json", plan=plan)
+    proc = bakeoff("chat", "--repo", str(repo), "--model", f"scripted:{script}",
+                   input="make total faster\n/exit\n", env=cli_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.count("Thought: the loop is a plain sum.") == 1  # the planner's words, streamed
+    assert out.count("fan_out(") == 1 and "plan 1. fan_out(" in out  # its task, shown once, parsed
+    assert out.count("join()") == 0
