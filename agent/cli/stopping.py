@@ -29,7 +29,7 @@ from typing import Any, NoReturn, TypeVar
 T = TypeVar("T")
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-# Tasks still running once the work is cancelled get this long to finish their cleanup.
+# Tasks still running once a stopped run has unwound get this long to finish their cleanup.
 CLEANUP_S = 20.0
 
 
@@ -105,7 +105,7 @@ class StoppableLoop:
             self.received.append(signum)
             name = signal.Signals(signum).name
             if len(self.received) == 1:
-                say(f"{name}: stopping; removing sandboxes and temporary files (again to see progress)")
+                say(f"{name}: stopping: candidates are stopped, sandboxes and temporary files removed")
                 task.cancel()
             elif len(self.received) == 2:
                 say(f"{name}: still cleaning up; a third signal leaves at once, and the next start "
@@ -128,7 +128,7 @@ class StoppableLoop:
         finally:
             for sig, handler in previous.items():
                 self.loop.remove_signal_handler(sig)
-                signal.signal(sig, handler)
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
     def close(self, *, stopped: bool = False) -> None:
         """Finish what is still running (cancelled, ``CLEANUP_S`` at most) and close the loop.
@@ -138,8 +138,8 @@ class StoppableLoop:
             return
         pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
         if pending:
-            # Cleanups run in tasks of their own (a sandbox's close, shielded): give them time first.
-            loop.run_until_complete(asyncio.wait(pending, timeout=CLEANUP_S / 2))
+            if stopped:  # cleanups of a stopped run (a sandbox's close, shielded) finish first
+                loop.run_until_complete(asyncio.wait(pending, timeout=CLEANUP_S / 2))
             for t in pending:
                 t.cancel()
             loop.run_until_complete(asyncio.wait(pending, timeout=CLEANUP_S / 2))
