@@ -245,3 +245,19 @@ def test_a_sandbox_directory_of_another_user(cli, place, monkeypatch):
     shared.mkdir()
     os.chown(shared, 54321, 54321)
     assert sandbox_root() == place / f"bakeoff-sandboxes-{os.geteuid()}"
+
+
+@pytest.mark.slow
+def test_a_c_candidate_that_does_not_build_shows_the_compilers_message(place):
+    examples = Path(__file__).resolve().parents[1] / "examples" / "select"
+    broken = place / "broken.c"
+    broken.write_text((examples / "reduction.c").read_text().replace("total += ", "total += undefined_thing + "))
+    args = ["select", "--sandbox", "local", "--reference", str(examples / "serial.c"), "--candidate", str(broken),
+            "--candidate", str(examples / "reduction.c"), "--entry", "collatz_total", "--timing-repeats", "2"]
+    proc = bakeoff(*args, "--json", env=cli_env(place), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["candidate"]: r for r in json.loads(proc.stdout)["rows"]}
+    assert rows["broken"]["built"] is False and "undefined_thing" in rows["broken"]["note"]
+    assert rows["broken"]["note"].startswith("does not build: ")
+    table = bakeoff(*args, env=cli_env(place, COLUMNS="200"), timeout=600).stdout
+    assert "undefined_thing" in table and "does not build" in table

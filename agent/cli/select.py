@@ -166,13 +166,31 @@ async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry,
         given = [t.model_copy(update={"valid": ref_check.cells["reference"].get(t.id) == "pass"}) for t in given]
     all_tests = tests + given
     matrix = await harness.run_matrix(sources, all_tests)
-    candidates = [Candidate(id=c, source=s, error=_load_error(matrix, c)) for c, s in sources.items()]
+    build_logs = getattr(harness, "build_logs", {})  # C/C++: why a candidate did not build
+    candidates = [
+        Candidate(id=c, source=s, built=False, error=_compiler_message(build_logs[c])) if c in build_logs
+        else Candidate(id=c, source=s, error=_load_error(matrix, c))
+        for c, s in sources.items()
+    ]
     verdict = select(matrix, all_tests, candidates, reference=True)
     if verdict.correct:
         timings = await harness.time({c: sources[c] for c in verdict.correct}, repeats=timing_repeats)
         diff_sizes = {c: _diff_lines(ref_source, sources[c]) for c in verdict.correct}
         verdict = select(matrix, all_tests, candidates, reference=True, timings=timings, diff_sizes=diff_sizes)
     return verdict
+
+
+def _compiler_message(log: str) -> str:
+    """The compiler's first error, without the driver's file names (they mean nothing to the
+    user): "does not build: 'x' undeclared (first use in this function)"."""
+    import re
+
+    for line in log.splitlines():
+        found = re.search(r"\b(?:fatal )?error:\s*(.+)", line)
+        if found:
+            return f"does not build: {found.group(1).strip()}"
+    last = next((line.strip() for line in reversed(log.splitlines()) if line.strip()), "")
+    return f"does not build: {last or 'the compiler gave no message'}"
 
 
 def _load_error(matrix, cand: str) -> str | None:
