@@ -29,7 +29,7 @@ from typing import Any, NoReturn, TypeVar
 T = TypeVar("T")
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-# Tasks still running once a stopped run has unwound get this long to finish their cleanup.
+# Tasks still running once a run has unwound are cancelled and get this long to clean up.
 CLEANUP_S = 20.0
 
 
@@ -138,11 +138,12 @@ class StoppableLoop:
             return
         pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
         if pending:
-            if stopped:  # cleanups of a stopped run (a sandbox's close, shielded) finish first
-                loop.run_until_complete(asyncio.wait(pending, timeout=CLEANUP_S / 2))
+            # Work the cancelled run left behind (a build it started in a task of its own): it is
+            # cancelled too, and its own cleanup (kill the compiler, remove its directory) runs.
+            # The sandboxes' closes are done by now: the pools wait for them as the run unwinds.
             for t in pending:
                 t.cancel()
-            loop.run_until_complete(asyncio.wait(pending, timeout=CLEANUP_S / 2))
+            loop.run_until_complete(asyncio.wait(pending, timeout=CLEANUP_S))
         loop.run_until_complete(loop.shutdown_asyncgens())
         if not stopped:
             loop.run_until_complete(loop.shutdown_default_executor())
