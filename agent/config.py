@@ -134,7 +134,8 @@ class Settings(BaseModel):
     image: str | None = Field(None, description="docker image or Dockerfile path for sandboxes")
     rounds: int = Field(2, ge=0, le=10, description="repair rounds per candidate")
     workers: int = Field(2, ge=1, le=64, description="batch tasks run at once")
-    max_sandboxes: int = Field(4, ge=1, le=128, description="sandboxes alive at once")
+    max_sandboxes: int = Field(4, ge=1, le=128, description="sandboxes running candidates at once")
+    time_limit_s: float = Field(3600.0, gt=0, description="wall-clock seconds one run (or batch task) may take")
     planner: Literal["compiler", "react"] = "compiler"
     max_replans: int = Field(2, ge=0, le=10)
     build: str | None = Field(None, description="build command (detected when unset)")
@@ -164,6 +165,11 @@ def _read_toml(path: Path, source: str) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML ({exc}); fix the file or remove it") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          "TOML files are UTF-8: save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot be read ({exc.strerror or exc})") from None
 
 
 def repo_config(repo: Path) -> tuple[dict[str, Any], str | None]:
@@ -232,8 +238,8 @@ def env_names() -> dict[str, str]:
     return names
 
 
-# Variables other parts of bakeoff read directly; they are not settings.
-_NOT_SETTINGS = {"BAKEOFF_STATE_DIR"}
+# Variables other parts of bakeoff read directly; they are not settings (and not typos of one).
+_NOT_SETTINGS = {"BAKEOFF_STATE_DIR", "BAKEOFF_SANDBOX_DIR"}
 
 
 def _from_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -273,7 +279,7 @@ def _from_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str
 
 
 # Flags whose name is not the setting's own.
-_FLAG_NAMES = {"model.default": "--model", "budget_usd": "--budget"}
+_FLAG_NAMES = {"model.default": "--model", "budget_usd": "--budget", "time_limit_s": "--time-limit"}
 
 
 def flag_name(dotted: str) -> str:

@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from bakeoff.agent import repository
+from bakeoff.agent.apply import AppliedChange
 from bakeoff.agent.config import Settings
 from bakeoff.agent.events import EventBus, JsonlSink
 from bakeoff.agent.fanout.settings import FanOutServices, FanOutSettings
 from bakeoff.agent.models.budget import Budget, BudgetedModel, BudgetExceeded
 from bakeoff.agent.models.ledger import Ledger
-from bakeoff.agent.patches import AppliedChange
 from bakeoff.agent.seams import Model, ToolContext, Workspace
-from bakeoff.agent.storage import new_run_id, state_dir, write_atomic
+from bakeoff.agent.storage import new_run_dir, new_run_id, state_dir, write_atomic
 from bakeoff.agent.types import Candidate, FanOutResult, RunReport
 from bakeoff.sandboxes import BackendChoice
 from bakeoff.sandboxes.pool import SandboxPool
@@ -42,6 +42,40 @@ ROLES = ("planner", "joiner", "editor", "tester", "judge")
 
 class SessionError(Exception):
     """Something the user can fix (a missing repository, nothing to apply, a changed tree)."""
+
+
+def format_duration(seconds: float) -> str:
+    """``3600`` -> ``1h``, ``90`` -> ``1m30s``, ``45`` -> ``45s``."""
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
+    return "".join(parts) or f"{seconds:g}s"
+
+
+def announce_results(events: EventBus, result: FanOutResult) -> None:
+    """Each candidate's standing after the vote: what its progress line ends with, the same
+    numbers as the report's table."""
+    for row in result.verdict.rows:
+        events.emit(
+            "candidate.result", id=row.candidate, tests_passed=row.tests_passed, tests_total=row.tests_total,
+            correct=row.correct, flaky=row.flaky, speedup=row.speedup, low=row.low, high=row.high,
+            winner=row.candidate == result.verdict.winner,
+        )
+
+
+class UsersFanOut:
+    """``fan_out`` sized by the user: it develops the user's ``n`` candidates (the number the
+    run's header shows, and the budget and sandboxes were set for), whatever ``n`` the plan
+    wrote. A wrapper with the wrapped tool's name, schema and time limit."""
+
+    def __init__(self, tool: Any, n: int) -> None:
+        self.tool, self.n = tool, n
+        self.name, self.description, self.Args, self.Result = tool.name, tool.description, tool.Args, tool.Result
+        self.time_limit_s = tool.time_limit_s
+
+    async def __call__(self, args: Any, ctx: ToolContext) -> Any:
+        return await self.tool(args.model_copy(update={"n": self.n}), ctx)
 
 
 def make_pool(settings: Settings) -> SandboxPool:
@@ -183,15 +217,24 @@ class Session:
         from bakeoff.sandboxes import choose_backend
 
         choice = choose_backend(self.settings.sandbox)
+        if choice.backend != "docker":
+            from bakeoff.sandboxes.workspace import sandbox_root
+
+            sandbox_root()  # where local sandboxes live must be usable: say so now, not mid-run
         self.sandbox_choice = choice
         return choice
 
     # ------------------------------------------------------------------ running
 
+    def _no_commit(self) -> str:
+        """Why there is no base commit, in words."""
+        return "has no commits yet" if repository.is_repository(self.repo) else "is not a git repository"
+
     def _context(self) -> str:
         s = self.settings
         lines = [
-            f"Repository: {self.repo} at commit {self.base_commit or '(not a git repository)'}.",
+            f"Repository: {self.repo} " + (f"at commit {self.base_commit}." if self.base_commit
+                                           else f"(it {self._no_commit()})."),
             f"Candidates per fan_out: {s.n}; repair rounds: {s.rounds}.",
         ]
         if s.build:
@@ -211,19 +254,27 @@ class Session:
         await self._check_models()  # a model that cannot be used is a configuration error, before the run starts
         self.base_commit = repository.head_commit(self.repo)  # the user may have committed since the last run
         run_id = run_id or new_run_id()
-        run_dir = self.state / "runs" / run_id
+        run_dir = new_run_dir(self.state, run_id)  # its own folder: runs may share a state directory
         sink = JsonlSink(run_dir / "events.jsonl")
         unsubscribe = self.events.subscribe(sink)
         ledger = Ledger()
         started = time.monotonic()
         self._announce(task, run_id, run_dir)
         report = RunReport(task=task, status="error", base_commit=self.base_commit, run_id=run_id)
+        limit = self.settings.time_limit_s
         try:
             try:
-                report = await self._run(task, run_id, ledger)
+                async with asyncio.timeout(limit) as clock:
+                    report = await self._run(task, run_id, ledger)
             except BudgetExceeded as exc:
                 report.status = "budget-exhausted"
                 report.error = str(exc)
+            except TimeoutError as exc:
+                if not clock.expired():
+                    raise
+                report.error = (f"the run's time limit ({format_duration(limit)}) ran out before it finished: "
+                                "raise it with --time-limit SECONDS (or time_limit_s in bakeoff.toml), or lower n")
+                self.events.emit("run.time_limit", run_id=run_id, time_limit_s=limit)
             except BaseException as exc:
                 # Recorded, then raised on: a cancelled step (Ctrl-C), an unreachable model.
                 report.error = "cancelled" if isinstance(exc, asyncio.CancelledError) else f"{type(exc).__name__}: {exc}"
@@ -240,10 +291,12 @@ class Session:
             "run.start", run_id=run_id, task=task, repo=str(self.repo), base_commit=self.base_commit,
             models=self.model_names, n=self.settings.n,
             sandbox=self.sandbox_choice.backend if self.sandbox_choice else self.settings.sandbox,
-            run_dir=str(run_dir),
+            run_dir=str(run_dir), time_limit_s=self.settings.time_limit_s,
         )
         if self.sandbox_choice is not None and self.sandbox_choice.warning:  # unsafe-local: say what it allows
             self.events.emit("sandbox.warning", backend=self.sandbox_choice.backend, message=self.sandbox_choice.warning)
+        if self.base_commit is None and repository.is_repository(self.repo):
+            self.events.emit("repo.no_commits", repo=str(self.repo))
         dirty = repository.uncommitted(self.repo) if self.base_commit else []
         if dirty:
             # Candidates copy the base commit: edits not committed yet are not part of the run.
@@ -254,11 +307,22 @@ class Session:
         from bakeoff.agent.report import run_report
         from bakeoff.sandboxes.lazy import LazySandbox
 
-        models = {role: self._paid(m, role, ledger) for role, m in self._raw_models.items()}
-        editors = [self._paid(m, "editor", ledger) for m in self._editors]
+        def paid(model: Model, role: str) -> BudgetedModel:  # as this run calls it: budgeted, in its ledger
+            return BudgetedModel(model, self.budget, role=role, events=self.events, ledger=ledger)
+
+        models = {role: paid(m, role) for role, m in self._raw_models.items()}
+        editors = [paid(m, "editor") for m in self._editors]
         workspace = Workspace(path=self.repo, commit=self.base_commit)
         fan_outs: list[FanOutResult] = []
-        registry = self._registry(models, editors, workspace, fan_outs.append)
+
+        def on_fan_out(result: FanOutResult) -> None:
+            fan_outs.append(result)
+            announce_results(self.events, result)
+
+        registry = self._registry(models, editors, workspace, on_fan_out)
+        # The sandbox backend gets ready first, as a step of its own (Docker builds its image
+        # the first time): its minutes are not charged to whichever tool happens to come first.
+        await self.pool.prepare(self.events)
         scratch = LazySandbox(self.pool, workspace)  # where the planner's own tools run and edit
         try:
             ctx = ToolContext(workspace=self.repo, sandbox=scratch)
@@ -267,10 +331,6 @@ class Session:
         finally:
             await scratch.close()
         return run_report(task, result, fan_outs, unverified, self.budget, run_id=run_id, base_commit=self.base_commit)
-
-    def _paid(self, model: Model, role: str, ledger: Ledger) -> BudgetedModel:
-        """``model`` as one run calls it: paid from the budget, written to the run's ledger."""
-        return BudgetedModel(model, self.budget, role=role, events=self.events, ledger=ledger)
 
     async def _check_models(self) -> None:
         """Once per configuration, before the first call: keys litellm asks for, and whether a
@@ -301,7 +361,7 @@ class Session:
             budget=self.budget,
         )
         registry = default_registry()
-        registry.register(FanOut(services, on_result=on_fan_out))
+        registry.register(UsersFanOut(FanOut(services, on_result=on_fan_out), self.settings.n))
         return registry
 
     def _agent(self, models: dict[str, BudgetedModel], registry: Registry, ctx: ToolContext):
@@ -355,7 +415,7 @@ class Session:
         repository moved since the run's base commit. A candidate that is not the verified
         winner is applied only with ``yes=True``.
         """
-        from bakeoff.agent.patches import apply_patch
+        from bakeoff.agent.apply import apply_patch
 
         cand = self.candidate(report, candidate_id)
         verified = report.winner is not None and cand.id == report.winner.id
@@ -365,7 +425,10 @@ class Session:
         if not patch.strip():
             raise SessionError(f"candidate {cand.id} changed nothing: nothing to apply")
         if report.base_commit is None:
-            raise SessionError(f"{self.repo} is not a git repository: save the patch with --patch FILE instead")
+            raise SessionError(f"{self.repo} {self._no_commit()}: "
+                               + ("commit your files first (git add -A && git commit), then run again, or "
+                                  if repository.is_repository(self.repo) else "")
+                               + "save the patch with --patch FILE instead")
         current = repository.head_commit(self.repo)
         if current != report.base_commit:
             raise SessionError(
@@ -385,7 +448,7 @@ class Session:
 
     def undo(self) -> AppliedChange:
         """Restore exactly the state before the last apply of this session."""
-        from bakeoff.agent.patches import undo
+        from bakeoff.agent.apply import undo
 
         if not self.applied:
             raise SessionError("nothing to undo: no change was applied in this session")

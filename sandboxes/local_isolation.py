@@ -10,6 +10,7 @@ bakeoff's Python, when it lives under a directory other users cannot traverse (p
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -17,7 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from bakeoff.sandboxes.local_processes import SandboxBroken, all_pids, drop_to, uid_of
@@ -105,13 +106,12 @@ def _python_binds() -> tuple[tuple[Path, Path], ...]:
             continue
         view = sandbox_root() / (".python-" + hashlib.sha256(str(prefix).encode()).hexdigest()[:12])
         view.mkdir(exist_ok=True)
-        # A bind mount of a directory on the same device is no "mount" to ismount(): ask the
-        # kernel's table, or every run would stack one more mount here.
-        if not is_mount_point(view):
-            for args in (["--bind", str(prefix), str(view)], ["-o", "remount,bind,ro", str(view)]):
-                proc = subprocess.run(["mount", *args], capture_output=True)
-                if proc.returncode != 0:
-                    raise SandboxBroken(f"cannot expose {prefix} to sandboxes: {proc.stderr.decode().strip()}")
+        with _locked(view.with_name(view.name + ".lock")):  # runs starting at once mount it once
+            if not is_mount_point(view):  # once per machine: every later run finds it mounted
+                for args in (["--bind", str(prefix), str(view)], ["-o", "remount,bind,ro", str(view)]):
+                    proc = subprocess.run(["mount", *args], capture_output=True)
+                    if proc.returncode != 0:
+                        raise SandboxBroken(f"cannot expose {prefix} to sandboxes: {proc.stderr.decode().strip()}")
         binds.append((view, prefix))
     return tuple(binds)
 
@@ -129,6 +129,19 @@ def is_mount_point(path: Path) -> bool:
 def _unescape(field: str) -> str:
     # mountinfo writes space, tab, newline and backslash as octal escapes (\040 ...).
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` between processes; the kernel drops it if one dies."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _python_bin_for_host() -> Path:

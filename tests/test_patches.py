@@ -13,8 +13,9 @@ import pytest
 from bakeoff.agent.github.client import GitHub
 from bakeoff.agent.github.deliver import deliver
 from bakeoff.agent.github.trigger import Trigger
+from bakeoff.agent.apply import UndoRefused, apply_patch, undo
 from bakeoff.agent.path_rules import path_problems
-from bakeoff.agent.patches import PatchRejected, UndoRefused, apply_patch, parse_patch, undo, validate_patch
+from bakeoff.agent.patches import PatchRejected, parse_patch, validate_patch
 from tests.github_server import FakeGitHub
 
 
@@ -431,7 +432,7 @@ def test_undo_refuses_when_the_user_changed_things_after_the_apply(repo: Path) -
 
 def test_applied_change_serializes(repo: Path) -> None:
     change = apply_patch(repo, diff_of(repo, good_edit), message="m")
-    from bakeoff.agent.patches import AppliedChange
+    from bakeoff.agent.apply import AppliedChange
 
     again = AppliedChange.model_validate_json(change.model_dump_json())
     undo(repo, again)

@@ -129,16 +129,17 @@ def run_step(
     report = _run_quietly(settings, repo, decided)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(report.model_dump_json(indent=2), encoding="utf-8")
-    (out / "winner.patch").write_text(report.patch, encoding="utf-8")
+    # Only a verified winner is a patch to deliver; an unverified edit stays in the report.
+    (out / "winner.patch").write_text(report.patch if report.status == "success" else "", encoding="utf-8")
     typer.echo(f"bakeoff: {report.status}; report in {out}/report.json", err=True)
 
 
 def _run_quietly(settings, repo: Path, decided):
     """The session's run. Its errors reach the log without their messages (a message may quote a
     file it read; a workflow's log is often public), except those whose words bakeoff wrote."""
-    import asyncio
     import traceback
 
+    from bakeoff.agent.cli.stopping import Stopped, leave_now, run_stoppable
     from bakeoff.agent.config import ConfigError, ModelNotConfigured
     from bakeoff.agent.events import EventBus
     from bakeoff.agent.github.trigger import task_text
@@ -163,9 +164,11 @@ def _run_quietly(settings, repo: Path, decided):
             await pool.close()
 
     try:
-        return asyncio.run(go())
+        return run_stoppable(go())  # INT, TERM, HUP: sandboxes removed, exit 128 + the signal
     except (ConfigError, ModelNotConfigured, SessionError, SandboxUnavailable) as err:
         _fail(str(err))
+    except Stopped as stop:
+        leave_now(stop, f"stopped by {stop.name}: sandboxes removed, the pull request untouched")
     except Exception as err:  # noqa: BLE001 - reported without its message, then the step fails
         frames = "".join(traceback.format_tb(err.__traceback__))
         typer.echo(f"{frames}bakeoff action run: {type(err).__name__} (its message is not shown: it may quote "

@@ -9,7 +9,6 @@ Top-level imports: typer and the standard library only, so ``bakeoff --help`` st
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -41,15 +40,18 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Pick the fastest candidate that behaves like the reference. Exit 0 with a winner, 1 without."""
+        from bakeoff.agent.cli.stopping import Stopped, leave_now, run_stoppable
         from bakeoff.sandboxes import SandboxUnavailable
 
         try:
-            verdict = asyncio.run(
+            verdict = run_stoppable(
                 _select(reference, candidate, candidates_jsonl, tests, entry, unordered, repeats, timing_repeats, sandbox)
             )
         except (UsageProblem, SandboxUnavailable) as exc:
             typer.echo(f"bakeoff select: {exc}", err=True)
             raise typer.Exit(2) from None
+        except Stopped as stop:
+            leave_now(stop, f"stopped by {stop.name}: the candidates' sandbox removed")
         if as_json:
             typer.echo(verdict.model_dump_json(indent=2))
         else:
@@ -64,7 +66,12 @@ def register(app: typer.Typer) -> None:
 def _read(path: Path, what: str) -> str:
     if not path.is_file():
         raise UsageProblem(f"{what} {path} does not exist or is not a file: check the path")
-    return path.read_text(encoding="utf-8", errors="replace")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageProblem(f"{what} {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
+                           "save it as UTF-8") from None
 
 
 def _load_candidates(paths: list[Path], jsonl: Path | None) -> dict[str, str]:
@@ -89,13 +96,16 @@ def _load_candidates(paths: list[Path], jsonl: Path | None) -> dict[str, str]:
     return sources
 
 
-def _default_entry(source: str) -> str:
+def _default_entry(source: str, entry: str | None = None) -> str:
+    """``entry``, else the reference's last public function; the reference must parse either way."""
     import ast
 
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
         raise UsageProblem(f"the reference does not parse (line {exc.lineno}: {exc.msg}): fix it first") from None
+    if entry:
+        return entry
     names = [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")]
     if not names:
         raise UsageProblem("the reference defines no function: pass --entry NAME")
@@ -147,7 +157,7 @@ async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry,
         from bakeoff.agent.harness.python_harness import PythonHarness
         from bakeoff.agent.harness.testgen import parse_generated_tests
 
-        entry = entry or _default_entry(ref_source)
+        entry = _default_entry(ref_source, entry)
         try:
             harness = PythonHarness(ref_source, entry, unordered=unordered, repeats=repeats, runner=SandboxRunner(sandbox))
         except ValueError as exc:
@@ -163,13 +173,31 @@ async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry,
         given = [t.model_copy(update={"valid": ref_check.cells["reference"].get(t.id) == "pass"}) for t in given]
     all_tests = tests + given
     matrix = await harness.run_matrix(sources, all_tests)
-    candidates = [Candidate(id=c, source=s, error=_load_error(matrix, c)) for c, s in sources.items()]
+    build_logs = getattr(harness, "build_logs", {})  # C/C++: why a candidate did not build
+    candidates = [
+        Candidate(id=c, source=s, built=False, error=_compiler_message(build_logs[c])) if c in build_logs
+        else Candidate(id=c, source=s, error=_load_error(matrix, c))
+        for c, s in sources.items()
+    ]
     verdict = select(matrix, all_tests, candidates, reference=True)
     if verdict.correct:
         timings = await harness.time({c: sources[c] for c in verdict.correct}, repeats=timing_repeats)
         diff_sizes = {c: _diff_lines(ref_source, sources[c]) for c in verdict.correct}
         verdict = select(matrix, all_tests, candidates, reference=True, timings=timings, diff_sizes=diff_sizes)
     return verdict
+
+
+def _compiler_message(log: str) -> str:
+    """The compiler's first error, without the driver's file names (they mean nothing to the
+    user): "does not build: 'x' undeclared (first use in this function)"."""
+    import re
+
+    for line in log.splitlines():
+        found = re.search(r"\b(?:fatal )?error:\s*(.+)", line)
+        if found:
+            return f"does not build: {found.group(1).strip()}"
+    last = next((line.strip() for line in reversed(log.splitlines()) if line.strip()), "")
+    return f"does not build: {last or 'the compiler gave no message'}"
 
 
 def _load_error(matrix, cand: str) -> str | None:

@@ -51,7 +51,8 @@ async def fan_out(goal: str, files: Sequence[str], n: int, *, services: FanOutSe
     services.events.emit("fanout.start", goal=goal, files=list(files), n=n, language=language,
                          models=[m.name for m in services.editors], keeps_behaviour=keeps_behaviour)
     async with contextlib.AsyncExitStack() as stack:
-        base_sb = await stack.enter_async_context(services.pool.sandbox(services.workspace))
+        # Held: open while the candidates work, taking none of the slots they wait for.
+        base_sb = await stack.enter_async_context(services.pool.sandbox(services.workspace, hold=True))
         baseline = await measure_baseline(base_sb, files, services.settings)
         ref = await Reference.read(base_sb, baseline, goal, entry, language, services, keeps_behaviour)
         stack.push_async_callback(close_harness, ref.harness)
@@ -83,8 +84,6 @@ def check_request(files: Sequence[str], services: FanOutServices) -> None:
         raise FanOutError("fan_out needs at least one file to edit: pass files=[...] relative to the repository root")
     if not services.editors:
         raise FanOutError("fan_out needs an editor model: configure one (--model, or [model] editor = ...)")
-    if services.pool.max_concurrent < 2:
-        raise FanOutError("fan_out needs at least 2 sandboxes at once (the base stays open for timing): raise max_sandboxes")
 
 
 class Reference:
