@@ -45,6 +45,7 @@ import asyncio
 import functools
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -147,10 +148,30 @@ class LocalSandbox:
         root = sandbox_root()
         await asyncio.to_thread(_reap_once, root)
         self.dir = new_sandbox_dir(root)
+        # The copy runs on in its thread when the creation is cancelled (a stopped run): the
+        # thread itself then removes what it made, or the cancelled side does if it finished.
+        lock, state = threading.Lock(), {"done": False, "abandoned": False}
+
+        def build() -> None:
+            try:
+                self._prepare(workspace, root, use_bwrap, use_cgroup, cap_disk)
+            except BaseException:
+                self._release()
+                raise
+            with lock:
+                state["done"] = True
+                abandoned = state["abandoned"]
+            if abandoned:
+                self._release()
+
         try:
-            await asyncio.to_thread(self._prepare, workspace, root, use_bwrap, use_cgroup, cap_disk)
-        except BaseException:
-            await asyncio.to_thread(self._release)
+            await asyncio.to_thread(build)
+        except asyncio.CancelledError:
+            with lock:
+                state["abandoned"] = True
+                finished = state["done"]
+            if finished:
+                self._release()  # inline: a second cancellation cannot cut it short
             raise
         if self.isolation_warning and events is not None:
             events.emit("sandbox.warning", backend=self.backend, message=self.isolation_warning)
