@@ -2,7 +2,8 @@
 
 A command's cgroup is made below the cgroup this process runs in, where that is writable
 (v1's memory and pids controllers, or v2 with the memory controller delegated), and named
-``bakeoff-<pid>-<n>`` so a process of another command can be told apart.
+``bakeoff-<pid>-<n>-<random>`` so a process of another command can be told apart. The random
+part keeps a name from meeting a group that a killed process left behind: pids are reused.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class Cgroup:
         if found is None:
             return None
         version, parents = found
-        name = f"bakeoff-{os.getpid()}-{next(cls._serial)}"
+        name = f"bakeoff-{os.getpid()}-{next(cls._serial)}-{os.urandom(4).hex()}"
         dirs: dict[str, Path] = {}
         try:
             for controller, parent in parents.items():
