@@ -15,7 +15,7 @@ Two kinds of sandbox, so that no wait can last for ever:
   sandboxes beside the ``max_concurrent`` working ones.
 
 Every wait for a slot is a plain ``asyncio`` wait: cancelling it (Ctrl-C, SIGTERM) ends it at
-once, and ``close`` waits for sandboxes still being closed, so nothing is left behind.
+once, and ``close`` waits for sandboxes still being made or closed, so nothing is left behind.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class SandboxPool:
         self._live: set[Sandbox] = set()
         self._held: set[Sandbox] = set()
         self._closing: set[asyncio.Task[None]] = set()
+        self._creating: set[asyncio.Future[Sandbox]] = set()
         self._backend: str | None = None
         self._closed = False
 
@@ -127,9 +128,13 @@ class SandboxPool:
 
     async def _create(self, workspace: Workspace) -> Sandbox:
         # Made in a task of its own and shielded: a sandbox half made when its user is
-        # cancelled is finished, then closed, never left behind.
+        # cancelled is finished, then closed, never left behind (``close`` waits for it).
+        if self._closed:  # closed while its user waited for a slot
+            raise RuntimeError("the sandbox pool is closed")
         job = asyncio.ensure_future(create_sandbox(workspace, self.backend, self.limits,
                                                    image=self.image, dockerfile=self.dockerfile))
+        self._creating.add(job)
+        job.add_done_callback(self._creating.discard)
         try:
             return await asyncio.shield(job)
         except asyncio.CancelledError:
@@ -185,13 +190,13 @@ class SandboxPool:
 
     async def close(self) -> None:
         """Close every sandbox still alive (those of cancelled or abandoned users), and wait
-        for those already being closed."""
+        for those already being closed, and for those still being made (then closed)."""
         self._closed = True
-        live, self._live, self._held = list(self._live), set(), set()
-        for sb in live:
-            self._track_close(sb)
-        while self._closing:
-            await asyncio.gather(*list(self._closing), return_exceptions=True)
+        while self._live or self._creating or self._closing:
+            live, self._live, self._held = list(self._live), set(), set()
+            for sb in live:
+                self._track_close(sb)
+            await asyncio.gather(*self._creating, *self._closing, return_exceptions=True)
 
     async def __aenter__(self) -> SandboxPool:
         return self
