@@ -173,6 +173,15 @@ class Running:
         return code, "".join(self.stderr)
 
 
+def working_sandboxes(place: Path, pid: int) -> int:
+    """How many sandboxes of ``pid`` hold a copy of the repository: a fan-out's base and its
+    candidates' (the directory the bubblewrap probe makes at start holds none)."""
+    sandboxes = place / "sandboxes"
+    return sum(1 for d in sandboxes.glob("bakeoff-sb-*")
+               if (d / ".bakeoff-owner").is_file() and (d / ".bakeoff-owner").read_text().strip() == str(pid)
+               and (d / "fs" / "work").is_dir())
+
+
 def kind(name: str, **data) -> Callable[[dict], bool]:
     return lambda e: e.get("kind") == name and all(e.get("data", {}).get(k) == v for k, v in data.items())
 
@@ -295,15 +304,53 @@ def test_the_other_doors_stop_alike(place, tmp_path, door):
             args = ["chat", "--repo", str(repo), "--model", f"scripted:{answers}"]
         runs[sig] = Running(args, env, tmp_path, typed="make total faster\n" if door == "chat" else None)
     for sig, run in runs.items():
-        sandboxes = place / "sandboxes"
+        # Stopped while candidates work: the fan-out's base and a candidate's sandbox exist.
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and run.proc.poll() is None and not any(
-                (d / ".bakeoff-owner").is_file() and (d / ".bakeoff-owner").read_text().strip() == str(run.proc.pid)
-                for d in sandboxes.glob("bakeoff-sb-*")):
+        while (working := working_sandboxes(place, run.proc.pid)) < 2 and run.proc.poll() is None \
+                and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert working >= 2, f"{sig.name}: no candidate's sandbox (exit {run.proc.poll()}):\n{''.join(run.stderr)[-3000:]}"
         run.stop(sig)
     for sig, run in runs.items():
         code, err = run.finish()
         assert code == 128 + sig, f"{sig.name}: exit {code}\n{err[-3000:]}"
         assert "Traceback" not in err and "Event loop is closed" not in err, err[-3000:]
+        assert f"{sig.name}: stopping: candidates are stopped" in err, err[-3000:]  # the running step was cancelled
     nothing_left(before, lambda: leftovers(place, tmp, [r.proc.pid for r in runs.values()]))
+
+
+LOST_IN_A_FINALIZER = """
+import os, signal
+from bakeoff.agent.cli.stopping import Stopped, StoppableLoop, install
+
+class SignalledInAFinalizer:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # Python runs the signal's handler here, inside the finalizer
+            pass
+
+install()
+SignalledInAFinalizer()
+started = []
+
+async def step():
+    started.append(True)
+
+with StoppableLoop() as loop:
+    try:
+        loop.run(step())
+        print("not stopped")
+    except Stopped as stop:
+        print("stopped by", stop.name, "before the step started" if not started else "after it started")
+"""
+
+
+def test_a_signal_between_steps_is_kept_for_the_next_one(tmp_path):
+    """A signal that comes while no step runs (starting up, between a chat's steps) stops the
+    next one before it starts. It is never raised in the middle of the main thread's work: an
+    exception raised in a finalizer, or in the hook Python runs after each fork, is only printed,
+    and the stop would be lost (a chat then ran its task and waited at its prompt for ever)."""
+    proc = subprocess.run([sys.executable, "-c", LOST_IN_A_FINALIZER], env=cli_env(tmp_path), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.stdout.strip() == "stopped by SIGTERM before the step started", proc.stdout + proc.stderr
+    assert "Exception ignored" not in proc.stderr, proc.stderr

@@ -86,15 +86,20 @@ class Chat:
     # ------------------------------------------------------------------ input
 
     def ask(self, prompt: str) -> str | None:
-        """One line of input; None at end of input."""
+        """One line of input; None at end of input. INT, TERM and HUP interrupt the wait
+        (``Stopped``), and one that came since the last step is raised here."""
+        from bakeoff.agent.cli.stopping import reading_input
+
         if self._readline is not None:
             try:
-                return input(prompt)
+                with reading_input():
+                    return input(prompt)
             except EOFError:
                 return None
         sys.stdout.write(prompt)
         sys.stdout.flush()
-        line = sys.stdin.readline()
+        with reading_input():
+            line = sys.stdin.readline()
         return None if line == "" else line.rstrip("\n")
 
     def remember(self, line: str) -> None:
@@ -129,13 +134,13 @@ class Chat:
             except Stopped as stop:
                 stopped = stop
             finally:
-                runner.run(self.session.close())
+                runner.finish(self.session.close())  # a signal does not cut the sandboxes' removal short
         if stopped is not None:
             leave_now(stopped, f"stopped by {stopped.name}: sandboxes removed; session cost {_usd(s.cost_usd)}")
         self.console.print(f"session cost {_usd(s.cost_usd)} · {s.tokens} tokens")
 
     def read_eval(self) -> None:
-        from bakeoff.agent.cli.stopping import Stopped
+        from bakeoff.agent.cli.stopping import Stopped, settle_interrupt
 
         while True:
             try:
@@ -143,6 +148,7 @@ class Chat:
             except (KeyboardInterrupt, Stopped) as exc:
                 if isinstance(exc, Stopped) and exc.signum != signal.SIGINT:
                     raise
+                settle_interrupt()
                 self.console.print("\n(Ctrl-C: the prompt is cleared; /exit or Ctrl-D leaves)")
                 continue
             if line is None:
@@ -167,7 +173,7 @@ class Chat:
         from bakeoff.agent.cli.render import diff_text, print_result
         from bakeoff.agent.cli.run import user_errors
 
-        from bakeoff.agent.cli.stopping import Stopped
+        from bakeoff.agent.cli.stopping import Stopped, settle_interrupt
 
         try:
             report = self.runner.run(self.session.run(task))
@@ -175,6 +181,7 @@ class Chat:
             self.progress.stop()
             if stop.signum != signal.SIGINT:
                 raise
+            settle_interrupt()
             self.console.print("[yellow]step cancelled[/yellow]: its sandboxes are removed; the session goes on")
             return
         except user_errors() as exc:

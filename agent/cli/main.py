@@ -88,7 +88,7 @@ def main() -> None:
     import signal
     import sys
 
-    from bakeoff.agent.cli.stopping import Stopped, install, leave_now
+    from bakeoff.agent.cli.stopping import Stopped, install, leave_if_stopped, leave_now
 
     install()
     try:
@@ -104,6 +104,7 @@ def main() -> None:
         leave_now(stop, f"stopped by {stop.name}")
     except KeyboardInterrupt:
         leave_now(Stopped(signal.SIGINT), "stopped by SIGINT")
+    leave_if_stopped()  # a signal kept after the last point that acts on one
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -9,9 +9,14 @@ removed, a half-done apply rolled back), and the door exits 128 + the signal's n
 and ends at once. A second signal only says that cleanup is still running; a third leaves
 at once, and the next start reaps what is left (containers by label, directories by marker).
 
-Outside the async work (reading the chat prompt, writing files) the console script makes
-all three raise ``Stopped`` in the main thread, where Python would raise
-``KeyboardInterrupt`` for Ctrl-C only.
+Outside the async work (starting up, between a chat's steps) a signal never raises in the
+middle of what the main thread is doing: an exception raised there can be swallowed (Python
+only prints one raised in a fork hook or a finalizer, and the stop would be lost) or can cut
+a cleanup short (a probe's directory half removed). The signal is kept, and acted on at the
+next point made for it: the next run (cancelled before it starts), the chat's prompt, or the
+end of the command. A wait for the user's input is the one place it raises ``Stopped`` at
+once (``reading_input``): nothing else can end that wait. The console script installs this
+(``install``); a library caller keeps Python's own Ctrl-C outside the runs.
 """
 
 from __future__ import annotations
@@ -21,15 +26,19 @@ import atexit
 import contextlib
 import os
 import signal
+import socket
 import sys
+import threading
 from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-# Tasks still running once a run has unwound are cancelled and get this long to clean up.
+# Tasks still running once a run has unwound are cancelled and get this long to clean up;
+# threads still at work (a sandbox being copied, then removed) get as long again.
 CLEANUP_S = 20.0
 
 
@@ -50,16 +59,69 @@ class Stopped(BaseException):
         return 128 + self.signum
 
 
-def _raise_stopped(signum: int, _frame: object) -> None:
-    raise Stopped(signum)
+class _Receiver:
+    """Where a stop signal goes now. One handler serves the whole process (``_on_signal``); it
+    is never swapped for another while bakeoff runs, so no signal finds Python's default."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []  # signals no door has acted on yet (see ``settle_interrupt``)
+        self.loop: StoppableLoop | None = None  # the loop whose run the next signal stops
+        self.reading = False  # the main thread waits for the user's input
+
+
+_receiver = _Receiver()
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    """Runs in the main thread between any two bytecodes: it raises only at the prompt."""
+    r = _receiver
+    r.received.append(signum)
+    if r.loop is not None:
+        r.loop.signalled(signum, len(r.received))
+    elif r.reading:
+        r.reading = False
+        raise Stopped(r.received[0])
+    elif len(r.received) == 2:
+        say(f"{signal.Signals(signum).name}: bakeoff stops once this step is done; a third signal leaves at once")
+    elif len(r.received) >= 3:
+        leave_now(Stopped(r.received[0]))
 
 
 def install() -> None:
-    """INT, TERM and HUP raise ``Stopped`` in the main thread (the console script calls this;
-    a library caller keeps Python's own Ctrl-C, ``KeyboardInterrupt``)."""
+    """INT, TERM and HUP stop bakeoff as this module says (the console script calls this)."""
+    global _receiver
+    _receiver = _Receiver()
     for sig in SIGNALS:
         if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup'ed: stay ignored
-            signal.signal(sig, _raise_stopped)
+            signal.signal(sig, _on_signal)
+
+
+@contextlib.contextmanager
+def reading_input() -> Iterator[None]:
+    """Around a wait for the user's input: a signal raises ``Stopped`` in it at once, and one
+    kept since the last step is raised on entry."""
+    r = _receiver
+    r.reading = True
+    try:
+        if r.received:
+            raise Stopped(r.received[0])
+        yield
+    finally:
+        r.reading = False
+
+
+def settle_interrupt() -> None:
+    """A door acted on Ctrl-C and goes on (chat: a step cancelled, the prompt cleared); a TERM
+    or HUP that came too still stops it."""
+    _receiver.received = [s for s in _receiver.received if s != signal.SIGINT]
+
+
+def leave_if_stopped() -> None:
+    """At the end of a command: a signal kept since the last point made for stopping still
+    decides how it exits."""
+    if _receiver.received:
+        stop = Stopped(_receiver.received[0])
+        leave_now(stop, f"stopped by {stop.name}")
 
 
 def say(message: str) -> None:
@@ -72,89 +134,127 @@ class StoppableLoop:
     """An event loop whose runs INT, TERM and HUP cancel; ``Stopped`` says which one came.
 
     One loop can run many steps (chat keeps one for its session, so its sandbox pool stays
-    bound to one loop). ``close`` cancels what is left, waiting ``CLEANUP_S`` at most.
+    bound to one loop). ``finish`` runs cleanup that a signal must not cut short; ``close``
+    cancels what is left, waiting ``CLEANUP_S`` at most, and as long for threads at work.
     """
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
-        self.received: list[int] = []
+        self._executor = ThreadPoolExecutor(thread_name_prefix="bakeoff")
+        self.loop.set_default_executor(self._executor)
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._task: asyncio.Task[Any] | None = None  # what the first signal cancels
 
     def run(self, work: Coroutine[Any, Any, T]) -> T:
-        """Run ``work`` to its end; a signal cancels it and raises ``Stopped`` once it has unwound."""
+        """Run ``work`` to its end; a signal cancels it and raises ``Stopped`` once it has
+        unwound. A signal kept since the last step cancels it before it starts."""
         task = self.loop.create_task(work)
-        self.received = []
         with self._signals(task):
             try:
                 result = self.loop.run_until_complete(task)
-            except asyncio.CancelledError:
-                if self.received:
-                    raise Stopped(self.received[0]) from None
-                raise
             except BaseException:
-                if self.received:
-                    raise Stopped(self.received[0]) from None
+                if _receiver.received:
+                    raise Stopped(_receiver.received[0]) from None
                 raise
-        if self.received:  # the work turned the cancellation into an answer: still stopped
-            raise Stopped(self.received[0])
+        if _receiver.received:  # the work turned the cancellation into an answer: still stopped
+            raise Stopped(_receiver.received[0])
         return result
 
-    @contextlib.contextmanager
-    def _signals(self, task: asyncio.Task[Any]) -> Iterator[None]:
-        def on_signal(signum: int) -> None:
-            self.received.append(signum)
-            name = signal.Signals(signum).name
-            if len(self.received) == 1:
-                say(f"{name}: stopping: candidates are stopped, sandboxes and temporary files removed")
-                task.cancel()
-            elif len(self.received) == 2:
-                say(f"{name}: still cleaning up; a third signal leaves at once, and the next start "
-                    "removes what is left")
-            else:
-                leave_now(Stopped(self.received[0]))
+    def finish(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` (a cleanup) to its end: a signal does not cancel it, a third leaves at
+        once; one that came is acted on at the next point made for stopping."""
+        with self._signals(None):
+            return self.loop.run_until_complete(work)
 
-        previous = {}
+    def signalled(self, signum: int, count: int) -> None:
+        """From the signal handler, at any point of the loop's own code: the third signal
+        leaves now; the others are answered by the loop."""
+        if count >= 3:
+            leave_now(Stopped(_receiver.received[0]))
+        self.loop.call_soon_threadsafe(self._answer, signum, count, self._task)
+
+    def _answer(self, signum: int, count: int, task: asyncio.Task[Any] | None) -> None:
+        name = signal.Signals(signum).name
+        if count == 1 and task is not None:
+            say(f"{name}: stopping: candidates are stopped, sandboxes and temporary files removed")
+            task.cancel()
+        else:
+            say(f"{name}: still cleaning up; a third signal leaves at once, and the next start "
+                "removes what is left")
+
+    @contextlib.contextmanager
+    def _signals(self, task: asyncio.Task[Any] | None) -> Iterator[None]:
+        """Signals go to this loop while it runs ``task`` (``None``: cleanup, not cancelled)."""
         try:
-            for sig in SIGNALS:
-                handler = signal.getsignal(sig)
-                if handler is signal.SIG_IGN:
-                    continue  # nohup'ed: stay ignored
-                try:
-                    self.loop.add_signal_handler(sig, on_signal, sig)
-                except (ValueError, RuntimeError):  # not the main thread: no signal handlers here
-                    break
-                previous[sig] = handler
+            previous = {sig: signal.signal(sig, _on_signal) for sig in SIGNALS
+                        if signal.getsignal(sig) is not signal.SIG_IGN}  # nohup'ed: stay ignored
+        except ValueError:  # not the main thread: no signal handlers here
+            yield
+            return
+        # The C-level handler writes here, so a signal that another thread took still wakes
+        # the loop, which then runs the Python-level one.
+        wakeup = signal.set_wakeup_fd(self._wakeup_fd(), warn_on_full_buffer=False)
+        r = _receiver
+        r.loop, self._task = self, task
+        try:
+            if task is not None and r.received:  # kept since the last step: this one stops before it starts
+                task.cancel()
             yield
         finally:
+            r.loop, self._task = None, None
+            signal.set_wakeup_fd(wakeup)
             for sig, handler in previous.items():
-                self.loop.remove_signal_handler(sig)
                 signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
-    def close(self, *, stopped: bool = False) -> None:
+    def _wakeup_fd(self) -> int:
+        if self._wake is None:
+            reader, writer = socket.socketpair()
+            reader.setblocking(False)
+            writer.setblocking(False)
+            self.loop.add_reader(reader.fileno(), _drain, reader)
+            self._wake = (reader, writer)
+        return self._wake[1].fileno()
+
+    def close(self) -> None:
         """Finish what is still running (cancelled, ``CLEANUP_S`` at most) and close the loop.
-        After a signal, threads still blocked in a system call are not waited for."""
+        Threads still at work get ``CLEANUP_S`` more; one blocked for good is left behind."""
         loop = self.loop
         if loop.is_closed():
             return
-        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-        if pending:
-            # Work the cancelled run left behind (a build it started in a task of its own): it is
-            # cancelled too, and its own cleanup (kill the compiler, remove its directory) runs.
-            # The sandboxes' closes are done by now: the pools wait for them as the run unwinds.
-            for t in pending:
-                t.cancel()
-            loop.run_until_complete(asyncio.wait(pending, timeout=CLEANUP_S))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        if not stopped:
-            loop.run_until_complete(loop.shutdown_default_executor())
+        with self._signals(None):
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            if pending:
+                # Work the cancelled run left behind (a build it started in a task of its own): it is
+                # cancelled too, and its own cleanup (kill the compiler, remove its directory) runs.
+                # The sandboxes' closes are done by now: the pools wait for them as the run unwinds.
+                for t in pending:
+                    t.cancel()
+                loop.run_until_complete(asyncio.wait(pending, timeout=CLEANUP_S))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        # A sandbox whose creation was cancelled is still being copied in a thread, which then
+        # removes it: that thread is waited for, a bounded time (Python 3.11's own wait has no bound).
+        waiter = threading.Thread(target=self._executor.shutdown, daemon=True)
+        waiter.start()
+        waiter.join(CLEANUP_S)
+        if self._wake is not None:
+            loop.remove_reader(self._wake[0].fileno())
+            for end in self._wake:
+                end.close()
         asyncio.set_event_loop(None)
         loop.close()
 
     def __enter__(self) -> StoppableLoop:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        self.close(stopped=isinstance(exc, (Stopped, KeyboardInterrupt)))
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _drain(reader: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while reader.recv(4096):
+            pass
 
 
 def run_stoppable(work: Coroutine[Any, Any, T]) -> T:
