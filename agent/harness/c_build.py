@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import random
 import shlex
@@ -147,7 +148,9 @@ class DriverBuilds:
 
     def stem(self, kind: str, source: str, literals: Sequence[Mapping[str, Any]]) -> str:
         """The name of a build: a candidate's names the reference too (both are in its binary)."""
-        parts = [self.language, self.cxx, source, literal_digest(literals)]
+        # The plan is in the generated code: a harness that changes its spec builds anew.
+        parts = [self.language, self.cxx, source, literal_digest(literals),
+                 json.dumps(self.plan.constraints, sort_keys=True, default=str)]
         if kind in ("cand", "tsan"):
             parts.append(self.reference_source)
         return f"{kind}_{digest(*parts)}"

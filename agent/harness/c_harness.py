@@ -98,13 +98,9 @@ class CHarness(DifferentialHarness):
     ):
         self.reference_source, self.function = reference_source, function
         self.language: str = language or guess_language(reference_source)
-        self.constraints: Mapping[str, Any] = dict(constraints or {})
         self.signature: Signature = parse_signature(reference_source, function)
-        self.plan = c_plan.build_plan(self.signature, self.constraints)
         self.threads, self.repeats = list(threads or _default_threads()), repeats
-        self.float_rel = float(self.constraints.get("float_rel", float_rel))
-        self.float_abs = float(self.constraints.get("float_abs", float_abs))
-        self.unordered = bool(self.constraints.get("unordered", unordered))
+        self._comparison = (float_rel, float_abs, unordered)  # unless the constraints say otherwise
         self.flags = list(compile_flags)
         self.small_tests, self.medium_tests, self.seed = small_tests, medium_tests, seed
         self.call_timeout, self.build_timeout = call_timeout, build_timeout
@@ -123,8 +119,25 @@ class CHarness(DifferentialHarness):
         self.race_counts: dict[str, int] = {}  # candidate id -> how many TSan reports it had
         self.matched: dict[str, dict[str, tuple[int, int]]] = {}  # candidate id -> test id -> (runs matching the reference, runs)
         self._sandbox = sandbox
-        self._workdir, rt_dir, self._tmp = _workdir(sandbox, cache_dir)
-        self._assemble(rt_dir, cpus)
+        self._workdir, self.rt_dir, self._tmp = _workdir(sandbox, cache_dir)
+        self.cpus = cpus
+        self.use_constraints(constraints or {})
+
+    @property
+    def workdir(self) -> WorkDir:
+        """Where this harness writes and runs its drivers (spec checks run there too)."""
+        return self._workdir
+
+    def use_constraints(self, constraints: Mapping[str, Any]) -> None:
+        """Drive the function with this plan from now on (``c_plan``'s vocabulary): an inferred
+        spec once it has been validated (``c_spec_check``), or one a person wrote."""
+        self.constraints = dict(constraints)
+        self.plan = c_plan.build_plan(self.signature, self.constraints)
+        float_rel, float_abs, unordered = self._comparison
+        self.float_rel = float(self.constraints.get("float_rel", float_rel))
+        self.float_abs = float(self.constraints.get("float_abs", float_abs))
+        self.unordered = bool(self.constraints.get("unordered", unordered))
+        self._assemble(self.rt_dir, self.cpus)
 
     def _assemble(self, rt_dir: str, cpus: str | None) -> None:
         """The collaborators that build, run, time and race-check, all in one work directory."""

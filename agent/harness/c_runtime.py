@@ -6,7 +6,8 @@ It is compiled once per harness as a precompiled header (``bk_rt.h``) and one ob
 
 Protocol (``@@BK`` lines on a private copy of stdout; the program's own stdout goes to
 /dev/null so a candidate's debug prints cannot corrupt it):
-  ``drv ref``                        per test: ``T idx ok <digest> <preview>`` or ``T idx exc``
+  ``drv ref``                        per test: ``T idx ok <digest> <preview> <s>`` (s: building the
+                                     inputs and the call) or ``T idx exc``
   ``drv check REL ABS UNORD THREADS REPEATS ALARM`` (a candidate call may take 20x the
                                      reference's time plus 0.25 s, at most ALARM seconds; after
                                      a test that did not pass, later tests run once, at THREADS[0])
@@ -241,11 +242,12 @@ int main(int argc, char** argv) {
     for (auto& s : specs) {
       bk::Val v; double secs = 0; std::string err;
       proto("B %d", s.idx);
+      double t0 = omp_get_wtime();
       if (bk_cand_run(s.seed, s.P.data(), s.literal, 1, &v, &secs, &err) != 0) {
         proto("T %d exc %s", s.idx, clean(err).c_str());
         continue;
       }
-      proto("T %d ok %s %s", s.idx, bk::digest(v).c_str(), clean(bk::preview(v, 12)).c_str());
+      proto("T %d ok %s %s %.6f", s.idx, bk::digest(v).c_str(), clean(bk::preview(v, 12)).c_str(), omp_get_wtime() - t0);
     }
     return 0;
   }
