@@ -8,11 +8,15 @@ thread counts, voted on with the reference (``agent.selection.vote``), and the w
 timed against the serial reference at 2 threads; ``agent.selection.choose`` picks. The
 labels (``are_all_valid``) are used only for scoring.
 
-Input constraints the type-driven generator cannot infer (sizes, value domains) come from
-``bench/pareval/constraints.json``, read from each problem's doc comment and serial source.
+Each problem's input spec (sizes, how lengths follow from them, value domains) is inferred
+from its serial source and doc comment (``agent.harness.c_spec``) and checked against the
+reference (``agent.harness.c_spec_check``) before it is used; a problem whose spec cannot be
+inferred and checked is reported as untestable, and the pick for it is the first sample.
+``--constraints bench/pareval/constraints.json`` uses the hand-written specs instead, for
+comparison; the JSON says which (``specs``: ``inferred`` or ``file``).
 
     python3 bench/select_pareval.py [--data DIR] [--models a,b] [--problems mixed|all]
-                                    [--workers N] [--json PATH]
+                                    [--constraints FILE] [--workers N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -33,12 +37,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bakeoff.agent.harness.c_harness import CHarness  # noqa: E402
+from bakeoff.agent.harness.c_signature import SignatureError  # noqa: E402
+from bakeoff.agent.harness.c_spec import infer_spec  # noqa: E402
+from bakeoff.agent.harness.c_spec_check import settle  # noqa: E402
 from bakeoff.agent.selection.choose import choose  # noqa: E402
 from bakeoff.agent.selection.vote import vote  # noqa: E402
 from bakeoff.agent.types import Candidate, ExecutionMatrix, TestCase, Timing  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "bench" / "pareval-omp-dev"
-DEFAULT_CONSTRAINTS = ROOT / "bench" / "pareval" / "constraints.json"
+HAND_WRITTEN = ROOT / "bench" / "pareval" / "constraints.json"  # for --constraints: the comparison row
+
+
+class Untestable(Exception):
+    """The harness cannot test this problem (no spec passes its check, the reference does not
+    build, or it rejects every input): reported, and the pick is made without a signal."""
 
 
 def log(msg: str) -> None:
@@ -109,19 +121,33 @@ def least_wrong(harness: CHarness, m: ExecutionMatrix, built: list[str]) -> list
     return [c for c in built if scored.get(c) == best]
 
 
-async def evaluate_problem(prob: dict, models: list[str], samples, constraints: dict, limiter, args) -> dict[str, Any]:
-    """Phase 1 of a problem: tests and the execution matrix of every selected model's samples."""
-    harness = CHarness(
-        prob["serial_source"], prob["function_name"], language="c++", constraints=constraints,
-        compile_flags=("-O3", "-fopenmp"), limiter=limiter, call_timeout=args.call_timeout,
-        medium_tests=args.medium_tests, cpus=args.pin or None, threads=[int(t) for t in args.threads.split(",")] if args.threads else None,
-    )
+async def evaluate_problem(prob: dict, models: list[str], samples, constraints: dict | None, limiter, args) -> dict[str, Any]:
+    """Phase 1 of a problem: tests and the execution matrix of every selected model's samples.
+    ``constraints``: the hand-written spec, or None to infer one and check it."""
+    try:
+        harness = CHarness(
+            prob["serial_source"], prob["function_name"], language="c++", constraints=constraints,
+            compile_flags=("-O3", "-fopenmp"), limiter=limiter, call_timeout=args.call_timeout,
+            medium_tests=args.medium_tests, cpus=args.pin or None, threads=[int(t) for t in args.threads.split(",")] if args.threads else None,
+        )
+    except (SignatureError, ValueError) as exc:
+        raise Untestable(f"its signature cannot be driven: {exc}") from None
     sources = {}
     for model in models:
         for s in samples[(model, prob["name"])]:
             sources[f"{model}/{s['index']}"] = prob["prompt"] + "\n" + s["completion"]
     t0 = time.monotonic()
-    tests = await harness.make_tests()
+    try:
+        if constraints is None:
+            outcome = await settle(harness, [("inferred", infer_spec(prob["serial_source"], prob["function_name"]))])
+            if not outcome.testable:
+                raise Untestable("no spec passes its check: " + "; ".join(outcome.problems))
+        tests = await harness.make_tests()
+        if not tests:
+            raise Untestable("the reference rejects every input: " + "; ".join(harness.notes)[:300])
+    except (Untestable, RuntimeError) as exc:
+        await harness.close()
+        raise Untestable(str(exc)[:600]) from None
     matrix = await harness.run_matrix(sources, tests)
     log(f"{prob['name']}: {len(tests)} tests, {len(set(sources.values()))} distinct programs, "
         f"{time.monotonic() - t0:.0f}s")
@@ -156,7 +182,7 @@ async def main_async(args) -> int:
     started = time.monotonic()
     data = Path(args.data)
     problems, samples = load(data)
-    constraints_all = json.loads(Path(args.constraints).read_text())["problems"]
+    hand_written = json.loads(Path(args.constraints).read_text())["problems"] if args.constraints else None
     all_models = sorted({m for m, _ in samples})
     models = args.models.split(",") if args.models else all_models
     pairs: dict[str, list[str]] = defaultdict(list)
@@ -176,19 +202,25 @@ async def main_async(args) -> int:
     limiter = asyncio.Semaphore(args.workers)
     gate = asyncio.Semaphore(max(2, args.workers))  # problems in flight at once
 
+    untestable: dict[str, str] = {}
+
     async def phase1(name: str):
         async with gate:
+            spec = hand_written.get(name, {}) if hand_written is not None else None
             try:
                 return name, await asyncio.wait_for(
-                    evaluate_problem(problems[name], pairs[name], samples, constraints_all.get(name, {}), limiter, args),
-                    args.problem_timeout)
+                    evaluate_problem(problems[name], pairs[name], samples, spec, limiter, args), args.problem_timeout)
             except TimeoutError:
                 log(f"{name}: not finished within {args.problem_timeout:.0f}s; left out of the figures")
                 return name, None
+            except Untestable as exc:
+                log(f"{name}: untestable: {exc}")
+                untestable[name] = str(exc)
+                return name, None
 
     evals = {n: ev for n, ev in await asyncio.gather(*(phase1(n) for n in names)) if ev is not None}
-    skipped = [n for n in names if n not in evals]
-    names = [n for n in names if n in evals]
+    skipped = [n for n in names if n not in evals and n not in untestable]
+    names = [n for n in names if n in evals or n in untestable]
     t_matrix = time.monotonic() - started
     log(f"matrices done in {t_matrix:.0f}s; timing winners (nothing else runs now)")
 
@@ -196,6 +228,10 @@ async def main_async(args) -> int:
     # speed figures, the samples the labels call correct.
     results: dict[str, list[dict]] = defaultdict(list)
     for name in names:
+        if name in untestable:
+            for model in pairs[name]:
+                results[model].append(blind_pick(name, samples[(model, name)]))
+            continue
         ev = evals[name]
         prob = problems[name]
         decisions = {model: decide(model, prob, ev, samples) for model in pairs[name]}
@@ -238,8 +274,15 @@ async def main_async(args) -> int:
     elapsed = time.monotonic() - started
     figures = report(results, elapsed, t_matrix)
     figures["left_out_problems"] = skipped
+    figures["specs"] = "file" if hand_written is not None else "inferred"
+    print(f"\ninput specs: {'hand-written, ' + args.constraints if hand_written is not None else 'inferred from each serial source and checked'}")
+    figures["untestable"] = untestable
     if skipped:
         print(f"\nleft out (matrix not finished within {args.problem_timeout:.0f}s): {', '.join(skipped)}")
+    if untestable:
+        print(f"\nuntestable ({len(untestable)} problems; the pick is the first sample):")
+        for name, why in sorted(untestable.items()):
+            print(f"  {name}: {why}")
     picks_path = Path(args.picks)
     picks_path.parent.mkdir(parents=True, exist_ok=True)
     with picks_path.open("w") as fh:
@@ -257,6 +300,15 @@ async def main_async(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(figures, indent=1, sort_keys=True))
     return 0
+
+
+def blind_pick(name: str, ss: list[dict]) -> dict[str, Any]:
+    """The row of a problem the harness cannot test: the first sample, as a selector with no
+    signal would pick."""
+    labels = {s["index"]: s["labels"]["are_all_valid"] for s in ss}
+    return {"name": name, "chosen": 0, "path": "untestable", "correct": labels[0], "c": sum(labels.values()),
+            "n": len(ss), "speed_pick": None, "speed_correct": [], "ref_winners": [], "labels": labels, "flaky": [],
+            "built": 0, "label_built": sum(s["labels"]["did_build"] for s in ss)}
 
 
 def summarize(rows: list[dict]) -> dict[str, Any]:
@@ -323,7 +375,8 @@ def print_row(model: str, s: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="a pareval-omp-dev style folder")
-    ap.add_argument("--constraints", default=str(DEFAULT_CONSTRAINTS))
+    ap.add_argument("--constraints", default="", metavar="FILE",
+                    help=f"hand-written input specs (e.g. {HAND_WRITTEN.relative_to(ROOT)}) instead of inferred ones")
     ap.add_argument("--models", default="", help="comma-separated; default all")
     ap.add_argument("--problems", choices=["mixed", "all"], default="all",
                     help="mixed: only (model, problem) pairs whose samples are partly correct")

@@ -94,7 +94,7 @@ class Reference:
         harness = pick_harness(
             language_of([path]) if path else language, entry,
             inline_includes(source, headers) if source else None,
-            sb if services.settings.harness_in_sandbox else None, services.events,
+            sb if services.settings.harness_in_sandbox else None, services.events, goal,
         )
         return cls(entry, path, source, headers, harness)
 

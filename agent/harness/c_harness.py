@@ -29,11 +29,12 @@ from typing import Any, Literal
 
 from bakeoff.agent.events import EventBus
 from bakeoff.agent.harness import c_plan
-from bakeoff.agent.harness.c_build import DriverBuilds, DriverRuntime, default_runtime_dir
+from bakeoff.agent.harness.c_build import OPENMP, Dialect, DriverBuilds, DriverRuntime, default_runtime_dir
 from bakeoff.agent.harness.c_race import THREADS as RACE_THREADS
 from bakeoff.agent.harness.c_race import RaceCheck
 from bakeoff.agent.harness.c_runs import DriverRuns, check_args, read_cell
 from bakeoff.agent.harness.c_signature import Signature, guess_language, parse_signature
+from bakeoff.agent.harness.c_spec import SpecDraft
 from bakeoff.agent.harness.c_timing import DriverTiming, timing_input
 from bakeoff.agent.harness.c_workdir import LocalDir, SandboxDir, WorkDir
 from bakeoff.agent.harness.protocol import DifferentialHarness
@@ -68,6 +69,8 @@ def _by_source(sources: Mapping[str, str]) -> dict[str, list[str]]:
 
 class CHarness(DifferentialHarness):
     """Differential harness for one C or C++ function (see ``agent.harness.protocol``)."""
+
+    dialect: Dialect = OPENMP  # the compilers and driver main of the parallel model
 
     def __init__(
         self,
@@ -118,6 +121,9 @@ class CHarness(DifferentialHarness):
         self.races: dict[str, str] = {}  # candidate id -> the TSan report that made it flaky
         self.race_counts: dict[str, int] = {}  # candidate id -> how many TSan reports it had
         self.matched: dict[str, dict[str, tuple[int, int]]] = {}  # candidate id -> test id -> (runs matching the reference, runs)
+        # A spec inferred from the source and not yet checked against the reference: whoever
+        # makes the tests settles it first (``c_spec_model.settle_spec``); None for a given spec.
+        self.draft: SpecDraft | None = None
         self._sandbox = sandbox
         self._workdir, self.rt_dir, self._tmp = _workdir(sandbox, cache_dir)
         self.cpus = cpus
@@ -143,15 +149,19 @@ class CHarness(DifferentialHarness):
         """The collaborators that build, run, time and race-check, all in one work directory."""
         # Driver runs (not compiles) pinned to these CPUs, e.g. "0,1" to measure on two cores.
         pin = f"taskset -c {shlex.quote(cpus)} " if cpus else ""
-        runtime = DriverRuntime(self._workdir, rt_dir, self.flags, self.limiter, self.build_timeout)
+        runtime = DriverRuntime(self._workdir, rt_dir, self.flags, self.limiter, self.build_timeout, self.dialect)
         self.builds = DriverBuilds(language=self.language, flags=self.flags, reference_source=self.reference_source,
                                    plan=self.plan, support=str(self.constraints.get("support", "")),
                                    workdir=self._workdir, runtime=runtime, limiter=self.limiter,
                                    build_timeout=self.build_timeout)
-        self.runs = DriverRuns(self._workdir, self.limiter, self.plan, self.call_timeout, pin)
+        self.runs = DriverRuns(self._workdir, self.limiter, self.plan, self.call_timeout, self.launcher(pin))
         self.timing = DriverTiming(self.builds, self._workdir, self.call_timeout, self.timing_threads, pin)
         self.race_checker = RaceCheck(self.builds, self._workdir, self.limiter, build_timeout=self.build_timeout,
                                       pin=pin, on_skip=self._race_check_skipped)
+
+    def launcher(self, pin: str) -> str:
+        """What the correctness runs' command starts with (``MpiHarness``: ``mpirun``)."""
+        return pin
 
     def _emit(self, kind: str, **data: Any) -> None:
         if self.events is not None:

@@ -104,7 +104,7 @@ class DriverRuns:
             if not hung:
                 why = f"crashed (exit {res.exit_code}): {res.stderr.strip()[-300:]}"
             elif limit is not None and began == stuck and limit < self.call_timeout:
-                why = f"no result within {limit:.2f}s (its limit: 20x the reference's time plus 0.25s)"
+                why = f"no result within {limit:.2f}s (its limit: 20x the reference's time plus a margin)"
             else:
                 why = f"no result within {self.call_timeout:g}s"
             results[stuck] = ["timeout" if hung else "error", why]

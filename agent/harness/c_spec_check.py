@@ -130,10 +130,11 @@ def _read_sanitized(results: dict[int, list[str]], tests: list[TestCase], constr
     if broken:
         check.ok = False
         check.problems += [why for _, why in broken[:3]]
-        floors = {t.id for t, _ in broken} <= {"spec-small-0"}
-        if floors and _raise_floors(constraints):
+        largest = max(max((t.input.get("vars") or {"n": 0}).values()) for t, _ in broken)
+        if largest < 2 and _raise_floors(constraints, int(largest) + 1):
             check.retry = True
-            check.notes.append("the smallest sizes break the reference: raised the floor of the small sizes")
+            check.notes.append(f"inputs of size {int(largest)} or less break the reference: small sizes start at "
+                               f"{int(largest) + 1}")
     return check
 
 
@@ -141,15 +142,15 @@ def _sizes(t: TestCase) -> str:
     return "(" + ", ".join(f"{k}={int(v)}" for k, v in (t.input.get("vars") or {}).items()) + ")"
 
 
-def _raise_floors(constraints: dict[str, Any]) -> bool:
-    """Each size variable's smallest size up by one (at most to 2): the repair for a
+def _raise_floors(constraints: dict[str, Any], floor: int) -> bool:
+    """Every size variable's smallest size raised to ``floor`` (1 or 2): the repair for a
     reference that needs a non-empty (or two-element) input."""
     raised = False
     vars_spec = constraints.setdefault("vars", copy.deepcopy(c_plan.DEFAULT_VARS))
     for spec in vars_spec.values():
         lo, hi = spec.get("small") or [1, 16]
-        if lo < 2 and hi > lo:
-            spec["small"] = [int(lo) + 1, hi]
+        if lo < floor < hi:
+            spec["small"] = [floor, hi]
             raised = True
     return raised
 

@@ -1,0 +1,118 @@
+"""The differential harness for MPI candidates: the C/C++ harness, run under ``mpirun``.
+
+A candidate that calls MPI is built with ``mpicxx`` against a driver that provides
+``MPI_Init``/``MPI_Finalize`` (``mpi_runtime``) and is run at several rank counts in one
+launch: 1, 2, 3, 4 and more ranks than cores. Inputs are sized so they do not divide evenly
+by those counts; rank 0's result is compared with the serial reference's; a deadlock ends
+at a time limit (a timeout), a wrong result at any rank count is a failure, results that
+differ between runs at one rank count are flaky. Winners are timed against the reference at
+the target rank count. Everything else (tests, specs, the vote's matrix) is ``CHarness``'s.
+
+Launches use shared memory only (``OMPI_MCA_btl=self,vader``), so they need no network and
+run inside sandboxes that have none; as root, Open MPI needs its run-as-root switches.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bakeoff.agent.harness.c_build import Dialect
+from bakeoff.agent.harness.c_harness import CHarness
+from bakeoff.agent.harness.c_runs import spec_lines
+from bakeoff.agent.harness.c_timing import read_timing
+from bakeoff.agent.harness.c_workdir import digest
+from bakeoff.agent.harness.mpi_runtime import MPI_MAIN, PRELUDE, SYNC
+from bakeoff.agent.types import TestCase, Timing
+
+MPI = Dialect(cxx="mpicxx", cc="mpicc", main=MPI_MAIN, prelude=PRELUDE, sync=SYNC)
+# Shared memory only; no spinning while idle (the ranks oversubscribe the cores); one thread
+# per rank; and Open MPI's consent to run as root (containers, CI).
+MPI_ENV = ("OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_mpi_yield_when_idle=1 "
+           "OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+           "OMP_NUM_THREADS=1 HWLOC_HIDE_ERRORS=1")
+UNEVEN = 60  # medium and large sizes are 7 more than a multiple of this: no rank count up to 6 divides them
+
+_CALLS_MPI = re.compile(r"\bMPI_[A-Z][A-Za-z_]*\s*\(|#\s*include\s*[<\"]mpi\.h[>\"]")
+
+
+def calls_mpi(source: str) -> bool:
+    return bool(_CALLS_MPI.search(source))
+
+
+def wants_mpi(source: str | None, goal: str = "") -> bool:
+    """MPI candidates are expected: the code already calls MPI, or the task asks for it."""
+    return bool(source and calls_mpi(source)) or bool(re.search(r"\bMPI\b", goal))
+
+
+def default_ranks() -> list[int]:
+    """1, 2, 3, 4 and more ranks than cores."""
+    cores = os.cpu_count() or 2
+    return sorted({1, 2, 3, 4, max(5, cores + 1)})
+
+
+def uneven(constraints: Mapping[str, Any]) -> dict[str, Any]:
+    """The constraints with medium and large sizes that no small rank count divides (powers of
+    two stay as they are)."""
+    out = dict(constraints)
+    if not out.get("vars"):
+        return out
+    out["vars"] = {name: dict(spec) for name, spec in out["vars"].items()}
+    for spec in out["vars"].values():
+        for size in ("medium", "large"):
+            value = spec.get(size)
+            if isinstance(value, int | float) and not spec.get("pow2") and value > UNEVEN:
+                spec[size] = int(value) - int(value) % UNEVEN + 7
+    return out
+
+
+class MpiHarness(CHarness):
+    """Differential harness for one C/C++ function whose candidates use MPI."""
+
+    dialect = MPI
+
+    def __init__(self, reference_source: str, function: str, *, ranks: Sequence[int] | None = None,
+                 repeats: int = 2, compile_flags: Sequence[str] = ("-O2", "-fopenmp"), **kwargs: Any):
+        self.ranks = sorted(set(ranks or default_ranks()))
+        kwargs["race_check"] = False  # ThreadSanitizer does not understand MPI's processes
+        kwargs.pop("threads", None)
+        super().__init__(reference_source, function, threads=self.ranks, repeats=repeats,
+                         compile_flags=compile_flags, **kwargs)
+
+    def use_constraints(self, constraints: Mapping[str, Any]) -> None:
+        super().use_constraints(uneven(constraints))
+
+    def launcher(self, pin: str, ranks: int | None = None) -> str:
+        return f"{pin}{MPI_ENV} mpirun -np {ranks or max(self.ranks)} --bind-to none "
+
+    async def time(self, sources: Mapping[str, str], *, repeats: int = 5) -> dict[str, Timing]:
+        """Each candidate against the reference on the large input, interleaved, at
+        ``timing_threads`` ranks (the target rank count)."""
+        test = self.timing_input()
+        out: dict[str, Timing] = {}
+        done: dict[str, Timing | str] = {}
+        for cid, src in sources.items():
+            if src not in done:
+                done[src] = await self._time_source(src, test, repeats)
+            result = done[src]
+            if isinstance(result, Timing):
+                out[cid] = result
+            else:
+                self.timing_errors[cid] = result
+        return out
+
+    async def _time_source(self, source: str, test: TestCase, repeats: int) -> Timing | str:
+        binary, log = await self.builds.candidate(source, [])
+        if binary is None:
+            return f"does not build: {log}"
+        name = f"timing_{digest(binary)}.txt"
+        await self.workdir.write(name, spec_lines(self.plan, [test], [0]))
+        ranks = max(1, self.timing_threads)
+        pin = f"taskset -c {shlex.quote(self.cpus)} " if self.cpus else ""
+        cap = max(1, int(round(self.call_timeout)))
+        res = await self.workdir.run(f"{self.launcher(pin, ranks)}./{binary} time {ranks} {repeats} 1 {cap} < {name}",
+                                     self.call_timeout * (2 * repeats + 3) + 60)
+        return read_timing(res, repeats, ranks)
