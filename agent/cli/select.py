@@ -2,8 +2,10 @@
 
 No model is needed: the reference's outputs on generated inputs (and any given tests) decide
 correctness, and interleaved timing decides speed. Python candidates go through
-``agent.testgen.PythonHarness``; C/C++ through ``agent.differential_c.CHarness``. Candidates
-are code someone else wrote: they build and run only inside a sandbox (``--sandbox``).
+``agent.harness.python_harness.PythonHarness``; C/C++ through ``agent.harness.c_harness.CHarness``
+(``mpi_harness.MpiHarness`` when the code calls MPI), with an input spec inferred from the
+reference and checked against it, or given with ``--spec``. Candidates are code someone else
+wrote: they build and run only inside a sandbox (``--sandbox``).
 Top-level imports: typer and the standard library only, so ``bakeoff --help`` stays fast.
 """
 
@@ -39,13 +41,17 @@ def register(app: typer.Typer) -> None:
         sandbox: str = typer.Option(
             "auto", "--sandbox", help="Where candidates run: auto (Docker if an engine answers, else local), docker, local, local+bwrap."
         ),
+        spec: Path | None = typer.Option(
+            None, "--spec", help="C/C++: a JSON input spec (sizes, lengths, value domains) instead of one inferred from the reference."
+        ),
     ) -> None:
         """Pick the fastest candidate that behaves like the reference. Exit 0 with a winner, 1 without."""
         from bakeoff.sandboxes import SandboxUnavailable
 
         try:
             verdict = asyncio.run(
-                _select(reference, candidate, candidates_jsonl, tests, entry, unordered, repeats, timing_repeats, sandbox)
+                _select(reference, candidate, candidates_jsonl, tests, entry, unordered, repeats, timing_repeats, sandbox,
+                        spec)
             )
         except (UsageProblem, SandboxUnavailable) as exc:
             typer.echo(f"bakeoff select: {exc}", err=True)
@@ -103,7 +109,7 @@ def _default_entry(source: str) -> str:
 
 
 async def _select(reference, candidate_paths, jsonl, test_paths, entry, unordered, repeats, timing_repeats,
-                  sandbox_kind="auto"):
+                  sandbox_kind="auto", spec_path=None):
     import tempfile
 
     from bakeoff.agent.seams import Workspace
@@ -116,24 +122,18 @@ async def _select(reference, candidate_paths, jsonl, test_paths, entry, unordere
         sandbox = await create_sandbox(Workspace(path=Path(tmp)), kind=sandbox_kind)
         try:
             return await _select_in(sandbox, reference, ref_source, sources, test_paths, entry, unordered, repeats,
-                                    timing_repeats)
+                                    timing_repeats, spec_path)
         finally:
             await sandbox.close()
 
 
-async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry, unordered, repeats, timing_repeats):
+async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry, unordered, repeats, timing_repeats,
+                     spec_path=None):
     from bakeoff.agent.selection.choose import select
     from bakeoff.agent.types import Candidate
 
     if reference.suffix in C_SUFFIXES:
-        try:
-            from bakeoff.agent.harness.c_harness import CHarness
-        except ImportError as exc:
-            raise UsageProblem(f"C/C++ candidates need agent.differential_c, which this installation lacks ({exc})") from None
-        if not entry:
-            raise UsageProblem("for C/C++ pass --entry NAME: the function whose results are compared")
-        language = "c" if reference.suffix == ".c" else "c++"
-        harness = CHarness(ref_source, entry, language=language, unordered=unordered, repeats=repeats, sandbox=sandbox)
+        harness = await _c_harness(sandbox, reference, ref_source, sources, entry, unordered, repeats, spec_path)
         given = []
     else:
         from bakeoff.agent.harness.pyexec import SandboxRunner
@@ -163,6 +163,38 @@ async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry,
         diff_sizes = {c: _diff_lines(ref_source, sources[c]) for c in verdict.correct}
         verdict = select(matrix, all_tests, candidates, reference=True, timings=timings, diff_sizes=diff_sizes)
     return verdict
+
+
+async def _c_harness(sandbox, reference, ref_source, sources, entry, unordered, repeats, spec_path):
+    """The C/C++ harness (the MPI one when the code calls MPI), driven by the given spec or by
+    one inferred from the reference and checked against it."""
+    from bakeoff.agent.harness.c_harness import CHarness
+    from bakeoff.agent.harness.c_signature import SignatureError
+    from bakeoff.agent.harness.c_spec_model import settle_spec
+    from bakeoff.agent.harness.mpi_harness import MpiHarness, calls_mpi
+
+    if not entry:
+        raise UsageProblem("for C/C++ pass --entry NAME: the function whose results are compared")
+    given = None
+    if spec_path is not None:
+        try:
+            given = json.loads(_read(spec_path, "spec"))
+        except json.JSONDecodeError as exc:
+            raise UsageProblem(f"{spec_path} is not JSON ({exc.msg}): write the spec as one JSON object") from None
+    language = "c" if reference.suffix == ".c" else "c++"
+    kind = MpiHarness if any(calls_mpi(src) for src in [ref_source, *sources.values()]) else CHarness
+    try:
+        harness = kind(ref_source, entry, language=language, unordered=unordered, repeats=repeats, sandbox=sandbox,
+                       constraints=given)
+    except (SignatureError, ValueError) as exc:
+        raise UsageProblem(f"{exc}: check --entry, or pass --spec FILE") from None
+    if given is None:
+        outcome = await settle_spec(harness)
+        if not outcome.testable:
+            await harness.close()
+            raise UsageProblem(f"no input spec for {entry}() passed its check against the reference "
+                               f"({'; '.join(outcome.problems)[:400]}): pass one with --spec FILE")
+    return harness
 
 
 def _load_error(matrix, cand: str) -> str | None:

@@ -33,7 +33,7 @@ MPI = Dialect(cxx="mpicxx", cc="mpicc", main=MPI_MAIN, prelude=PRELUDE, sync=SYN
 # per rank; and Open MPI's consent to run as root (containers, CI).
 MPI_ENV = ("OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_mpi_yield_when_idle=1 "
            "OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
-           "OMP_NUM_THREADS=1 HWLOC_HIDE_ERRORS=1")
+           "OMPI_MCA_plm=isolated OMP_NUM_THREADS=1 HWLOC_HIDE_ERRORS=1")
 UNEVEN = 60  # medium and large sizes are 7 more than a multiple of this: no rank count up to 6 divides them
 
 _CALLS_MPI = re.compile(r"\bMPI_[A-Z][A-Za-z_]*\s*\(|#\s*include\s*[<\"]mpi\.h[>\"]")
@@ -86,7 +86,8 @@ class MpiHarness(CHarness):
         super().use_constraints(uneven(constraints))
 
     def launcher(self, pin: str, ranks: int | None = None) -> str:
-        return f"{pin}{MPI_ENV} mpirun -np {ranks or max(self.ranks)} --bind-to none "
+        # ``env``: the prefix may follow ``timeout`` or ``taskset``, which run commands, not assignments.
+        return f"{pin}env {MPI_ENV} mpirun -np {ranks or max(self.ranks)} --bind-to none "
 
     async def time(self, sources: Mapping[str, str], *, repeats: int = 5) -> dict[str, Timing]:
         """Each candidate against the reference on the large input, interleaved, at
