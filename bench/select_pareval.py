@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark 2: bakeoff's selection on ParEval serial->OpenMP samples, built and run here.
+"""Benchmark 2: bakeoff's selection on ParEval serial->OpenMP (or ->MPI) samples, built and run here.
 
 For every (model, problem): each of the 20 samples (prompt + "\\n" + completion) is built
 against the problem's serial reference with bakeoff's C++ differential harness
@@ -7,6 +7,10 @@ against the problem's serial reference with bakeoff's C++ differential harness
 thread counts, voted on with the reference (``agent.selection.vote``), and the winners are
 timed against the serial reference at 2 threads; ``agent.selection.choose`` picks. The
 labels (``are_all_valid``) are used only for scoring.
+
+With ``--data ../shared/bench/pareval-mpi-dev`` the samples call MPI: they run under ``mpirun``
+(``agent.harness.mpi_harness.MpiHarness``) at 1, 2, 3, 4 and oversubscribed rank counts, rank
+0's result is compared, and winners are timed at 2 ranks; the table and JSON keys are the same.
 
 Each problem's input spec (sizes, how lengths follow from them, value domains) is inferred
 from its serial source and doc comment (``agent.harness.c_spec``) and checked against the
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import math
 import os
@@ -40,6 +45,7 @@ from bakeoff.agent.harness.c_harness import CHarness  # noqa: E402
 from bakeoff.agent.harness.c_signature import SignatureError  # noqa: E402
 from bakeoff.agent.harness.c_spec import infer_spec  # noqa: E402
 from bakeoff.agent.harness.c_spec_check import settle  # noqa: E402
+from bakeoff.agent.harness.mpi_harness import MpiHarness, calls_mpi  # noqa: E402
 from bakeoff.agent.selection.choose import choose  # noqa: E402
 from bakeoff.agent.selection.vote import vote  # noqa: E402
 from bakeoff.agent.types import Candidate, ExecutionMatrix, TestCase, Timing  # noqa: E402
@@ -62,6 +68,12 @@ def geomean(xs: list[float]) -> float | None:
     return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
 
 
+def candidates_file(data: Path) -> Path:
+    """``candidates.jsonl``, or its gzipped copy (the MPI set ships that)."""
+    plain = data / "candidates.jsonl"
+    return plain if plain.exists() else data / "candidates.jsonl.gz"
+
+
 def load(data: Path) -> tuple[dict[str, dict], dict[tuple[str, str], list[dict]]]:
     problems = {}
     for line in (data / "problems.jsonl").read_text().splitlines():
@@ -69,7 +81,9 @@ def load(data: Path) -> tuple[dict[str, dict], dict[tuple[str, str], list[dict]]
             p = json.loads(line)
             problems[p["name"]] = p
     samples: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for line in (data / "candidates.jsonl").read_text().splitlines():
+    path = candidates_file(data)
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    for line in text.splitlines():
         if line.strip():
             c = json.loads(line)
             samples[(c["model"], c["name"])].append(c)
@@ -124,11 +138,15 @@ def least_wrong(harness: CHarness, m: ExecutionMatrix, built: list[str]) -> list
 async def evaluate_problem(prob: dict, models: list[str], samples, constraints: dict | None, limiter, args) -> dict[str, Any]:
     """Phase 1 of a problem: tests and the execution matrix of every selected model's samples.
     ``constraints``: the hand-written spec, or None to infer one and check it."""
+    # The MPI set's prompts include mpi.h: its samples run under mpirun, at rank counts for thread counts.
+    kind, counts = (MpiHarness, "ranks") if calls_mpi(prob["prompt"]) else (CHarness, "threads")
     try:
-        harness = CHarness(
+        harness = kind(
             prob["serial_source"], prob["function_name"], language="c++", constraints=constraints,
             compile_flags=("-O3", "-fopenmp"), limiter=limiter, call_timeout=args.call_timeout,
-            medium_tests=args.medium_tests, cpus=args.pin or None, threads=[int(t) for t in args.threads.split(",")] if args.threads else None,
+            medium_tests=args.medium_tests if args.medium_tests is not None else (1 if kind is MpiHarness else 3),
+            cpus=args.pin or None,
+            **({counts: [int(t) for t in args.threads.split(",")]} if args.threads else {}),
         )
     except (SignatureError, ValueError) as exc:
         raise Untestable(f"its signature cannot be driven: {exc}") from None
@@ -272,7 +290,7 @@ async def main_async(args) -> int:
         await ev["harness"].close()
 
     elapsed = time.monotonic() - started
-    figures = report(results, elapsed, t_matrix)
+    figures = report(results, elapsed, t_matrix, data.name)
     figures["left_out_problems"] = skipped
     figures["specs"] = "file" if hand_written is not None else "inferred"
     print(f"\ninput specs: {'hand-written, ' + args.constraints if hand_written is not None else 'inferred from each serial source and checked'}")
@@ -290,7 +308,7 @@ async def main_async(args) -> int:
             for r in rows:
                 fh.write(json.dumps({"name": r["name"], "model": model, "chosen_index": r["chosen"]}) + "\n")
     print(f"\nscore.py's report on the picks ({picks_path}):\n", flush=True)
-    out = subprocess.run([sys.executable, str(data / "score.py"), "--select", str(picks_path), str(data / "candidates.jsonl")],
+    out = subprocess.run([sys.executable, str(data / "score.py"), "--select", str(picks_path), str(candidates_file(data))],
                          capture_output=True, text=True)
     sel = out.stdout[out.stdout.find("Selector scoring"):] if "Selector scoring" in out.stdout else out.stdout + out.stderr
     print(sel, flush=True)
@@ -342,9 +360,9 @@ def fmt(x: Any, d: int = 3) -> str:
     return "n/a" if x is None else (f"{x:.{d}f}" if isinstance(x, float) else str(x))
 
 
-def report(results: dict[str, list[dict]], elapsed: float, t_matrix: float) -> dict[str, Any]:
-    figures: dict[str, Any] = {"models": {}}
-    print(f"\npareval-omp-dev selection, measured here (2 cores), {elapsed:.0f}s in all ({t_matrix:.0f}s building and running)\n")
+def report(results: dict[str, list[dict]], elapsed: float, t_matrix: float, dataset: str) -> dict[str, Any]:
+    figures: dict[str, Any] = {"models": {}, "dataset": dataset}
+    print(f"\n{dataset} selection, measured here ({os.cpu_count()} cores), {elapsed:.0f}s in all ({t_matrix:.0f}s building and running)\n")
     print("| model | problems | selected acc | random (pass@1) | oracle (pass@20) | gap closed | S2 pick | S2 mean-correct | S2 best | speed problems | bakeoff yes/label no | bakeoff no/label yes | wrong picks | vote path | built (labels) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     all_rows = []
@@ -374,7 +392,7 @@ def print_row(model: str, s: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=str(DEFAULT_DATA), help="a pareval-omp-dev style folder")
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="a pareval-omp-dev style folder (or pareval-mpi-dev)")
     ap.add_argument("--constraints", default="", metavar="FILE",
                     help=f"hand-written input specs (e.g. {HAND_WRITTEN.relative_to(ROOT)}) instead of inferred ones")
     ap.add_argument("--models", default="", help="comma-separated; default all")
@@ -383,8 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="compile/run processes at once")
     ap.add_argument("--repeats", type=int, default=7, help="interleaved timing pairs per sample")
     ap.add_argument("--call-timeout", type=float, default=10.0)
-    ap.add_argument("--medium-tests", type=int, default=3, help="larger inputs per problem, run to expose races")
-    ap.add_argument("--threads", default="", help="thread counts for correctness runs (default 1, 2, cores, 2x and 4x cores)")
+    ap.add_argument("--medium-tests", type=int, default=None,
+                    help="larger inputs per problem, run to expose races (default 3; MPI: 1, every rank holds a copy)")
+    ap.add_argument("--threads", default="", help="thread (MPI: rank) counts for correctness runs (default 1, 2, cores, 2x and 4x cores; MPI: 1-4 and cores+1)")
     ap.add_argument("--pin", default="", help="run the drivers (not the compilers) on these CPUs, e.g. 0,1")
     ap.add_argument("--problem-timeout", type=float, default=600.0,
                     help="a problem whose matrix takes longer is left out (and counted as such)")
