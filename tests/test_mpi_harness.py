@@ -118,3 +118,44 @@ def test_bakeoff_select_votes_on_mpi_candidates(tmp_path):
     assert result.exit_code == 0, result.output
     verdict = json.loads(result.output)
     assert verdict["winner"] == "good" and verdict["correct"] == ["good"]
+
+
+def _mpi_answer(source: str) -> str:
+    return f"One block of x per rank, combined on rank 0. Here is the whole new file:\n\ntotal.cpp\n```cpp\n#include <vector>\n{source}```\n"
+
+
+@pytest.mark.slow
+async def test_fan_out_votes_on_mpi_candidates_with_the_mpi_harness(tmp_path):
+    import subprocess
+
+    from bakeoff.agent.fanout.pipeline import fan_out
+    from bakeoff.agent.fanout.settings import FanOutServices, FanOutSettings
+    from bakeoff.agent.fanout.strategies import strategies_for
+    from bakeoff.agent.models.scripted import ScriptedModel, ScriptedResponse
+    from bakeoff.agent.seams import Workspace
+    from bakeoff.sandboxes.pool import SandboxPool
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "total.cpp").write_text("#include <vector>\n" + REFERENCE)
+    (repo / "Makefile").write_text("all:\n\tmpicxx -std=c++17 -c total.cpp -o total.o\n")
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+    answers = {"mpi-block": GOOD, "mpi-cyclic": WRONG_RANK, "mpi-hybrid": DROPS_REMAINDER}
+    model = ScriptedModel([
+        *[ScriptedResponse(match=rf"(?s)Strategy \({name}\).*Repair round", text="I'll keep this version.", repeat=True)
+          for name in answers],
+        *[ScriptedResponse(match=rf"(?s)Strategy \({name}\)", text=_mpi_answer(src)) for name, src in answers.items()],
+    ])
+    goal = "port total in total.cpp to MPI"
+    order = [s for s in strategies_for("cpp", goal) if s.name in answers]
+    services = FanOutServices(
+        editors=[model], tester=model, pool=SandboxPool(kind="local", max_concurrent=4),
+        workspace=Workspace(path=repo, commit="HEAD"), events=EventBus(),
+        settings=FanOutSettings(strategies=order, rounds=1, first_wave=1.0, profile_repeats=1, timing_repeats=2),
+    )
+    result = await fan_out(goal, ["total.cpp"], 3, entry="total", language="cpp", services=services)
+    by_strategy = {c.strategy: c for c in result.candidates}
+    assert result.verdict.correct == [by_strategy["mpi-block"].id], result.report_table
+    assert result.winner is not None and result.winner.strategy == "mpi-block"
+    assert "MPI_Reduce" in result.patch
