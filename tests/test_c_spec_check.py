@@ -22,7 +22,7 @@ GAP = "/* The gap between the first two values of x. */\ndouble gap(std::vector<
 SPIN = """/* A fixed amount of work, whatever x holds. */
 double spin(std::vector<double> const& x) {
   volatile double s = 0;
-  for (long i = 0; i < 40000000; ++i) s = s + (double)(i % 7);
+  for (long i = 0; i < 4000000; ++i) s = s + (double)(i % 7);
   return s + (double)x.size();
 }
 """
