@@ -170,6 +170,24 @@ def in_out(r: _Rules) -> None:
                 r.note(f"{p.name}: read as well as written (doc's formula)")
 
 
+def example_signs(r: _Rules) -> None:
+    """Numbers the doc's example inputs show, none of them negative: the inputs are drawn
+    non-negative too (``x % 2 == 1`` finds no odd number below zero)."""
+    shown = re.findall(r"input\s*:(.*?)(?:output\s*:|$)", r.facts.doc, re.I | re.S)
+    numbers = [float(m) for text in shown for m in re.findall(r"(?<![\w.])(-?\d+(?:\.\d+)?)", text)]
+    if not numbers or min(numbers) < 0:
+        return
+    for p in r.sig.params:
+        if p.name in r.sizes or p.is_output and is_container(p) and r.inputs():
+            continue
+        cls = elem_class(p)
+        if is_container(p) or (is_size_type(p) or p.type.kind == "scalar" and cls == "float"):
+            if cls in ("int", "uint"):
+                _set_range(r, p, 0, 100, "the doc's examples are all non-negative")
+            elif cls == "float":
+                _set_range(r, p, 0, 10, "the doc's examples are all non-negative")
+
+
 # --------------------------------------------------------------------------- what the code does
 
 
@@ -292,7 +310,7 @@ def sort_keys(r: _Rules) -> None:
 # The doc's words first, then the code's; a rule never overwrites what an earlier one set.
 RULES: tuple[Callable[[_Rules], None], ...] = (
     sparse, doc_ranges, adjacency, factorization, fourier, unordered, in_out,
-    index_scalars, array_indices, flags, products, thresholds, sort_keys,
+    index_scalars, array_indices, flags, products, thresholds, sort_keys, example_signs,
 )
 
 
