@@ -130,3 +130,17 @@ async def test_the_tester_supplies_a_missing_helper_after_one_repair():
         assert made.notes[0].startswith("no differential tests: the inferred input spec failed its check")
     finally:
         await h.close()
+
+
+def test_bakeoff_select_reports_a_function_it_cannot_test(tmp_path):
+    from typer.testing import CliRunner
+
+    from bakeoff.agent.cli.main import app
+
+    (tmp_path / "ref.cpp").write_text(IFFT)
+    (tmp_path / "cand.cpp").write_text(IFFT)
+    result = CliRunner().invoke(app, ["select", "--reference", str(tmp_path / "ref.cpp"), "--candidate",
+                                      str(tmp_path / "cand.cpp"), "--entry", "ifft", "--sandbox", "local"])
+    assert result.exit_code == 2
+    assert "no input spec for ifft() passed its check" in result.output and "--spec FILE" in result.output
+    assert "fft(), declared but defined nowhere" in result.output
