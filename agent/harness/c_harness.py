@@ -18,6 +18,7 @@ temporary directory, with the same timeouts (faster, and what the benchmarks use
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import shlex
@@ -34,11 +35,14 @@ from bakeoff.agent.harness.c_race import THREADS as RACE_THREADS
 from bakeoff.agent.harness.c_race import RaceCheck
 from bakeoff.agent.harness.c_runs import DriverRuns, check_args, read_cell
 from bakeoff.agent.harness.c_signature import Signature, guess_language, parse_signature
-from bakeoff.agent.harness.c_timing import DriverTiming, timing_input
+from bakeoff.agent.harness.c_timing import DriverTiming, TimingOptions, timing_input
 from bakeoff.agent.harness.c_workdir import LocalDir, SandboxDir, WorkDir
+from bakeoff.agent.harness.parallelism import local_view
 from bakeoff.agent.harness.protocol import DifferentialHarness
+from bakeoff.agent.harness.sizing import MIB, SizingLimits
 from bakeoff.agent.seams import ExecResult, Sandbox
-from bakeoff.agent.types import ExecutionMatrix, TestCase, Timing
+from bakeoff.agent.stats import curve_threads
+from bakeoff.agent.types import ExecutionMatrix, TargetParallelism, TestCase, Timing, TimingSetup
 
 def _default_threads() -> list[int]:
     cores = os.cpu_count() or 2
@@ -66,6 +70,13 @@ def _by_source(sources: Mapping[str, str]) -> dict[str, list[str]]:
     return by_source
 
 
+def _memory_for_sizing(sandbox: Sandbox | None) -> float:
+    """A quarter of the sandbox's memory limit: timing holds the inputs of both sides and copies."""
+    limits = getattr(sandbox, "limits", None)
+    memory = getattr(limits, "memory_bytes", None)
+    return memory / 4 if memory else 512 * MIB
+
+
 class CHarness(DifferentialHarness):
     """Differential harness for one C or C++ function (see ``agent.harness.protocol``)."""
 
@@ -88,7 +99,7 @@ class CHarness(DifferentialHarness):
         seed: int = 0,
         call_timeout: float = 10.0,
         build_timeout: float = 120.0,
-        timing_threads: int = 2,
+        timing: TimingOptions | None = None,
         jobs: int | None = None,
         limiter: asyncio.Semaphore | None = None,
         events: EventBus | None = None,
@@ -108,7 +119,12 @@ class CHarness(DifferentialHarness):
         self.flags = list(compile_flags)
         self.small_tests, self.medium_tests, self.seed = small_tests, medium_tests, seed
         self.call_timeout, self.build_timeout = call_timeout, build_timeout
-        self.timing_threads = timing_threads
+        self.timing_options = timing or TimingOptions()
+        self.sizing = self.timing_options.sizing or SizingLimits()
+        if self.sizing.memory_bytes is None:
+            self.sizing = dataclasses.replace(self.sizing, memory_bytes=_memory_for_sizing(sandbox))
+        self.timing_setup: TimingSetup | None = None
+        self._sized: tuple[TestCase, TimingSetup] | None = None
         self.events = events
         # One command at a time in a sandbox: its limits (memory, processes) are for the whole
         # sandbox, and two compilers at once can exceed them.
@@ -136,7 +152,7 @@ class CHarness(DifferentialHarness):
                                    workdir=self._workdir, runtime=runtime, limiter=self.limiter,
                                    build_timeout=self.build_timeout)
         self.runs = DriverRuns(self._workdir, self.limiter, self.plan, self.call_timeout, pin)
-        self.timing = DriverTiming(self.builds, self._workdir, self.call_timeout, self.timing_threads, pin)
+        self.timing = DriverTiming(self.builds, self._workdir, self.call_timeout, pin, self.timing_options.budget_s)
         self.race_checker = RaceCheck(self.builds, self._workdir, self.limiter, build_timeout=self.build_timeout,
                                       pin=pin, on_skip=self._race_check_skipped)
 
@@ -258,18 +274,50 @@ class CHarness(DifferentialHarness):
 
     # ------------------------------------------------------------------ timing
 
-    def timing_input(self) -> TestCase:
-        return timing_input(self.plan, self.seed)
+    def target(self, target: TargetParallelism | None) -> TargetParallelism:
+        if target is not None:
+            return target
+        if self.timing_options.threads is not None:
+            return TargetParallelism(threads=self.timing_options.threads, source="the harness's timing threads")
+        return local_view()
 
-    async def time(self, sources: Mapping[str, str], *, repeats: int = 5) -> dict[str, Timing]:
-        """Candidate against reference on the large input at ``timing_threads`` threads, A B A B
-        inside one process, timing only the call. Run this with nothing else running."""
-        test = self.timing_input()
-        out: dict[str, Timing] = {}
+    async def timing_input(self) -> tuple[TestCase, TimingSetup]:
+        """The input every candidate is timed on: the large size, scaled until the reference
+        takes ``sizing.min_time_s`` per call at one thread (within its caps); sized once."""
+        if self._sized is None:
+            test, sized = await self.timing.sized_input(timing_input(self.plan, self.seed), self.sizing)
+            setup = TimingSetup(threads=0, size=dict(test.input["vars"]), reference_s=sized.seconds, sizing=sized.why)
+            self._sized = (test, setup)
+            self._emit("differential.timing_input", function=self.function, size=setup.size,
+                       reference_s=sized.seconds, why=sized.why)
+        return self._sized
+
+    async def time(self, sources: Mapping[str, str], *, repeats: int = 5,
+                   target: TargetParallelism | None = None) -> dict[str, Timing]:
+        """Each candidate against the reference on the sized input, at the target parallelism
+        and at 1, 2, 4, ... below it (the scaling curve), interleaved inside one process and
+        timing only the call. Distinct sources are timed once each, one per CPU slot at a time.
+        Run this with nothing else running."""
+        goal = self.target(target)
+        counts = list(self.timing_options.curve) or curve_threads(goal.threads)
+        test, setup = await self.timing_input()
+        self.timing_setup = setup.model_copy(update={"threads": counts[-1], "threads_source": goal.source,
+                                                     "curve_threads": counts})
+        distinct = list(dict.fromkeys(sources.values()))
         done: dict[str, Timing | str] = {}
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        for src in distinct:
+            queue.put_nowait(src)
+
+        async def slot(pin: str | None) -> None:
+            while not queue.empty():
+                src = queue.get_nowait()
+                done[src] = await self.timing.time_source(src, test, repeats, counts, pin)
+
+        pins = [f"taskset -c {shlex.quote(cpus)} " for cpus in self.timing_options.slots] or [None]
+        await asyncio.gather(*(slot(pin) for pin in pins[: max(1, len(distinct))]))
+        out: dict[str, Timing] = {}
         for cid, src in sources.items():
-            if src not in done:
-                done[src] = await self.timing.time_source(src, test, repeats)
             result = done[src]
             if isinstance(result, Timing):
                 out[cid] = result
