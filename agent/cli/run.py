@@ -21,7 +21,7 @@ EXIT_UNVERIFIED = 4
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 a correct candidate was found (or the question answered); "
-    "1 no correct candidate (or the run failed); 2 usage or configuration error "
+    "1 no correct candidate, or (for a speed task) none faster than the original, or the run failed; 2 usage or configuration error "
     "(bad flag, missing repository, no model configured, no Docker); 3 budget exhausted; "
     "4 unverified: the planner changed files without a fan-out, so nothing checked the change."
 )
@@ -29,6 +29,7 @@ EXIT_CODES_HELP = (
 STATUS_EXIT = {
     "success": EXIT_OK,
     "no-correct-candidate": EXIT_NO_CORRECT,
+    "not-faster": EXIT_NO_CORRECT,
     "error": EXIT_NO_CORRECT,
     "budget-exhausted": EXIT_BUDGET,
     "unverified": EXIT_UNVERIFIED,
@@ -104,6 +105,8 @@ def run_command(
     budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Tokens this run may spend."),
     sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else local), local, local+bwrap or docker."),
     planner: str | None = typer.Option(None, "--planner", help="compiler (parallel plan) or react (one call per turn)."),
+    threads: int | None = typer.Option(None, "--threads", min=1,
+                                       help="Threads candidates are timed at (default: the CPUs the sandbox may use)."),
 ) -> None:
     from rich.console import Console
 
@@ -114,7 +117,7 @@ def run_command(
     if json_out and jsonl:
         fail("choose one of --json and --jsonl")
     flags = {"model.default": model, "n": n, "budget_usd": budget, "budget_tokens": budget_tokens,
-             "sandbox": sandbox, "planner": planner}
+             "sandbox": sandbox, "planner": planner, "threads": threads}
     events = EventBus()
     err = Console(stderr=True)
     stop_progress = show_progress(events, err, jsonl=jsonl)

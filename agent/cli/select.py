@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -20,6 +21,16 @@ C_SUFFIXES = {".c", ".cc", ".cpp", ".cxx"}
 
 class UsageProblem(Exception):
     """Something the user can fix; the message says how."""
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    unordered: bool = False
+    repeats: int = 3
+    timing_repeats: int = 5
+    threads: int | None = None  # the target parallelism; None: the CPUs the sandbox may use
+    min_time_s: float = 0.2  # the timing input grows until the reference takes this long per call
+    require_faster: bool = True  # a winner must be faster than the reference
 
 
 def register(app: typer.Typer) -> None:
@@ -39,14 +50,26 @@ def register(app: typer.Typer) -> None:
         sandbox: str = typer.Option(
             "auto", "--sandbox", help="Where candidates run: auto (Docker if an engine answers, else local), docker, local, local+bwrap."
         ),
+        threads: int | None = typer.Option(
+            None, "--threads", min=1, help="Threads the candidates are timed at (default: the CPUs the sandbox may use)."
+        ),
+        min_time: float = typer.Option(
+            0.2, "--min-time", min=0.0,
+            help="Grow the timing input until the reference takes this many seconds per call at one thread (0: as drawn).",
+        ),
+        require_faster: bool = typer.Option(
+            True, "--require-faster/--any-speed",
+            help="Ship only a candidate faster than the reference (default), or any correct one.",
+        ),
     ) -> None:
-        """Pick the fastest candidate that behaves like the reference. Exit 0 with a winner, 1 without."""
+        """Pick the fastest candidate that behaves like the reference. Exit 0 with a winner; 1 without one, or when
+        no correct candidate is faster than the reference (the best is named, not chosen); 2 for a usage error."""
         from bakeoff.sandboxes import SandboxUnavailable
 
+        options = SelectOptions(unordered=unordered, repeats=repeats, timing_repeats=timing_repeats, threads=threads,
+                                min_time_s=min_time, require_faster=require_faster)
         try:
-            verdict = asyncio.run(
-                _select(reference, candidate, candidates_jsonl, tests, entry, unordered, repeats, timing_repeats, sandbox)
-            )
+            verdict = asyncio.run(_select(reference, candidate, candidates_jsonl, tests, entry, options, sandbox))
         except (UsageProblem, SandboxUnavailable) as exc:
             typer.echo(f"bakeoff select: {exc}", err=True)
             raise typer.Exit(2) from None
@@ -102,8 +125,7 @@ def _default_entry(source: str) -> str:
     return names[-1]
 
 
-async def _select(reference, candidate_paths, jsonl, test_paths, entry, unordered, repeats, timing_repeats,
-                  sandbox_kind="auto"):
+async def _select(reference, candidate_paths, jsonl, test_paths, entry, options: SelectOptions, sandbox_kind="auto"):
     import tempfile
 
     from bakeoff.agent.seams import Workspace
@@ -115,37 +137,47 @@ async def _select(reference, candidate_paths, jsonl, test_paths, entry, unordere
     with tempfile.TemporaryDirectory(prefix="bakeoff-select-") as tmp:
         sandbox = await create_sandbox(Workspace(path=Path(tmp)), kind=sandbox_kind)
         try:
-            return await _select_in(sandbox, reference, ref_source, sources, test_paths, entry, unordered, repeats,
-                                    timing_repeats)
+            return await _select_in(sandbox, reference, ref_source, sources, test_paths, entry, options)
         finally:
             await sandbox.close()
 
 
-async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry, unordered, repeats, timing_repeats):
+def _harness(sandbox, reference: Path, ref_source: str, entry: str | None, options: SelectOptions):
+    """The differential harness for the reference's language, and the entry function it compares."""
+    from bakeoff.agent.harness.sizing import SizingLimits
+
+    if reference.suffix in C_SUFFIXES:
+        from bakeoff.agent.harness.c_harness import CHarness
+
+        if not entry:
+            raise UsageProblem("for C/C++ pass --entry NAME: the function whose results are compared")
+        from bakeoff.agent.harness.c_timing import TimingOptions
+
+        language = "c" if reference.suffix == ".c" else "c++"
+        sizing = SizingLimits(min_time_s=options.min_time_s)
+        return CHarness(ref_source, entry, language=language, unordered=options.unordered, repeats=options.repeats,
+                        sandbox=sandbox, timing=TimingOptions(sizing=sizing)), entry
+    from bakeoff.agent.harness.pyexec import SandboxRunner
+    from bakeoff.agent.harness.python_harness import PythonHarness
+
+    entry = entry or _default_entry(ref_source)
+    try:
+        return PythonHarness(ref_source, entry, unordered=options.unordered, repeats=options.repeats,
+                             runner=SandboxRunner(sandbox), sizing=SizingLimits(min_time_s=options.min_time_s)), entry
+    except ValueError as exc:
+        raise UsageProblem(f"{exc}: pass --entry NAME") from None
+
+
+async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry, options: SelectOptions):
+    from bakeoff.agent.harness.parallelism import target_parallelism
     from bakeoff.agent.selection.choose import select
     from bakeoff.agent.types import Candidate
 
-    if reference.suffix in C_SUFFIXES:
-        try:
-            from bakeoff.agent.harness.c_harness import CHarness
-        except ImportError as exc:
-            raise UsageProblem(f"C/C++ candidates need agent.differential_c, which this installation lacks ({exc})") from None
-        if not entry:
-            raise UsageProblem("for C/C++ pass --entry NAME: the function whose results are compared")
-        language = "c" if reference.suffix == ".c" else "c++"
-        harness = CHarness(ref_source, entry, language=language, unordered=unordered, repeats=repeats, sandbox=sandbox)
-        given = []
-    else:
-        from bakeoff.agent.harness.pyexec import SandboxRunner
-        from bakeoff.agent.harness.python_harness import PythonHarness
+    harness, entry = _harness(sandbox, reference, ref_source, entry, options)
+    given = []
+    if reference.suffix not in C_SUFFIXES:
         from bakeoff.agent.harness.testgen import parse_generated_tests
 
-        entry = entry or _default_entry(ref_source)
-        try:
-            harness = PythonHarness(ref_source, entry, unordered=unordered, repeats=repeats, runner=SandboxRunner(sandbox))
-        except ValueError as exc:
-            raise UsageProblem(f"{exc}: pass --entry NAME") from None
-        given = []
         for p in test_paths:
             for t in parse_generated_tests(_read(p, "test file"), entry):
                 given.append(t.model_copy(update={"kind": "given", "id": f"given-{len(given)}"}))
@@ -157,11 +189,14 @@ async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry,
     all_tests = tests + given
     matrix = await harness.run_matrix(sources, all_tests)
     candidates = [Candidate(id=c, source=s, error=_load_error(matrix, c)) for c, s in sources.items()]
-    verdict = select(matrix, all_tests, candidates, reference=True)
+    verdict = select(matrix, all_tests, candidates, reference=True, speed_task=options.require_faster)
     if verdict.correct:
-        timings = await harness.time({c: sources[c] for c in verdict.correct}, repeats=timing_repeats)
+        target = await target_parallelism(options.threads, sandbox=sandbox, setting="--threads")
+        timings = await harness.time({c: sources[c] for c in verdict.correct}, repeats=options.timing_repeats,
+                                     target=target)
         diff_sizes = {c: _diff_lines(ref_source, sources[c]) for c in verdict.correct}
-        verdict = select(matrix, all_tests, candidates, reference=True, timings=timings, diff_sizes=diff_sizes)
+        verdict = select(matrix, all_tests, candidates, reference=True, timings=timings, diff_sizes=diff_sizes,
+                         speed_task=options.require_faster, setup=harness.timing_setup)
     return verdict
 
 

@@ -8,8 +8,10 @@ The whole data flow of a fan-out, one step per line of ``fan_out``:
     gate        built, and the repository's tests that passed at base pass      matrix.py
     matrix      every candidate on every test                                   matrix.py
     vote        who is correct (the base version is the reference)             selection/vote.py
-    timing      the winners timed against the base, interleaved                 timing.py
-    choice      the fastest correct candidate, with the report's table          selection/choose.py
+    timing      the winners timed against the base, interleaved, at the target   timing.py
+                parallelism, on an input grown until the base takes long enough
+    choice      the fastest correct candidate (for a speed task: only one       selection/choose.py
+                faster than the base), with the report's table
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from bakeoff.agent.fanout.tests import MadeTests, make_tests, pick_harness
 from bakeoff.agent.fanout.timing import time_winners
 from bakeoff.agent.fanout.trajectory import Trajectory
 from bakeoff.agent.harness.protocol import DifferentialHarness
-from bakeoff.agent.selection.choose import choose
+from bakeoff.agent.selection.choose import choose, is_speed_task
 from bakeoff.agent.selection.table import render_table
 from bakeoff.agent.selection.vote import vote
 from bakeoff.agent.seams import Sandbox
@@ -60,10 +62,11 @@ async def fan_out(goal: str, files: Sequence[str], n: int, *, services: FanOutSe
         matrix = await run_matrix(candidates, made.tests, harness, sources,
                                   {c: t.profile_output for c, t in developing.items()}, baseline)
         ballot = vote(matrix, tests, reference=True, gate=gate(candidates))
-        timings = await time_winners(ballot.winners, harness, sources,
-                                     {c: developing[c].final_files for c in ballot.winners}, baseline,
-                                     services.pool, services.workspace, services.settings, services.events)
-    verdict = choose(ballot, candidates, matrix, tests, timings=timings or None)
+        timings, setup = await time_winners(ballot.winners, harness, sources,
+                                            {c: developing[c].final_files for c in ballot.winners}, baseline,
+                                            services.pool, services.workspace, services.settings, services.events)
+    verdict = choose(ballot, candidates, matrix, tests, timings=timings or None, setup=setup,
+                     speed_task=is_speed_task(goal))
     return finish(verdict, candidates, timings, made, services)
 
 
@@ -117,7 +120,8 @@ def finish(verdict: Verdict, candidates: list[Candidate], timings: dict[str, Tim
     for cid, timing in timings.items():
         by_id[cid].timing = timing
     winner = by_id.get(verdict.winner) if verdict.winner else None
-    services.events.emit("fanout.end", winner=verdict.winner, reason=verdict.reason, correct=verdict.correct)
+    services.events.emit("fanout.end", winner=verdict.winner, reason=verdict.reason, correct=verdict.correct,
+                         best=verdict.best, timing=verdict.timing.model_dump(mode="json") if verdict.timing else None)
     return FanOutResult(verdict=verdict, candidates=candidates, winner=winner,
                         patch=winner.patch if winner else "", report_table=table_text(verdict))
 
