@@ -5,14 +5,18 @@ For every (model, problem): each of the 20 samples (prompt + "\\n" + completion)
 against the problem's serial reference with bakeoff's C++ differential harness
 (``agent.differential_c.CHarness``), run on generated inputs at 1, 2 and oversubscribed
 thread counts, voted on with the reference (``agent.selection.vote``), and the winners are
-timed against the serial reference at 2 threads; ``agent.selection.choose`` picks. The
-labels (``are_all_valid``) are used only for scoring.
+timed against the serial reference at the target parallelism (``--timing-threads``, default
+the CPUs this process may use) and at 2 threads, on an input grown until the reference takes
+0.2 s per call at one thread; ``agent.selection.choose`` picks by the speedup at the target.
+Timings run alone, or several at once on disjoint pinned CPU sets when there are enough CPUs
+(base and candidate always on the same set, interleaved). The labels (``are_all_valid``) are
+used only for scoring.
 
 Input constraints the type-driven generator cannot infer (sizes, value domains) come from
 ``bench/pareval/constraints.json``, read from each problem's doc comment and serial source.
 
     python3 bench/select_pareval.py [--data DIR] [--models a,b] [--problems mixed|all]
-                                    [--workers N] [--json PATH]
+                                    [--timing-threads N] [--workers N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bakeoff.agent.harness.c_harness import CHarness  # noqa: E402
+from bakeoff.agent.harness.c_timing import CpuSlots, TimingOptions  # noqa: E402
+from bakeoff.agent.harness.parallelism import allowed_cpus, core_sets, cpu_list, local_view  # noqa: E402
+from bakeoff.agent.harness.sizing import SizingLimits  # noqa: E402
 from bakeoff.agent.selection.choose import choose  # noqa: E402
 from bakeoff.agent.selection.vote import vote  # noqa: E402
-from bakeoff.agent.types import Candidate, ExecutionMatrix, TestCase, Timing  # noqa: E402
+from bakeoff.agent.types import Candidate, ExecutionMatrix, TargetParallelism, Timing  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "bench" / "pareval-omp-dev"
 DEFAULT_CONSTRAINTS = ROOT / "bench" / "pareval" / "constraints.json"
@@ -109,12 +116,14 @@ def least_wrong(harness: CHarness, m: ExecutionMatrix, built: list[str]) -> list
     return [c for c in built if scored.get(c) == best]
 
 
-async def evaluate_problem(prob: dict, models: list[str], samples, constraints: dict, limiter, args) -> dict[str, Any]:
+async def evaluate_problem(prob: dict, models: list[str], samples, constraints: dict, limiter, args,
+                           timing: TimingOptions) -> dict[str, Any]:
     """Phase 1 of a problem: tests and the execution matrix of every selected model's samples."""
     harness = CHarness(
         prob["serial_source"], prob["function_name"], language="c++", constraints=constraints,
         compile_flags=("-O3", "-fopenmp"), limiter=limiter, call_timeout=args.call_timeout,
         medium_tests=args.medium_tests, cpus=args.pin or None, threads=[int(t) for t in args.threads.split(",")] if args.threads else None,
+        timing=timing,
     )
     sources = {}
     for model in models:
@@ -152,13 +161,30 @@ def decide(model: str, prob: dict, ev: dict, samples) -> dict[str, Any]:
     return {"ids": ids, "matrix": m, "vote": v, "winners": winners, "path": path, "ref_winners": set(v.winners) if path == "reference" else set()}
 
 
-async def main_async(args) -> int:
-    started = time.monotonic()
-    data = Path(args.data)
-    problems, samples = load(data)
-    constraints_all = json.loads(Path(args.constraints).read_text())["problems"]
-    all_models = sorted({m for m, _ in samples})
-    models = args.models.split(",") if args.models else all_models
+def timing_plan(args) -> tuple[TargetParallelism, list[int], TimingOptions]:
+    """The target, the thread counts timed (2 and the target) and the CPU sets timings run on."""
+    target = (TargetParallelism(threads=args.timing_threads, source="--timing-threads") if args.timing_threads
+              else local_view())
+    counts = sorted({2, target.threads}) if target.threads >= 2 else [1]
+    cpus = [int(c) for c in expand_cpus(args.pin)] if args.pin else allowed_cpus()
+    sets = [cpu_list(s) for s in core_sets(cpus, target.threads)]
+    options = TimingOptions(curve=tuple(counts), slots=CpuSlots(sets), budget_s=args.timing_budget or None,
+                            sizing=SizingLimits(min_time_s=args.min_time))
+    return target, counts, options
+
+
+def expand_cpus(spec: str) -> list[int]:
+    """"0-3,8" -> [0, 1, 2, 3, 8]."""
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def select_pairs(samples, args) -> tuple[dict[str, list[str]], list[str]]:
+    """The models of each problem to score, and the problems, as the flags ask."""
+    models = args.models.split(",") if args.models else sorted({m for m, _ in samples})
     pairs: dict[str, list[str]] = defaultdict(list)
     for (model, name), ss in sorted(samples.items()):
         if model not in models:
@@ -172,6 +198,18 @@ async def main_async(args) -> int:
     if args.limit:
         names = names[: args.limit]
     log(f"{sum(len(pairs[n]) for n in names)} (model, problem) pairs over {len(names)} problems, models {models}")
+    return pairs, names
+
+
+async def main_async(args) -> int:
+    started = time.monotonic()
+    data = Path(args.data)
+    problems, samples = load(data)
+    constraints_all = json.loads(Path(args.constraints).read_text())["problems"]
+    pairs, names = select_pairs(samples, args)
+    target, counts, timing = timing_plan(args)
+    log(f"timing at {target.threads} threads ({target.source}), thread counts {counts}, "
+        f"{len(timing.slots.cpu_sets) if timing.slots else 1} at once on CPUs {timing.slots.cpu_sets if timing.slots else '-'}")
 
     limiter = asyncio.Semaphore(args.workers)
     gate = asyncio.Semaphore(max(2, args.workers))  # problems in flight at once
@@ -180,7 +218,8 @@ async def main_async(args) -> int:
         async with gate:
             try:
                 return name, await asyncio.wait_for(
-                    evaluate_problem(problems[name], pairs[name], samples, constraints_all.get(name, {}), limiter, args),
+                    evaluate_problem(problems[name], pairs[name], samples, constraints_all.get(name, {}), limiter, args,
+                                     timing),
                     args.problem_timeout)
             except TimeoutError:
                 log(f"{name}: not finished within {args.problem_timeout:.0f}s; left out of the figures")
@@ -190,64 +229,24 @@ async def main_async(args) -> int:
     skipped = [n for n in names if n not in evals]
     names = [n for n in names if n in evals]
     t_matrix = time.monotonic() - started
-    log(f"matrices done in {t_matrix:.0f}s; timing winners (nothing else runs now)")
+    log(f"matrices done in {t_matrix:.0f}s; timing winners (only timings run now)")
 
-    # Phase 2, alone on the machine: time the winners (what the vote needs) and, for the
-    # speed figures, the samples the labels call correct.
+    # Phase 2, with nothing but timings running: time the winners (what the vote needs) and,
+    # for the speed figures, the samples the labels call correct; problems share the CPU sets.
     results: dict[str, list[dict]] = defaultdict(list)
-    for name in names:
-        ev = evals[name]
-        prob = problems[name]
-        decisions = {model: decide(model, prob, ev, samples) for model in pairs[name]}
-        to_time: dict[str, str] = {}
-        for model, d in decisions.items():
-            by_id = {f"{model}/{s['index']}": s for s in samples[(model, name)]}
-            need = set(d["winners"]) if len(d["winners"]) > 1 else set()
-            need |= {c for c, s in by_id.items() if s["labels"]["are_all_valid"] and not ev["harness"].build_logs.get(c)}
-            for c in need:
-                to_time[c] = ev["sources"][c]
-        timings: dict[str, Timing] = await ev["harness"].time(to_time, repeats=args.repeats) if to_time else {}
-        for model, d in decisions.items():
-            ss = samples[(model, name)]
-            cands = [Candidate(id=f"{model}/{s['index']}", source=ev["sources"][f"{model}/{s['index']}"]) for s in ss]
-            if d["winners"]:
-                verdict = choose(d["vote"].model_copy(update={"winners": d["winners"]}), cands, d["matrix"], ev["tests"],
-                                 timings={c: t for c, t in timings.items() if c in d["ids"]})
-                pick = verdict.winner
-            else:
-                pick = None
-            # Nobody eligible at all: the first sample (what a selector with no signal does).
-            chosen = int(pick.split("/")[1]) if pick else 0
-            labels = {s["index"]: s["labels"]["are_all_valid"] for s in ss}
-            sp = {s["index"]: timings[f"{model}/{s['index']}"].speedup for s in ss if f"{model}/{s['index']}" in timings}
-            results[model].append({
-                "name": name, "chosen": chosen, "path": d["path"] if pick else "none",
-                "correct": labels[chosen], "c": sum(labels.values()), "n": len(ss),
-                "speed_pick": sp.get(chosen) if labels[chosen] else None,
-                "speed_correct": [sp[i] for i in labels if labels[i] and i in sp],
-                "ref_winners": sorted(int(c.split("/")[1]) for c in d["ref_winners"]),
-                "labels": labels,
-                "flaky": sorted(int(c.split("/")[1]) for c in d["vote"].flaky),
-                "built": sum(1 for c in d["ids"] if not ev["harness"].build_logs.get(c)),
-                "label_built": sum(s["labels"]["did_build"] for s in ss),
-            })
-        log(f"{name}: timed {len(set(to_time.values()))} programs; picks " + ", ".join(
-            f"{r['name'] and m}:{r['chosen']}{'+' if r['correct'] else '-'}({r['path']})" for m in pairs[name] for r in results[m] if r["name"] == name))
-        await ev["harness"].close()
-
+    await asyncio.gather(*(time_problem(name, evals[name], problems[name], pairs[name], samples, target, counts,
+                                        results, args) for name in names))
+    t_timing = time.monotonic() - started - t_matrix
     elapsed = time.monotonic() - started
-    figures = report(results, elapsed, t_matrix)
-    figures["left_out_problems"] = skipped
+    figures = report(results, elapsed, t_matrix, target, counts)
+    figures.update({"left_out_problems": skipped, "timing_s": t_timing, "timing_threads": target.threads,
+                    "timing_threads_source": target.source, "timing_counts": counts,
+                    "timing_cpu_sets": timing.slots.cpu_sets if timing.slots else []})
     if skipped:
         print(f"\nleft out (matrix not finished within {args.problem_timeout:.0f}s): {', '.join(skipped)}")
-    picks_path = Path(args.picks)
-    picks_path.parent.mkdir(parents=True, exist_ok=True)
-    with picks_path.open("w") as fh:
-        for model, rows in results.items():
-            for r in rows:
-                fh.write(json.dumps({"name": r["name"], "model": model, "chosen_index": r["chosen"]}) + "\n")
-    print(f"\nscore.py's report on the picks ({picks_path}):\n", flush=True)
-    out = subprocess.run([sys.executable, str(data / "score.py"), "--select", str(picks_path), str(data / "candidates.jsonl")],
+    write_picks(results, Path(args.picks))
+    print(f"\nscore.py's report on the picks ({args.picks}):\n", flush=True)
+    out = subprocess.run([sys.executable, str(data / "score.py"), "--select", str(args.picks), str(data / "candidates.jsonl")],
                          capture_output=True, text=True)
     sel = out.stdout[out.stdout.find("Selector scoring"):] if "Selector scoring" in out.stdout else out.stdout + out.stderr
     print(sel, flush=True)
@@ -259,30 +258,119 @@ async def main_async(args) -> int:
     return 0
 
 
-def summarize(rows: list[dict]) -> dict[str, Any]:
+def write_picks(results: dict[str, list[dict]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        for model, rows in results.items():
+            for r in rows:
+                fh.write(json.dumps({"name": r["name"], "model": model, "chosen_index": r["chosen"]}) + "\n")
+
+
+async def time_problem(name: str, ev: dict, prob: dict, models: list[str], samples, target: TargetParallelism,
+                       counts: list[int], results: dict[str, list[dict]], args) -> None:
+    """Phase 2 of a problem: time what the vote and the figures need, pick, score the pick."""
+    decisions = {model: decide(model, prob, ev, samples) for model in models}
+    to_time: dict[str, str] = {}
+    for model, d in decisions.items():
+        by_id = {f"{model}/{s['index']}": s for s in samples[(model, name)]}
+        need = set(d["winners"]) if len(d["winners"]) > 1 else set()
+        need |= {c for c, s in by_id.items() if s["labels"]["are_all_valid"] and not ev["harness"].build_logs.get(c)}
+        for c in need:
+            to_time[c] = ev["sources"][c]
+    timings: dict[str, Timing] = await ev["harness"].time(to_time, repeats=args.repeats, target=target) if to_time else {}
+    races = ev["harness"].races
+    for model, d in decisions.items():
+        ss = samples[(model, name)]
+        cands = [Candidate(id=f"{model}/{s['index']}", source=ev["sources"][f"{model}/{s['index']}"]) for s in ss]
+        pick = None
+        if d["winners"]:
+            # The sample bakeoff would pick; for a speed task it ships it only when it is faster,
+            # but either way it is bakeoff's answer to "which of these".
+            verdict = choose(d["vote"].model_copy(update={"winners": d["winners"]}), cands, d["matrix"], ev["tests"],
+                             timings={c: t for c, t in timings.items() if c in d["ids"]})
+            pick = verdict.winner
+        # Nobody eligible at all: the first sample (what a selector with no signal does).
+        chosen = int(pick.split("/")[1]) if pick else 0
+        labels = {s["index"]: s["labels"]["are_all_valid"] for s in ss}
+        results[model].append(score_row(name, model, ss, d, chosen, pick, labels, timings, races, ev, counts))
+    setup = ev["harness"].timing_setup
+    log(f"{name}: timed {len(set(to_time.values()))} programs"
+        + (f" on {setup.size} (reference {setup.reference_s or 0:.3f}s at 1 thread)" if setup else "") + "; picks "
+        + ", ".join(f"{m}:{r['chosen']}{'+' if r['correct'] else '-'}({r['path']})" for m in models for r in results[m]
+                    if r["name"] == name))
+    await ev["harness"].close()
+
+
+def score_row(name, model, ss, d, chosen, pick, labels, timings, races, ev, counts) -> dict[str, Any]:
+    """One (model, problem)'s pick, its labels and the speeds the figures need."""
+    def speed_at(cid: str, threads: int) -> float | None:
+        t = timings.get(cid)
+        point = next((p for p in t.curve if p.threads == threads), None) if t else None
+        return point.speedup if point else None
+
+    target = counts[-1]
+    ids = {s["index"]: f"{model}/{s['index']}" for s in ss}
+    at = {n: {i: speed_at(c, n) for i, c in ids.items() if speed_at(c, n) is not None} for n in counts}
+    row = {
+        "name": name, "chosen": chosen, "path": d["path"] if pick else "none",
+        "correct": labels[chosen], "c": sum(labels.values()), "n": len(ss),
+        "ref_winners": sorted(int(c.split("/")[1]) for c in d["ref_winners"]),
+        "labels": labels,
+        "flaky": sorted(int(c.split("/")[1]) for c in d["vote"].flaky),
+        "racy": sorted(i for i, c in ids.items() if c in races),
+        "built": sum(1 for c in d["ids"] if not ev["harness"].build_logs.get(c)),
+        "label_built": sum(s["labels"]["did_build"] for s in ss),
+    }
+    for n in counts:
+        suffix = "" if n == target else f"_{n}"
+        sp = at[n]
+        row["speed_pick" + suffix] = sp.get(chosen) if labels[chosen] else None
+        row["speed_correct" + suffix] = [sp[i] for i in labels if labels[i] and i in sp]
+        row["speed_correct_racefree" + suffix] = [sp[i] for i in labels if labels[i] and i in sp and ids[i] not in races]
+    return row
+
+
+def summarize(rows: list[dict], counts: list[int]) -> dict[str, Any]:
     n = len(rows)
     sel = sum(r["correct"] for r in rows) / n
     rnd = sum(r["c"] / r["n"] for r in rows) / n
     orc = sum(1 for r in rows if r["c"] > 0) / n
     gap = orc - rnd
-    paired = [r for r in rows if r["speed_pick"] is not None and r["speed_correct"]]
     yes_no = sum(1 for r in rows for i, ok in r["labels"].items() if i in r["ref_winners"] and not ok)
     no_yes = sum(1 for r in rows for i, ok in r["labels"].items() if i not in r["ref_winners"] and ok)
-    return {
+    out = {
         "problems": n,
         "selected_accuracy": sel,
         "random_accuracy": rnd,
         "oracle": orc,
         "gap_closed": (sel - rnd) / gap if gap > 1e-12 else None,
-        "speedup_pick": geomean([r["speed_pick"] for r in paired]),
-        "speedup_mean_correct": geomean([sum(r["speed_correct"]) / len(r["speed_correct"]) for r in paired]),
-        "speedup_oracle": geomean([max(r["speed_correct"]) for r in paired]),
-        "speedup_problems": len(paired),
         "disagree_with_labels": {"bakeoff_correct_label_wrong": yes_no, "bakeoff_wrong_label_correct": no_yes,
                                  "samples": sum(r["n"] for r in rows)},
         "picks_label_wrong": sum(1 for r in rows if not r["correct"] and r["c"] > 0),
         "paths": dict(Counter(r["path"] for r in rows)),
         "built": sum(r["built"] for r in rows), "label_built": sum(r["label_built"] for r in rows),
+    }
+    for t in counts:
+        suffix = "" if t == counts[-1] else f"_{t}"
+        out.update(speed_figures(rows, suffix))
+    return out
+
+
+def speed_figures(rows: list[dict], suffix: str) -> dict[str, Any]:
+    """Geometric means over the problems whose pick is label-correct and timed: the pick, the
+    mean and the best label-correct sample, and the best one the race check does not flag
+    (over the problems that have one), with the pick's ratio to it."""
+    pick, correct, racefree = f"speed_pick{suffix}", f"speed_correct{suffix}", f"speed_correct_racefree{suffix}"
+    paired = [r for r in rows if r[pick] is not None and r[correct]]
+    paired_rf = [r for r in paired if r[racefree]]
+    pick_rf, oracle_rf = geomean([r[pick] for r in paired_rf]), geomean([max(r[racefree]) for r in paired_rf])
+    return {
+        f"speedup_pick{suffix}": geomean([r[pick] for r in paired]),
+        f"speedup_mean_correct{suffix}": geomean([sum(r[correct]) / len(r[correct]) for r in paired]),
+        f"speedup_oracle{suffix}": geomean([max(r[correct]) for r in paired]),
+        f"speedup_oracle_racefree{suffix}": oracle_rf,
+        f"pick_vs_oracle_racefree{suffix}": pick_rf / oracle_rf if pick_rf and oracle_rf else None,
+        f"speedup_problems{suffix}": len(paired),
     }
 
 
@@ -290,34 +378,49 @@ def fmt(x: Any, d: int = 3) -> str:
     return "n/a" if x is None else (f"{x:.{d}f}" if isinstance(x, float) else str(x))
 
 
-def report(results: dict[str, list[dict]], elapsed: float, t_matrix: float) -> dict[str, Any]:
+def report(results: dict[str, list[dict]], elapsed: float, t_matrix: float, target: TargetParallelism,
+           counts: list[int]) -> dict[str, Any]:
     figures: dict[str, Any] = {"models": {}}
-    print(f"\npareval-omp-dev selection, measured here (2 cores), {elapsed:.0f}s in all ({t_matrix:.0f}s building and running)\n")
-    print("| model | problems | selected acc | random (pass@1) | oracle (pass@20) | gap closed | S2 pick | S2 mean-correct | S2 best | speed problems | bakeoff yes/label no | bakeoff no/label yes | wrong picks | vote path | built (labels) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    cores = len(allowed_cpus())
+    t = target.threads
+    print(f"\npareval-omp-dev selection, measured here ({cores} CPUs), {elapsed:.0f}s in all ({t_matrix:.0f}s building "
+          f"and running); speed at {t} threads ({target.source})\n")
+    extra = [n for n in counts if n != t]
+    head = ["model", "problems", "selected acc", "random (pass@1)", "oracle (pass@20)", "gap closed",
+            f"S{t} pick", f"S{t} mean-correct", f"S{t} best", f"S{t} best race-free", "pick / best race-free",
+            *[f"S{n} pick" for n in extra], *[f"S{n} best race-free" for n in extra],
+            "speed problems", "bakeoff yes/label no", "bakeoff no/label yes", "wrong picks", "vote path", "built (labels)"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
     all_rows = []
     for model in sorted(results):
-        s = summarize(results[model])
+        s = summarize(results[model], counts)
         figures["models"][model] = s
         all_rows += results[model]
-        print_row(model, s)
-    s = summarize(all_rows)
+        print_row(model, s, extra)
+    s = summarize(all_rows, counts)
     figures["overall"] = s
-    print_row("overall", s)
-    figures.update({k: s[k] for k in ("selected_accuracy", "random_accuracy", "oracle", "gap_closed", "speedup_pick",
-                                       "speedup_mean_correct", "speedup_oracle", "disagree_with_labels")})
+    print_row("overall", s, extra)
+    figures.update({k: v for k, v in s.items() if k.startswith(("speedup_", "pick_vs_")) or k in (
+        "selected_accuracy", "random_accuracy", "oracle", "gap_closed", "disagree_with_labels")})
     figures["elapsed_s"] = elapsed
-    print("\nS2 = serial reference time / sample time at 2 threads, both measured here (median of interleaved runs), "
-          "geometric mean over problems where the pick is correct and timed; mean-correct and best over the samples the labels call correct.")
+    print(f"\nS{t} = serial reference time / sample time at {t} threads, both measured here (median of interleaved runs "
+          "on an input grown until the reference takes 0.2 s per call, where memory allows), geometric mean over "
+          "problems where the pick is correct and timed; mean-correct and best over the samples the labels call "
+          "correct; race-free: and that ThreadSanitizer does not flag.")
     return figures
 
 
-def print_row(model: str, s: dict) -> None:
+def print_row(model: str, s: dict, extra: list[int]) -> None:
     d = s["disagree_with_labels"]
-    print(f"| {model} | {s['problems']} | {fmt(s['selected_accuracy'])} | {fmt(s['random_accuracy'])} | {fmt(s['oracle'])} | "
-          f"{fmt(s['gap_closed'])} | {fmt(s['speedup_pick'], 2)} | {fmt(s['speedup_mean_correct'], 2)} | {fmt(s['speedup_oracle'], 2)} | "
-          f"{s['speedup_problems']} | {d['bakeoff_correct_label_wrong']}/{d['samples']} | {d['bakeoff_wrong_label_correct']}/{d['samples']} | "
-          f"{s['picks_label_wrong']} | {s['paths']} | {s['built']} ({s['label_built']}) |", flush=True)
+    cells = [model, s["problems"], fmt(s["selected_accuracy"]), fmt(s["random_accuracy"]), fmt(s["oracle"]),
+             fmt(s["gap_closed"]), fmt(s["speedup_pick"], 2), fmt(s["speedup_mean_correct"], 2),
+             fmt(s["speedup_oracle"], 2), fmt(s["speedup_oracle_racefree"], 2), fmt(s["pick_vs_oracle_racefree"], 3),
+             *[fmt(s[f"speedup_pick_{n}"], 2) for n in extra], *[fmt(s[f"speedup_oracle_racefree_{n}"], 2) for n in extra],
+             s["speedup_problems"], f"{d['bakeoff_correct_label_wrong']}/{d['samples']}",
+             f"{d['bakeoff_wrong_label_correct']}/{d['samples']}", s["picks_label_wrong"], s["paths"],
+             f"{s['built']} ({s['label_built']})"]
+    print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,7 +431,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--problems", choices=["mixed", "all"], default="all",
                     help="mixed: only (model, problem) pairs whose samples are partly correct")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="compile/run processes at once")
-    ap.add_argument("--repeats", type=int, default=7, help="interleaved timing pairs per sample")
+    ap.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds per sample, at most")
+    ap.add_argument("--timing-threads", type=int, default=0,
+                    help="the target parallelism timings are at (default: the CPUs this process may use)")
+    ap.add_argument("--timing-budget", type=float, default=2.0,
+                    help="a timing stops after 2 rounds once this many seconds have passed (0: all --repeats)")
+    ap.add_argument("--min-time", type=float, default=0.2,
+                    help="grow the timing input until the reference takes this long per call at one thread")
     ap.add_argument("--call-timeout", type=float, default=10.0)
     ap.add_argument("--medium-tests", type=int, default=3, help="larger inputs per problem, run to expose races")
     ap.add_argument("--threads", default="", help="thread counts for correctness runs (default 1, 2, cores, 2x and 4x cores)")

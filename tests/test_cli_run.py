@@ -8,6 +8,25 @@ import pytest
 
 from tests.test_session import CALC, WRONG_EDIT, bakeoff, cli_env, git, make_repo, write_script
 
+SLOWER_EDIT = """\
+The same sum, with five times the additions.
+
+calc.py
+<<<<<<< SEARCH
+    s = 0
+    for x in xs:
+        s = s + x
+    return s
+=======
+    s = 0
+    for x in xs:
+        for _ in range(5):
+            s = s + x
+        s = s - 4 * x
+    return s
+>>>>>>> REPLACE
+"""
+
 
 @pytest.fixture
 def repo(tmp_path):
@@ -99,3 +118,19 @@ def test_no_docker_engine_says_what_to_do(repo, tmp_path):
     proc = bakeoff("run", "--repo", str(repo), "--model", f"scripted:{script}", "--sandbox", "docker", "x", env=env)
     assert proc.returncode == 2
     assert "no Docker engine reachable" in proc.stderr and "--sandbox local" in proc.stderr
+
+
+def test_a_correct_but_slower_candidate_is_offered_not_applied_and_exits_1(repo, tmp_path):
+    script = write_script(tmp_path / "s.json", editors=[SLOWER_EDIT, WRONG_EDIT])
+    proc = bakeoff("run", "--repo", str(repo), "--model", f"scripted:{script}", "--json", "--apply", "--threads", "1",
+                   "make total faster", env=cli_env(tmp_path))
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "not-faster" and doc["winner"] is None
+    verdict = doc["verdict"]
+    assert verdict["best"] == "c1" and verdict["not_faster"] and verdict["correct"] == ["c1"]
+    assert verdict["reason"].startswith("correct, but no candidate is faster than the original (best ")
+    assert doc["error"] == verdict["reason"]
+    assert "range(5)" in doc["patch"]  # offered ...
+    assert "not applied" in proc.stderr and (repo / "calc.py").read_text() == CALC  # ... never applied
+    assert verdict["timing"]["threads"] == 1 and verdict["timing"]["threads_source"] == "threads setting"

@@ -173,9 +173,10 @@ def test_the_bundled_c_example_rejects_the_race_and_the_lost_remainder():
     result = invoke("--reference", ex("serial.c"), *[a for c in ("reduction.c", "dynamic.c", "race.c", "split.c")
                                                       for a in ("--candidate", ex(c))],
                     "--entry", "collatz_total", "--json", "--timing-repeats", "3")
-    assert result.exit_code == 0, result.output
     verdict = json.loads(result.output)
     assert sorted(verdict["correct"]) == ["dynamic", "reduction"]
-    assert verdict["winner"] in ("dynamic", "reduction")
+    # Shipped only when faster than the serial loop here (a busy machine may say otherwise): exit 1 then.
+    assert result.exit_code == (0 if verdict["winner"] else 1), result.output
+    assert (verdict["winner"] or verdict["best"]) in ("dynamic", "reduction")
     rows = {r["candidate"]: r for r in verdict["rows"]}
     assert rows["race"]["correct"] is False and rows["split"]["correct"] is False

@@ -63,7 +63,7 @@ async def fan_out(goal: str, files: Sequence[str], n: int, *, services: FanOutSe
                                   {c: t.profile_output for c, t in developing.items()}, baseline)
         ballot = vote(matrix, tests, reference=True, gate=gate(candidates))
         timings, setup = await time_winners(ballot.winners, harness, sources,
-                                            {c: developing[c].final_files for c in ballot.winners}, baseline,
+                                            {c: developing[c].final_files for c in ballot.winners}, baseline, base_sb,
                                             services.pool, services.workspace, services.settings, services.events)
     verdict = choose(ballot, candidates, matrix, tests, timings=timings or None, setup=setup,
                      speed_task=is_speed_task(goal))

@@ -23,20 +23,21 @@ async def target_of(settings: FanOutSettings, sandbox: Sandbox) -> TargetParalle
 
 async def time_winners(
     winners: Sequence[str], harness: DifferentialHarness | None, sources: Mapping[str, str],
-    files: Mapping[str, Mapping[str, str]], baseline: Baseline, pool: SandboxPool, workspace: Workspace,
-    settings: FanOutSettings, events: EventBus,
+    files: Mapping[str, Mapping[str, str]], baseline: Baseline, base_sandbox: Sandbox, pool: SandboxPool,
+    workspace: Workspace, settings: FanOutSettings, events: EventBus,
 ) -> tuple[dict[str, Timing], TimingSetup | None]:
     """Timings of ``winners`` and what they mean: by the differential harness on its sized
     timing input when there is one, else by the repository's benchmark (only worth it when
-    there is a choice to make: a single winner keeps the timing its trajectory measured)."""
+    there is a choice to make: a single winner keeps the timing its trajectory measured).
+    The target parallelism is the user's setting, else what ``base_sandbox`` may use."""
     if not winners or (harness is None and baseline.sandbox is None):
         return {}, None
-    target = await target_of(settings, baseline.sandbox) if baseline.sandbox is not None else None
+    target = await target_of(settings, base_sandbox)
     if harness is not None:
         chosen = {c: sources[c] for c in winners if c in sources}
         timings = await harness.time(chosen, repeats=settings.timing_repeats, target=target)
         return timings, harness.timing_setup
-    if baseline.sandbox is not None and baseline.commands.profile and target is not None and len(winners) > 1:
+    if baseline.sandbox is not None and baseline.commands.profile and len(winners) > 1:
         setup = TimingSetup(threads=target.threads, threads_source=target.source, curve_threads=[target.threads],
                             sizing="the repository's benchmark command, with OMP_NUM_THREADS set to the target")
         return await retime({c: files[c] for c in winners}, pool, workspace, baseline, settings, events, target), setup

@@ -18,6 +18,7 @@ temporary directory, with the same timeouts (faster, and what the benchmarks use
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import random
@@ -281,11 +282,11 @@ class CHarness(DifferentialHarness):
             return TargetParallelism(threads=self.timing_options.threads, source="the harness's timing threads")
         return local_view()
 
-    async def timing_input(self) -> tuple[TestCase, TimingSetup]:
+    async def timing_input(self, pin: str | None = None) -> tuple[TestCase, TimingSetup]:
         """The input every candidate is timed on: the large size, scaled until the reference
         takes ``sizing.min_time_s`` per call at one thread (within its caps); sized once."""
         if self._sized is None:
-            test, sized = await self.timing.sized_input(timing_input(self.plan, self.seed), self.sizing)
+            test, sized = await self.timing.sized_input(timing_input(self.plan, self.seed), self.sizing, pin)
             setup = TimingSetup(threads=0, size=dict(test.input["vars"]), reference_s=sized.seconds, sizing=sized.why)
             self._sized = (test, setup)
             self._emit("differential.timing_input", function=self.function, size=setup.size,
@@ -297,25 +298,26 @@ class CHarness(DifferentialHarness):
         """Each candidate against the reference on the sized input, at the target parallelism
         and at 1, 2, 4, ... below it (the scaling curve), interleaved inside one process and
         timing only the call. Distinct sources are timed once each, one per CPU slot at a time.
-        Run this with nothing else running."""
+        Run this with nothing else running (but other timings on other CPU slots)."""
         goal = self.target(target)
         counts = list(self.timing_options.curve) or curve_threads(goal.threads)
-        test, setup = await self.timing_input()
+        slots = self.timing_options.slots
+        async with slots.take() if slots else contextlib.nullcontext(None) as pin:
+            test, setup = await self.timing_input(pin)
         self.timing_setup = setup.model_copy(update={"threads": counts[-1], "threads_source": goal.source,
                                                      "curve_threads": counts})
-        distinct = list(dict.fromkeys(sources.values()))
         done: dict[str, Timing | str] = {}
-        queue: asyncio.Queue[str] = asyncio.Queue()
-        for src in distinct:
-            queue.put_nowait(src)
 
-        async def slot(pin: str | None) -> None:
-            while not queue.empty():
-                src = queue.get_nowait()
+        async def one(src: str) -> None:
+            async with slots.take() if slots else contextlib.nullcontext(None) as pin:
                 done[src] = await self.timing.time_source(src, test, repeats, counts, pin)
 
-        pins = [f"taskset -c {shlex.quote(cpus)} " for cpus in self.timing_options.slots] or [None]
-        await asyncio.gather(*(slot(pin) for pin in pins[: max(1, len(distinct))]))
+        distinct = list(dict.fromkeys(sources.values()))
+        if slots:
+            await asyncio.gather(*(one(src) for src in distinct))
+        else:
+            for src in distinct:
+                await one(src)
         out: dict[str, Timing] = {}
         for cid, src in sources.items():
             result = done[src]

@@ -18,9 +18,9 @@ Protocol (``@@BK`` lines on a private copy of stdout; the program's own stdout g
                                      one reference call per round: ``ref, 1, 2, 4`` then
                                      ``4, 2, 1, ref``, alternating; ``X ref <s> <t>`` / ``X cand <s>
                                      <t>`` per recorded call, ``R <s>`` after every reference call,
-                                     ``L <s> <t>`` before every candidate call: its limit (20x the
+                                     ``L <s> <t>`` before every candidate call: its limit (10x the
                                      reference plus 0.25 s, at most CAP); past it the process ends
-                                     with SIGALRM. After 3 recorded rounds it stops once BUDGET
+                                     with SIGALRM. After 2 recorded rounds it stops once BUDGET
                                      seconds have passed.
   ``drv probe ALARM``                per test, the reference once at one thread: ``P idx <s> <peak
                                      resident KiB>``, or ``E idx <why>``
@@ -339,9 +339,9 @@ int main(int argc, char** argv) {
     double budget = argc >= 7 ? atof(argv[6]) : 0.0;
     int target = threads.back(), k = (int)threads.size();
     auto& s = specs[0];
-    // The reference once first, so that every candidate call has a limit: 20x the
+    // The reference once first, so that every candidate call has a limit: 10x the
     // reference's last time plus 0.25 s (``L``), never more than CAP. A candidate that slow
-    // is of no use, and timing it to the end would cost minutes.
+    // is of no use for speed, and timing it to the end would cost minutes.
     double last_ref = 0; std::string err0;
     if (bk_ref_run(s.seed, s.P.data(), s.literal, 1, nullptr, &last_ref, &err0) != 0) {
       proto("E ref %s", clean(err0).c_str());
@@ -350,7 +350,7 @@ int main(int argc, char** argv) {
     proto("R %.9f", last_ref);
     double started = omp_get_wtime();
     for (int r = -warmup; r < repeats; ++r) {
-      if (r >= 3 && budget > 0 && omp_get_wtime() - started > budget) break;
+      if (r >= 2 && budget > 0 && omp_get_wtime() - started > budget) break;
       for (int j = 0; j <= k; ++j) {
         // Alternate the order (ref first, then ref last) so a drift in machine load does not favour one side.
         bool forward = (r & 1) == 0;
@@ -358,7 +358,7 @@ int main(int argc, char** argv) {
         int t = ref_side ? target : (forward ? threads[j - 1] : threads[k - 1 - j]);
         double secs = 0; std::string err;
         if (!ref_side) {
-          double limit = std::min(cap, std::max(0.5, 20.0 * last_ref + 0.25));
+          double limit = std::min(cap, std::max(0.5, 10.0 * last_ref + 0.25));
           proto("L %.9f %d", limit, t);
           timer(limit);
         }

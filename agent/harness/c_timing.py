@@ -14,10 +14,13 @@ most the reference's time over the limit.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import random
 import re
-from collections.abc import Mapping, Sequence
+import shlex
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bakeoff.agent.harness.c_build import DriverBuilds
@@ -61,17 +64,42 @@ def scaled_vars(drawn: Mapping[str, float], spec: Mapping[str, Mapping], scale: 
     return out
 
 
+class CpuSlots:
+    """Disjoint CPU sets ("0-7", "8-15") on which timings run at once, one timing per set,
+    shared by every harness that times in the same phase. Base and candidate of one timing
+    always run on the same set."""
+
+    def __init__(self, cpu_sets: Sequence[str]):
+        self.cpu_sets = list(cpu_sets)
+        self._free: asyncio.Queue[str] | None = None
+
+    @contextlib.asynccontextmanager
+    async def take(self) -> AsyncIterator[str]:
+        """A free set, as the command prefix that pins a process to it."""
+        if self._free is None:
+            self._free = asyncio.Queue()
+            for cpus in self.cpu_sets:
+                self._free.put_nowait(cpus)
+        cpus = await self._free.get()
+        try:
+            yield f"taskset -c {shlex.quote(cpus)} "
+        finally:
+            self._free.put_nowait(cpus)
+
+
 @dataclass(frozen=True)
 class TimingOptions:
     """How a harness times: at ``threads`` (None: the target ``time`` is given, else this
     process's CPUs), on the large input grown by ``sizing`` (None: its defaults); ``curve``
-    replaces the thread counts 1, 2, 4, ... target; ``slots`` are disjoint CPU sets ("0-7")
-    on which timings run at once; a timing stops after 3 rounds once ``budget_s`` has passed."""
+    replaces the thread counts 1, 2, 4, ... target; ``slots`` are disjoint CPU sets on which
+    timings run at once (None: one at a time); a timing stops after 2 rounds once
+    ``budget_s`` has passed (so a slow candidate gets fewer rounds, and a wider interval, than
+    a fast one)."""
 
     threads: int | None = None
     curve: tuple[int, ...] = ()
     sizing: SizingLimits | None = None
-    slots: tuple[str, ...] = ()
+    slots: CpuSlots | None = None
     budget_s: float | None = None
 
 
@@ -132,10 +160,11 @@ class DriverTiming:
         self.workdir = workdir
         self.call_timeout = call_timeout
         self.pin = pin
-        self.budget_s = budget_s  # a timing stops after 3 rounds once this has passed
+        self.budget_s = budget_s  # a timing stops after 2 rounds once this has passed
 
-    async def sized_input(self, test: TestCase, limits: SizingLimits) -> tuple[TestCase, Sized]:
+    async def sized_input(self, test: TestCase, limits: SizingLimits, pin: str | None = None) -> tuple[TestCase, Sized]:
         """``test`` with its size variables scaled until the reference takes long enough."""
+        pin = self.pin if pin is None else pin
         binary = await self.builds.reference_binary([])
         drawn, spec = dict(test.input["vars"]), self.builds.plan.vars
         alarm = max(1, math.ceil(2 * limits.max_time_s))
@@ -147,7 +176,7 @@ class DriverTiming:
             t = at(scale)
             name = f"probe_{digest(binary, str(sorted(t.input['vars'].items())))}.txt"
             await self.workdir.write(name, spec_lines(self.builds.plan, [t], [0]))
-            res = await self.workdir.run(f"{self.pin}./{binary} probe {alarm} < {name}", alarm + 30)
+            res = await self.workdir.run(f"{pin}./{binary} probe {alarm} < {name}", alarm + 30)
             for line in res.stdout.splitlines():
                 m = _LINE.search(line)
                 if m and m.group(1) == "P" and res.exit_code == 0:
