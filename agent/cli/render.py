@@ -271,7 +271,7 @@ def _yes_no(value: bool | None) -> str:
 def print_result(console: Console, report: RunReport, *, show_patch: bool = True) -> None:
     """A finished run for people: answer, table, verdict, winning patch, cost."""
     parts: list[Any] = []
-    if report.answer:
+    if report.answer and report.status != "not-faster":  # the verdict, not the model's summary, says what happened
         parts.append(Text(report.answer))
     if report.candidates or (report.verdict and report.verdict.rows):
         parts.append(report_table(report))

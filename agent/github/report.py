@@ -23,7 +23,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     verdict = report.get("verdict") or {}
     rows = verdict.get("rows") or []
     setup = verdict.get("timing") or {}
-    at = f" @{setup['threads']}" if setup.get("threads") else ""
+    at = f" at {setup['threads']} threads" if setup.get("threads") else ""  # "@16" would read as a mention
     lines = [
         f"**Result:** {report.get('status', '?')}. {verdict.get('reason', '')}".strip(),
         "",
