@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds per sample, at most")
     ap.add_argument("--timing-threads", type=int, default=0,
                     help="the target parallelism timings are at (default: the CPUs this process may use)")
-    ap.add_argument("--timing-budget", type=float, default=2.0,
+    ap.add_argument("--timing-budget", type=float, default=1.5,
                     help="a timing stops after 2 rounds once this many seconds have passed (0: all --repeats)")
     ap.add_argument("--min-time", type=float, default=0.2,
                     help="grow the timing input until the reference takes this long per call at one thread")

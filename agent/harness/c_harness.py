@@ -307,10 +307,13 @@ class CHarness(DifferentialHarness):
         self.timing_setup = setup.model_copy(update={"threads": counts[-1], "threads_source": goal.source,
                                                      "curve_threads": counts})
         done: dict[str, Timing | str] = {}
+        # A warm-up round pays for first-call costs (the thread pool, first touches); next to a
+        # call of a tenth of a second or more they are noise, and the round is not worth its time.
+        warmup = 0 if (setup.reference_s or 0.0) >= 0.1 else 1
 
         async def one(src: str) -> None:
             async with slots.take() if slots else contextlib.nullcontext(None) as pin:
-                done[src] = await self.timing.time_source(src, test, repeats, counts, pin)
+                done[src] = await self.timing.time_source(src, test, repeats, counts, pin, warmup)
 
         distinct = list(dict.fromkeys(sources.values()))
         if slots:

@@ -188,10 +188,11 @@ class DriverTiming:
         return at(sized.scale), sized
 
     async def time_source(self, source: str, test: TestCase, repeats: int, curve: Sequence[int],
-                          pin: str | None = None) -> Timing | str:
+                          pin: str | None = None, warmup: int = 1) -> Timing | str:
         """The candidate ``source`` against the reference on ``test`` at each thread count of
-        ``curve`` (the last is the target), or why it has no timing. A candidate stopped by
-        its limit below the target is timed again at the counts above it."""
+        ``curve`` (the last is the target), after ``warmup`` unrecorded rounds, or why it has
+        no timing. A candidate stopped by its limit below the target is timed again at the
+        counts above it."""
         binary, log = await self.builds.candidate(source, [])
         if binary is None:
             return f"does not build: {log}"
@@ -203,7 +204,7 @@ class DriverTiming:
         while True:
             per_round = self.call_timeout * (len(counts) + 1)
             res = await self.workdir.run(
-                f"{self.pin if pin is None else pin}./{binary} time {','.join(map(str, counts))} {repeats} 1 {cap}{budget}"
+                f"{self.pin if pin is None else pin}./{binary} time {','.join(map(str, counts))} {repeats} {warmup} {cap}{budget}"
                 f" < {name}", per_round * (repeats + 2) + 30)
             result = read_timing(res, counts)
             samples = Samples.read(res.stdout)
