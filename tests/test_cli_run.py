@@ -134,3 +134,23 @@ def test_a_correct_but_slower_candidate_is_offered_not_applied_and_exits_1(repo,
     assert "range(5)" in doc["patch"]  # offered ...
     assert "not applied" in proc.stderr and (repo / "calc.py").read_text() == CALC  # ... never applied
     assert verdict["timing"]["threads"] == 1 and verdict["timing"]["threads_source"] == "threads setting"
+
+
+def test_the_result_table_shows_the_target_the_scaling_curve_and_the_input_size():
+    from rich.console import Console
+
+    from bakeoff.agent.cli.render import print_result
+    from bakeoff.agent.types import CurvePoint, ReportRow, RunReport, TimingSetup, Verdict
+
+    curve = [CurvePoint(threads=1, speedup=0.93), CurvePoint(threads=2, speedup=1.8),
+             CurvePoint(threads=4, speedup=3.5, low=3.3, high=3.6)]
+    verdict = Verdict(winner=None, best="c1", not_faster=False, method="reference", reason="c1 won: ...",
+                      rows=[ReportRow(candidate="c1", correct=True, speedup=3.5, low=3.3, high=3.6, threads=4, curve=curve)],
+                      timing=TimingSetup(threads=4, threads_source="--threads", curve_threads=[1, 2, 4], size={"N": 2048.0},
+                                         reference_s=0.25, sizing="scaled x4 until the original took 0.25 s per call"))
+    console = Console(record=True, width=200)
+    print_result(console, RunReport(task="t", status="success", verdict=verdict))
+    text = console.export_text()
+    assert "speedup @4" in text and "scaling" in text and "1:0.93 2:1.8 4:3.5" in text
+    assert "3.50x [3.30, 3.60]" in text
+    assert "timed at 4 threads (--threads); input N=2048; scaled x4 until the original took 0.25 s per call" in text

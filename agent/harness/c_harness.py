@@ -8,7 +8,9 @@ per test, then the candidate at every thread count several times, and compares i
 process (``c_runs``): exact for integers, relative/absolute tolerance for floats,
 order-insensitive when asked. A result that changes between runs or thread counts is
 ``flaky`` (a race); so is a candidate ThreadSanitizer catches racing (``c_race``). Timing
-runs the candidate against the reference in one process (``c_timing``).
+runs the candidate against the reference in one process, at the target parallelism and at
+1, 2, 4, ... threads below it, on an input grown until the reference takes long enough
+(``c_timing``, ``sizing``).
 
 Processes run through a ``Sandbox`` when one is given; otherwise as plain subprocesses in a
 temporary directory, with the same timeouts (faster, and what the benchmarks use)
