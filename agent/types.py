@@ -172,6 +172,7 @@ class ExecutionMatrix(BaseModel):
 
 class ReportRow(BaseModel):
     candidate: str
+    model: str = ""  # the model that wrote it
     built: bool | None = None
     gate: bool | None = None  # passed the repo's own tests that passed at base
     tests_passed: int = 0
@@ -232,6 +233,9 @@ class RunReport(BaseModel):
     patch: str = ""
     cost_usd: float = 0.0
     tokens: int = 0
+    # The share of cost and tokens that is estimated: streams that broke before their usage arrived.
+    estimated_usd: float = 0.0
+    estimated_tokens: int = 0
     duration_s: float = 0.0
     trace: list[ToolCall] = Field(default_factory=list)
     fan_outs: list[FanOutResult] = Field(default_factory=list)  # every fan-out of the run, in order

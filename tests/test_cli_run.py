@@ -45,7 +45,7 @@ def test_json_document_and_patch_file(repo, tmp_path):
     assert "return sum(xs)" in doc["patch"] and "+ 1" not in doc["patch"]
     assert doc["verdict"]["winner"] == doc["winner"]["id"]
     assert sorted(c["id"] for c in doc["report"]) == ["c1", "c2"]
-    assert set(doc["cost"]) == {"usd", "tokens"} and doc["cost"]["tokens"] > 0
+    assert set(doc["cost"]) == {"usd", "tokens", "estimated_usd", "estimated_tokens"} and doc["cost"]["tokens"] > 0
     assert patch_file.read_text() == doc["patch"]
     assert "plan" in proc.stderr  # progress went to stderr, not into the JSON
     assert git(repo, "status", "--porcelain") == "" and (repo / "calc.py").read_text() == CALC

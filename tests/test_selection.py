@@ -8,6 +8,7 @@ from bakeoff.agent.models.scripted import ScriptedModel, ScriptedResponse
 from bakeoff.agent.selection.choose import choose, select
 from bakeoff.agent.selection.close_call import parse_judgement, resolve_close_call
 from bakeoff.agent.selection.table import render_table
+from bakeoff.agent.selection.agreement import CODET_RULE, FAMILY, RULE, AgreementRule, group_support
 from bakeoff.agent.selection.vote import Group, Vote, vote
 from bakeoff.agent.seams import ExecResult
 from bakeoff.agent.types import Candidate, ExecutionMatrix, TestCase, Timing
@@ -337,3 +338,83 @@ def test_the_table_shows_the_target_the_curve_and_the_offered_candidate():
     text = console.export_text()
     assert "speedup @2" in text and "1:0.5 2:0.8" in text and "? a" in text
     assert "timed at 2 threads (CPU affinity (2 CPUs)); input n=4096; scaled x8" in text
+# --------------------------------------------------------------------------- the rule family
+
+def test_the_family_holds_codet_and_the_product_rule():
+    assert CODET_RULE in FAMILY and RULE in FAMILY and len(FAMILY) == 48
+    assert len({r.name for r in FAMILY}) == len(FAMILY)
+    assert CODET_RULE.departures == 0 and CODET_RULE.name == "codet"
+    assert AgreementRule(grouping="outputs", fallback=True).departures == 2
+    with pytest.raises(ValueError):
+        AgreementRule(grouping="pass-set")
+
+
+def test_the_default_no_reference_vote_is_the_product_rule():
+    m, tests = build({"a": "pf", "b": "pf", "c": "fp", "d": "ff"}, outputs={"a": ["1"], "b": ["2"], "c": ["1"], "d": ["1"]})
+    assert vote(m, tests, reference=False) == vote(m, tests, reference=False, rule=RULE)
+
+
+def test_grouping_by_outputs_splits_a_pass_set_that_agrees_only_by_accident():
+    # a, b, c pass the same test but return three different values; d and e agree on both.
+    rows = {"a": "pf", "b": "pf", "c": "pf", "d": "fp", "e": "fp"}
+    outs = {"a": ["1"], "b": ["2"], "c": ["3"], "d": ["4"], "e": ["4"]}
+    m, tests = build(rows, outputs=outs)
+    assert sorted(vote(m, tests, reference=False, rule=CODET_RULE).winners) == ["a", "b", "c"]
+    assert sorted(vote(m, tests, reference=False, rule=AgreementRule(grouping="outputs")).winners) == ["d", "e"]
+
+
+# Five behaviours (sizes 2, 2, 1, 1, 1); t2 is written twice but passed by one behaviour
+# alone, t0 and t1 by three each.
+FIVE = ([2, 2, 1, 1, 1], [{"t0", "t1"}, {"t0", "t2"}, {"t0"}, {"t1"}, {"t1", "t3"}])
+# A big group passing one test, a lone candidate passing three.
+BIG_AND_LONE = ([4, 1], [{"t0"}, {"t0", "t1", "t3"}])
+SUPPORT_CASES = [
+    # (name, rule, (sizes, pass-sets), expected best group)
+    ("CodeT counts a lone test by its weight", CODET_RULE, FIVE, 1),
+    ("a test most behaviours pass counts more", AgreementRule(test_power=1.0), FIVE, 0),
+    ("CodeT: size times tests", CODET_RULE, BIG_AND_LONE, 0),
+    ("size ** 0.5 lets more tests beat more candidates", AgreementRule(size_power=0.5), BIG_AND_LONE, 1),
+]
+
+
+@pytest.mark.parametrize("name,rule,groups,best", SUPPORT_CASES, ids=[c[0] for c in SUPPORT_CASES])
+def test_group_support(name, rule, groups, best):
+    checks = [TestCase(id=f"t{i}", kind="generated", code="", weight=w) for i, w in enumerate([1, 1, 2, 1])]
+    sizes, passes = groups
+    scores = group_support(rule, sizes, passes, [True] * len(sizes), checks)
+    assert max(range(len(sizes)), key=lambda i: scores[i]) == best, scores
+    assert group_support(rule, sizes, passes, [False] * len(sizes), checks) == [0.0] * len(sizes)
+
+
+def test_without_fallback_nobody_wins_when_no_test_is_passed():
+    rows = {c: "ff" for c in "abcd"}
+    outs = {"a": ["1"], "b": ["1"], "c": ["1"], "d": ["2"]}
+    m, tests = build(rows, outputs=outs)
+    assert vote(m, tests, reference=False, rule=AgreementRule(grouping="outputs", fallback=True)).method == "majority"
+    v = vote(m, tests, reference=False, rule=AgreementRule(grouping="outputs"))
+    assert v.method == "none" and v.winners == [] and "no candidate passes" in v.reason
+
+
+def test_without_tie_break_tied_groups_all_win():
+    rows = {"a": "pf", "b": "pf", "c": "fp", "d": "fp", "e": "ff", "f": "ff"}
+    outs = {"a": ["1"], "b": ["1"], "c": ["2"], "d": ["2"], "e": ["1"], "f": ["1"]}
+    m, tests = build(rows, outputs=outs)
+    rule = AgreementRule(grouping="outputs", tie_break=True)
+    assert sorted(vote(m, tests, reference=False, rule=rule).winners) == ["a", "b"]
+    no_break = rule.model_copy(update={"tie_break": False})
+    assert sorted(vote(m, tests, reference=False, rule=no_break).winners) == ["a", "b", "c", "d"]
+
+
+def test_tie_break_on_pass_set_groups_uses_the_members_mean_agreement():
+    # Grouped by tests only, {a, b} mixes outputs; its members agree with the population less
+    # on average than {c, d}, who share e and f's value.
+    rows = {"a": "pf", "b": "pf", "c": "fp", "d": "fp", "e": "ff", "f": "ff"}
+    outs = {"a": ["2"], "b": ["3"], "c": ["1"], "d": ["1"], "e": ["1"], "f": ["1"]}
+    m, tests = build(rows, outputs=outs)
+    assert sorted(vote(m, tests, reference=False, rule=AgreementRule(tie_break=True)).winners) == ["c", "d"]
+
+
+def test_reference_vote_ignores_the_rule():
+    m, tests = build({"a": "ppp", "b": "ppf", "c": "ppf", "d": "ppf"})
+    for rule in (CODET_RULE, RULE):
+        assert vote(m, tests, reference=True, rule=rule).winners == ["a"]

@@ -42,7 +42,7 @@ class FanOutSettings(BaseModel):
     def from_settings(cls, settings: Settings) -> FanOutSettings:
         """The session's settings, as far as they concern a fan-out."""
         return cls(max_n=settings.max_n, rounds=settings.rounds, build=settings.build, test=settings.test,
-                   threads=settings.threads)
+                   threads=settings.threads, command_timeout_s=settings.command_timeout)
 
 
 @dataclass

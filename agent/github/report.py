@@ -15,7 +15,15 @@ def status_body(trigger: Trigger, state: Literal["started", "done", "failed"], d
         "done": f"✅ bakeoff finished on #{trigger.pr}.",
         "failed": f"❌ bakeoff could not finish on #{trigger.pr}.",
     }[state]
-    return f"{STATUS_MARKER}\n{head}\n\n{detail}".rstrip() + "\n"
+    return f"{STATUS_MARKER}\n{head}\n\n{settings_note(trigger)}\n\n{detail}".rstrip() + "\n"
+
+
+def settings_note(trigger: Trigger) -> str:
+    """Where the run's settings come from, and what is ignored (said in every status comment)."""
+    base = (f"the workflow's inputs and `{trigger.base_settings_source}`" if trigger.base_settings_source
+            else "the workflow's inputs only (no settings file read from the base branch)")
+    return (f"Settings: {base}. This pull request's own `bakeoff.toml` and `[tool.bakeoff]` are ignored: "
+            "a pull request never configures the Action.")
 
 
 def report_markdown(report: dict[str, Any]) -> str:

@@ -79,9 +79,9 @@ def _limits(job):
         except OSError:
             pass
         os.environ["OMP_NUM_THREADS"] = str(int(cpus))
-    mem = int(job.get("memory_mb", 1024)) * 1024 * 1024
+    mem = int(job.get("memory_mb", 1024)) * 1024 * 1024  # 0: the sandbox's own limit holds
     for limit, value in (
-        (resource.RLIMIT_AS, mem),
+        (resource.RLIMIT_AS, mem or resource.RLIM_INFINITY),
         (resource.RLIMIT_FSIZE, 16 * 1024 * 1024),
         (resource.RLIMIT_CORE, 0),
     ):

@@ -156,7 +156,8 @@ class PythonHarness(DifferentialHarness):
         if kinds != {"pass"}:
             if len(kinds) > 1:
                 return "flaky", None
-            return kinds.pop(), "!" + cells[0].outcome
+            kind = kinds.pop()
+            return kind, "!" + (f"killed: more than {self.timeout_s:g} s per call" if kind == "timeout" else kind)
         first = cells[0].value
         if any(not self._same(first, c.value) for c in cells[1:]):
             return "flaky", signature(first)

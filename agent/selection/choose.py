@@ -107,6 +107,7 @@ def report_rows(ballot: Vote, cands: Mapping[str, Candidate], matrix: ExecutionM
             note = cand.error[:80]
         rows.append(ReportRow(
             candidate=c,
+            model=cand.model if cand is not None else "",
             built=cand.built if cand is not None else (c not in ballot.gated if ballot.gated else None),
             gate=(c not in ballot.gated) if ballot.gated or c in matrix.candidates else None,
             tests_passed=sum(1 for tid in scored if matrix.cells.get(c, {}).get(tid) == "pass"),
