@@ -80,6 +80,14 @@ def _memory_for_sizing(sandbox: Sandbox | None) -> float:
     return memory / 4 if memory else 512 * MIB
 
 
+def _sizing_limits(timing: TimingOptions, sandbox: Sandbox | None) -> SizingLimits:
+    """How far the timing input may grow: the options' limits, the sandbox's memory by default."""
+    sizing = timing.sizing or SizingLimits()
+    if sizing.memory_bytes is None:
+        sizing = dataclasses.replace(sizing, memory_bytes=_memory_for_sizing(sandbox))
+    return sizing
+
+
 class CHarness(DifferentialHarness):
     """Differential harness for one C or C++ function (see ``agent.harness.protocol``)."""
 
@@ -116,17 +124,15 @@ class CHarness(DifferentialHarness):
         self.signature: Signature = parse_signature(reference_source, function)
         self.plan = c_plan.build_plan(self.signature, self.constraints)
         self.threads, self.repeats = list(threads or _default_threads()), repeats
-        self.float_rel = float(self.constraints.get("float_rel", float_rel))
-        self.float_abs = float(self.constraints.get("float_abs", float_abs))
+        self.float_rel, self.float_abs = (float(self.constraints.get(k, v)) for k, v in
+                                          (("float_rel", float_rel), ("float_abs", float_abs)))
         self.unordered = bool(self.constraints.get("unordered", unordered))
         self.flags = list(compile_flags)
         self.small_tests, self.medium_tests, self.seed = small_tests, medium_tests, seed
         self.call_timeout, self.build_timeout = call_timeout, build_timeout
         self.timing_options = timing or TimingOptions()
-        self.sizing = self.timing_options.sizing or SizingLimits()
-        if self.sizing.memory_bytes is None:
-            self.sizing = dataclasses.replace(self.sizing, memory_bytes=_memory_for_sizing(sandbox))
-        self.timing_setup: TimingSetup | None = None
+        self.sizing = _sizing_limits(self.timing_options, sandbox)
+        self.timing_setup: TimingSetup | None = None  # how the winners were timed, once they are
         self._sized: tuple[TestCase, TimingSetup] | None = None
         self.events = events
         # One command at a time in a sandbox: its limits (memory, processes) are for the whole
