@@ -27,22 +27,28 @@ class ExecResult(BaseModel):
     timed_out: bool = False
     oom_killed: bool = False
     truncated: bool = False  # stdout or stderr was capped (head and tail kept)
+    limit: str | None = None  # the limit that stopped it, in words: "more than 512 processes"
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and not self.oom_killed
+        return self.exit_code == 0 and not self.timed_out and not self.oom_killed and self.limit is None
 
     def summary(self, limit: int = 2000) -> str:
-        """A short text for a model or a log: status line plus the tail of the output."""
+        """A short text for a model or a log: the status line, then as much of the output's
+        tail as fits in ``limit`` characters (so a caller keeping the tail keeps the status)."""
         status = (
             "timed out" if self.timed_out
             else "out of memory" if self.oom_killed
             else f"exit {self.exit_code}"
         )
+        if self.limit:
+            status = f"killed: {self.limit}" + (f", {status}" if self.timed_out or self.oom_killed else "")
+        head = f"[{status} in {self.duration_s:.2f}s]\n"
         out = (self.stdout + ("\n" if self.stdout and self.stderr else "") + self.stderr).strip()
-        if len(out) > limit:
-            out = "[... output cut ...]\n" + out[-limit:]
-        return f"[{status} in {self.duration_s:.2f}s]\n{out}".rstrip()
+        if len(head) + len(out) > limit:
+            marker = "[... output cut ...]\n"
+            out = marker + out[len(out) - max(0, limit - len(head) - len(marker)):]
+        return f"{head}{out}".rstrip()
 
 
 class SandboxLimits(BaseModel):
@@ -124,6 +130,7 @@ class Completion(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     cost_usd: float | None = None  # None when the model's price is unknown
     latency_s: float = 0.0
+    estimated: bool = False  # usage is partly estimated: a stream ended before its usage arrived
 
     @property
     def text(self) -> str:

@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from bakeoff.agent import repository
+from bakeoff.agent.apply import AppliedChange
 from bakeoff.agent.config import Settings
 from bakeoff.agent.events import EventBus, JsonlSink
 from bakeoff.agent.fanout.settings import FanOutServices, FanOutSettings
 from bakeoff.agent.models.budget import Budget, BudgetedModel, BudgetExceeded
-from bakeoff.agent.models.ledger import Ledger, MeteredModel
-from bakeoff.agent.patches import AppliedChange
+from bakeoff.agent.models.ledger import Ledger
 from bakeoff.agent.seams import Model, ToolContext, Workspace
-from bakeoff.agent.storage import new_run_id, state_dir, write_atomic
+from bakeoff.agent.storage import new_run_dir, new_run_id, state_dir, write_atomic
 from bakeoff.agent.types import Candidate, FanOutResult, RunReport
 from bakeoff.sandboxes import BackendChoice
 from bakeoff.sandboxes.pool import SandboxPool
@@ -42,6 +42,40 @@ ROLES = ("planner", "joiner", "editor", "tester", "judge")
 
 class SessionError(Exception):
     """Something the user can fix (a missing repository, nothing to apply, a changed tree)."""
+
+
+def format_duration(seconds: float) -> str:
+    """``3600`` -> ``1h``, ``90`` -> ``1m30s``, ``45`` -> ``45s``."""
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
+    return "".join(parts) or f"{seconds:g}s"
+
+
+def announce_results(events: EventBus, result: FanOutResult) -> None:
+    """Each candidate's standing after the vote: what its progress line ends with, the same
+    numbers as the report's table."""
+    for row in result.verdict.rows:
+        events.emit(
+            "candidate.result", id=row.candidate, tests_passed=row.tests_passed, tests_total=row.tests_total,
+            correct=row.correct, flaky=row.flaky, speedup=row.speedup, low=row.low, high=row.high,
+            winner=row.candidate == result.verdict.winner,
+        )
+
+
+class UsersFanOut:
+    """``fan_out`` sized by the user: it develops the user's ``n`` candidates (the number the
+    run's header shows, and the budget and sandboxes were set for), whatever ``n`` the plan
+    wrote. A wrapper with the wrapped tool's name, schema and time limit."""
+
+    def __init__(self, tool: Any, n: int) -> None:
+        self.tool, self.n = tool, n
+        self.name, self.description, self.Args, self.Result = tool.name, tool.description, tool.Args, tool.Result
+        self.time_limit_s = tool.time_limit_s
+
+    async def __call__(self, args: Any, ctx: ToolContext) -> Any:
+        return await self.tool(args.model_copy(update={"n": self.n}), ctx)
 
 
 def make_pool(settings: Settings) -> SandboxPool:
@@ -94,38 +128,47 @@ class Session:
     # ------------------------------------------------------------------ configuration
 
     def _configure(self, settings: Settings, override: Model | None, shared_budget: Budget | None) -> None:
-        models = self._models_per_role(settings, override)  # raises before anything changes
+        models, editors = self._models_per_role(settings, override)  # raises before anything changes
         self.settings = settings
         self.model_override = override
         self._shared_budget = shared_budget
         self.budget = shared_budget or Budget(max_usd=settings.budget_usd, max_tokens=settings.budget_tokens)
         self._raw_models = models
-        self._budgeted = {
-            role: BudgetedModel(model, self.budget, role=role, events=self.events)
-            for role, model in self._raw_models.items()
-        }
+        self._editors = editors
+        self._checked = False  # the models are checked with litellm at the next run's start
 
-    @staticmethod
-    def _models_per_role(settings: Settings, override: Model | None) -> dict[str, Model]:
-        """One model per role. Roles naming the same spec share one model object, so a
-        scripted model's responses are shared between roles as its file intends."""
+    def _models_per_role(self, settings: Settings, override: Model | None) -> tuple[dict[str, Model], list[Model]]:
+        """One model per role, and the editor models (several with ``[model] editors``). Roles
+        naming the same script share one model object, so a scripted model's responses are
+        shared between roles as its file intends; litellm models share one set of circuit
+        breakers, so every role sees a failing model's circuit."""
         from bakeoff.agent.models import model_for_role
+        from bakeoff.agent.models.retry import Breakers
         from bakeoff.agent.models.scripted import ScriptedModel
 
-        models: dict[str, Model] = {}
-        by_spec: dict[str, Model] = {}
-        for role in ROLES:
+        config = settings.model
+        breakers = Breakers(config.breaker_failures, config.breaker_cooldown_s)
+        scripts: dict[str, Model] = {}
+
+        def make(role: str, spec: str | None = None) -> Model:
             if override is not None:
                 base = override
             else:
                 # The joiner is the planner's second half; it uses the planner's model.
                 config_role = "planner" if role == "joiner" else role
-                spec = settings.model.for_role(config_role)
-                if spec not in by_spec:
-                    by_spec[spec] = model_for_role(settings.model, config_role)
-                base = by_spec[spec]
-            models[role] = base.for_role(role) if isinstance(base, ScriptedModel) else base
-        return models
+                spec = spec or config.for_role(config_role)
+                if spec.startswith("scripted:"):
+                    if spec not in scripts:
+                        scripts[spec] = model_for_role(config, config_role, spec=spec)
+                    base = scripts[spec]
+                else:
+                    base = model_for_role(config, config_role, spec=spec, events=self.events, breakers=breakers)
+            return base.for_role(role) if isinstance(base, ScriptedModel) else base
+
+        models = {role: make(role) for role in ROLES}
+        editors = [models["editor"]] if override is not None else [make("editor", s) for s in config.editor_models()]
+        models["editor"] = editors[0]
+        return models, editors
 
     def update(self, **changes: Any) -> Settings:
         """Change settings between runs (chat's /model, /n, /budget, /sandbox), validated again.
@@ -136,7 +179,7 @@ class Session:
         data = self.settings.model_dump()
         for key, value in changes.items():
             if key == "model":
-                data["model"].update(default=value, planner=None, editor=None, tester=None, judge=None)
+                data["model"].update(default=value, planner=None, editor=None, tester=None, judge=None, editors=[])
             else:
                 data[key] = value
         settings = Settings.model_validate(data)
@@ -156,7 +199,11 @@ class Session:
 
     @property
     def model_names(self) -> dict[str, str]:
-        return {role: model.name for role, model in self._raw_models.items()}
+        """Role -> model name; several editor models are ``editor``, ``editor 2``, ..."""
+        names = {role: model.name for role, model in self._raw_models.items()}
+        for i, model in enumerate(self._editors[1:], start=2):
+            names[f"editor {i}"] = model.name
+        return names
 
     @property
     def pool(self) -> SandboxPool:
@@ -170,15 +217,24 @@ class Session:
         from bakeoff.sandboxes import choose_backend
 
         choice = choose_backend(self.settings.sandbox)
+        if choice.backend != "docker":
+            from bakeoff.sandboxes.workspace import sandbox_root
+
+            sandbox_root()  # where local sandboxes live must be usable: say so now, not mid-run
         self.sandbox_choice = choice
         return choice
 
     # ------------------------------------------------------------------ running
 
+    def _no_commit(self) -> str:
+        """Why there is no base commit, in words."""
+        return "has no commits yet" if repository.is_repository(self.repo) else "is not a git repository"
+
     def _context(self) -> str:
         s = self.settings
         lines = [
-            f"Repository: {self.repo} at commit {self.base_commit or '(not a git repository)'}.",
+            f"Repository: {self.repo} " + (f"at commit {self.base_commit}." if self.base_commit
+                                           else f"(it {self._no_commit()})."),
             f"Candidates per fan_out: {s.n}; repair rounds: {s.rounds}.",
         ]
         if s.build:
@@ -192,22 +248,33 @@ class Session:
 
         The run is saved as it goes under ``<state>/runs/<id>/`` (events.jsonl, report.json).
         A cancelled run (Ctrl-C) re-raises ``CancelledError`` after recording that it stopped.
+        A model that cannot be used (see ``models.check_models``) raises ``ModelSetupError``
+        before the run starts.
         """
+        await self._check_models()  # a model that cannot be used is a configuration error, before the run starts
         self.base_commit = repository.head_commit(self.repo)  # the user may have committed since the last run
         run_id = run_id or new_run_id()
-        run_dir = self.state / "runs" / run_id
+        run_dir = new_run_dir(self.state, run_id)  # its own folder: runs may share a state directory
         sink = JsonlSink(run_dir / "events.jsonl")
         unsubscribe = self.events.subscribe(sink)
         ledger = Ledger()
         started = time.monotonic()
         self._announce(task, run_id, run_dir)
         report = RunReport(task=task, status="error", base_commit=self.base_commit, run_id=run_id)
+        limit = self.settings.time_limit_s
         try:
             try:
-                report = await self._run(task, run_id, ledger)
+                async with asyncio.timeout(limit) as clock:
+                    report = await self._run(task, run_id, ledger)
             except BudgetExceeded as exc:
                 report.status = "budget-exhausted"
                 report.error = str(exc)
+            except TimeoutError as exc:
+                if not clock.expired():
+                    raise
+                report.error = (f"the run's time limit ({format_duration(limit)}) ran out before it finished: "
+                                "raise it with --time-limit SECONDS (or time_limit_s in bakeoff.toml), or lower n")
+                self.events.emit("run.time_limit", run_id=run_id, time_limit_s=limit)
             except BaseException as exc:
                 # Recorded, then raised on: a cancelled step (Ctrl-C), an unreachable model.
                 report.error = "cancelled" if isinstance(exc, asyncio.CancelledError) else f"{type(exc).__name__}: {exc}"
@@ -224,8 +291,12 @@ class Session:
             "run.start", run_id=run_id, task=task, repo=str(self.repo), base_commit=self.base_commit,
             models=self.model_names, n=self.settings.n,
             sandbox=self.sandbox_choice.backend if self.sandbox_choice else self.settings.sandbox,
-            run_dir=str(run_dir),
+            run_dir=str(run_dir), time_limit_s=self.settings.time_limit_s,
         )
+        if self.sandbox_choice is not None and self.sandbox_choice.warning:  # unsafe-local: say what it allows
+            self.events.emit("sandbox.warning", backend=self.sandbox_choice.backend, message=self.sandbox_choice.warning)
+        if self.base_commit is None and repository.is_repository(self.repo):
+            self.events.emit("repo.no_commits", repo=str(self.repo))
         dirty = repository.uncommitted(self.repo) if self.base_commit else []
         if dirty:
             # Candidates copy the base commit: edits not committed yet are not part of the run.
@@ -236,10 +307,22 @@ class Session:
         from bakeoff.agent.report import run_report
         from bakeoff.sandboxes.lazy import LazySandbox
 
-        models = {role: MeteredModel(m, ledger, self.events, role) for role, m in self._budgeted.items()}
+        def paid(model: Model, role: str) -> BudgetedModel:  # as this run calls it: budgeted, in its ledger
+            return BudgetedModel(model, self.budget, role=role, events=self.events, ledger=ledger)
+
+        models = {role: paid(m, role) for role, m in self._raw_models.items()}
+        editors = [paid(m, "editor") for m in self._editors]
         workspace = Workspace(path=self.repo, commit=self.base_commit)
         fan_outs: list[FanOutResult] = []
-        registry = self._registry(models, workspace, fan_outs.append)
+
+        def on_fan_out(result: FanOutResult) -> None:
+            fan_outs.append(result)
+            announce_results(self.events, result)
+
+        registry = self._registry(models, editors, workspace, on_fan_out)
+        # The sandbox backend gets ready first, as a step of its own (Docker builds its image
+        # the first time): its minutes are not charged to whichever tool happens to come first.
+        await self.pool.prepare(self.events)
         scratch = LazySandbox(self.pool, workspace)  # where the planner's own tools run and edit
         try:
             ctx = ToolContext(workspace=self.repo, sandbox=scratch)
@@ -249,21 +332,39 @@ class Session:
             await scratch.close()
         return run_report(task, result, fan_outs, unverified, self.budget, run_id=run_id, base_commit=self.base_commit)
 
-    def _registry(self, models: dict[str, MeteredModel], workspace: Workspace, on_fan_out) -> Registry:
+    async def _check_models(self) -> None:
+        """Once per configuration, before the first call: keys litellm asks for, and whether a
+        dollar budget can bound every model (raises ``ModelSetupError`` when it cannot)."""
+        from bakeoff.agent.models import check_models
+
+        if self._checked:
+            return
+        unpriced = await asyncio.to_thread(
+            check_models, [*self._raw_models.values(), *self._editors],
+            budget_usd=self.budget.max_usd, budget_tokens=self.budget.max_tokens,
+        )
+        self._checked = True
+        if unpriced:  # said once; a dollar budget without a token budget was refused above
+            self.events.emit("model.status", what="unpriced", models=unpriced, message=(
+                f"{', '.join(unpriced)}: no price known, so only tokens count for it against the token budget "
+                "(add [model.prices] to count dollars)"))
+
+    def _registry(self, models: dict[str, BudgetedModel], editors: list[BudgetedModel], workspace: Workspace,
+                  on_fan_out) -> Registry:
         """The tools of one run: the built-in tools, and a fan_out that reports to the run."""
         from bakeoff.agent.fanout.tool import FanOut
         from bakeoff.tools.registry import default_registry
 
         services = FanOutServices(
-            editors=[models["editor"]], tester=models["tester"], judge=models["judge"], pool=self.pool,
+            editors=list(editors), tester=models["tester"], judge=models["judge"], pool=self.pool,
             workspace=workspace, settings=FanOutSettings.from_settings(self.settings), events=self.events,
             budget=self.budget,
         )
         registry = default_registry()
-        registry.register(FanOut(services, on_result=on_fan_out))
+        registry.register(UsersFanOut(FanOut(services, on_result=on_fan_out), self.settings.n))
         return registry
 
-    def _agent(self, models: dict[str, MeteredModel], registry: Registry, ctx: ToolContext):
+    def _agent(self, models: dict[str, BudgetedModel], registry: Registry, ctx: ToolContext):
         if self.settings.planner == "react":
             from bakeoff.agent.planning.react import ReActAgent
 
@@ -277,6 +378,7 @@ class Session:
     def _finish(self, report: RunReport, ledger: Ledger, started: float, run_dir: Path) -> None:
         report.cost_usd = ledger.cost_usd
         report.tokens = ledger.tokens
+        report.estimated_usd, report.estimated_tokens = ledger.estimated_usd, ledger.estimated_tokens
         report.duration_s = time.monotonic() - started
         self.cost_usd += ledger.cost_usd
         self.tokens += ledger.tokens
@@ -285,19 +387,23 @@ class Session:
         self.events.emit(
             "run.end", run_id=report.run_id, status=report.status,
             winner=report.winner.id if report.winner else None, cost_usd=report.cost_usd, tokens=report.tokens,
+            estimated_usd=report.estimated_usd, estimated_tokens=report.estimated_tokens,
             session_cost_usd=self.cost_usd, duration_s=report.duration_s, error=report.error,
         )
 
     # ------------------------------------------------------------------ delivering
 
     def candidate(self, report: RunReport, candidate_id: str | None = None) -> Candidate:
-        """The winner, or the candidate named ``candidate_id``."""
+        """The winner, the best correct candidate a not-faster run offers, or the candidate named ``candidate_id``."""
         if candidate_id is None:
             if report.winner is not None:
                 return report.winner
-            if report.patch.strip():
+            if report.status == "not-faster" and report.verdict and report.verdict.best:
+                candidate_id = report.verdict.best  # correct but not faster: offered, applied only when confirmed
+            elif report.patch.strip():
                 return Candidate(id="plan", patch=report.patch)  # the planner's own edits, unverified
-            raise SessionError("no verified winner in this run: name a candidate (see /candidates)")
+            else:
+                raise SessionError("no verified winner in this run: name a candidate (see /candidates)")
         for cand in report.candidates:
             if cand.id == candidate_id:
                 return cand
@@ -312,7 +418,7 @@ class Session:
         repository moved since the run's base commit. A candidate that is not the verified
         winner is applied only with ``yes=True``.
         """
-        from bakeoff.agent.patches import apply_patch
+        from bakeoff.agent.apply import apply_patch
 
         cand = self.candidate(report, candidate_id)
         verified = report.winner is not None and cand.id == report.winner.id
@@ -322,7 +428,10 @@ class Session:
         if not patch.strip():
             raise SessionError(f"candidate {cand.id} changed nothing: nothing to apply")
         if report.base_commit is None:
-            raise SessionError(f"{self.repo} is not a git repository: save the patch with --patch FILE instead")
+            raise SessionError(f"{self.repo} {self._no_commit()}: "
+                               + ("commit your files first (git add -A && git commit), then run again, or "
+                                  if repository.is_repository(self.repo) else "")
+                               + "save the patch with --patch FILE instead")
         current = repository.head_commit(self.repo)
         if current != report.base_commit:
             raise SessionError(
@@ -342,7 +451,7 @@ class Session:
 
     def undo(self) -> AppliedChange:
         """Restore exactly the state before the last apply of this session."""
-        from bakeoff.agent.patches import undo
+        from bakeoff.agent.apply import undo
 
         if not self.applied:
             raise SessionError("nothing to undo: no change was applied in this session")

@@ -5,7 +5,12 @@ of each assert (the value it returns), then lets bakeoff's vote (agent.selection
 no reference) pick. Labels are read only to score the picks. Prints selected pass@1 next
 to a random pick, the oracle and the CodeT rule recomputed from the same execution results.
 
-    python3 bench/select_codet.py [--data DIR] [--problems K] [--workers N] [--json PATH]
+    python3 bench/select_codet.py [--data DIR] [--problems K] [--workers N] [--json PATH] [--cv]
+
+``--cv`` cross-validates the choice of the vote's rule: the problems are split into 5 folds,
+each rule of the family (agent.selection.agreement.FAMILY) is picked on four and scored on
+the fifth, and the mean and spread of the fifth folds' gap closed are printed (and written as
+``cv_gap_closed_mean`` / ``cv_gap_closed_min`` with ``--json``).
 
 Execution results are cached under bench/out/codet-cache/ keyed by a hash of program, tests
 and runner, so a re-run only re-scores.
@@ -33,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from bakeoff.agent.harness.pyexec import PyJob, PyResult, run_job, signature  # noqa: E402
 from bakeoff.agent.harness.testgen import call_of, parse_generated_tests, typed_inputs  # noqa: E402
+from bakeoff.agent.selection.agreement import FAMILY, RULE, AgreementRule  # noqa: E402
 from bakeoff.agent.types import ExecutionMatrix, TestCase  # noqa: E402
 
 # shared/ lies beside the checkout, for developers and CI alike.
@@ -189,6 +195,97 @@ def expected(picks: list[str], labels: dict[str, bool]) -> float:
     return sum(labels[c] for c in pool) / len(pool)
 
 
+# --------------------------------------------------------------------------- cross-validation
+
+FOLDS = 5
+
+
+def folds_of(task_ids: list[str], k: int = FOLDS) -> list[list[int]]:
+    """k folds of problem positions, dealt round-robin in an order fixed by a hash of the task
+    ids (not by their order in the file), so that the folds are even and reproducible."""
+    order = sorted(range(len(task_ids)), key=lambda i: hashlib.sha256(task_ids[i].encode()).hexdigest())
+    return [sorted(order[f::k]) for f in range(min(k, len(task_ids)))]
+
+
+def gap_closed(rows: list[dict], values: list[float], idx: list[int]) -> float | None:
+    """(selected - random) / (oracle - random) over the problems ``idx``; None when they have no gap."""
+    rnd = sum(rows[i]["random"] for i in idx)
+    gap = sum(rows[i]["oracle"] for i in idx) - rnd
+    return (sum(values[i] for i in idx) - rnd) / gap if gap > 1e-12 else None
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _sd(xs: list[float]) -> float:
+    return (sum((x - _mean(xs)) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+
+
+def pick_rule(per_fold: dict[AgreementRule, list[float]]) -> AgreementRule:
+    """The rule to use given each rule's gap closed on the same folds: the best mean, unless a
+    rule with fewer departures from CodeT's is within one standard error of it (the standard
+    error of the paired per-fold differences): then the simplest such rule (ties: the better
+    mean, then the family's order). The folds cannot tell those apart, so simpler is safer."""
+    family = list(per_fold)
+    best = max(family, key=lambda r: (_mean(per_fold[r]), -r.departures))
+    close = []
+    for r in family:
+        diff = [b - x for b, x in zip(per_fold[best], per_fold[r])]
+        if _mean(diff) <= _sd(diff) / len(diff) ** 0.5:
+            close.append(r)
+    return min(close, key=lambda r: (r.departures, -_mean(per_fold[r]), family.index(r)))
+
+
+def cross_validate(rows: list[dict], by_rule: dict[AgreementRule, list[float]], task_ids: list[str]) -> dict:
+    """Each fold scored with the rule ``pick_rule`` chooses on the other folds. ``by_rule``:
+    rule -> expected pass@1 on each problem (rows' order); rows carry random, oracle, codet."""
+    folds = [f for f in folds_of(task_ids) if gap_closed(rows, [r["oracle"] for r in rows], f) is not None]
+    if len(folds) < 2:
+        return {"cv_folds": [], "cv_gap_closed_mean": None, "cv_gap_closed_min": None, "cv_rule": None,
+                "product_rule": RULE.name, "cv_note": "fewer than two folds have a random-to-oracle gap"}
+    gaps = {r: [gap_closed(rows, v, f) for f in folds] for r, v in by_rule.items()}
+    codet = [r["codet"] for r in rows]
+    out = []
+    for k, f in enumerate(folds):
+        rule = pick_rule({r: [g for j, g in enumerate(gs) if j != k] for r, gs in gaps.items()})
+        out.append({"fold": k + 1, "problems": len(f), "rule": rule.name, "gap_closed": gaps[rule][k],
+                    "codet_gap_closed": gap_closed(rows, codet, f)})
+    held = [o["gap_closed"] for o in out]
+    chosen = pick_rule(gaps)
+    return {
+        "cv_folds": out,
+        "cv_gap_closed_mean": _mean(held),
+        "cv_gap_closed_min": min(held),
+        "cv_gap_closed_sd": _sd(held),
+        "cv_codet_gap_closed_mean": _mean([o["codet_gap_closed"] for o in out]),
+        "cv_above_codet_every_fold": all(o["gap_closed"] > o["codet_gap_closed"] for o in out),
+        "cv_rule": chosen.name,
+        "product_rule": RULE.name,
+        "cv_family": [{"rule": r.name, "departures": r.departures, "fold_gap_closed": gs, "mean": _mean(gs)}
+                      for r, gs in sorted(gaps.items(), key=lambda kv: -_mean(kv[1]))],
+    }
+
+
+def print_cv(cv: dict, n: int) -> None:
+    if not cv["cv_folds"]:
+        print(f"\ncross-validation: not possible on these {n} problems ({cv['cv_note']})")
+        return
+    print(f"\ncross-validation: {len(cv['cv_folds'])} folds of the {n} problems; each fold scored with the rule "
+          "picked on the others")
+    print(f"{'fold':<6}{'problems':>9}  {'rule picked on the other folds':<48}{'gap closed':>11}{'CodeT rule':>12}")
+    for o in cv["cv_folds"]:
+        print(f"{o['fold']:<6}{o['problems']:>9}  {o['rule']:<48}{o['gap_closed']:>11.2f}{o['codet_gap_closed']:>12.2f}")
+    print(f"held-out folds: gap closed mean {cv['cv_gap_closed_mean']:.3f}, min {cv['cv_gap_closed_min']:.3f}, "
+          f"sd {cv['cv_gap_closed_sd']:.3f} (CodeT rule mean {cv['cv_codet_gap_closed_mean']:.3f}; above it on every fold: "
+          f"{'yes' if cv['cv_above_codet_every_fold'] else 'no'})")
+    print("best rules by mean over the folds:")
+    for fam in cv["cv_family"][:5]:
+        print(f"  {fam['rule']:<48}{fam['mean']:>7.3f}  " + " ".join(f"{g:.2f}" for g in fam["fold_gap_closed"]))
+    print(f"rule picked on all folds: {cv['cv_rule']}; the product's rule (agent.selection.agreement.RULE): "
+          f"{cv['product_rule']}" + ("" if cv["cv_rule"] == cv["product_rule"] else "  <- they differ"))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=HOST_NOTE)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -196,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--cache", type=Path, default=CACHE, help="where execution results are kept between runs")
+    ap.add_argument("--cv", action="store_true", help=f"cross-validate the choice of the vote's rule ({FOLDS} folds)")
     args = ap.parse_args(argv)
 
     start = time.time()
@@ -215,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         labels.setdefault(row["task_id"], {})[str(row["index"])] = bool(row["passed"])
 
     rows = []
+    by_rule: dict[AgreementRule, list[float]] = {r: [] for r in (FAMILY if args.cv else ())}
     for p in problems:
         tid = p["task_id"]
         plan = plans[tid]
@@ -222,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         m_codet, t_codet = matrix_for(plan, "codet")
         m_ours, t_ours = matrix_for(plan, "ours")
         v = vote(m_ours, t_ours, reference=False)
+        for rule, picks in by_rule.items():
+            picks.append(expected(vote(m_ours, t_ours, reference=False, rule=rule).winners, lab))
         rows.append({
             "task_id": tid,
             "random": sum(lab.values()) / len(lab),
@@ -236,14 +337,17 @@ def main(argv: list[str] | None = None) -> int:
     gap = mean["oracle"] - mean["random"]
     closed = (mean["selected"] - mean["random"]) / gap if gap else 0.0
     codet_closed = (mean["codet"] - mean["random"]) / gap if gap else 0.0
+    cv = cross_validate(rows, by_rule, [r["task_id"] for r in rows]) if args.cv else {}
     total_s = time.time() - start
 
     print(f"\nhumaneval-codet ({args.data}): {n} problems, {sum(len(by_task[p['task_id']]) for p in problems)} samples")
-    print(f"{'rule':<44}{'pass@1':>9}{'gap closed':>12}")
-    print(f"{'random sample (mean pass rate)':<44}{mean['random']:>9.2%}{0:>12.2f}")
-    print(f"{'oracle (any sample correct)':<44}{mean['oracle']:>9.2%}{1:>12.2f}")
-    print(f"{'CodeT rule (own execution, CodeT asserts)':<44}{mean['codet']:>9.2%}{codet_closed:>12.2f}")
-    print(f"{'bakeoff vote':<44}{mean['selected']:>9.2%}{closed:>12.2f}")
+    print(f"{'rule':<52}{'pass@1':>9}{'gap closed':>12}")
+    print(f"{'random sample (mean pass rate)':<52}{mean['random']:>9.2%}{0:>12.2f}")
+    print(f"{'oracle (any sample correct)':<52}{mean['oracle']:>9.2%}{1:>12.2f}")
+    print(f"{'CodeT rule (own execution, CodeT asserts)':<52}{mean['codet']:>9.2%}{codet_closed:>12.2f}")
+    print(f"{'bakeoff vote (' + RULE.name + ')':<52}{mean['selected']:>9.2%}{closed:>12.2f}")
+    if cv:
+        print_cv(cv, n)
     print(f"close calls: {sum(r['close_call'] for r in rows)}; execution {exec_s:.0f} s, total {total_s:.0f} s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -257,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
             "codet_gap_closed": codet_closed,
             "execution_s": exec_s,
             "total_s": total_s,
+            "rule": RULE.name,
+            **cv,
             "per_problem": rows,
         }, indent=1))
     return 0

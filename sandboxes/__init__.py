@@ -1,9 +1,11 @@
 """Sandboxes: where candidate code runs, and how the backend is chosen.
 
 ``choose_backend("auto")`` picks the strongest backend this machine offers (Docker when an
-engine answers, else local with bubblewrap, else plain local with a loud warning) and says
-why. ``create_sandbox`` builds one; ``SandboxPool`` runs many under a concurrency limit.
-Docker support is imported only when the Docker backend is really used.
+engine answers, else local with bubblewrap) and says why; with neither it refuses, with a
+line saying how to get either. Running candidates with no isolation at all is possible
+only when asked for by its loud name, ``unsafe-local``. ``create_sandbox`` builds one;
+``SandboxPool`` runs many under a concurrency limit. Docker support is imported only when
+the Docker backend is really used.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from pydantic import BaseModel
 
 from bakeoff.agent.seams import Sandbox, SandboxLimits, Workspace
 
-KINDS = ("auto", "docker", "local", "local+bwrap")
+UNSAFE_LOCAL = "unsafe-local"
+KINDS = ("auto", "docker", "local", "local+bwrap", UNSAFE_LOCAL)
+HOW_TO_ISOLATE = ("start a Docker engine (https://docs.docker.com/engine/install/) or install bubblewrap "
+                  "(Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)")
 
 
 class SandboxUnavailable(RuntimeError):
@@ -23,7 +28,7 @@ class SandboxUnavailable(RuntimeError):
 
 
 class BackendChoice(BaseModel):
-    backend: str  # "docker", "local+bwrap" or "local"
+    backend: str  # "docker", "local+bwrap" or "unsafe-local"
     reason: str
     warning: str | None = None
 
@@ -37,35 +42,42 @@ def _docker_engine() -> tuple[bool, str]:
 
 
 @functools.cache
-def _local_choice() -> BackendChoice:
+def _bwrap() -> tuple[bool, str]:
     from bakeoff.sandboxes.local_isolation import bwrap_status
 
-    ok, why = bwrap_status()
-    if ok:
-        return BackendChoice(backend="local+bwrap", reason=why)
-    return BackendChoice(
-        backend="local", reason=why,
-        warning=f"reduced isolation: {why}; commands can reach the network and read the host's files",
-    )
+    return bwrap_status()
 
 
 def choose_backend(kind: str = "auto") -> BackendChoice:
-    """Which backend ``kind`` means here, and why. Raises ``SandboxUnavailable`` when it can't run."""
+    """Which backend ``kind`` means here, and why. Raises ``SandboxUnavailable`` when it can't run.
+
+    ``local`` and ``local+bwrap`` both mean bubblewrap; nothing falls back to running
+    candidates unisolated: that is ``unsafe-local``, chosen by name or not at all.
+    """
     if kind not in KINDS:
         raise SandboxUnavailable(f"unknown sandbox kind {kind!r}: use one of {', '.join(KINDS)}")
+    if kind == UNSAFE_LOCAL:
+        from bakeoff.sandboxes.local_isolation import unsafe_local_warning
+
+        why = "asked for by name"
+        return BackendChoice(backend=UNSAFE_LOCAL, reason=why, warning=unsafe_local_warning(why))
+    docker_why = None
     if kind in ("auto", "docker"):
-        ok, why = _docker_engine()
+        ok, docker_why = _docker_engine()
         if ok:
-            return BackendChoice(backend="docker", reason=why)
+            return BackendChoice(backend="docker", reason=docker_why)
         if kind == "docker":
-            raise SandboxUnavailable(why if "--sandbox local" in why else
-                                     f"no Docker engine reachable ({why}): start it, or use --sandbox local")
-        local = _local_choice()
-        return local.model_copy(update={"reason": f"Docker not used: {why}; {local.reason}"})
-    local = _local_choice()
-    if kind == "local+bwrap" and local.backend != "local+bwrap":
-        raise SandboxUnavailable(f"bubblewrap cannot run here ({local.reason}): install it, or use --sandbox local")
-    return local
+            raise SandboxUnavailable(docker_why if "--sandbox local" in docker_why else
+                                     f"no Docker engine reachable ({docker_why}): start it, or use --sandbox local")
+    ok, why = _bwrap()
+    if ok:
+        return BackendChoice(backend="local+bwrap", reason=f"Docker not used: {docker_why}; {why}" if docker_why else why)
+    if kind == "auto":
+        raise SandboxUnavailable(
+            f"no sandbox can isolate candidates here (Docker: {docker_why}; bubblewrap: {why}): {HOW_TO_ISOLATE}; "
+            f"or, only for code you trust, --sandbox {UNSAFE_LOCAL}")
+    raise SandboxUnavailable(f"bubblewrap cannot run here ({why}): install it, use --sandbox docker, "
+                             f"or, only for code you trust, --sandbox {UNSAFE_LOCAL}")
 
 
 async def create_sandbox(
@@ -87,4 +99,5 @@ async def create_sandbox(
     return await LocalSandbox.create(workspace, limits, use_bwrap=choice.backend == "local+bwrap")
 
 
-__all__ = ["BackendChoice", "SandboxUnavailable", "choose_backend", "create_sandbox", "KINDS"]
+__all__ = ["BackendChoice", "HOW_TO_ISOLATE", "KINDS", "SandboxUnavailable", "UNSAFE_LOCAL", "choose_backend",
+           "create_sandbox"]

@@ -67,7 +67,7 @@ def cgroup_parents() -> tuple[int, dict[str, Path]] | None:
 
 
 class Cgroup:
-    """One command's cgroup: a memory limit, a process limit, its OOM count."""
+    """One command's cgroup: a memory limit, a process limit, how often each was hit."""
 
     _serial = itertools.count()
 
@@ -123,6 +123,20 @@ class Cgroup:
                 if key == "oom_kill":
                     return int(value)
         except OSError:
+            return 0
+        return 0
+
+    def pids_max_hits(self) -> int:
+        """How many times a fork or a new thread was refused at the process limit."""
+        d = self.dirs.get("pids")
+        if d is None:
+            return 0
+        try:
+            for line in (d / "pids.events").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "max":
+                    return int(value)
+        except (OSError, ValueError):
             return 0
         return 0
 

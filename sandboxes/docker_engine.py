@@ -171,27 +171,29 @@ def _looks_offline(error: str, log: list[str]) -> bool:
 
 
 def _build(engine: DockerEngine, dockerfile: Path, tag: str, events: EventBus) -> None:
+    """Build the image on the engine's default build network, and only there: a build is never
+    retried with the host's network (a Dockerfile's RUN steps would then reach whatever the
+    host reaches); when the build has no route out, the message says how to build it yourself."""
     started = time.monotonic()
     events.emit("sandbox.image.build", image=tag, dockerfile=str(dockerfile))
-    error, log = _build_once(engine, dockerfile, tag, network_mode=None)
-    if error is not None and _looks_offline(error, log):
-        # Some engines give build containers no route out; the host's network often has one.
-        events.emit("sandbox.image.build_retry", image=tag, network_mode="host")
-        error, log = _build_once(engine, dockerfile, tag, network_mode="host")
+    error, log = _build_once(engine, dockerfile, tag)
     if error is not None:
+        hint = ""
+        if _looks_offline(error, log):
+            hint = (f"\nthe build could not reach the network: build the image yourself where it can "
+                    f"(docker build -t {tag} {dockerfile.parent}), or name an image you have with --image")
         raise DockerImageError(
             f"building the sandbox image from {dockerfile} failed: {error.strip()}\n"
-            + "\n".join(log[-20:]))
+            + "\n".join(log[-20:]) + hint)
     events.emit("sandbox.image.built", image=tag, seconds=round(time.monotonic() - started, 1))
 
 
-def _build_once(engine: DockerEngine, dockerfile: Path, tag: str,
-                network_mode: str | None) -> tuple[str | None, list[str]]:
+def _build_once(engine: DockerEngine, dockerfile: Path, tag: str) -> tuple[str | None, list[str]]:
     log: list[str] = []
     error = None
     for chunk in engine.call(engine.api.build, path=str(dockerfile.parent),
                              dockerfile=dockerfile.name, tag=tag, rm=True, forcerm=True,
-                             decode=True, labels={LABEL + ".image": "1"}, network_mode=network_mode):
+                             decode=True, labels={LABEL + ".image": "1"}):
         if "stream" in chunk:
             log.extend(chunk["stream"].splitlines())
             del log[:-40]

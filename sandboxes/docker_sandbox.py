@@ -2,23 +2,26 @@
 
 Commands run through ``docker exec`` under ``timeout -k`` inside the container and a
 wall-clock deadline outside it; when the command ends, everything in its process group is
-killed so background children cannot hold its output open. Files go in and out as tar
-archives (``archive``); paths are relative to the workspace ``/work``.
+killed so background children cannot hold its output open, and once no command of the
+sandbox runs, everything in the container but its init and keeper is (what escaped the
+group: ``env -i``, a double fork). The limit a command ran into (processes, memory, time)
+is read from the container's cgroup and reported in ``ExecResult.limit``. Files go in as tar
+archives (``archive``) and are read inside the container as the sandbox's user, so a read
+sees no more than that user would; paths are relative to the workspace ``/work``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import posixpath
 import secrets
-import tarfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from bakeoff.agent.seams import ExecResult, SandboxLimits
+from bakeoff.sandboxes import limits as limit_words
 from bakeoff.sandboxes.archive import GID, UID, WorkspaceTar, changed_entries, diff_changed, file_tar
 from bakeoff.sandboxes.docker_engine import DockerEngine, DockerUnavailable, is_connection_error
 from bakeoff.sandboxes.local_isolation import looks_secret
@@ -39,38 +42,76 @@ GIVE_UP_S = 5.0  # after killing everything, how long the output stream may stil
 
 # Runs the command in its own process group (``timeout`` makes one), then kills whatever of
 # that group is left, so a background child that keeps stdout open cannot hold up the call.
-# A child that left the group (setsid) still carries this command's BAKEOFF_EXEC token in its
-# environment; the scan for it runs only when processes beyond init, the keeper and this shell
-# remain, so the common case costs no extra process. The last line on stderr carries the exit
-# status (taken off before the caller sees it), which spares a round trip to the engine.
+# A child that left the group (setsid) but still carries this command's BAKEOFF_EXEC token is
+# killed too; what escaped both (``env -i``, a double fork) is left to the container-wide
+# cleanup the sandbox runs once no command of it is running (``_KILL_ALL``). The last line on
+# stderr carries the exit status, how often a fork was refused at the process limit and how
+# many processes the OOM killer took during the command (read from the container's cgroup,
+# with shell builtins only: at the process limit nothing can be forked), and how many
+# processes are left (init, the keeper and this shell make 3). It is taken off before the
+# caller sees it, which spares round trips to the engine.
 _RUN = r"""t=$1; d=$2; shift 2
 cd -- "$d" || exit 126
+ev() {
+  m=0; o=0
+  for f in /sys/fs/cgroup/pids.events /sys/fs/cgroup/pids/pids.events; do
+    if [ -r "$f" ]; then while read -r k v; do [ "$k" = max ] && m=$v; done < "$f"; fi
+  done
+  for f in /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control; do
+    if [ -r "$f" ]; then while read -r k v; do [ "$k" = oom_kill ] && o=$v; done < "$f"; fi
+  done
+}
+ev; m0=$m; o0=$o
 timeout -k %d "$t" "$@" </dev/null &
 p=$!
 wait "$p"; rc=$?
 kill -9 "-$p" 2>/dev/null
 set -- /proc/[0-9]*
 if [ "$#" -gt 3 ]; then
-  for d in "$@"; do
-    [ "${d#/proc/}" = "$$" ] && continue
-    grep -qsz "^BAKEOFF_EXEC=$BAKEOFF_EXEC\$" "$d/environ" && kill -9 "${d#/proc/}" 2>/dev/null
+  for f in $(grep -lsz "^BAKEOFF_EXEC=$BAKEOFF_EXEC\$" /proc/[0-9]*/environ); do
+    f=${f#/proc/}; f=${f%%/*}
+    [ "$f" = "$$" ] || kill -9 "$f" 2>/dev/null
   done
+  set -- /proc/[0-9]*
 fi
-printf '\n%%s:%%d\n' "$BAKEOFF_EXEC" "$rc" >&2
+ev
+printf '\n%%s:%%d:%%d:%%d:%%d\n' "$BAKEOFF_EXEC" "$rc" "$((m - m0))" "$((o - o0))" "$#" >&2
 exit "$rc"
 """ % KILL_AFTER_S
 
-# Used only when the inside timeout failed: kill every process but init, the expiry keeper
-# (the oldest process after init) and this shell.
-_KILL_ALL = r"""k=$(ls /proc | grep -E '^[0-9]+$' | sort -n | sed -n 2p)
-for _ in 1 2 3; do
+# Cleans by what the container is: kills every process but init (pid 1), the expiry keeper
+# (the lowest pid after init: it started first) and this shell, pass after pass until none is
+# left. Shell builtins only, so it works while a fork bomb holds the process limit.
+_KILL_ALL = r"""k=
+for d in /proc/[0-9]*; do
+  p=${d#/proc/}
+  [ "$p" = 1 ] || [ "$p" = "$$" ] && continue
+  if [ -z "$k" ] || [ "$p" -lt "$k" ]; then k=$p; fi
+done
+n=0
+while [ "$n" -lt 100 ]; do
+  left=0
   for d in /proc/[0-9]*; do
     p=${d#/proc/}
-    case "$p" in 1|"$k"|"$$") ;; *) kill -9 "$p" 2>/dev/null ;; esac
+    case "$p" in 1|"$k"|"$$") ;; *) kill -9 "$p" 2>/dev/null && left=1 ;; esac
   done
+  [ "$left" = 0 ] && exit 0
+  n=$((n + 1))
 done
-exit 0
+exit 1
 """
+
+# Reads one file of the workspace as the sandbox's user: 3 missing, 4 outside the workspace,
+# 5 a directory, 6 not a regular file (a FIFO cannot hang the read: it is refused first), 7 not
+# readable by that user.
+_READ = r"""p=$(readlink -f -- "$1") || exit 3
+case "$p" in "%s"/*) ;; *) exit 4 ;; esac
+[ -e "$p" ] || exit 3
+[ -d "$p" ] && exit 5
+[ -f "$p" ] || exit 6
+[ -r "$p" ] || exit 7
+exec timeout 60 cat -- "$p"
+""" % WORKDIR
 
 _OOM_COUNT = "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null"
 
@@ -158,6 +199,10 @@ class DockerSandbox:
         self.warm_start = warm_start  # it came from the warm pool
         self._oom_seen = 0
         self._closed = False
+        self._lost: str | None = None  # why the container was given up on
+        self._active = 0  # commands running now
+        self._dirty = False  # a command left processes behind: clean once none runs
+        self._cleaning = asyncio.Lock()  # held while cleaning: no command starts meanwhile
 
     def __repr__(self) -> str:
         return f"DockerSandbox({self.container_id[:12]})"
@@ -184,22 +229,53 @@ class DockerSandbox:
         wrapped = ["sh", "-c", _RUN, "bakeoff-run", f"{limit:.3f}", workdir, *argv]
         run = _CommandRun(self._engine, self.container_id, wrapped,
                           {**_exec_env(env), "BAKEOFF_EXEC": token}, self.limits.output_bytes)
+        async with self._cleaning:
+            self._active += 1
+        try:
+            result, left_behind = await self._run(run, token, limit)
+        finally:
+            self._active -= 1
+        self._dirty = self._dirty or left_behind
+        if self._dirty and self._active == 0:
+            await self._clean()
+        return result
+
+    async def _run(self, run: _CommandRun, token: str, limit: float) -> tuple[ExecResult, bool]:
+        """The command's result, and whether it may have left processes behind."""
         started = time.monotonic()
         reader = asyncio.get_running_loop().run_in_executor(self._engine.executor, run.pump)
         gave_up = await self._wait_for(run, reader, limit)
         self._raise_failure(run, reader, gave_up)
         duration = time.monotonic() - started
-        code = None if gave_up else run.err.take_trailer(token)
+        trailer = None if gave_up else run.err.take_trailer(token)
+        code = trailer[0] if trailer else None
         if code is None and run.exec_id is not None:
             code = await self._exit_status(run.exec_id, gave_up)
-        oom = False
-        if code in (137, -9) or gave_up:
-            oom = await self._engine.run(self._new_oom_kill_blocking)
+        if trailer and len(trailer) == 4:
+            pids, oom, left_behind = trailer[1] > 0, trailer[2] > 0, trailer[3] > 3
+        else:
+            pids, left_behind = False, True
+            oom = (code in (137, -9) or gave_up) and await self._engine.run(self._new_oom_kill_blocking)
         timed_out = not oom and (gave_up or (code in (124, 137) and duration >= limit * 0.95))
         return ExecResult(
             exit_code=code, stdout=run.out.text(), stderr=run.err.text(), duration_s=duration,
             timed_out=timed_out, oom_killed=oom, truncated=run.out.truncated or run.err.truncated,
-        )
+            limit=limit_words.tripped(self.limits, limit, pids=pids, oom=oom, timed_out=timed_out),
+        ), left_behind
+
+    async def _clean(self) -> None:
+        """Kill what commands left behind (``_KILL_ALL``), once none runs; a container that
+        cannot be cleaned (a fork bomb holding every process slot) is removed."""
+        async with self._cleaning:
+            if self._active or not self._dirty:
+                return
+            if await self._engine.run(self._kill_all_blocking):
+                self._dirty = False
+                return
+            self._lost = (f"the container of {self!r} was removed: processes a command left behind "
+                          "could not be stopped inside it (a fork bomb, say)")
+            self._closed = True
+            await self._owner.release(self.container_id)
 
     async def _wait_for(self, run: _CommandRun, reader: asyncio.Future[None], limit: float) -> bool:
         """Wait for the command's output to end; True when it had to be given up on."""
@@ -259,13 +335,22 @@ class DockerSandbox:
         code = engine.call(api.exec_inspect, exec_id).get("ExitCode")
         return code, output
 
-    def _kill_all_blocking(self) -> None:
+    def _kill_all_blocking(self) -> bool:
+        """Run ``_KILL_ALL``; False when it could not run or could not finish (retried a few
+        times: at the process limit the engine may fail to start it)."""
         import docker
 
-        try:
-            self._exec_blocking(["sh", "-c", _KILL_ALL])
-        except docker.errors.APIError:
-            pass  # the container is already gone: nothing left to kill
+        for attempt in range(5):
+            try:
+                code, _ = self._exec_blocking(["sh", "-c", _KILL_ALL])
+            except docker.errors.NotFound:
+                return True  # the container is already gone: nothing left to kill
+            except docker.errors.APIError:
+                code = None
+            if code == 0:
+                return True
+            time.sleep(0.2 * (attempt + 1))
+        return False
 
     def _new_oom_kill_blocking(self) -> bool:
         import docker
@@ -298,37 +383,38 @@ class DockerSandbox:
             raise self._gone(exc) from exc
 
     async def read_file(self, path: str) -> bytes:
-        """The file's bytes; symlinks are followed only while they stay inside the workspace."""
-        self._check_open()
+        """The file's bytes, read inside the container as the sandbox's user (so it sees no
+        more than that user would); symlinks are followed only while they stay inside the
+        workspace."""
         import docker
 
+        self._check_open()
         rel = _inside_path(path)
-        for _ in range(16):
-            try:
-                chunks, _stat = await self._engine.run(
-                    self._engine.api.get_archive, self.container_id, f"{WORKDIR}/{rel}")
-                data = await self._engine.run(lambda: b"".join(chunks))
-            except docker.errors.NotFound as exc:
-                if isinstance(self._gone(exc), DockerSandboxGone):
-                    raise self._gone(exc) from exc
-                raise FileNotFoundError(f"{path}: no such file in the sandbox") from exc
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-                member = tar.next()
-                if member is None:
-                    raise FileNotFoundError(f"{path}: no such file in the sandbox")
-                if member.isfile():
-                    fh = tar.extractfile(member)
-                    assert fh is not None
-                    return fh.read()
-                if member.isdir():
-                    raise IsADirectoryError(f"{path} is a directory")
-                if not member.issym():
-                    raise ValueError(f"{path} is not a regular file")
-                target = member.linkname
-            if target.startswith("/"):
-                raise ValueError(f"{path} is a symlink leaving the workspace ({target})")
-            rel = _inside_path(posixpath.join(posixpath.dirname(rel), target))
-        raise ValueError(f"{path}: too many levels of symlinks")
+        try:
+            code, data, why = await self._engine.run(self._read_blocking, rel)
+        except docker.errors.APIError as exc:
+            raise self._gone(exc) from exc
+        if code == 0:
+            return data
+        if code == 3:
+            raise FileNotFoundError(f"{path}: no such file in the sandbox")
+        if code == 4:
+            raise ValueError(f"{path} leads outside the workspace (through a symlink)")
+        if code == 5:
+            raise IsADirectoryError(f"{path} is a directory")
+        if code == 6:
+            raise ValueError(f"{path} is not a regular file")
+        if code == 7:
+            raise PermissionError(f"{path} may not be read by the sandbox's user")
+        raise OSError(f"reading {path} in {self!r} failed (exit {code}): {why.decode(errors='replace')[-300:]}")
+
+    def _read_blocking(self, rel: str) -> tuple[int | None, bytes, bytes]:
+        engine, api = self._engine, self._engine.api
+        exec_id = engine.call(api.exec_create, self.container_id, ["sh", "-c", _READ, "bakeoff-read", rel],
+                              user=USER, workdir=WORKDIR, environment={"HOME": HOME})["Id"]
+        out, err = engine.call(api.exec_start, exec_id, demux=True)
+        code = engine.call(api.exec_inspect, exec_id).get("ExitCode")
+        return code, out or b"", err or b""
 
     async def diff(self) -> str:
         """Git-format diff of the workspace against its base; new binary files (build products)
@@ -365,6 +451,8 @@ class DockerSandbox:
         return exc
 
     def _check_open(self) -> None:
+        if self._lost is not None:
+            raise DockerSandboxGone(self._lost)
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
 

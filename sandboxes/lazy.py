@@ -1,5 +1,9 @@
 """A sandbox made only when first used: the planner's own tools (run, build, test, edit)
-work in a copy of the repository at base that many runs never need."""
+work in a copy of the repository at base that many runs never need.
+
+It is a *held* sandbox of the pool (``SandboxPool.sandbox(hold=True)``): it stays open for
+the whole run while fan-outs run candidates in working sandboxes, so it takes no slot they
+could wait for."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from bakeoff.sandboxes.pool import SandboxPool
 
 
 class LazySandbox:
-    """A ``Sandbox`` that takes its slot from ``pool`` on the first command or file access."""
+    """A ``Sandbox`` made by ``pool`` (held, taking no slot) on the first command or file access."""
 
     def __init__(self, pool: SandboxPool, workspace: Workspace) -> None:
         self._pool = pool
@@ -26,7 +30,7 @@ class LazySandbox:
         async with self._lock:
             if self._sandbox is None:
                 self._stack = contextlib.AsyncExitStack()
-                self._sandbox = await self._stack.enter_async_context(self._pool.sandbox(self._workspace))
+                self._sandbox = await self._stack.enter_async_context(self._pool.sandbox(self._workspace, hold=True))
                 self.backend = self._sandbox.backend
             return self._sandbox
 
@@ -44,6 +48,8 @@ class LazySandbox:
         return await self._sandbox.diff() if self._sandbox is not None else ""
 
     async def close(self) -> None:
-        if self._stack is not None:
+        """Close the sandbox if one was made; waits for one being made (a cancelled run's)."""
+        async with self._lock:
             stack, self._stack, self._sandbox = self._stack, None, None
+        if stack is not None:
             await stack.aclose()

@@ -6,30 +6,37 @@ wall-clock timeout that sends TERM and then KILL to everything the command start
 ``bwrap`` (bubblewrap) works, the command also runs inside it: no network, the host
 read-only, only the workspace, a private home and a private tmp writable, its own pid
 namespace (so killing bwrap kills every descendant), no capabilities, no user namespaces.
+Without bwrap (the ``unsafe-local`` mode, chosen only by name) a command still cannot gain
+privileges (no-new-privileges), but sees the host: ``isolation_warning`` says what it can do.
 
 When bakeoff runs as root each sandbox gets a user id of its own: the process limit then
 counts only that sandbox's processes (root is exempt from RLIMIT_NPROC), and every leftover
-process can be found by its uid. Memory is limited with a cgroup (v2, or v1's memory and pids
-controllers) where one can be created. Without cgroups a watchdog samples the resident
-memory of the sandbox's processes every 50 ms and kills them above the limit: weaker (a fast
-allocation can overshoot between samples), but never an address-space rlimit, which breaks
-sanitizers and CUDA. As root, the writable space is a tmpfs capped in bytes and files
-(``limits.disk_bytes``; one inode per 8 KiB); it lives in memory, and what a command writes
-there counts against that command's memory limit. Elsewhere only the per-file size limit
-holds, and the host's free disk is the bound.
+process can be found by its uid. Memory and processes are limited per command with a cgroup
+(v2, or v1's memory and pids controllers) where one can be created; the first refused fork
+or OOM kill stops the whole command, reported as ``ExecResult.limit``. Without cgroups a
+watchdog samples the sandbox's processes every 50 ms and kills them above the memory or
+process limit: weaker (a fast allocation can overshoot between samples), but never an
+address-space rlimit, which breaks sanitizers and CUDA. As root, the writable space is a
+tmpfs capped in bytes and files (``limits.disk_bytes``; one inode per 8 KiB); it lives in
+memory, and what a command writes there counts against that command's memory limit.
+Elsewhere only the per-file size limit holds, and the host's free disk is the bound.
+
+The host touches the sandbox's files only from a descriptor of the workspace opened at
+creation, one component at a time (``beneath``), so a command swapping a directory for a
+symlink while the host reads or writes cannot point it outside; a command's working
+directory is entered by the command's own user; the diff is taken while no command runs.
 
 What stays weaker than Docker, and why: ``limits.cpus`` is not enforced here (commands share
 the machine's cores); without a cgroup, commands of one sandbox run one at a time, since
-cleanup finds a command's processes by the sandbox's uid; without bwrap (``isolation_warning``
-says so) commands see the host's files and network, and as root they still run under their
-own uid, so they cannot write the host's files or read other users' processes.
+cleanup finds a command's processes by the sandbox's uid.
 As root, bakeoff's own Python, when it lives under a directory other users cannot traverse
 (pyenv under ``/root``), is exposed to sandboxes read-only through one bind mount under the
 sandbox root, so ``python3 -m pytest`` inside a sandbox finds the same packages.
 
 ``LocalSandbox`` is here; the pieces it stands on, by job: ``local_isolation`` (the
 environment allow-list, bwrap, sandbox user ids), ``local_processes`` (rlimits, finding and
-killing a sandbox's processes) and ``cgroups`` (a memory and process limit per command).
+killing a sandbox's processes), ``cgroups`` (a memory and process limit per command) and
+``beneath`` (race-free file access).
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ from pathlib import Path
 
 from bakeoff.agent.events import EventBus
 from bakeoff.agent.seams import ExecResult, SandboxLimits, Workspace
+from bakeoff.sandboxes import limits as limit_words
+from bakeoff.sandboxes.beneath import check_relative, open_dir_beneath, read_beneath, write_beneath
 from bakeoff.sandboxes.cgroups import Cgroup, cgroup_parents
 from bakeoff.sandboxes.local_isolation import (
     INSIDE_HOME,
@@ -54,6 +63,7 @@ from bakeoff.sandboxes.local_isolation import (
     bwrap_status,
     looks_secret,
     sandbox_path,
+    unsafe_local_warning,
 )
 from bakeoff.sandboxes.local_processes import SandboxBroken, SandboxProcesses, command_rlimits, drop_to
 from bakeoff.sandboxes.output import OutputCapture
@@ -63,7 +73,6 @@ from bakeoff.sandboxes.workspace import (
     new_sandbox_dir,
     reap_stale,
     remove_tree,
-    resolve_inside,
     sandbox_root,
 )
 
@@ -99,7 +108,7 @@ class LocalSandbox:
     """A sandbox on this machine (see the module docstring for what it enforces)."""
 
     def __init__(self) -> None:  # use ``await LocalSandbox.create(...)``
-        self.backend = "local"
+        self.backend = "unsafe-local"
         self.limits = SandboxLimits()
         self.isolation_warning: str | None = None
         self.disk_capped = False
@@ -114,6 +123,9 @@ class LocalSandbox:
         self._events: EventBus | None = None
         self._closed = False
         self._exclusive: asyncio.Lock | None = None
+        self._work_fd: int | None = None  # every host-side file access starts from it
+        self._running = 0  # commands running now: the diff waits for none
+        self._idle: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ creation
 
@@ -162,18 +174,18 @@ class LocalSandbox:
         os.chmod(self.dir / "base.git", 0o700)
         if self.uid is not None:
             _chown_tree(fs, self.uid)
-        os.chmod(fs, 0o700 if self.uid is not None else 0o755)
+            # ``fs`` itself stays root's: the sandbox's user may not swap ``work`` for a link.
+            os.chown(fs, 0, 0)
+        os.chmod(fs, 0o711 if self.uid is not None else 0o755)
+        self._work_fd = os.open(fs / "work", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
         ok, why = bwrap_status()
         if use_bwrap and not ok:
             raise SandboxBroken(f"bwrap was asked for but {why}")
         self._bwrap = ok if use_bwrap is None else use_bwrap
-        self.backend = "local+bwrap" if self._bwrap else "local"
+        self.backend = "local+bwrap" if self._bwrap else "unsafe-local"
         if not self._bwrap:
-            self.isolation_warning = (
-                "reduced isolation: commands run without bubblewrap, so they can reach the "
-                "network and read the host's files" + ("" if self.uid is not None else
-                " and write wherever this user can") + f" ({why if not ok else 'bwrap turned off'})")
+            self.isolation_warning = unsafe_local_warning(why if not ok else "bwrap turned off")
         have_cgroup = cgroup_parents() is not None
         if use_cgroup and not have_cgroup:
             raise SandboxBroken("a cgroup was asked for but none can be created here")
@@ -195,6 +207,12 @@ class LocalSandbox:
         if self._closed:
             raise SandboxBroken("the sandbox is closed")
 
+    @property
+    def _root_fd(self) -> int:
+        self._check_open()
+        assert self._work_fd is not None
+        return self._work_fd
+
     # ------------------------------------------------------------------ exec
 
     async def exec(
@@ -205,15 +223,8 @@ class LocalSandbox:
         cwd: str | None = None,
     ) -> ExecResult:
         self._check_open()
-        limits = self.limits
-        timeout = limits.wall_seconds if timeout is None else timeout
-        rel = "."
-        if cwd not in (None, "", "."):
-            resolve_inside(self.work, cwd)
-            rel = os.path.normpath(cwd)
-        host_cwd = self.work / rel
-        if not host_cwd.is_dir():
-            raise ValueError(f"cwd is not a directory in the workspace: {cwd!r}")
+        timeout = self.limits.wall_seconds if timeout is None else timeout
+        rel = "." if cwd in (None, "", ".") else check_relative(cwd)
         argv = ["/bin/bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         fs = self.dir / "fs"
         if self._bwrap:
@@ -224,45 +235,58 @@ class LocalSandbox:
                                          path=sandbox_path(self._bwrap), marker=self.sandbox_id)
         if dropped and self._events is not None:
             self._events.emit("sandbox.env_dropped", names=dropped)
-
-        if not self._use_cgroup:
+        self._running += 1
+        try:
+            if self._use_cgroup:
+                return await self._exec_in(argv, environment, rel, timeout)
             # Without a cgroup a command's processes are found by the sandbox's uid (or marker),
             # so the cleanup after one command would kill another's: run them one at a time.
             if self._exclusive is None:
                 self._exclusive = asyncio.Lock()
             async with self._exclusive:
-                return await self._exec_in(argv, environment, host_cwd, rel, timeout)
-        return await self._exec_in(argv, environment, host_cwd, rel, timeout)
+                return await self._exec_in(argv, environment, rel, timeout)
+        finally:
+            self._running -= 1
+            if self._running == 0 and self._idle is not None:
+                self._idle.set()
 
-    async def _exec_in(self, argv: list[str], environment: dict[str, str], host_cwd: Path, rel: str,
+    async def _exec_in(self, argv: list[str], environment: dict[str, str], rel: str,
                        timeout: float) -> ExecResult:
         limits = self.limits
         fs = self.dir / "fs"
-        cgroup = Cgroup.create(limits.memory_bytes, limits.max_processes) if self._use_cgroup else None
-        if self._use_cgroup and cgroup is None:
-            raise SandboxBroken("could not create a cgroup for the command")
         try:
+            cwd_fd = open_dir_beneath(self._root_fd, rel)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise ValueError(f"cwd is not a directory in the workspace: {rel!r}") from exc
+        cgroup = None
+        try:
+            cgroup = Cgroup.create(limits.memory_bytes, limits.max_processes) if self._use_cgroup else None
+            if self._use_cgroup and cgroup is None:
+                raise SandboxBroken("could not create a cgroup for the command")
             if self._bwrap:
                 inside = INSIDE_WORKSPACE if rel == "." else f"{INSIDE_WORKSPACE}/{rel}"
                 argv = bwrap_argv(work=fs / "work", home=fs / "home", tmp=fs / "tmp",
                                   chdir=inside) + ["--", *argv]
-            return await self._run(argv, environment, host_cwd, timeout, cgroup)
+            return await self._run(argv, environment, cwd_fd, timeout, cgroup)
         finally:
+            os.close(cwd_fd)
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.remove)
 
-    async def _spawn(self, argv: list[str], environment: dict[str, str], host_cwd: Path,
+    async def _spawn(self, argv: list[str], environment: dict[str, str], cwd_fd: int,
                      cgroup: Cgroup | None) -> tuple[asyncio.subprocess.Process, int, int]:
         """Start the command with pipes of our own: asyncio's ``wait()`` would otherwise also
         wait for the pipes, which a background child can hold open for ever."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         cgroup_fds = [os.open(f, os.O_WRONLY | os.O_CLOEXEC) for f in (cgroup.procs_files() if cgroup else [])]
+        rlimits = command_rlimits(self.limits, self.uid, pids_cgroup=cgroup is not None and "pids" in cgroup.dirs)
+        preexec = drop_to(self.uid, rlimits, cgroup_fds, cwd_fd=cwd_fd,
+                          no_new_privileges=not self._bwrap)  # bwrap forbids privilege gains itself
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out_w, stderr=err_w, env=environment,
-                cwd=host_cwd, start_new_session=True,
-                preexec_fn=drop_to(self.uid, command_rlimits(self.limits, self.uid), cgroup_fds))
+                start_new_session=True, preexec_fn=preexec)
         except BaseException:
             for fd in (out_r, err_r):
                 os.close(fd)
@@ -272,12 +296,12 @@ class LocalSandbox:
                 os.close(fd)
         return proc, out_r, err_r
 
-    async def _run(self, argv: list[str], environment: dict[str, str], host_cwd: Path,
+    async def _run(self, argv: list[str], environment: dict[str, str], cwd_fd: int,
                    timeout: float, cgroup: Cgroup | None) -> ExecResult:
         limits = self.limits
         loop = asyncio.get_running_loop()
         start = time.monotonic()
-        proc, out_fd, err_fd = await self._spawn(argv, environment, host_cwd, cgroup)
+        proc, out_fd, err_fd = await self._spawn(argv, environment, cwd_fd, cgroup)
         out, err = OutputCapture(limits.output_bytes), OutputCapture(limits.output_bytes)
         transports = []
         readers = []
@@ -287,65 +311,66 @@ class LocalSandbox:
                 lambda s=stream: asyncio.StreamReaderProtocol(s), os.fdopen(fd, "rb", buffering=0))
             transports.append(transport)
             readers.append(asyncio.create_task(capture.pump(stream)))
-        oom = asyncio.Event()
-        watchdog = None if cgroup else asyncio.create_task(self._processes.watch_memory(proc.pid, oom))
+        watch = asyncio.create_task(self._processes.watch(proc.pid, cgroup, limits.max_processes))
         timed_out = False
         try:
-            try:
-                await asyncio.wait_for(proc.wait(), timeout)
-            except TimeoutError:
+            waiting = asyncio.ensure_future(proc.wait())
+            done, _ = await asyncio.wait({waiting, watch}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
                 timed_out = True
                 await self._processes.terminate(proc.pid, cgroup, TERM_GRACE_S)
-                await proc.wait()
+            elif watch in done:  # a limit was hit: everything it runs is being killed
+                await self._processes.terminate(proc.pid, cgroup, 0.0)
+            await waiting
             # A background child may hold the pipes open: give it a moment, then kill it.
             _, pending = await asyncio.wait(readers, timeout=DRAIN_S)
             await self._processes.terminate(proc.pid, cgroup, 0.0)
             if pending:
                 await asyncio.wait(pending, timeout=2.0)
         finally:
-            for task in [*readers, *([watchdog] if watchdog else [])]:
+            for task in [*readers, watch]:
                 task.cancel()
             for transport in transports:
                 transport.close()
             if proc.returncode is None or self._processes.members(proc.pid, cgroup):
                 await asyncio.shield(self._processes.terminate(proc.pid, cgroup, 0.0))
-        duration = time.monotonic() - start
-        oom_killed = oom.is_set() or (cgroup is not None and cgroup.oom_kills() > 0)
-        code = proc.returncode
+        hit = watch.result() if watch.done() and not watch.cancelled() else None
+        return self._result(proc.returncode, out, err, time.monotonic() - start, timeout, timed_out, hit, cgroup)
+
+    def _result(self, code: int | None, out: OutputCapture, err: OutputCapture, duration: float, timeout: float,
+                timed_out: bool, hit: str | None, cgroup: Cgroup | None) -> ExecResult:
+        oom = hit == "memory" or (cgroup is not None and cgroup.oom_kills() > 0)
+        pids = hit == "processes" or (cgroup is not None and code != 0 and cgroup.pids_max_hits() > 0)
         if code is not None and code < 0:
             code = 128 - code  # shell convention: killed by signal N -> 128 + N
         return ExecResult(
             exit_code=code, stdout=out.text(), stderr=err.text(), duration_s=duration,
-            timed_out=timed_out and not oom_killed, oom_killed=oom_killed,
-            truncated=out.truncated or err.truncated,
+            timed_out=timed_out and not oom, oom_killed=oom, truncated=out.truncated or err.truncated,
+            limit=limit_words.tripped(self.limits, timeout, pids=pids, oom=oom, timed_out=timed_out),
         )
 
     # ------------------------------------------------------------------ files
 
     async def write_file(self, path: str, content: str | bytes) -> None:
-        self._check_open()
-        target = resolve_inside(self.work, path)
+        """Write beneath the workspace, race-free against a command changing it (``beneath``)."""
         data = content.encode() if isinstance(content, str) else content
-        missing = [p for p in reversed(target.parents) if not p.exists()]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        if self.uid is not None:
-            for p in [*missing, target]:
-                os.lchown(p, self.uid, self.uid)
+        write_beneath(self._root_fd, path, data, owner=self.uid)
 
     async def read_file(self, path: str) -> bytes:
-        self._check_open()
-        target = resolve_inside(self.work, path)
-        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as f:
-            return f.read()
+        """Read beneath the workspace; symlinks are followed only while they stay inside it."""
+        return read_beneath(self._root_fd, path)
 
     async def diff(self, include_binary: bool = False) -> str:
-        """Git-format diff of the workspace against its base; new binary files left out."""
+        """Git-format diff of the workspace against its base; new binary files left out.
+
+        Taken while no command runs (git reads the tree by path), and after every command
+        nothing of the sandbox is left running."""
         self._check_open()
         assert self._snapshot is not None
+        while self._running:
+            if self._idle is None or self._idle.is_set():
+                self._idle = asyncio.Event()
+            await self._idle.wait()
         return await asyncio.to_thread(self._snapshot.diff, include_binary)
 
     # ------------------------------------------------------------------ teardown
@@ -358,6 +383,9 @@ class LocalSandbox:
         await asyncio.to_thread(self._release)
 
     def _release(self) -> None:
+        if self._work_fd is not None:
+            os.close(self._work_fd)
+            self._work_fd = None
         remove_tree(self.dir)
         if self.uid is not None:
             (self.dir.parent / f".uid-{self.uid}").unlink(missing_ok=True)

@@ -10,6 +10,7 @@ bakeoff's Python, when it lives under a directory other users cannot traverse (p
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -17,7 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from bakeoff.sandboxes.local_processes import SandboxBroken, all_pids, drop_to, uid_of
@@ -105,13 +106,42 @@ def _python_binds() -> tuple[tuple[Path, Path], ...]:
             continue
         view = sandbox_root() / (".python-" + hashlib.sha256(str(prefix).encode()).hexdigest()[:12])
         view.mkdir(exist_ok=True)
-        if not os.path.ismount(view):
-            for args in (["--bind", str(prefix), str(view)], ["-o", "remount,bind,ro", str(view)]):
-                proc = subprocess.run(["mount", *args], capture_output=True)
-                if proc.returncode != 0:
-                    raise SandboxBroken(f"cannot expose {prefix} to sandboxes: {proc.stderr.decode().strip()}")
+        with _locked(view.with_name(view.name + ".lock")):  # runs starting at once mount it once
+            if not is_mount_point(view):  # once per machine: every later run finds it mounted
+                for args in (["--bind", str(prefix), str(view)], ["-o", "remount,bind,ro", str(view)]):
+                    proc = subprocess.run(["mount", *args], capture_output=True)
+                    if proc.returncode != 0:
+                        raise SandboxBroken(f"cannot expose {prefix} to sandboxes: {proc.stderr.decode().strip()}")
         binds.append((view, prefix))
     return tuple(binds)
+
+
+def is_mount_point(path: Path) -> bool:
+    """Whether something is mounted at ``path`` (bind mounts included), from /proc/self/mountinfo."""
+    wanted = os.path.realpath(path)
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return os.path.ismount(path)
+    return any(len(f) > 4 and _unescape(f[4]) == wanted for f in (line.split(" ") for line in lines))
+
+
+def _unescape(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash as octal escapes (\040 ...).
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` between processes; the kernel drops it if one dies."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _python_bin_for_host() -> Path:
@@ -121,6 +151,17 @@ def _python_bin_for_host() -> Path:
         if exe_dir == dest / "bin":
             return source / "bin"
     return exe_dir
+
+
+def unsafe_local_warning(why: str) -> str:
+    """What a command may do in the unsafe-local mode, said plainly (README, "Security")."""
+    who = ("under a user id of its own, so it cannot write your files or signal your processes"
+           if os.geteuid() == 0 else
+           "as you: it can read and write your files and kill your processes, bakeoff's included")
+    return ("reduced isolation (unsafe-local): commands run without bubblewrap or Docker, so they can "
+            "reach the network (this host's loopback servers included), read the host's files and other "
+            "processes' command lines, and leave files in /tmp, /dev/shm and /var/tmp; each runs "
+            f"{who}; no privilege gain (setuid) is allowed ({why})")
 
 
 def bwrap_argv(*, work: Path, home: Path, tmp: Path, chdir: str) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import resource
 import signal
@@ -32,8 +33,8 @@ def uid_of(pid: int) -> int | None:
         return None
 
 
-def stat_fields(pid: int) -> tuple[str, int] | None:
-    """(state, process group) of a process, None when it is gone."""
+def stat_fields(pid: int) -> tuple[str, int, int] | None:
+    """(state, process group, threads) of a process, None when it is gone."""
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
         try:
@@ -41,10 +42,9 @@ def stat_fields(pid: int) -> tuple[str, int] | None:
         finally:
             os.close(fd)
         fields = raw.rsplit(b")", 1)[1].split()
-        return fields[0].decode(), int(fields[2])
+        return fields[0].decode(), int(fields[2]), int(fields[17])
     except (OSError, ValueError, IndexError):
         return None
-
 
 
 def rss_bytes(pid: int) -> int:
@@ -65,8 +65,16 @@ def signal_all(pids: set[int], sig: int) -> None:
 
 
 
-def drop_to(uid: int | None, rlimits: list[tuple[int, int]], cgroup_fds: list[int]) -> Callable[[], None]:
-    """The child's last steps before exec: join the cgroup, lower limits, drop privileges."""
+_PR_SET_NO_NEW_PRIVS = 38
+
+
+def drop_to(uid: int | None, rlimits: list[tuple[int, int]], cgroup_fds: list[int], *,
+            cwd_fd: int | None = None, no_new_privileges: bool = False) -> Callable[[], None]:
+    """The child's last steps before exec: join the cgroup, lower limits, drop privileges,
+    enter the working directory as the sandbox's user (from a descriptor: no path is resolved
+    with the host's rights) and, where bwrap does not already, forbid gaining privileges
+    (setuid binaries, file capabilities) for good."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if no_new_privileges else None
 
     def preexec() -> None:
         pid = str(os.getpid()).encode()
@@ -78,17 +86,27 @@ def drop_to(uid: int | None, rlimits: list[tuple[int, int]], cgroup_fds: list[in
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
+        if cwd_fd is not None:
+            os.fchdir(cwd_fd)
+        if prctl is not None and prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
 
     return preexec
 
 
+def command_rlimits(limits: SandboxLimits, uid: int | None, *, pids_cgroup: bool = False) -> list[tuple[int, int]]:
+    """The rlimits a command starts under; ``uid`` is the sandbox's own user, if it has one.
 
-def command_rlimits(limits: SandboxLimits, uid: int | None) -> list[tuple[int, int]]:
-    """The rlimits a command starts under; ``uid`` is the sandbox's own user, if it has one."""
-    nproc = limits.max_processes
-    if uid is None:
+    With a cgroup counting the command's processes (``pids_cgroup``) the cgroup alone limits
+    them: RLIMIT_NPROC counts every process of the user, so it would let one command's fork
+    bomb refuse the forks of another running beside it, and unrecorded."""
+    if pids_cgroup:
+        nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]  # as high as it may go
+    elif uid is None:
         # Not root: the limit counts every process of this user, so leave room for them.
-        nproc += sum(1 for p in all_pids() if uid_of(p) == os.getuid()) + 64
+        nproc = limits.max_processes + sum(1 for p in all_pids() if uid_of(p) == os.getuid()) + 64
+    else:
+        nproc = limits.max_processes
     return [
         (resource.RLIMIT_CPU, limits.cpu_seconds),
         (resource.RLIMIT_NPROC, nproc),
@@ -154,11 +172,25 @@ class SandboxProcesses:
             await asyncio.sleep(0.01)
         raise SandboxBroken(f"processes of sandbox {self.marker} survive SIGKILL: {sorted(members)}")
 
-    async def watch_memory(self, leader: int, oom: asyncio.Event) -> None:
-        """Without a cgroup: kill them all, and set ``oom``, when their resident memory passes the limit."""
+    def threads(self, members: set[int]) -> int:
+        return sum((stat_fields(p) or ("", 0, 1))[2] for p in members)
+
+    async def watch(self, leader: int, cgroup: Cgroup | None, max_processes: int) -> str:
+        """Until a limit is hit: kill everything the command runs, and say which (``"memory"``
+        or ``"processes"``). With a cgroup the kernel enforces both and this only notices;
+        without one, a sample every 50 ms is the enforcement (weaker: a fast allocation or
+        fork can overshoot between samples)."""
+        counted = cgroup is not None and "pids" in cgroup.dirs  # else threads are counted here
         while True:
-            members = self.members(leader, None)
-            if sum(rss_bytes(p) for p in members) > self.memory_bytes:
-                oom.set()
+            hit = None
+            if cgroup is not None:
+                hit = "processes" if cgroup.pids_max_hits() else "memory" if cgroup.oom_kills() else None
+            members = self.members(leader, cgroup) if hit or not counted else set()
+            if cgroup is None and sum(rss_bytes(p) for p in members) > self.memory_bytes:
+                hit = "memory"
+            if hit is None and not counted and self.threads(members) >= max_processes:
+                hit = "processes"
+            if hit is not None:
                 signal_all(members, signal.SIGKILL)
+                return hit
             await asyncio.sleep(0.05)

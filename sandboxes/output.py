@@ -34,13 +34,13 @@ class OutputCapture:
     def truncated(self) -> bool:
         return self.total > len(self.head) + min(len(self.tail), self.half)
 
-    def take_trailer(self, token: str) -> int | None:
-        """Remove the wrapper's ``\\n<token>:<status>\\n`` from the end; return the status."""
-        n = 64
+    def take_trailer(self, token: str) -> list[int] | None:
+        """Remove the wrapper's ``\\n<token>:<n>[:<n>...]\\n`` from the end; return the numbers."""
+        n = 96
         last = bytes(self.tail[-n:])
         if len(last) < n:
             last = bytes(self.head[-(n - len(last)):]) + last
-        match = re.search(rb"\n" + token.encode() + rb":(\d+)\n\Z", last)
+        match = re.search(rb"\n" + token.encode() + rb"((?::-?\d+)+)\n\Z", last)
         if match is None:
             return None
         cut = len(match.group(0))
@@ -49,7 +49,7 @@ class OutputCapture:
         del self.tail[len(self.tail) - from_tail:]
         if cut > from_tail:
             del self.head[len(self.head) - (cut - from_tail):]
-        return int(match.group(1))
+        return [int(x) for x in match.group(1).decode().split(":")[1:]]
 
     def text(self) -> str:
         tail = bytes(self.tail[-self.half:]) if self.tail else b""

@@ -44,11 +44,28 @@ class WorkspaceError(RuntimeError):
 
 
 def sandbox_root() -> Path:
-    """Where sandbox directories live (``$BAKEOFF_SANDBOX_DIR`` or the system temp dir)."""
-    root = Path(os.environ.get("BAKEOFF_SANDBOX_DIR") or Path(tempfile.gettempdir()) / "bakeoff-sandboxes")
-    root.mkdir(parents=True, exist_ok=True)
-    # Sandboxed users must traverse it to reach their own directory, but not list others.
-    os.chmod(root, 0o711)
+    """Where sandbox directories live: ``$BAKEOFF_SANDBOX_DIR``, else ``bakeoff-sandboxes`` in
+    the system temp dir (``bakeoff-sandboxes-<uid>`` when another user owns that one).
+
+    Raises ``SandboxUnavailable`` (the user can fix it) when the directory cannot be made or
+    belongs to another user.
+    """
+    from bakeoff.sandboxes import SandboxUnavailable
+
+    named = os.environ.get("BAKEOFF_SANDBOX_DIR")
+    root = Path(named) if named else Path(tempfile.gettempdir()) / "bakeoff-sandboxes"
+    if not named and root.is_dir() and root.stat().st_uid != os.geteuid():
+        root = root.with_name(f"bakeoff-sandboxes-{os.geteuid()}")  # a shared machine: one each
+    where = f"sandbox directory {root}" + (" (BAKEOFF_SANDBOX_DIR)" if named else "")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if root.stat().st_uid != os.geteuid():
+            raise SandboxUnavailable(f"{where} belongs to another user: set BAKEOFF_SANDBOX_DIR to a directory of yours")
+        # Sandboxed users must traverse it to reach their own directory, but not list others.
+        os.chmod(root, 0o711)
+    except OSError as exc:
+        raise SandboxUnavailable(f"{where} cannot be used ({exc.strerror or exc}): "
+                                 "set BAKEOFF_SANDBOX_DIR to a directory you can write") from None
     return root
 
 
@@ -368,13 +385,3 @@ def reap_stale(root: Path | None = None) -> int:
             lock.unlink(missing_ok=True)
     return removed
 
-
-def resolve_inside(root: Path, rel: str) -> Path:
-    """Resolve ``rel`` under ``root``; raise ``ValueError`` if it escapes (also via symlinks)."""
-    if not rel or os.path.isabs(rel):
-        raise ValueError(f"path must be relative to the workspace: {rel!r}")
-    root_real = Path(os.path.realpath(root))
-    target = Path(os.path.realpath(root_real / rel))
-    if target != root_real and root_real not in target.parents:
-        raise ValueError(f"path escapes the workspace: {rel!r}")
-    return target

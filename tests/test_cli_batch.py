@@ -113,7 +113,7 @@ def test_a_task_on_a_missing_repository_fails_alone(tmp_path):
     script = write_script(tmp_path / "s.json")
     out = tmp_path / "out"
     proc = bakeoff("batch", str(tasks), "--out", str(out), "--model", f"scripted:{script}", env=cli_env(tmp_path), cwd=tmp_path)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr  # its only task failed for a reason the user must fix
     [result] = finished(out)
     assert result["status"] == "error" and "does not exist" in result["error"]
     assert "gone" in (out / "summary.txt").read_text()

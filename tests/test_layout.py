@@ -19,7 +19,9 @@ FOLDERS = {"agent": "bakeoff.agent", "tools": "bakeoff.tools", "sandboxes": "bak
 # Lowest first. A module's room is the longest prefix of its name found here.
 FLOORS: list[list[str]] = [
     ["bakeoff.agent.seams", "bakeoff.agent.types", "bakeoff.agent.events", "bakeoff.agent.config",
+     "bakeoff.agent.diffs", "bakeoff.agent.path_rules",
      "bakeoff.agent.prompting", "bakeoff.agent.stats", "bakeoff.agent.repository", "bakeoff.agent.patches",
+     "bakeoff.agent.apply",
      "bakeoff.agent.storage", "bakeoff.prompts"],
     ["bakeoff.tools", "bakeoff.sandboxes", "bakeoff.agent.models"],
     ["bakeoff.agent.selection", "bakeoff.agent.harness", "bakeoff.agent.planning", "bakeoff.agent.github"],

@@ -17,7 +17,7 @@ from bakeoff.agent.models.litellm import LitellmModel, ModelCallFailed
 from bakeoff.agent.config import ModelConfig, ModelNotConfigured
 from bakeoff.agent.models.scripted import ScriptedModel, ScriptedResponse, ScriptExhausted, ScriptFileError
 from bakeoff.agent.models import resolve_model
-from bakeoff.agent.seams import Completion, Message, Model
+from bakeoff.agent.seams import Completion, Message, Model, Usage
 
 
 def msgs(text: str) -> list[Message]:
@@ -158,6 +158,69 @@ def test_model_settings_from_the_environment(tmp_path):
     assert cfg.for_role("judge") == "openai/o3" and cfg.for_role("editor") == "ollama/qwen2.5-coder"
     assert cfg.for_role("planner") == "openai/gpt-4o-mini"
     assert cfg.fallbacks == ["openai/gpt-4o", "anthropic/claude-3-5-haiku-latest"] and cfg.timeout == 30
+
+
+def test_model_params_prices_and_editors_from_the_config_file(tmp_path):
+    from bakeoff.agent.config import load_settings
+    from bakeoff.agent.models import model_for_role
+
+    (tmp_path / "bakeoff.toml").write_text(
+        '[model]\ndefault = "openai/gpt-5"\neditors = ["openai/gpt-5", "anthropic/claude-sonnet-4-5"]\n'
+        'fallbacks = ["openai/gpt-4.1"]\nretries = 2\nbackoff_s = 0.5\nbreaker_failures = 5\n'
+        '[model.params.default]\napi_base = "http://127.0.0.1:9/v1"\n'
+        '[model.params.editor]\nreasoning_effort = "high"\n'
+        '[model.params."openai/gpt-4.1"]\napi_base = "http://127.0.0.1:8/v1"\n'
+        '[model.prices."openai/gpt-4.1"]\ninput = 2.0\noutput = 8.0\n'
+    )
+    settings, prov = load_settings(tmp_path, {"HOME": str(tmp_path), "BAKEOFF_MODEL_PARAMS": '{"judge": {"seed": 7}}'})
+    cfg = settings.model
+    assert cfg.editor_models() == ["openai/gpt-5", "anthropic/claude-sonnet-4-5"] and cfg.for_role("editor") == "openai/gpt-5"
+    # the environment's table replaces the file's whole: a dotted model name stays one key
+    assert cfg.params == {"judge": {"seed": 7}} and prov["model.params"] == "env BAKEOFF_MODEL_PARAMS"
+    settings, prov = load_settings(tmp_path, {"HOME": str(tmp_path)})
+    cfg = settings.model
+    assert cfg.role_params("editor") == {"api_base": "http://127.0.0.1:9/v1", "reasoning_effort": "high"}
+    assert cfg.model_params() == {"openai/gpt-4.1": {"api_base": "http://127.0.0.1:8/v1"}}
+    env = {"OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k"}
+    editor = model_for_role(cfg, "editor", spec="anthropic/claude-sonnet-4-5", environ=env)
+    assert editor.name == "anthropic/claude-sonnet-4-5" and editor.fallbacks == ["openai/gpt-4.1"]
+    assert editor.api_base == "http://127.0.0.1:9/v1" and editor.extra == {"reasoning_effort": "high"}
+    assert editor.max_retries == 2 and editor.backoff.base_s == 0.5 and editor.breakers.failures == 5
+    assert editor.cost("openai/gpt-4.1", Usage(prompt_tokens=1_000_000, completion_tokens=500_000)) == 6.0
+    params = editor._params("openai/gpt-4.1", msgs("q"), 0.3, 100)
+    assert params["api_base"] == "http://127.0.0.1:8/v1" and params["drop_params"] is True  # the model's own wins
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('[model]\neditor = "a/b"\neditors = ["a/c"]\n', "either editor (one model) or editors"),
+    ('[model.params.editr]\nseed = 1\n', "did you mean the role 'editor'"),
+    ('[model.params.editor]\ntemperature = 0.2\n', "set temperature, which bakeoff sets on every call"),
+    ('[model]\ntemperature = 0.2\n', "'model.temperature' is not a setting"),
+    ('[model.prices."openai/x"]\ninput = 1\n', "model.prices.openai/x.output"),
+])
+def test_model_config_errors_say_what_to_fix(tmp_path, toml, message):
+    from bakeoff.agent.config import ConfigError, load_settings
+
+    (tmp_path / "bakeoff.toml").write_text(toml)
+    with pytest.raises(ConfigError) as e:
+        load_settings(tmp_path, {"HOME": str(tmp_path)})
+    assert message in str(e.value) and "bakeoff.toml" in str(e.value)
+
+
+def test_several_editor_models_in_a_session(tmp_path):
+    from bakeoff.agent.config import load_settings
+    from bakeoff.agent.events import EventBus
+    from bakeoff.agent.session import Session
+    from tests.test_session import make_repo, write_script
+
+    a, b = write_script(tmp_path / "a.json"), write_script(tmp_path / "b.json")
+    repo = make_repo(tmp_path / "repo", extra_config=f'[model]\ndefault = "scripted:{a}"\neditors = ["scripted:{a}", "scripted:{b}"]\n')
+    settings, _ = load_settings(repo, {"HOME": str(tmp_path)})
+    session = Session(settings, repo, events=EventBus(), state=tmp_path / "state")
+    assert session.model_names["editor"] == f"scripted:{a}" and session.model_names["editor 2"] == f"scripted:{b}"
+    assert session._editors[0]._script is session._raw_models["planner"]._script  # one script, shared by its roles
+    session.update(model=f"scripted:{b}")
+    assert "editor 2" not in session.model_names  # one model for every role now
 
 
 def test_resolve_model_is_lazy_about_litellm(tmp_path):
@@ -333,3 +396,50 @@ async def test_a_real_network_call_fails_the_test_at_once():
             pass
     assert model.attempts == []  # not retried, not hidden behind a fallback
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("status, text, what, retryable", [
+    (429, "rate limited", "model busy (429)", True),
+    (500, "Unterminated string starting at: line 1", "malformed answer", True),
+    (503, "overloaded", "server error (503)", True),
+    (400, "Expecting a list of messages", "request refused (400)", False),
+    (401, "invalid api key", "API key refused (401)", False),
+    (500, "Missing credentials. Please pass an `api_key`", "no API key", False),
+    (404, "model not found", "request refused (404)", False),
+])
+def test_failures_are_read_for_people_and_retried_only_when_it_can_help(status, text, what, retryable):
+    from bakeoff.agent.models.retry import Failure
+
+    class ApiError(Exception):
+        status_code = status
+
+    failure = Failure.of(ApiError(text))
+    assert (failure.what, failure.retryable) == (what, retryable)
+
+
+def test_retry_after_and_the_circuit_breaker(monkeypatch):
+    from bakeoff.agent.models import retry
+
+    class Limited(Exception):
+        status_code = 429
+
+        def __init__(self, headers):
+            super().__init__("rate limited")
+            self.response = type("R", (), {"headers": headers})()
+
+    assert retry.retry_after(Limited({"retry-after": "3"})) == 3.0
+    assert retry.retry_after(Limited({"retry-after-ms": "250"})) == 0.25
+    assert retry.retry_after(Limited({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0  # a date long past
+    assert retry.retry_after(Limited({})) is None
+    backoff = retry.Backoff(base_s=1.0, max_s=30.0)
+    assert backoff.delay(0, retry.Failure.of(Limited({"retry-after": "3"}))) == 3.0
+    assert 2.0 <= backoff.delay(2, retry.Failure("server error (500)", True)) <= 4.0  # 4 s with equal jitter
+    breakers = retry.Breakers(failures=2, cooldown_s=10)
+    clock = [100.0]
+    monkeypatch.setattr(retry.time, "monotonic", lambda: clock[0])
+    assert not breakers.failed("m") and breakers.failed("m") and breakers.is_open("m")
+    clock[0] += 10.5  # the cool-down is over: the next call tries the model again
+    assert not breakers.is_open("m")
+    assert breakers.failed("m") and breakers.is_open("m")  # and one more failure opens it again
+    breakers.succeeded("m")
+    assert not breakers.is_open("m")

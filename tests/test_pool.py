@@ -104,3 +104,23 @@ async def test_23_sixty_four_candidates_at_once(workspace: Workspace) -> None:
     assert results == [(int(i % 3 == 0), True) for i in range(64)]
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 * 1024
     assert our_sandbox_dirs() == set()
+
+
+async def test_held_sandboxes_take_no_slot_and_a_wait_for_a_slot_cancels_at_once(workspace: Workspace) -> None:
+    """A run holds its base (held) while its candidates take the slots: with one slot, the base
+    and a candidate are open at once, and a second candidate waits; cancelling that wait (Ctrl-C)
+    ends it at once and leaves nothing."""
+    pool = SandboxPool("local", LIMITS, max_concurrent=1)
+    async with pool.sandbox(workspace, hold=True) as base:
+        async with pool.sandbox(workspace) as candidate:
+            assert pool.live == 2 and pool.held == 1
+            assert (await candidate.exec("cat n.txt")).stdout.strip() == "7"
+            waiting = asyncio.create_task(pool.map(lambda i, sb: sb.exec("true"), [1], workspace))
+            await asyncio.sleep(0.2)
+            assert not waiting.done() and pool.live == 2  # it waits for the slot, holding nothing
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(waiting, timeout=2)
+        assert (await base.exec("true")).ok
+    await pool.close()
+    assert pool.live == 0 and our_sandbox_dirs() == set()

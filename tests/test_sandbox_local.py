@@ -228,9 +228,11 @@ def test_safe_archive_is_extracted(tmp_path: Path) -> None:
 
 def test_choose_local_reports_the_backend_and_why() -> None:
     choice = choose_backend("local")
-    assert choice.backend in ("local+bwrap", "local")
-    assert choice.reason
-    assert (choice.warning is None) == (choice.backend == "local+bwrap")
+    assert choice.backend == "local+bwrap" and choice == choose_backend("local+bwrap")
+    assert choice.reason and choice.warning is None
+    unsafe = choose_backend("unsafe-local")  # only by its own name
+    assert unsafe.backend == "unsafe-local" and "reduced isolation" in unsafe.warning
+    assert "reach the network" in unsafe.warning and "no privilege gain" in unsafe.warning
     with pytest.raises(SandboxUnavailable, match="unknown sandbox kind"):
         choose_backend("vm")
 
@@ -249,10 +251,10 @@ async def test_without_bwrap_the_sandbox_says_isolation_is_reduced(tmp_path: Pat
     seen = []
     bus.subscribe(seen.append)
     async with await LocalSandbox.create(Workspace(path=tmp_path), use_bwrap=False, events=bus) as sb:
-        assert sb.backend == "local"
+        assert sb.backend == "unsafe-local"
         assert sb.isolation_warning and "reduced isolation" in sb.isolation_warning
         assert (await sb.exec("echo hi")).stdout == "hi\n"
-    assert [e.data["backend"] for e in seen if e.kind == "sandbox.warning"] == ["local"]
+    assert [e.data["backend"] for e in seen if e.kind == "sandbox.warning"] == ["unsafe-local"]
 
 
 async def test_create_sandbox_local_follows_the_sandbox_protocol(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ the differential harnesses, the vote.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -119,8 +120,10 @@ async def test_an_edit_that_does_not_apply_gets_did_you_mean(tmp_path):
 
 @pytest.mark.parametrize(
     ("path", "why"),
-    [("../outside.c", "not inside the repository"), (".git/config", "inside .git"),
-     (".github/workflows/ci.yml", "CI configuration"), ("Makefile", "not one of the files")],
+    [("../outside.c", "leaves the repository"), (".git/config", "touches .git/"),
+     (".github/workflows/ci.yml", "CI file"), (".g\u0456t/config", "touches .git/"),
+     (".github/actions/setup/action.yml", "CI file"), ("GIT~1/hooks/pre-commit", "touches .git/"),
+     (".gitmodules", "repository configuration"), ("Makefile", "not one of the files")],
 )
 async def test_edits_outside_the_task_files_are_refused(tmp_path, path, why):
     repo = repo_copy(tmp_path, "omp_kernel")
@@ -162,17 +165,23 @@ async def test_fan_out_picks_the_correct_fast_candidate_and_rejects_race_and_off
     )
 
     by_strategy = {c.strategy: c for c in result.candidates}
-    assert result.winner is not None and result.winner.strategy == "omp-reduction", result.report_table
-    assert result.patch == result.winner.patch and "reduction(+:total)" in result.patch
+    # The reduction is the pick; it ships when it is faster than the base here, and on a busy
+    # two-core machine it may not be: then it is offered, not shipped (never a slower "winner").
+    chosen = result.winner or next((c for c in result.candidates if c.id == result.verdict.best), None)
+    assert chosen is not None and chosen.strategy == "omp-reduction", result.report_table
+    assert "reduction(+:total)" in chosen.patch
+    assert result.patch == (chosen.patch if result.winner else "")
+    assert result.winner is not None or result.verdict.reason.startswith("correct, but no candidate is faster")
     correct = set(result.verdict.correct)
     for wrong in ("omp-manual-split", "omp-simd", "omp-tasks"):  # off-by-one, data race, missing reduction
         assert by_strategy[wrong].id not in correct, result.report_table
     assert by_strategy["omp-schedule"].id in correct  # slower, but correct
     row = {r.candidate: r for r in result.verdict.rows}
-    assert row[by_strategy["omp-manual-split"].id].tests_passed < row[result.winner.id].tests_passed
+    assert row[by_strategy["omp-manual-split"].id].tests_passed < row[chosen.id].tests_passed
     assert all(c.id in result.report_table for c in result.candidates)
-    assert f"* {result.winner.id}" in result.report_table  # the winner is marked
-    assert result.winner.id in result.verdict.reason
+    assert f"{'*' if result.winner else '?'} {chosen.id}" in result.report_table  # the pick is marked
+    assert chosen.id in result.verdict.reason
+    assert row[chosen.id].curve and row[chosen.id].threads == result.verdict.timing.threads
     kinds = {e.kind for e in seen}
     assert {"fanout.start", "fanout.end", "candidate.state"} <= kinds
     assert (repo / "kernel.c").read_text() == (EXAMPLES / "omp_kernel" / "kernel.c").read_text()
@@ -231,12 +240,13 @@ async def test_fan_out_tool_schema_and_a_missing_editor(tmp_path):
     assert seen == []
 
 
-async def test_fan_out_refuses_a_pool_that_would_deadlock(tmp_path):
+async def test_fan_out_finishes_with_a_pool_of_one_sandbox(tmp_path):
+    # The base sandbox is held open beside the candidates without taking their one slot.
     repo = repo_copy(tmp_path, "slow_python")
     svc = services(repo, script("slow_python"), EventBus())
     svc.pool = SandboxPool(kind="local", max_concurrent=1)
-    with pytest.raises(FanOutError, match="at least 2 sandboxes"):
-        await fan_out(PY_GOAL, ["pairs.py"], 2, services=svc)
+    result = await asyncio.wait_for(fan_out(PY_GOAL, ["pairs.py"], 2, services=svc), timeout=300)
+    assert len(result.candidates) == 2 and svc.pool.live == 0
 
 
 # --------------------------------------------------------------------------- pure helpers

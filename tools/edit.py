@@ -192,7 +192,7 @@ class Edit:
         if not blocks:
             raise ToolError(f"no edit given: pass 'blocks' or 'text'.\n{FORMAT_HINT}")
         blocks = [
-            EditBlock(path=check_relative_path(b.path), search=b.search, replace=b.replace, whole_file=b.whole_file)
+            EditBlock(path=check_relative_path(b.path, writing=True), search=b.search, replace=b.replace, whole_file=b.whole_file)
             for b in blocks
         ]
         before: dict[str, str] = {}

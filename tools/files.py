@@ -23,17 +23,36 @@ from bakeoff.tools.probe import PROBE_TIMEOUT_S, probe
 # --------------------------------------------------------------------------- path checks
 
 
-def check_relative_path(path: str) -> str:
-    """A clean workspace-relative path, or a ToolError saying what a valid path looks like."""
+def check_relative_path(path: str, *, writing: bool = False) -> str:
+    """A clean workspace-relative path, or a ToolError saying what a valid path looks like.
+
+    The same rules as a patch's (``agent.path_rules``): no invisible or control characters,
+    nothing that leaves the repository or reaches ``.git`` however it is spelled; ``writing``
+    also refuses CI and repository configuration files, which tools may read but not edit.
+    """
+    from bakeoff.agent.path_rules import component_key, path_problems, refused_character, shown
+
     p = path.strip().replace("\\", "/")
     while p.startswith("./"):
         p = p[2:]
     parts = [x for x in p.split("/") if x not in ("", ".")]
-    if not parts or p.startswith("/") or ".." in parts:
-        raise ToolError(f"path {path!r} is not inside the repository: give a path relative to its root, like 'src/main.c'")
-    if parts[0] == ".git":
-        raise ToolError(f"path {path!r} is inside .git, which tools may not touch")
-    return "/".join(parts)
+    if not parts or p.startswith("/"):
+        raise ToolError(f"path {shown(path)} is not inside the repository: give a path relative to its root, like 'src/main.c'")
+    clean = "/".join(parts)
+    if writing:
+        problems = path_problems(clean)
+        if problems:
+            raise ToolError(f"path {shown(path)} may not be edited: {problems[0]}")
+        return clean
+    bad = refused_character(clean)
+    if bad:
+        raise ToolError(f"path {shown(path)} holds a control, invisible or bidirectional character ({bad})")
+    keys = [component_key(x) for x in parts]
+    if ".." in parts or ".." in keys:
+        raise ToolError(f"path {shown(path)} is not inside the repository: give a path relative to its root, like 'src/main.c'")
+    if ".git" in keys:
+        raise ToolError(f"path {shown(path)} is inside .git, which tools may not touch")
+    return clean
 
 
 async def read_bytes(ctx: ToolContext, path: str) -> bytes:

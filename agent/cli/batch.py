@@ -25,7 +25,8 @@ import typer
 
 EXIT_HELP = (
     "Exit codes: 0 every task succeeded; 1 some task found no correct candidate or failed; "
-    "2 usage or configuration error; 3 the budget ran out."
+    "2 usage or configuration error, or every task failed for a reason you must fix (a missing repository, "
+    "an unknown base); 3 the budget ran out; 130, 143, 129 stopped by INT, TERM, HUP."
 )
 
 
@@ -44,36 +45,40 @@ def batch_command(
     n: int | None = typer.Option(None, "--n", help="Candidates per task."),
     budget: float | None = typer.Option(None, "--budget", help="Dollars the whole batch may spend."),
     budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Tokens the whole batch may spend."),
-    sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else local), local, local+bwrap or docker."),
+    sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else bubblewrap), docker, local (bubblewrap) or unsafe-local (no isolation)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run again the tasks that ended in an error."),
+    time_limit: float | None = typer.Option(None, "--time-limit", metavar="SECONDS", help="Wall-clock seconds each task may take (default 3600)."),
 ) -> None:
-    import asyncio
-
+    from bakeoff.agent.cli.checks import read_text, writable_dir
     from bakeoff.agent.cli.run import fail, load, user_errors
+    from bakeoff.agent.cli.stopping import Stopped, leave_now, run_stoppable
+    from bakeoff.agent.storage import claimed
 
-    if not tasks.is_file():
-        fail(f"task file {tasks} does not exist")
     try:
-        items = read_tasks(tasks)
+        items = read_tasks(tasks, read_text(tasks, "task file"))
     except ValueError as exc:
         fail(str(exc))
     flags = {"model.default": model, "n": n, "budget_usd": budget, "budget_tokens": budget_tokens,
-             "sandbox": sandbox, "workers": workers}
+             "sandbox": sandbox, "workers": workers, "time_limit_s": time_limit}
     settings, _ = load(Path.cwd(), flags)
-    from bakeoff.agent.config import ModelNotConfigured
+    from bakeoff.agent.models import model_for_role
 
     try:
         for role in ("planner", "editor", "tester", "judge"):
-            settings.model.for_role(role)
-    except ModelNotConfigured as exc:
-        fail(str(exc))
-    batch = Batch(items, out, flags=flags, settings=settings, branch=branch, retry_failed=retry_failed)
-    try:
-        code = asyncio.run(batch.run())
+            if settings.model.for_role(role).startswith("scripted:"):
+                model_for_role(settings.model, role)  # its file is read and checked now, not in every task
     except user_errors() as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted: finished tasks are kept; run the same command again to resume", 130)
+    writable_dir(out, "--out")
+    batch = Batch(items, out, flags=flags, settings=settings, branch=branch, retry_failed=retry_failed)
+    try:
+        with claimed(out, "batch"):  # a second batch on the same --out is refused before it touches anything
+            code = run_stoppable(batch.run())
+    except user_errors() as exc:
+        fail(str(exc))
+    except Stopped as stop:
+        leave_now(stop, f"stopped by {stop.name}: sandboxes removed; finished tasks are kept, "
+                        "run the same command again to resume")
     raise typer.Exit(code)
 
 
@@ -104,12 +109,13 @@ def _task_model():
     return BatchTask
 
 
-def read_tasks(path: Path) -> list[Any]:
-    """The tasks of a JSONL, JSON or YAML file; ``ValueError`` says which entry is wrong and why."""
+def read_tasks(path: Path, text: str | None = None) -> list[Any]:
+    """The tasks of a JSONL, JSON or YAML file (``text``: its contents, already read);
+    ``ValueError`` says which entry is wrong and why."""
     from pydantic import ValidationError
 
     BatchTask = _task_model()
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8") if text is None else text
     if path.suffix == ".jsonl":
         raw = []
         for no, line in enumerate(text.splitlines(), 1):
@@ -257,10 +263,7 @@ class Batch:
                 await self.pool.close()
         self.write_results()
         self.print_summary()
-        statuses = [r.get("status") for r in self.results.values()]
-        if "budget-exhausted" in statuses:
-            return 3
-        return 0 if all(s == "success" for s in statuses) else 1
+        return self.exit_code()
 
     async def run_task(self, task: Any) -> None:
         import asyncio
@@ -304,7 +307,10 @@ class Batch:
                 result["branch"] = self.branch
                 result["clone"] = str(repo)
         except user_errors() as exc:
-            result["error"] = str(exc)
+            # The task's repository, base or settings: the user fixes it (then --retry-failed).
+            result.update(error=str(exc), cause="user")
+        if result["status"] == "error":
+            self.say(f"task {task.id} failed: {result.get('error') or 'unknown error'}")
         if not result.get("branch"):
             shutil.rmtree(repo, ignore_errors=True)  # the clone was only the run's read-only view
         result["duration_s"] = round(time.monotonic() - started, 3)
@@ -325,18 +331,34 @@ class Batch:
         from rich.table import Table
 
         table = Table(title="batch", title_justify="left")
-        for col in ("task", "status", "winner", "cost", "tokens", "time"):
-            table.add_column(col)
+        for col in ("task", "status", "winner", "cost", "tokens", "time", "reason"):
+            table.add_column(col, overflow="fold")
         for t in self.tasks:
             r = self.results.get(t.id)
             if r is None:
-                table.add_row(t.id, "not run", "-", "-", "-", "-")
+                table.add_row(t.id, "not run", "-", "-", "-", "-", "")
                 continue
+            reason = "" if r.get("status") == "success" else str(r.get("error") or "")
             table.add_row(
                 t.id, r.get("status", "?"), r.get("winner") or "-", f"${r.get('cost_usd', 0.0):.4f}",
-                str(r.get("tokens", 0)), f"{r.get('duration_s', 0):.1f}s",
+                str(r.get("tokens", 0)), f"{r.get('duration_s', 0):.1f}s", reason[:200],
             )
         return table
+
+    def exit_code(self) -> int:
+        """0 every task succeeded; 2 every task failed for a reason the user must fix (a missing
+        repository, an unknown base, bad settings); 3 the budget ran out; else 1."""
+        results = list(self.results.values())
+        statuses = [r.get("status") for r in results]
+        if results and all(r.get("status") == "error" and r.get("cause") == "user" for r in results):
+            return 2
+        if "budget-exhausted" in statuses:
+            return 3
+        return 0 if all(s == "success" for s in statuses) else 1
+
+    def say(self, line: str) -> None:
+        """A line above the live panel (or in the log)."""
+        self.console.print(line, markup=False, highlight=False)
 
     def print_summary(self) -> None:
         import io
@@ -348,7 +370,11 @@ class Batch:
         write_atomic(self.out / "summary.txt", buf.getvalue())
         Console().print(self.summary_table())
         total = sum(r.get("cost_usd", 0.0) for r in self.results.values())
-        Console().print(f"total cost ${total:.4f} · results in {self.out / 'results.jsonl'}")
+        Console().print(f"total cost ${total:.4f} · results in {self.out / 'results.jsonl'}", markup=False)
+        failed = [tid for tid, r in self.results.items() if r.get("status") == "error"]
+        if failed:
+            Console().print(f"{len(failed)} task(s) failed ({', '.join(failed)}): the reasons are above; fix them "
+                            "and run the same command with --retry-failed to run those again", markup=False)
 
     def panel(self):
         from rich.text import Text

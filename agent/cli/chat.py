@@ -9,6 +9,8 @@ pseudo-terminal or a pipe. History is kept in the state directory, across sessio
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ COMMANDS = {
     "/apply [ID]": "commit the winner (or candidate ID) after showing its diff",
     "/undo": "revert the last /apply exactly",
     "/cost": "cost of each step and of the session",
-    "/sandbox [KIND]": "show or set the sandbox backend (auto, local, docker)",
+    "/sandbox [KIND]": "show the sandbox backends (auto, docker, local, local+bwrap) or choose one",
     "/exit": "leave (Ctrl-D works too)",
 }
 
@@ -40,7 +42,7 @@ def chat_command(
     model: str | None = typer.Option(None, "--model", help="Model for every role (litellm model string or scripted:PATH)."),
     n: int | None = typer.Option(None, "--n", help="Candidates developed in parallel."),
     budget: float | None = typer.Option(None, "--budget", help="Dollars the whole chat session may spend."),
-    sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else local), local, local+bwrap or docker."),
+    sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else bubblewrap), docker, local (bubblewrap) or unsafe-local (no isolation)."),
     yes: bool = typer.Option(False, "--yes", help="Apply each winner without asking (its diff is still shown)."),
     branch: str | None = typer.Option(None, "--branch", help="Commit applied changes on this new branch."),
 ) -> None:
@@ -68,6 +70,8 @@ class Chat:
         self.report = None
         self.history_path = session.state / "chat_history"
         self._readline = None
+        with contextlib.suppress(AttributeError, ValueError):
+            sys.stdin.reconfigure(errors="surrogateescape")  # a line that is not UTF-8 is refused, not a traceback
         if sys.stdin.isatty():
             try:
                 import readline
@@ -103,7 +107,9 @@ class Chat:
     # ------------------------------------------------------------------ loop
 
     def loop(self) -> None:
-        import asyncio
+        """Read, run, repeat. Ctrl-C cancels a step (or clears the prompt); TERM and HUP end the
+        session: its sandboxes are removed and the command exits 143 or 129."""
+        from bakeoff.agent.cli.stopping import Stopped, StoppableLoop, leave_now
 
         s = self.session
         self.console.print(
@@ -115,30 +121,45 @@ class Chat:
         )
         if s.sandbox_choice is not None and s.sandbox_choice.warning:
             self.console.print(f"warning: {s.sandbox_choice.warning}", style="yellow", markup=False)
-        with asyncio.Runner() as runner:
+        stopped: Stopped | None = None
+        with StoppableLoop() as runner:
             self.runner = runner
             try:
-                while True:
-                    try:
-                        line = self.ask("bakeoff> ")
-                    except KeyboardInterrupt:
-                        self.console.print("\n(Ctrl-C: the prompt is cleared; /exit or Ctrl-D leaves)")
-                        continue
-                    if line is None:
-                        self.console.print()
-                        break
-                    line = line.strip()
-                    if not line:
-                        continue
-                    self.remember(line)
-                    if line.startswith("/"):
-                        if self.command(line) == "exit":
-                            break
-                    else:
-                        self.step(line)
+                self.read_eval()
+            except Stopped as stop:
+                stopped = stop
             finally:
                 runner.run(self.session.close())
+        if stopped is not None:
+            leave_now(stopped, f"stopped by {stopped.name}: sandboxes removed; session cost {_usd(s.cost_usd)}")
         self.console.print(f"session cost {_usd(s.cost_usd)} · {s.tokens} tokens")
+
+    def read_eval(self) -> None:
+        from bakeoff.agent.cli.stopping import Stopped
+
+        while True:
+            try:
+                line = self.ask("bakeoff> ")
+            except (KeyboardInterrupt, Stopped) as exc:
+                if isinstance(exc, Stopped) and exc.signum != signal.SIGINT:
+                    raise
+                self.console.print("\n(Ctrl-C: the prompt is cleared; /exit or Ctrl-D leaves)")
+                continue
+            if line is None:
+                self.console.print()
+                return
+            line = line.strip()
+            if not line:
+                continue
+            if not _is_text(line):
+                self.console.print("[red]that line is not UTF-8 text: type it again in UTF-8[/red]")
+                continue
+            self.remember(line)
+            if line.startswith("/"):
+                if self.command(line) == "exit":
+                    return
+            elif meant_as_task(line, self.ask):
+                self.step(line)
 
     def step(self, task: str) -> None:
         from rich.markup import escape
@@ -146,11 +167,15 @@ class Chat:
         from bakeoff.agent.cli.render import diff_text, print_result
         from bakeoff.agent.cli.run import user_errors
 
+        from bakeoff.agent.cli.stopping import Stopped
+
         try:
             report = self.runner.run(self.session.run(task))
-        except KeyboardInterrupt:
+        except Stopped as stop:
             self.progress.stop()
-            self.console.print("[yellow]step cancelled[/yellow]; the session goes on")
+            if stop.signum != signal.SIGINT:
+                raise
+            self.console.print("[yellow]step cancelled[/yellow]: its sandboxes are removed; the session goes on")
             return
         except user_errors() as exc:
             self.progress.stop()
@@ -244,9 +269,18 @@ class Chat:
         )
 
     def sandbox(self, arg: str | None) -> None:
+        from bakeoff.sandboxes import KINDS, SandboxUnavailable, choose_backend
+
         if arg:
             self._set("sandbox", arg, f"sandbox {arg}")
-        self.console.print(f"  sandbox: {self.session.settings.sandbox}")
+        self.console.print(f"  sandbox: {self.session.settings.sandbox}", markup=False)
+        for kind in KINDS:  # every backend, and whether it runs here
+            try:
+                choice = choose_backend(kind)
+                state = f"runs here as {choice.backend}" if kind == "auto" else f"available ({choice.reason})"
+            except SandboxUnavailable as exc:
+                state = f"not available: {exc}"
+            self.console.print(f"    {kind:<12} {state}", markup=False)
 
     def _need_report(self):
         from bakeoff.agent.session import SessionError
@@ -288,10 +322,10 @@ class Chat:
             if (answer or "").strip().lower() not in ("y", "yes"):
                 self.console.print("not applied")
                 return
+        from bakeoff.agent.cli.run import where_applied
+
         change = self.session.apply(report, branch=self.branch, yes=True, candidate_id=arg)
-        commit = getattr(change, "commit", None) or getattr(change, "new_commit", None)
-        self.console.print(f"[green]applied[/green] candidate {cand.id}" + (f" as {str(commit)[:10]}" if commit else "")
-                           + "; /undo reverts it")
+        self.console.print(f"candidate {cand.id} {where_applied(change)}; /undo reverts it", markup=False)
 
     def undo(self, _: str | None) -> None:
         self.session.undo()
@@ -301,6 +335,24 @@ class Chat:
         for i, r in enumerate(self.session.history, 1):
             self.console.print(f"  {i}. {_usd(r.cost_usd)} {r.tokens} tokens, {r.status}: {r.task[:50]}", markup=False)
         self.console.print(f"  session {_usd(self.session.cost_usd)} · {self.session.tokens} tokens")
+
+
+def meant_as_task(line: str, ask) -> bool:
+    """A one-word line is more often a slip (``exit``, ``help``, ``diff``) than a task: ``ask`` first."""
+    if len(line.split()) > 1:
+        return True
+    names = [c.split()[0] for c in COMMANDS] + ["/quit"]
+    hint = f" (did you mean /{line.lower()}?)" if f"/{line.lower()}" in names else ""
+    answer = ask(f"start a run with the task {line!r}{hint}? [y/N] ")
+    return (answer or "").strip().lower() in ("y", "yes")
+
+
+def _is_text(line: str) -> bool:
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _usd(value: float | None) -> str:

@@ -9,7 +9,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     app.command("config", help="Show the merged settings and the source of each value "
-                "(default < user config < bakeoff.toml or \\[tool.bakeoff] in pyproject.toml < BAKEOFF_* < flags).")(config_command)
+                "(default < user config < bakeoff.toml or [tool.bakeoff] in pyproject.toml < BAKEOFF_* < flags).")(config_command)
 
 
 def config_command(

@@ -35,9 +35,10 @@ def demo_command(
     example: str = typer.Option("omp_kernel", "--example", help=f"Which example: {', '.join(DEMO_TASKS)}."),
     task: str | None = typer.Option(None, "--task", help="A task of your own instead of the example's."),
     n: int | None = typer.Option(None, "--n", help="Candidates developed in parallel."),
-    sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else local), local, local+bwrap or docker."),
+    sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else bubblewrap), docker, local (bubblewrap) or unsafe-local (no isolation)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON document."),
     keep: bool = typer.Option(False, "--keep", help="Keep the temporary copy (its path is printed)."),
+    time_limit: float | None = typer.Option(None, "--time-limit", metavar="SECONDS", help="Wall-clock seconds the run may take (default 3600)."),
 ) -> None:
     import shutil
     import tempfile
@@ -45,6 +46,7 @@ def demo_command(
     from rich.console import Console
 
     from bakeoff.agent.cli.run import fail, load
+    from bakeoff.agent.cli.stopping import Stopped, leave_now
 
     source = examples_dir() / example
     if example not in DEMO_TASKS or not source.is_dir():
@@ -52,15 +54,21 @@ def demo_command(
         fail(f"no bundled example {example!r} (available: {known})")
     err = Console(stderr=True)
     workdir = Path(tempfile.mkdtemp(prefix="bakeoff-demo-"))
+    stopped: Stopped | None = None
     try:
         repo = copy_example(source, workdir / example)
-        settings, provenance = load(repo, {"n": n, "sandbox": sandbox})
+        settings, provenance = load(repo, {"n": n, "sandbox": sandbox, "time_limit_s": time_limit})
         override = demo_model(settings, provenance, example, err)
+        settings = demo_sandbox(settings, provenance, override, err)
         err.print(f"working on a copy of the example at {repo}")
         code = run_demo(settings, repo, override, task or DEMO_TASKS[example], json_out, err)
+    except Stopped as stop:  # its sandboxes are removed; the copy goes below
+        stopped = stop
     finally:
-        if not keep:
+        if not keep or stopped is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+    if stopped is not None:
+        leave_now(stopped, f"stopped by {stopped.name}: sandboxes and the example's copy removed")
     if keep:
         err.print(f"the copy stays at {repo}; commit the winner there with bakeoff run --apply")
     raise typer.Exit(code)
@@ -99,16 +107,35 @@ def demo_model(settings, provenance: dict[str, str], example: str, err):
     return None
 
 
+def demo_sandbox(settings, provenance: dict[str, str], override, err):
+    """The settings, with the bundled example's scripted (so trusted) candidates allowed to
+    run unisolated when no Docker or bubblewrap is here and no sandbox was asked for: said
+    loudly. A live model's candidates never are."""
+    from bakeoff.sandboxes import HOW_TO_ISOLATE, UNSAFE_LOCAL, SandboxUnavailable, choose_backend
+
+    if override is None or settings.sandbox != "auto" or provenance.get("sandbox") != "default":
+        return settings
+    try:
+        choose_backend("auto")
+        return settings
+    except SandboxUnavailable:
+        err.print(f"[bold]no isolation[/bold]: neither Docker nor bubblewrap can run here, so the bundled example's "
+                  f"scripted candidates (trusted code) run with --sandbox {UNSAFE_LOCAL}; for your own code, "
+                  f"{HOW_TO_ISOLATE}")
+        return settings.model_copy(update={"sandbox": UNSAFE_LOCAL})
+
+
 def run_demo(settings, repo: Path, override, task: str, json_out: bool, err) -> int:
     """Run the task on the copy; print the result; the exit code."""
-    import asyncio
     import json
     import sys
 
     from rich.console import Console
 
+    from bakeoff.agent.cli.checks import writable_dir
     from bakeoff.agent.cli.render import Progress, print_result, result_document
     from bakeoff.agent.cli.run import STATUS_EXIT, fail, user_errors
+    from bakeoff.agent.cli.stopping import run_stoppable
     from bakeoff.agent.events import EventBus
     from bakeoff.agent.session import Session
 
@@ -119,6 +146,7 @@ def run_demo(settings, repo: Path, override, task: str, json_out: bool, err) -> 
         session = Session(settings, repo, events=events, model_override=override)
     except user_errors() as exc:
         fail(str(exc))
+    writable_dir(session.state, "the state directory (BAKEOFF_STATE_DIR)")
 
     async def go():
         try:
@@ -127,7 +155,7 @@ def run_demo(settings, repo: Path, override, task: str, json_out: bool, err) -> 
             await session.close()
 
     try:
-        report = asyncio.run(go())
+        report = run_stoppable(go())  # INT, TERM, HUP: Stopped, once the sandboxes are removed
     except user_errors() as exc:
         fail(str(exc))
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from typing import Any
 
@@ -21,6 +22,9 @@ from rich.text import Text
 
 from bakeoff.agent.events import Event
 from bakeoff.agent.types import Candidate, RunReport
+
+# A plan's task line or its end, as the planner writes them ("3. read_file(path=...)", "join()").
+PLAN_LINE = re.compile(r"\s*(\d+\s*[.)]\s*[A-Za-z_]\w*\s*\(|join\(\s*\))")
 
 STATE_STYLE = {
     "editing": "cyan", "building": "blue", "testing": "magenta", "profiling": "yellow",
@@ -46,6 +50,21 @@ def speedup_text(speedup: float | None, low: float | None = None, high: float | 
     return f"{speedup:.2f}x"
 
 
+def duration(seconds: float) -> str:
+    """``3600`` -> ``1h``, ``90`` -> ``1m30s``."""
+    from bakeoff.agent.session import format_duration
+
+    return format_duration(seconds)
+
+
+def tests_text(row: dict[str, Any]) -> str:
+    """``passed/total`` when both are known; nothing when the runner did not say (never a bare 0)."""
+    passed, failed = row.get("tests_passed"), row.get("tests_failed")
+    if passed is None or failed is None or passed + failed == 0:
+        return ""
+    return f"{passed}/{passed + failed}"
+
+
 class CandidateBoard:
     """The latest known state of each candidate of the current fan-out."""
 
@@ -66,13 +85,10 @@ class CandidateBoard:
             table.add_column(col, justify="right" if col in ("tests", "cost") else "left")
         for cid, row in self.rows.items():
             state = str(row.get("state", ""))
-            tests = row.get("tests_passed")
-            failed = row.get("tests_failed")
-            total = None if tests is None or failed is None else tests + failed
             table.add_row(
                 cid,
                 Text(state, style=STATE_STYLE.get(state, "")),
-                "-" if tests is None else (f"{tests}/{total}" if total else str(tests)),
+                tests_text(row) or "-",
                 "-" if row.get("group") is None else str(row["group"]),
                 speedup_text(row.get("speedup"), row.get("low"), row.get("high")),
                 money(row.get("cost_usd")),
@@ -81,7 +97,51 @@ class CandidateBoard:
         return table
 
 
-class Progress:
+class RunNotices:
+    """What a run says about where it works, beside the work itself: files left out of it, a
+    repository without commits, the sandbox image being built, the time limit running out.
+    ``Progress`` shows them with its ``_line``."""
+
+    _building = False
+
+    def _line(self, markup: str) -> None:
+        raise NotImplementedError
+
+    def _on_repo_uncommitted(self, d: dict[str, Any]) -> None:
+        paths = ", ".join(d.get("paths") or [])
+        self._line(
+            f"[yellow]warning[/yellow]: {d.get('count')} file(s) with uncommitted changes ({escape(paths)}) "
+            "are not part of this run, which reads the last commit; commit them to include them"
+        )
+
+    def _on_sandbox_warning(self, d: dict[str, Any]) -> None:
+        self._line(f"[bold yellow]warning[/bold yellow]: {escape(str(d.get('message', '')))}")
+
+    def _on_repo_no_commits(self, d: dict[str, Any]) -> None:
+        self._line("[yellow]warning[/yellow]: the repository has no commits yet, so the run reads the files as "
+                   "they are; commit them first to apply a result (git add -A && git commit)")
+
+    def _on_run_time_limit(self, d: dict[str, Any]) -> None:
+        self._line(f"  [red]time limit[/red] the run's {duration(d.get('time_limit_s') or 0)} ran out; "
+                   "stopping its candidates")
+
+    # ------------------------------------------------------------------ sandbox backend
+
+    def _on_sandbox_prepare(self, d: dict[str, Any]) -> None:
+        if d.get("state") == "start":
+            return
+        took = float(d.get("duration_s") or 0.0)
+        if self._building or took >= 2.0:
+            self._line(f"  [green]ok[/green] sandbox image {escape(str(d.get('image', '')))} ready {took:.1f}s")
+        self._building = False
+
+    def _on_sandbox_image_build(self, d: dict[str, Any]) -> None:
+        self._building = True
+        self._line(f"  [bold]sandbox image[/bold] building {escape(str(d.get('image', '')))} from "
+                   f"{escape(str(d.get('dockerfile', '')))}: the first run on this machine takes a few minutes")
+
+
+class Progress(RunNotices):
     """Renders a Session's events on ``console`` (stderr for the headless door)."""
 
     def __init__(self, console: Console, *, live: bool | None = None, stream_model: bool = False,
@@ -95,11 +155,15 @@ class Progress:
         self.cost_usd = 0.0
         self._live: Live | None = None
         self._lock = threading.RLock()
-        self._streaming = False
+        self._building = False  # the sandbox image is being built (its ready line is shown)
+        self._pending = ""  # the planner's streamed text since its last newline
+        self._verdict = ""  # a fan-out's verdict line, shown after its candidates' results
 
     # The EventBus calls this for every event.
     def __call__(self, event: Event) -> None:
         with self._lock:
+            if event.kind != "candidate.result":
+                self._flush_verdict()
             handler = getattr(self, "_on_" + event.kind.replace(".", "_"), None)
             if handler is not None:
                 handler(event.data)
@@ -107,9 +171,6 @@ class Progress:
                 self._line(f"[dim]{event.kind} {escape(short(event.data, 100))}[/dim]")
 
     def _line(self, markup: str) -> None:
-        if self._streaming:
-            self.console.print()
-            self._streaming = False
         if self._live is not None:
             self._live.console.print(markup)
         else:
@@ -120,6 +181,16 @@ class Progress:
             if self._live is not None:
                 self._live.stop()
                 self._live = None
+            self._flush_verdict()
+
+    def _flush_verdict(self) -> None:
+        # A fan-out's verdict line comes after its candidates' results, which follow it.
+        if self._verdict:
+            if self._live is not None:  # the board as it ended stays on screen, above the verdict
+                self._live.stop()
+                self._live = None
+            line, self._verdict = self._verdict, ""
+            self._line(line)
 
     # ------------------------------------------------------------------ run
 
@@ -128,22 +199,16 @@ class Progress:
         self.plan = []
         models = d.get("models") or {}
         names = sorted(set(models.values())) if isinstance(models, dict) else []
+        limit = d.get("time_limit_s")
         self._line(
             f"[bold]run {d.get('run_id', '')}[/bold] n={d.get('n')} model={escape(', '.join(names) or '?')} "
-            f"sandbox={d.get('sandbox', '?')}"
-        )
-
-    def _on_repo_uncommitted(self, d: dict[str, Any]) -> None:
-        paths = ", ".join(d.get("paths") or [])
-        self._line(
-            f"[yellow]warning[/yellow]: {d.get('count')} file(s) with uncommitted changes ({escape(paths)}) "
-            "are not part of this run, which reads the last commit; commit them to include them"
+            f"sandbox={d.get('sandbox', '?')}" + (f" time limit {duration(limit)}" if limit else "")
         )
 
     def _on_run_end(self, d: dict[str, Any]) -> None:
         self.stop()
         status = d.get("status", "?")
-        style = "green" if status == "success" else "yellow" if status == "no-correct-candidate" else "red"
+        style = "green" if status == "success" else "yellow" if status in ("no-correct-candidate", "not-faster") else "red"
         winner = f" winner {d['winner']}" if d.get("winner") else ""
         err = f" ({escape(str(d['error']))})" if d.get("error") and status != "success" else ""
         self._line(
@@ -200,57 +265,102 @@ class Progress:
         else:
             cid = d.get("candidate") or d.get("id") or d.get("candidate_id")
             extra = []
-            if row.get("tests_passed") is not None:
-                extra.append(f"tests {row['tests_passed']}")
+            tests = tests_text(row)
+            if tests:
+                extra.append(f"repo tests {tests}")
             if row.get("speedup") is not None and not math.isnan(row["speedup"]):
                 extra.append(f"speedup {row['speedup']:.2f}x")
             if d.get("detail") and row.get("state") == "failed":
                 extra.append(short(d["detail"], 80))
             self._line(f"  candidate {cid}: {row.get('state')}" + escape(f" ({', '.join(extra)})" if extra else ""))
 
-    def _on_fanout_end(self, d: dict[str, Any]) -> None:
-        self.stop()
+    def _on_candidate_result(self, d: dict[str, Any]) -> None:
+        """After the vote: the tests each candidate passed, as the report's table counts them."""
+        row = self.board.update({**d, "tests_failed": None})
+        row["tests_failed"] = int(d.get("tests_total") or 0) - int(d.get("tests_passed") or 0)
         if d.get("winner"):
-            self._line(f"  [green]winner[/green] {d['winner']}: {escape(short(d.get('reason', ''), 120))}")
+            row["state"] = "won"
+        if self._live is not None:
+            self._live.update(self.board.table())
+            return
+        verdict = "correct" if d.get("correct") else "not correct"
+        if d.get("flaky"):
+            verdict += ", flaky"
+        speed = speedup_text(d.get("speedup"), d.get("low"), d.get("high"))
+        mark = " [green](winner)[/green]" if d.get("winner") else ""
+        self._line(f"  candidate {escape(str(d.get('id')))}: {verdict}, tests {d.get('tests_passed')}/"
+                   f"{d.get('tests_total')}" + (f", speedup {speed}" if speed != "-" else "") + mark)
+
+    def _on_fanout_end(self, d: dict[str, Any]) -> None:
+        if self.live_enabled and self._live is not None:
+            self._live.update(self.board.table())
+        if d.get("winner"):
+            self._verdict = f"  [green]winner[/green] {d['winner']}: {escape(short(d.get('reason', ''), 120))}"
+        elif d.get("best"):
+            self._verdict = f"  [yellow]not faster[/yellow] {escape(short(d.get('reason', ''), 160))}"
         else:
-            self._line(f"  [yellow]no correct candidate[/yellow] {escape(short(d.get('reason', ''), 120))}")
+            self._verdict = f"  [yellow]no correct candidate[/yellow] {escape(short(d.get('reason', ''), 120))}"
 
     # ------------------------------------------------------------------ model
 
     def _on_model_delta(self, d: dict[str, Any]) -> None:
-        if self.stream_model and self._live is None:
-            self.console.print(Text(str(d.get("text", "")), style="dim"), end="")
-            self._streaming = True
+        """The planner's thinking, a line at a time as it streams. Its task lines are left out:
+        each is shown once, as the ``plan`` line the parser makes of it; other roles' text
+        (candidates write at once, the joiner's answer ends the run) is not streamed."""
+        if not self.stream_model or d.get("role") != "planner":
+            return
+        self._pending += str(d.get("text", ""))
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            if line.strip() and not PLAN_LINE.match(line):
+                self._line(f"[dim]{escape(line.strip())}[/dim]")
 
     def _on_model_call(self, d: dict[str, Any]) -> None:
         self.cost_usd += float(d.get("cost_usd") or 0.0)
+
+    def _on_model_status(self, d: dict[str, Any]) -> None:
+        """Retries, fallbacks, open circuits, cut-off answers, slow calls: one line each."""
+        style = "dim" if d.get("what") == "waiting" else "yellow"
+        self._line(f"  [{style}]model[/{style}] {escape(short(d.get('message', ''), 160))}")
 
 
 # --------------------------------------------------------------------------- results
 
 
 def report_table(report: RunReport) -> Table:
-    """The selection table: one row per candidate, the same data as the JSON report."""
+    """The selection table: one row per candidate, the same data as the JSON report. The
+    speedup is at the target parallelism; "scaling" is the curve at 1, 2, 4, ... threads."""
+    from bakeoff.agent.selection.table import curve_text
+
     table = Table(title="bake-off", title_justify="left")
-    for col in ("candidate", "built", "tests", "group", "flaky", "correct", "speedup", "cost", "note"):
+    setup = report.verdict.timing if report.verdict else None
+    at = f" @{setup.threads}" if setup else ""
+    # Which model wrote each candidate, when several editor models shared the work.
+    models = {c.id: c.model for c in report.candidates}
+    several = len(set(models.values())) > 1
+    for col in ("candidate", *(("model",) if several else ()), "built", "tests", "group", "flaky", "correct",
+                f"speedup{at}", "scaling", "cost", "note"):
         table.add_column(col)
     winner = report.winner.id if report.winner else None
+    best = report.verdict.best if report.verdict else None
     rows = report.verdict.rows if report.verdict else []
     if rows:
         for r in rows:
+            mark, style = (" *", "bold green") if r.candidate == winner else (" ?", "yellow") if r.candidate == best else ("", "")
             table.add_row(
-                Text(r.candidate + (" *" if r.candidate == winner else ""), style="bold green" if r.candidate == winner else ""),
+                Text(r.candidate + mark, style=style),
+                *((r.model or models.get(r.candidate, ""),) if several else ()),
                 _yes_no(r.built), f"{r.tests_passed}/{r.tests_total}",
                 "-" if r.group is None else str(r.group), "yes" if r.flaky else "no", _yes_no(r.correct),
-                speedup_text(r.speedup, r.low, r.high), money(r.cost_usd), r.note,
+                speedup_text(r.speedup, r.low, r.high), curve_text(r.curve) if r.curve else "-", money(r.cost_usd), r.note,
             )
     else:
         for c in report.candidates:
             table.add_row(
-                c.id + (" *" if c.id == winner else ""), _yes_no(c.built),
+                c.id + (" *" if c.id == winner else ""), *((c.model,) if several else ()), _yes_no(c.built),
                 "-" if c.tests_passed is None else str(c.tests_passed), "-", "-", "-",
                 speedup_text(c.timing.speedup, c.timing.low, c.timing.high) if c.timing else "-",
-                money(c.cost_usd), c.error or "",
+                curve_text(c.timing.curve) if c.timing and c.timing.curve else "-", money(c.cost_usd), c.error or "",
             )
     return table
 
@@ -262,17 +372,26 @@ def _yes_no(value: bool | None) -> str:
 def print_result(console: Console, report: RunReport, *, show_patch: bool = True) -> None:
     """A finished run for people: answer, table, verdict, winning patch, cost."""
     parts: list[Any] = []
-    if report.answer:
+    if report.answer and report.status != "not-faster":  # the verdict, not the model's summary, says what happened
         parts.append(Text(report.answer))
     if report.candidates or (report.verdict and report.verdict.rows):
         parts.append(report_table(report))
     if report.verdict and report.verdict.reason:
         parts.append(Text(f"verdict ({report.verdict.method}): {report.verdict.reason}"))
-    if report.error and report.status != "success":
+    if report.verdict and report.verdict.timing:
+        from bakeoff.agent.selection.table import setup_text
+
+        parts.append(Text(setup_text(report.verdict.timing), style="dim"))
+    if report.error and report.status not in ("success", "not-faster"):
         parts.append(Text(f"{report.status}: {report.error}", style="red"))
+    if report.status == "not-faster" and report.verdict and report.verdict.best:
+        parts.append(Text(f"not-faster: candidate {report.verdict.best} is correct but not faster than the original; "
+                          "it is offered (its patch), not applied", style="yellow"))
     if show_patch and report.patch:
         parts.append(Text(report.patch))
-    parts.append(Text(f"cost {money(report.cost_usd)} · {report.tokens} tokens · {report.duration_s:.1f}s"))
+    estimated = (f" (of which {money(report.estimated_usd)} / {report.estimated_tokens} tokens estimated: "
+                 "streams that broke before their usage arrived)") if report.estimated_tokens else ""
+    parts.append(Text(f"cost {money(report.cost_usd)} · {report.tokens} tokens · {report.duration_s:.1f}s{estimated}"))
     console.print(Group(*parts))
 
 
@@ -301,7 +420,8 @@ def result_document(report: RunReport, applied: Any = None) -> dict[str, Any]:
         "verdict": report.verdict.model_dump(mode="json") if report.verdict else None,
         "patch": report.patch,
         "report": [c.model_dump(mode="json", exclude={"messages"}) for c in report.candidates],
-        "cost": {"usd": report.cost_usd, "tokens": report.tokens},
+        "cost": {"usd": report.cost_usd, "tokens": report.tokens, "estimated_usd": report.estimated_usd,
+                 "estimated_tokens": report.estimated_tokens},
         "duration_s": report.duration_s,
         "error": report.error,
         "applied": _plain(applied),

@@ -21,14 +21,16 @@ EXIT_UNVERIFIED = 4
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 a correct candidate was found (or the question answered); "
-    "1 no correct candidate (or the run failed); 2 usage or configuration error "
+    "1 no correct candidate, or (for a speed task) none faster than the original, or the run failed; 2 usage or configuration error "
     "(bad flag, missing repository, no model configured, no Docker); 3 budget exhausted; "
-    "4 unverified: the planner changed files without a fan-out, so nothing checked the change."
+    "4 unverified: the planner changed files without a fan-out, so nothing checked the change; "
+    "130, 143, 129 stopped by SIGINT, SIGTERM, SIGHUP (sandboxes removed first)."
 )
 
 STATUS_EXIT = {
     "success": EXIT_OK,
     "no-correct-candidate": EXIT_NO_CORRECT,
+    "not-faster": EXIT_NO_CORRECT,
     "error": EXIT_NO_CORRECT,
     "budget-exhausted": EXIT_BUDGET,
     "unverified": EXIT_UNVERIFIED,
@@ -37,8 +39,9 @@ STATUS_EXIT = {
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """A user-fixable problem: say what to do, exit with ``code``."""
-    typer.echo(f"bakeoff: {message}", err=True)
-    raise typer.Exit(code)
+    from bakeoff.agent.cli.checks import fail as say_and_exit
+
+    say_and_exit(message, code)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -54,11 +57,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from bakeoff.agent.models.scripted import ScriptExhausted, ScriptFileError
     from bakeoff.agent.patches import PatchRejected
     from bakeoff.agent.session import SessionError
+    from bakeoff.agent.storage import DirectoryBusy
     from bakeoff.sandboxes import SandboxUnavailable
 
     return (
         ConfigError, ModelNotConfigured, SessionError, ModelCallFailed, ScriptExhausted, ScriptFileError,
-        SandboxUnavailable, PatchRejected,
+        SandboxUnavailable, PatchRejected, DirectoryBusy,
     )
 
 
@@ -71,19 +75,27 @@ def load(repo: Path, flags: dict[str, Any]):
     if not repo.is_dir():
         fail(f"repository {repo} does not exist: pass --repo PATH to a checkout")
     try:
-        return load_settings(repo, os.environ, flags)
+        settings, provenance = load_settings(repo, os.environ, flags)
     except ConfigError as exc:
         fail(str(exc))
+    for spec in {getattr(settings.model, role) or settings.model.default for role in ("planner", "editor", "tester", "judge")}:
+        if spec is not None and spec.strip().rstrip(":") == "scripted":
+            fail("the scripted model needs its file of answers: --model scripted:PATH (see examples/scripted/)")
+    return settings, provenance
 
 
 def open_session(repo: Path, flags: dict[str, Any], events, *, model_override=None, **kwargs):
+    """A Session on ``repo``, its state directory checked; exit 2 with the reason when it cannot be."""
+    from bakeoff.agent.cli.checks import writable_dir
     from bakeoff.agent.session import Session
 
     settings, _ = load(repo, flags)
     try:
-        return Session(settings, repo, events=events, model_override=model_override, **kwargs)
+        session = Session(settings, repo, events=events, model_override=model_override, **kwargs)
     except user_errors() as exc:
         fail(str(exc))
+    writable_dir(session.state, "the state directory (BAKEOFF_STATE_DIR)")
+    return session
 
 
 def register(app: typer.Typer) -> None:
@@ -102,19 +114,25 @@ def run_command(
     n: int | None = typer.Option(None, "--n", help="Candidates developed in parallel."),
     budget: float | None = typer.Option(None, "--budget", help="Dollars this run may spend."),
     budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Tokens this run may spend."),
-    sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else local), local, local+bwrap or docker."),
+    sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else bubblewrap), docker, local (bubblewrap) or unsafe-local (no isolation)."),
     planner: str | None = typer.Option(None, "--planner", help="compiler (parallel plan) or react (one call per turn)."),
+    threads: int | None = typer.Option(None, "--threads", min=1,
+                                       help="Threads candidates are timed at (default: the CPUs the sandbox may use)."),
+    time_limit: float | None = typer.Option(None, "--time-limit", metavar="SECONDS", help="Wall-clock seconds the run may take (default 3600)."),
 ) -> None:
     from rich.console import Console
 
+    from bakeoff.agent.cli.checks import patch_target, task_text
     from bakeoff.agent.events import EventBus
 
     if branch and not apply:
         fail("--branch needs --apply")
     if json_out and jsonl:
         fail("choose one of --json and --jsonl")
+    task = task_text(task)
+    patch_target(patch)
     flags = {"model.default": model, "n": n, "budget_usd": budget, "budget_tokens": budget_tokens,
-             "sandbox": sandbox, "planner": planner}
+             "sandbox": sandbox, "planner": planner, "threads": threads, "time_limit_s": time_limit}
     events = EventBus()
     err = Console(stderr=True)
     stop_progress = show_progress(events, err, jsonl=jsonl)
@@ -147,8 +165,11 @@ def show_progress(events, err, *, jsonl: bool):
 
 
 def execute(session, task: str):
-    """Run ``task`` to its report; the session's sandboxes are closed however it ends."""
-    import asyncio
+    """Run ``task`` to its report; the session's sandboxes are closed however it ends.
+
+    INT, TERM and HUP stop it: candidates are stopped, sandboxes removed, and the command
+    exits 128 + the signal's number (``stopping``)."""
+    from bakeoff.agent.cli.stopping import Stopped, leave_now, run_stoppable
 
     async def go():
         try:
@@ -157,11 +178,12 @@ def execute(session, task: str):
             await session.close()
 
     try:
-        return asyncio.run(go())
+        return run_stoppable(go())
     except user_errors() as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
-        fail(f"cancelled; the repository is untouched (events so far in {session.state / 'runs'})", 130)
+    except Stopped as stop:
+        leave_now(stop, f"stopped by {stop.name}: sandboxes removed, the repository untouched "
+                        f"(events so far in {session.state / 'runs'})")
 
 
 def deliver(session, report, *, patch: Path | None, apply: bool, branch: str | None, err):
@@ -177,8 +199,17 @@ def deliver(session, report, *, patch: Path | None, apply: bool, branch: str | N
         applied = session.apply(report, branch=branch)
     except user_errors() as exc:
         fail(f"not applied: {exc}")
-    err.print(f"applied as one commit on {f'branch {branch}' if branch else 'the current branch'}")
+    err.print(where_applied(applied), markup=False, highlight=False)
     return applied
+
+
+def where_applied(change) -> str:
+    """Where the commit went, as git would say it; on a detached HEAD, how to keep it."""
+    commit = change.head_after[:10]
+    if change.branch_after:
+        return f"applied as commit {commit} on branch {change.branch_after}"
+    return (f"applied as commit {commit} on a detached HEAD (no branch points to it): keep it with "
+            f"git branch NAME {commit}, or use --apply --branch NAME next time")
 
 
 def print_outcome(report, applied, *, json_out: bool, jsonl: bool) -> None:

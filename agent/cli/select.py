@@ -11,8 +11,8 @@ Top-level imports: typer and the standard library only, so ``bakeoff --help`` st
 
 from __future__ import annotations
 
-import asyncio
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -22,6 +22,17 @@ C_SUFFIXES = {".c", ".cc", ".cpp", ".cxx"}
 
 class UsageProblem(Exception):
     """Something the user can fix; the message says how."""
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    unordered: bool = False
+    repeats: int = 3
+    timing_repeats: int = 5
+    threads: int | None = None  # the target parallelism; None: the CPUs the sandbox may use
+    min_time_s: float = 0.2  # the timing input grows until the reference takes this long per call
+    require_faster: bool = True  # a winner must be faster than the reference
+    spec: Path | None = None  # C/C++: a JSON input spec instead of one inferred and checked
 
 
 def register(app: typer.Typer) -> None:
@@ -39,23 +50,37 @@ def register(app: typer.Typer) -> None:
         repeats: int = typer.Option(3, "--repeats", min=1, help="Runs per candidate (a changing result is flaky)."),
         timing_repeats: int = typer.Option(5, "--timing-repeats", min=2, help="Interleaved timing pairs per winner."),
         sandbox: str = typer.Option(
-            "auto", "--sandbox", help="Where candidates run: auto (Docker if an engine answers, else local), docker, local, local+bwrap."
+            "auto", "--sandbox", help="Where candidates run: auto (Docker if an engine answers, else bubblewrap), docker, local (bubblewrap), unsafe-local (no isolation: trusted code only)."
+        ),
+        threads: int | None = typer.Option(
+            None, "--threads", min=1, help="Threads the candidates are timed at (default: the CPUs the sandbox may use)."
+        ),
+        min_time: float = typer.Option(
+            0.2, "--min-time", min=0.0,
+            help="Grow the timing input until the reference takes this many seconds per call at one thread (0: as drawn).",
+        ),
+        require_faster: bool = typer.Option(
+            True, "--require-faster/--any-speed",
+            help="Ship only a candidate faster than the reference (default), or any correct one.",
         ),
         spec: Path | None = typer.Option(
             None, "--spec", help="C/C++: a JSON input spec (sizes, lengths, value domains) instead of one inferred from the reference."
         ),
     ) -> None:
-        """Pick the fastest candidate that behaves like the reference. Exit 0 with a winner, 1 without."""
+        """Pick the fastest candidate that behaves like the reference. Exit 0 with a winner; 1 without one, or when
+        no correct candidate is faster than the reference (the best is named, not chosen); 2 for a usage error."""
+        from bakeoff.agent.cli.stopping import Stopped, leave_now, run_stoppable
         from bakeoff.sandboxes import SandboxUnavailable
 
+        options = SelectOptions(unordered=unordered, repeats=repeats, timing_repeats=timing_repeats, threads=threads,
+                                min_time_s=min_time, require_faster=require_faster, spec=spec)
         try:
-            verdict = asyncio.run(
-                _select(reference, candidate, candidates_jsonl, tests, entry, unordered, repeats, timing_repeats, sandbox,
-                        spec)
-            )
+            verdict = run_stoppable(_select(reference, candidate, candidates_jsonl, tests, entry, options, sandbox))
         except (UsageProblem, SandboxUnavailable) as exc:
             typer.echo(f"bakeoff select: {exc}", err=True)
             raise typer.Exit(2) from None
+        except Stopped as stop:
+            leave_now(stop, f"stopped by {stop.name}: the candidates' sandbox removed")
         if as_json:
             typer.echo(verdict.model_dump_json(indent=2))
         else:
@@ -70,7 +95,12 @@ def register(app: typer.Typer) -> None:
 def _read(path: Path, what: str) -> str:
     if not path.is_file():
         raise UsageProblem(f"{what} {path} does not exist or is not a file: check the path")
-    return path.read_text(encoding="utf-8", errors="replace")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageProblem(f"{what} {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
+                           "save it as UTF-8") from None
 
 
 def _load_candidates(paths: list[Path], jsonl: Path | None) -> dict[str, str]:
@@ -95,57 +125,73 @@ def _load_candidates(paths: list[Path], jsonl: Path | None) -> dict[str, str]:
     return sources
 
 
-def _default_entry(source: str) -> str:
+def _default_entry(source: str, entry: str | None = None) -> str:
+    """``entry``, else the reference's last public function; the reference must parse either way."""
     import ast
 
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
         raise UsageProblem(f"the reference does not parse (line {exc.lineno}: {exc.msg}): fix it first") from None
+    if entry:
+        return entry
     names = [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")]
     if not names:
         raise UsageProblem("the reference defines no function: pass --entry NAME")
     return names[-1]
 
 
-async def _select(reference, candidate_paths, jsonl, test_paths, entry, unordered, repeats, timing_repeats,
-                  sandbox_kind="auto", spec_path=None):
+async def _select(reference, candidate_paths, jsonl, test_paths, entry, options: SelectOptions, sandbox_kind="auto"):
     import tempfile
 
     from bakeoff.agent.seams import Workspace
-    from bakeoff.sandboxes import create_sandbox
+    from bakeoff.sandboxes import choose_backend, create_sandbox
+    from bakeoff.sandboxes.pool import SandboxPerKey
 
+    choose_backend(sandbox_kind)  # a sandbox that cannot run here is the user's to fix, before any work
     ref_source = _read(reference, "reference")
     sources = _load_candidates(candidate_paths, jsonl)
-    # An empty workspace: the harness writes what it runs into it.
+    # An empty workspace: the harness writes what it runs into it. Python programs get a
+    # sandbox each (one candidate's fork bomb cannot starve another's runs); C/C++ share one.
     with tempfile.TemporaryDirectory(prefix="bakeoff-select-") as tmp:
+        if reference.suffix not in C_SUFFIXES:
+            async with SandboxPerKey(Workspace(path=Path(tmp)), sandbox_kind) as per_source:
+                return await _select_in(per_source, reference, ref_source, sources, test_paths, entry, options)
         sandbox = await create_sandbox(Workspace(path=Path(tmp)), kind=sandbox_kind)
         try:
-            return await _select_in(sandbox, reference, ref_source, sources, test_paths, entry, unordered, repeats,
-                                    timing_repeats, spec_path)
+            return await _select_in(sandbox, reference, ref_source, sources, test_paths, entry, options)
         finally:
             await sandbox.close()
 
 
-async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry, unordered, repeats, timing_repeats,
-                     spec_path=None):
+async def _harness(sandbox, reference: Path, ref_source: str, sources, entry: str | None, options: SelectOptions):
+    """The differential harness for the reference's language, and the entry function it compares."""
+    from bakeoff.agent.harness.sizing import SizingLimits
+
+    if reference.suffix in C_SUFFIXES:
+        return await _c_harness(sandbox, reference, ref_source, sources, entry, options), entry
+    from bakeoff.agent.harness.pyexec import SandboxRunner
+    from bakeoff.agent.harness.python_harness import PythonHarness
+
+    entry = _default_entry(ref_source, entry)
+    try:
+        return PythonHarness(ref_source, entry, unordered=options.unordered, repeats=options.repeats,
+                             runner=SandboxRunner(sandbox), sizing=SizingLimits(min_time_s=options.min_time_s)), entry
+    except ValueError as exc:
+        raise UsageProblem(f"{exc}: pass --entry NAME") from None
+
+
+async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry, options: SelectOptions):
+    from bakeoff.agent.harness.parallelism import target_parallelism
+    from bakeoff.agent.seams import Sandbox
     from bakeoff.agent.selection.choose import select
     from bakeoff.agent.types import Candidate
 
-    if reference.suffix in C_SUFFIXES:
-        harness = await _c_harness(sandbox, reference, ref_source, sources, entry, unordered, repeats, spec_path)
-        given = []
-    else:
-        from bakeoff.agent.harness.pyexec import SandboxRunner
-        from bakeoff.agent.harness.python_harness import PythonHarness
+    harness, entry = await _harness(sandbox, reference, ref_source, sources, entry, options)
+    given = []
+    if reference.suffix not in C_SUFFIXES:
         from bakeoff.agent.harness.testgen import parse_generated_tests
 
-        entry = entry or _default_entry(ref_source)
-        try:
-            harness = PythonHarness(ref_source, entry, unordered=unordered, repeats=repeats, runner=SandboxRunner(sandbox))
-        except ValueError as exc:
-            raise UsageProblem(f"{exc}: pass --entry NAME") from None
-        given = []
         for p in test_paths:
             for t in parse_generated_tests(_read(p, "test file"), entry):
                 given.append(t.model_copy(update={"kind": "given", "id": f"given-{len(given)}"}))
@@ -156,26 +202,39 @@ async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry,
         given = [t.model_copy(update={"valid": ref_check.cells["reference"].get(t.id) == "pass"}) for t in given]
     all_tests = tests + given
     matrix = await harness.run_matrix(sources, all_tests)
-    candidates = [Candidate(id=c, source=s, error=_load_error(matrix, c)) for c, s in sources.items()]
-    verdict = select(matrix, all_tests, candidates, reference=True)
+    build_logs = getattr(harness, "build_logs", {})  # C/C++: why a candidate did not build
+    candidates = [
+        Candidate(id=c, source=s, built=False, error=_compiler_message(build_logs[c])) if c in build_logs
+        else Candidate(id=c, source=s, error=_load_error(matrix, c))
+        for c, s in sources.items()
+    ]
+    verdict = select(matrix, all_tests, candidates, reference=True, speed_task=options.require_faster)
     if verdict.correct:
-        timings = await harness.time({c: sources[c] for c in verdict.correct}, repeats=timing_repeats)
+        # Python programs have a sandbox each: the reference's says what the candidates may use.
+        probe = sandbox if isinstance(sandbox, Sandbox) else await sandbox(ref_source)
+        target = await target_parallelism(options.threads, sandbox=probe, setting="--threads")
+        timings = await harness.time({c: sources[c] for c in verdict.correct}, repeats=options.timing_repeats,
+                                     target=target)
         diff_sizes = {c: _diff_lines(ref_source, sources[c]) for c in verdict.correct}
-        verdict = select(matrix, all_tests, candidates, reference=True, timings=timings, diff_sizes=diff_sizes)
+        verdict = select(matrix, all_tests, candidates, reference=True, timings=timings, diff_sizes=diff_sizes,
+                         speed_task=options.require_faster, setup=harness.timing_setup)
     return verdict
 
 
-async def _c_harness(sandbox, reference, ref_source, sources, entry, unordered, repeats, spec_path):
+async def _c_harness(sandbox, reference, ref_source, sources, entry, options: SelectOptions):
     """The C/C++ harness (the MPI one when the code calls MPI), driven by the given spec or by
     one inferred from the reference and checked against it."""
     from bakeoff.agent.harness.c_harness import CHarness
     from bakeoff.agent.harness.c_signature import SignatureError
     from bakeoff.agent.harness.c_spec_model import settle_spec
+    from bakeoff.agent.harness.c_timing import TimingOptions
     from bakeoff.agent.harness.mpi_harness import MpiHarness, calls_mpi
+    from bakeoff.agent.harness.sizing import SizingLimits
 
     if not entry:
         raise UsageProblem("for C/C++ pass --entry NAME: the function whose results are compared")
     given = None
+    spec_path = options.spec
     if spec_path is not None:
         try:
             given = json.loads(_read(spec_path, "spec"))
@@ -184,8 +243,9 @@ async def _c_harness(sandbox, reference, ref_source, sources, entry, unordered, 
     language = "c" if reference.suffix == ".c" else "c++"
     kind = MpiHarness if any(calls_mpi(src) for src in [ref_source, *sources.values()]) else CHarness
     try:
-        harness = kind(ref_source, entry, language=language, unordered=unordered, repeats=repeats, sandbox=sandbox,
-                       constraints=given)
+        harness = kind(ref_source, entry, language=language, unordered=options.unordered, repeats=options.repeats,
+                       sandbox=sandbox, constraints=given,
+                       timing=TimingOptions(sizing=SizingLimits(min_time_s=options.min_time_s)))
     except (SignatureError, ValueError) as exc:
         raise UsageProblem(f"{exc}: check --entry, or pass --spec FILE") from None
     if given is None:
@@ -197,11 +257,25 @@ async def _c_harness(sandbox, reference, ref_source, sources, entry, unordered, 
     return harness
 
 
+def _compiler_message(log: str) -> str:
+    """The compiler's first error, without the driver's file names (they mean nothing to the
+    user): "does not build: 'x' undeclared (first use in this function)"."""
+    import re
+
+    for line in log.splitlines():
+        found = re.search(r"\b(?:fatal )?error:\s*(.+)", line)
+        if found:
+            return f"does not build: {found.group(1).strip()}"
+    last = next((line.strip() for line in reversed(log.splitlines()) if line.strip()), "")
+    return f"does not build: {last or 'the compiler gave no message'}"
+
+
 def _load_error(matrix, cand: str) -> str | None:
-    """Why a candidate failed on every test, when it failed the same way on all of them."""
+    """Why a candidate failed on every test, when it failed the same way on all of them
+    (a limit it ran into: ``killed: more than 512 processes``)."""
     outs = set(matrix.outputs.get(cand, {}).values())
     cells = set(matrix.cells.get(cand, {}).values())
-    if cells == {"error"} and len(outs) == 1:
+    if cells in ({"error"}, {"timeout"}) and len(outs) == 1:
         return outs.pop().lstrip("!")
     return None
 

@@ -25,6 +25,10 @@ class FanOutArgs(BaseModel):
     n: int = Field(4, ge=1, le=64, description="candidates developed in parallel")
     entry: str | None = Field(None, description="the function the goal is about (guessed from the goal when omitted)")
     language: str | None = Field(None, description="c, cpp, cuda or python (from the file names when omitted)")
+    keeps_behaviour: bool = Field(True, description=(
+        "true when the code must compute the same results as now (optimize, parallelize, refactor, port): the "
+        "original is the reference every candidate must match. false when the goal changes what it computes (a "
+        "bug fix, a new feature): candidates are then voted on by agreement, and a judge model settles close calls"))
 
 
 class FanOut:
@@ -34,7 +38,10 @@ class FanOut:
     description: ClassVar[str] = (
         "Develop n candidate edits for a goal in parallel, each in its own sandbox (edit, build, test, profile, "
         "repair), run every candidate on every test, and return the fastest one the vote says is correct. "
-        "Every edit of the repository must go through fan_out: it is what verifies a change."
+        "Every edit of the repository must go through fan_out: it is what verifies a change. The original code is "
+        "the reference the candidates must match; pass keeps_behaviour=false when the goal changes what the code "
+        "computes (a bug fix, a new feature): the candidates are then voted on by agreement, and a judge settles "
+        "close calls."
     )
     Args: ClassVar[type[BaseModel]] = FanOutArgs
     Result: ClassVar[type[BaseModel]] = FanOutResult
@@ -47,7 +54,7 @@ class FanOut:
 
     async def __call__(self, args: FanOutArgs, ctx: ToolContext) -> FanOutResult:
         result = await fan_out(args.goal, args.files, args.n, services=self.services, entry=args.entry,
-                               language=args.language)
+                               language=args.language, keeps_behaviour=args.keeps_behaviour)
         if self.on_result is not None:
             self.on_result(result)
         return result

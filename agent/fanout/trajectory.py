@@ -149,9 +149,7 @@ class Trajectory:
                 return None  # a working candidate whose author sends no further edit: keep it
             return Feedback(kind="parse", details=str(exc))
         for block in blocks:
-            if block.path in contents:
-                continue
-            refusal = await self._refuse_path(sb, block.path)
+            refusal = await self._refuse_path(sb, block.path, known=block.path in contents)
             if refusal:
                 return Feedback(kind="apply", details=refusal)
         try:
@@ -167,23 +165,26 @@ class Trajectory:
         contents.update(updated)
         return await self._check(sb, cand)
 
-    async def _refuse_path(self, sb: Sandbox, path: str) -> str | None:
-        """Why an edit may not touch ``path``: only the fan-out's files, or new files, outside .git and CI."""
+    async def _refuse_path(self, sb: Sandbox, path: str, *, known: bool) -> str | None:
+        """Why an edit may not touch ``path``: the rules every patch obeys (``path_rules``: inside
+        the repository, not .git, CI or repository configuration, however spelled), and only the
+        fan-out's files or new ones."""
+        from bakeoff.agent.path_rules import shown
         from bakeoff.tools.files import check_relative_path
 
         try:
-            clean = check_relative_path(path)
+            clean = check_relative_path(path, writing=True)
         except ToolError as exc:
-            return str(exc)
-        if clean.startswith((".github/", ".gitlab-ci", ".ci/")):
-            return f"{path}: CI configuration is not part of this task; edit only {', '.join(self.files)}"
+            return f"{exc}; edit only {', '.join(self.files)}"
+        if known:
+            return None
         try:
             await sb.read_file(clean)
         except FileNotFoundError:
             return None  # a new file: allowed
         except ValueError as exc:  # a symlink or path the sandbox refuses
-            return f"{path}: {exc}"
-        return f"{path} exists but is not one of the files of this task; edit only {', '.join(self.files)}"
+            return f"{shown(path)}: {exc}"
+        return f"{shown(path)} exists but is not one of the files of this task; edit only {', '.join(self.files)}"
 
     async def _check(self, sb: Sandbox, cand: Candidate) -> Feedback | None:
         cmds, timeout = self.baseline.commands, self.settings.command_timeout_s

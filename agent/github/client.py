@@ -1,32 +1,25 @@
 """The few GitHub REST endpoints the Action uses, over the standard library.
 
-Everything the Action posts goes through ``sanitize`` first: text written by a model or taken
-from a pull request may carry secrets, mass @mentions or more than GitHub accepts.
+Everything the Action posts goes through ``sanitize`` (``sanitize.py``) first: text written by a
+model or taken from a pull request may carry secrets, mass @mentions, beacons or more than
+GitHub accepts.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-COMMENT_LIMIT = 60_000  # GitHub rejects bodies over 65,536 characters; leave room for the footer
+from bakeoff.agent.github.sanitize import COMMENT_LIMIT, sanitize, secret_values
 
-_SECRET_PATTERNS = [
-    re.compile(r"gh[pousr]_[A-Za-z0-9]{20,}"),  # GitHub tokens
-    re.compile(r"github_pat_[A-Za-z0-9_]{20,}"),
-    re.compile(r"sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{16,}"),  # OpenAI / Anthropic style keys
-    re.compile(r"AKIA[0-9A-Z]{16}"),  # AWS access key ids
-    re.compile(r"AIza[0-9A-Za-z_\-]{30,}"),  # Google API keys
-    re.compile(r"xox[baprs]-[A-Za-z0-9-]{10,}"),  # Slack tokens
-]
-_SECRET_ENV_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
+__all__ = ["COMMENT_LIMIT", "FileContent", "GitHub", "GitHubError", "sanitize", "secret_values"]
 
 
 @dataclass(frozen=True)
@@ -39,26 +32,6 @@ class FileContent:
 
 class GitHubError(RuntimeError):
     """A GitHub API call failed; the message says which call and what GitHub answered."""
-
-
-def secret_values(environ: dict[str, str] | None = None) -> list[str]:
-    """Values of environment variables whose names look secret (long enough to matter)."""
-    env = os.environ if environ is None else environ
-    return sorted({v for k, v in env.items() if _SECRET_ENV_NAME.search(k) and len(v) >= 8}, key=len, reverse=True)
-
-
-def sanitize(text: str, *, limit: int = COMMENT_LIMIT, environ: dict[str, str] | None = None) -> str:
-    """Make text safe to post: no secrets, no @mentions that ping, no more than ``limit`` chars."""
-    for value in secret_values(environ):
-        text = text.replace(value, "[redacted]")
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub("[redacted]", text)
-    # A zero-width space after @ keeps the name readable but stops notifications.
-    text = re.sub(r"@(?=[A-Za-z0-9][A-Za-z0-9-]*)", "@\u200b", text)
-    if len(text) > limit:
-        marker = "\n\n… (cut: the full report is in the workflow run's artifacts)"
-        text = text[: limit - len(marker)] + marker
-    return text
 
 
 class GitHub:
@@ -107,6 +80,22 @@ class GitHub:
 
     def pull(self, number: int) -> dict:
         return self.request("GET", f"/repos/{self.repo}/pulls/{number}")
+
+    def file_text(self, path: str, ref: str) -> str | None:
+        """The text of the file ``path`` at ``ref`` (a branch, tag or commit; "": the default
+        branch); None when there is none."""
+        where = f"/repos/{self.repo}/contents/{urllib.parse.quote(path)}"
+        if ref:
+            where += f"?ref={urllib.parse.quote(ref, safe='')}"
+        try:
+            answer = self.request("GET", where)
+        except GitHubError as err:
+            if " 404:" in str(err):
+                return None
+            raise
+        if not isinstance(answer, dict) or answer.get("type") != "file":
+            return None  # a directory, a symlink or a submodule there: no settings file
+        return base64.b64decode(answer.get("content") or "").decode("utf-8", "replace")
 
     def pull_files(self, number: int) -> list[dict]:
         return self.request("GET", f"/repos/{self.repo}/pulls/{number}/files?per_page=100")

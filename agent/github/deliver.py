@@ -2,7 +2,7 @@
 
 It holds GITHUB_TOKEN and runs nothing from the checkout. What it proposes is the patch it
 validated, byte for byte: suggestions read the hunks of the one diff parser
-(``bakeoff.agent.patches.parse_patch``), and in fix mode ``git apply`` writes the new files in a
+(``bakeoff.agent.diffs.parse_patch``), and in fix mode ``git apply`` writes the new files in a
 private copy of the paths the patch names, never in the checkout.
 """
 
@@ -17,8 +17,10 @@ from typing import Any
 from bakeoff.agent import repository
 from bakeoff.agent.github.client import FileContent, GitHub
 from bakeoff.agent.github.report import report_markdown
+from bakeoff.agent.github.sanitize import fenced
 from bakeoff.agent.github.trigger import Trigger
-from bakeoff.agent.patches import PatchRejected, parse_patch, validate_patch
+from bakeoff.agent.diffs import FilePatch, parse_patch
+from bakeoff.agent.patches import PatchRejected, validate_patch
 from bakeoff.agent.repository import GitError
 
 
@@ -29,6 +31,11 @@ def deliver(gh: GitHub, trigger: Trigger, report: dict[str, Any], *, repo: Path,
     """
     patch = report.get("patch") or ""
     winner = (report.get("verdict") or {}).get("winner")
+    if report.get("status") == "unverified":
+        return "The change was never verified (no fan-out built and tested it), so nothing is proposed."
+    if report.get("status") == "not-faster":
+        best = (report.get("verdict") or {}).get("best")
+        return f"Candidate {best} is correct but not faster than the base, so nothing is proposed."
     if report.get("status") != "success" or not patch.strip():
         return "No candidate was shown correct, so nothing is proposed."
     problems = validate_patch(patch, repo)
@@ -43,7 +50,7 @@ def deliver(gh: GitHub, trigger: Trigger, report: dict[str, Any], *, repo: Path,
     comments, leftovers = suggestions(patch, gh.pull_files(trigger.pr))
     body = note + report_markdown(report)
     if leftovers:
-        body += "\n\nChanges outside the lines this PR touches (apply by hand):\n```diff\n" + "\n".join(leftovers) + "\n```"
+        body += "\n\nChanges outside the lines this PR touches (apply by hand):\n" + fenced("\n".join(leftovers), "diff")
     gh.create_review(trigger.pr, trigger.head_sha, body, comments)
     return f"Posted a review with {len(comments)} suggestion(s) from candidate {winner}."
 
@@ -138,25 +145,42 @@ def commentable_lines(pr_file_patch: str | None) -> list[tuple[int, int]]:
     return [(h.new_start, h.new_start + h.new_len - 1) for f in parsed.files for h in f.hunks if h.new_len]
 
 
+def _what_else(fp: FilePatch) -> str:
+    """What a file's change is besides its hunks (a rename, a mode, a new or deleted file); ""
+    for an edit in place, the only kind a suggestion can carry."""
+    notes = []
+    if fp.old_path is None:
+        notes.append("new file" + (f" with mode {fp.new_mode}" if fp.new_mode else ""))
+    elif fp.new_path is None:
+        notes.append("deleted")
+    else:
+        if fp.old_path != fp.new_path:
+            notes.append(f"{'copied' if fp.copied else 'renamed'} from {fp.old_path}")
+        if fp.new_mode and fp.new_mode != fp.old_mode:
+            notes.append(f"mode {fp.old_mode or '?'} -> {fp.new_mode}")
+    return "; ".join(notes)
+
+
 def suggestions(patch: str, pr_files: list[dict]) -> tuple[list[dict], list[str]]:
-    """Review comments with ``suggestion`` blocks for hunks GitHub lets us comment on, and the
-    diff text of the other hunks (they go into the review's body)."""
+    """Review comments with ``suggestion`` blocks for in-place edits on lines GitHub lets us
+    comment on, and the diff text of everything else (it goes into the review's body): no part of
+    the validated patch is left out."""
     ranges = {f["filename"]: commentable_lines(f.get("patch")) for f in pr_files}
     comments: list[dict] = []
     leftovers: list[str] = []
     for fp in parse_patch(patch).files:
-        path = fp.new_path or fp.old_path
+        path, other = fp.new_path or fp.old_path, _what_else(fp)
+        kept = []
         for h in fp.hunks:
             first, last = h.old_start, h.old_start + h.old_len - 1
-            fits = fp.old_path == fp.new_path and h.old_len > 0 and any(
-                lo <= first and last <= hi for lo, hi in ranges.get(path or "", [])
-            )
-            if not fits:
-                leftovers.append(f"--- {path}\n" + "\n".join(h.lines))
+            if other or h.old_len == 0 or not any(lo <= first and last <= hi for lo, hi in ranges.get(path or "", [])):
+                kept.append(f"@@ -{h.old_start},{h.old_len} +{h.new_start},{h.new_len} @@\n" + "\n".join(h.lines))
                 continue
-            body = "bakeoff's winning candidate changes these lines:\n```suggestion\n" + "\n".join(h.new_text) + "\n```"
+            body = "bakeoff's winning candidate changes these lines:\n" + fenced("\n".join(h.new_text), "suggestion")
             comment = {"path": path, "line": last, "side": "RIGHT", "body": body}
             if last > first:
                 comment.update(start_line=first, start_side="RIGHT")
             comments.append(comment)
+        if kept or other:
+            leftovers.append("\n".join([f"--- {path}" + (f" ({other})" if other else ""), *kept]))
     return comments, leftovers

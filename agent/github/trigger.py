@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 WRITE_PERMISSIONS = {"admin", "maintain", "write"}
 
@@ -31,9 +31,14 @@ class Trigger(BaseModel):
     head_ref: str = ""
     base_ref: str = ""
     head_repo: str = ""  # owner/name of the PR's head; differs from ``repo`` for forks
+    base_sha: str = ""
     title: str = ""
     body: str = ""
     status_comment_id: int | None = None
+    # The base branch's settings table, read by the gate through the API, and where it came
+    # from ("bakeoff.toml on main"); the run step reads no settings from the PR's checkout.
+    base_settings: dict[str, Any] = Field(default_factory=dict)
+    base_settings_source: str = ""
 
 
 class Skip(BaseModel):
@@ -84,13 +89,14 @@ def read_trigger(
             if "pull_request" not in issue:
                 return Skip(reason="comment on a plain issue, not a pull request")
             number, title, body = issue["number"], issue.get("title", ""), issue.get("body") or ""
-            head_sha = head_ref = base_ref = head_repo = ""
+            head_sha = head_ref = base_ref = base_sha = head_repo = ""
         else:
             pull = payload.get("pull_request") or {}
             number, title, body = pull["number"], pull.get("title", ""), pull.get("body") or ""
             head_sha = pull.get("head", {}).get("sha", "")
             head_ref = pull.get("head", {}).get("ref", "")
             base_ref = pull.get("base", {}).get("ref", "")
+            base_sha = pull.get("base", {}).get("sha", "")
             head_repo = (pull.get("head", {}).get("repo") or {}).get("full_name", "")
         instruction = _instruction_after_phrase(comment.get("body"), phrase)
         if instruction is None:
@@ -98,7 +104,7 @@ def read_trigger(
         return Trigger(
             event=event_name, repo=repo, pr=number, actor=comment.get("user", {}).get("login") or sender.get("login", ""),
             instruction=instruction or default_instruction, head_sha=head_sha, head_ref=head_ref,
-            base_ref=base_ref, head_repo=head_repo, title=title, body=body,
+            base_ref=base_ref, base_sha=base_sha, head_repo=head_repo, title=title, body=body,
         )
 
     if event_name == "pull_request":
@@ -108,7 +114,8 @@ def read_trigger(
         return Trigger(
             event=event_name, repo=repo, pr=pull["number"], actor=sender.get("login", ""),
             instruction=default_instruction, head_sha=pull["head"]["sha"], head_ref=pull["head"]["ref"],
-            base_ref=pull["base"]["ref"], head_repo=(pull["head"].get("repo") or {}).get("full_name", ""),
+            base_ref=pull["base"]["ref"], base_sha=pull["base"].get("sha", ""),
+            head_repo=(pull["head"].get("repo") or {}).get("full_name", ""),
             title=pull.get("title") or "", body=pull.get("body") or "",
         )
 

@@ -101,15 +101,24 @@ class DriverRuntime:
     async def _build(self, rt: str, cxx: str) -> None:
         # Build in a private directory, then rename: other processes may share the cache.
         tmp = f"{rt}.tmp{os.getpid()}.{random.randrange(1 << 30)}"
-        await self.workdir.run(f"mkdir -p {shlex.quote(tmp)}", 30)
-        await self.workdir.write(f"{tmp}/bk_rt.h", c_runtime.RUNTIME_HEADER)
-        await self.workdir.write(f"{tmp}/bk_main.cpp", self.dialect.main)
         cmd = (
-            f"cd {shlex.quote(tmp)} && {cxx} -x c++-header -c bk_rt.h -o bk_rt.h.gch && "
+            # The compiler's own temporary files in the build's directory too: one that is killed
+            # cannot remove them, and the directory goes as a whole.
+            f"cd {shlex.quote(tmp)} && export TMPDIR=\"$PWD\" && {cxx} -x c++-header bk_rt.h -o bk_rt.h.gch && "
             f"{cxx} -c bk_main.cpp -o bk_main.o && cd .. && "
             f"(mv -T {shlex.quote(Path(tmp).name)} {shlex.quote(Path(rt).name)} 2>/dev/null || rm -rf {shlex.quote(Path(tmp).name)})"
         )
-        res = await run_limited(self.workdir, self.limiter, cmd, self.build_timeout)
+        try:
+            await self.workdir.run(f"mkdir -p {shlex.quote(tmp)}", 30)
+            await self.workdir.write(f"{tmp}/bk_rt.h", c_runtime.RUNTIME_HEADER)
+            await self.workdir.write(f"{tmp}/bk_main.cpp", self.dialect.main)
+            res = await run_limited(self.workdir, self.limiter, cmd, self.build_timeout)
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM): the half-built directory goes; the cache keeps only
+            # whole runtimes. In a sandbox it goes with the sandbox.
+            if isinstance(self.workdir, LocalDir):
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if not res.ok:
             raise RuntimeError(f"the driver runtime does not build with {cxx}: {res.summary()}")
 

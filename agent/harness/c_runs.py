@@ -105,7 +105,9 @@ class DriverRuns:
                 break
             stuck = began if began is not None else next(i for i in remaining if i not in results)
             hung = res.timed_out or res.exit_code in SIGALRM_CODES
-            if not hung:
+            if res.limit:  # a limit of the sandbox stopped it: processes, memory or wall time
+                why = f"killed: {res.limit}"
+            elif not hung:
                 why = f"crashed (exit {res.exit_code}): {res.stderr.strip()[-300:]}"
             elif limit is not None and began == stuck and limit < self.call_timeout:
                 why = f"no result within {limit:.2f}s (its limit: 20x the reference's time plus a margin)"

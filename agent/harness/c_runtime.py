@@ -14,10 +14,17 @@ Protocol (``@@BK`` lines on a private copy of stdout; the program's own stdout g
                                      per test: ``B idx`` before, ``L idx <s>`` the candidate's
                                      limit, ``T idx <status> <ref> <cand> <matches>/<runs>
                                      <detail>`` after
-  ``drv time THREADS REPEATS WARMUP [CAP]`` ``X ref <s>`` / ``X cand <s>`` per call, interleaved;
-                                     ``R <s>`` after every reference call, ``L <s>`` before every
-                                     candidate call: its limit (20x the reference plus 0.25 s, at
-                                     most CAP); past it the process ends with SIGALRM
+  ``drv time THREADS REPEATS WARMUP [CAP [BUDGET]]`` THREADS is a list ("1,2,4"): the candidate
+                                     runs at each count, the reference at the last (the target),
+                                     one reference call per round: ``ref, 1, 2, 4`` then
+                                     ``4, 2, 1, ref``, alternating; ``X ref <s> <t>`` / ``X cand <s>
+                                     <t>`` per recorded call, ``R <s>`` after every reference call,
+                                     ``L <s> <t>`` before every candidate call: its limit (10x the
+                                     reference plus 0.25 s, at most CAP); past it the process ends
+                                     with SIGALRM. After 2 recorded rounds it stops once BUDGET
+                                     seconds have passed.
+  ``drv probe ALARM``                per test, the reference once at one thread: ``P idx <s> <peak
+                                     resident KiB>``, or ``E idx <why>``
 Tests come on stdin, one per line: ``idx seed literal nP P0 P1 ...``.
 """
 
@@ -28,6 +35,7 @@ RUNTIME_HEADER = r"""
 #include <unistd.h>
 #include <signal.h>
 #include <sys/time.h>
+#include <sys/resource.h>
 
 namespace bk {
 
@@ -314,35 +322,58 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
+  if (mode == "probe") {
+    unsigned alarm_s = argc >= 3 ? (unsigned)atoi(argv[2]) : 0;
+    for (auto& s : specs) {
+      double secs = 0; std::string err;
+      alarm(alarm_s);
+      int rc = bk_ref_run(s.seed, s.P.data(), s.literal, 1, nullptr, &secs, &err);
+      alarm(0);
+      if (rc != 0) { proto("E %d %s", s.idx, clean(err).c_str()); continue; }
+      struct rusage ru;
+      getrusage(RUSAGE_SELF, &ru);
+      proto("P %d %.9f %ld", s.idx, secs, (long)ru.ru_maxrss);
+    }
+    return 0;
+  }
   if (mode == "time" && argc >= 5 && !specs.empty()) {
-    int threads = atoi(argv[2]), repeats = atoi(argv[3]), warmup = atoi(argv[4]);
+    std::vector<int> threads;
+    for (char* p = strtok(argv[2], ","); p; p = strtok(nullptr, ",")) threads.push_back(atoi(p));
+    if (threads.empty()) return 2;
+    int repeats = atoi(argv[3]), warmup = atoi(argv[4]);
     double cap = argc >= 6 ? atof(argv[5]) : 3600.0;
+    double budget = argc >= 7 ? atof(argv[6]) : 0.0;
+    int target = threads.back(), k = (int)threads.size();
     auto& s = specs[0];
-    // The reference once first, so that every candidate call has a limit: 20x the
+    // The reference once first, so that every candidate call has a limit: 10x the
     // reference's last time plus 0.25 s (``L``), never more than CAP. A candidate that slow
-    // is of no use, and timing it to the end would cost minutes.
+    // is of no use for speed, and timing it to the end would cost minutes.
     double last_ref = 0; std::string err0;
     if (bk_ref_run(s.seed, s.P.data(), s.literal, 1, nullptr, &last_ref, &err0) != 0) {
       proto("E ref %s", clean(err0).c_str());
       return 1;
     }
     proto("R %.9f", last_ref);
+    double started = omp_get_wtime();
     for (int r = -warmup; r < repeats; ++r) {
-      for (int side = 0; side < 2; ++side) {
-        // Alternate which goes first so a drift in machine load does not favour one side.
-        bool ref_side = ((r & 1) == 0) == (side == 0);
+      if (r >= 2 && budget > 0 && omp_get_wtime() - started > budget) break;
+      for (int j = 0; j <= k; ++j) {
+        // Alternate the order (ref first, then ref last) so a drift in machine load does not favour one side.
+        bool forward = (r & 1) == 0;
+        bool ref_side = forward ? j == 0 : j == k;
+        int t = ref_side ? target : (forward ? threads[j - 1] : threads[k - 1 - j]);
         double secs = 0; std::string err;
         if (!ref_side) {
-          double limit = std::min(cap, std::max(0.5, 20.0 * last_ref + 0.25));
-          proto("L %.9f", limit);
+          double limit = std::min(cap, std::max(0.5, 10.0 * last_ref + 0.25));
+          proto("L %.9f %d", limit, t);
           timer(limit);
         }
-        int rc = ref_side ? bk_ref_run(s.seed, s.P.data(), s.literal, threads, nullptr, &secs, &err)
-                          : bk_cand_run(s.seed, s.P.data(), s.literal, threads, nullptr, &secs, &err);
+        int rc = ref_side ? bk_ref_run(s.seed, s.P.data(), s.literal, t, nullptr, &secs, &err)
+                          : bk_cand_run(s.seed, s.P.data(), s.literal, t, nullptr, &secs, &err);
         timer(0);
         if (rc != 0) { proto("E %s %s", ref_side ? "ref" : "cand", clean(err).c_str()); return 1; }
         if (ref_side) { last_ref = secs; proto("R %.9f", secs); }
-        if (r >= 0) proto("X %s %.9f", ref_side ? "ref" : "cand", secs);
+        if (r >= 0) proto("X %s %.9f %d", ref_side ? "ref" : "cand", secs, t);
       }
     }
     return 0;

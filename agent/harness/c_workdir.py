@@ -85,6 +85,10 @@ class LocalDir:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
+                # Reaped while the loop still runs (also when cancelled): a process left to the
+                # garbage collector after the loop closed prints "Event loop is closed".
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.shield(asyncio.wait_for(proc.wait(), 10))
         return ExecResult(
             exit_code=proc.returncode, stdout=cap(out.decode(errors="replace")),
             stderr=cap(err.decode(errors="replace")), duration_s=time.monotonic() - start, timed_out=timed_out,

@@ -6,7 +6,7 @@ launch: 1, 2, 3, 4 and more ranks than cores. Inputs are sized so they do not di
 by those counts; rank 0's result is compared with the serial reference's; a deadlock ends
 at a time limit (a timeout), a wrong result at any rank count is a failure, results that
 differ between runs at one rank count are flaky. Winners are timed against the reference at
-the target rank count. Everything else (tests, specs, the vote's matrix) is ``CHarness``'s.
+the target rank count, on the large input as drawn (not grown: the MPI driver has no probe). Everything else (tests, specs, the vote's matrix) is ``CHarness``'s.
 
 Launches use shared memory only (``OMPI_MCA_btl=self,vader``), so they need no network and
 run inside sandboxes that have none; as root, Open MPI needs its run-as-root switches.
@@ -14,19 +14,22 @@ run inside sandboxes that have none; as root, Open MPI needs its run-as-root swi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bakeoff.agent.harness import c_timing
 from bakeoff.agent.harness.c_build import Dialect
 from bakeoff.agent.harness.c_harness import CHarness
 from bakeoff.agent.harness.c_runs import spec_lines
 from bakeoff.agent.harness.c_timing import read_timing
 from bakeoff.agent.harness.c_workdir import digest
 from bakeoff.agent.harness.mpi_runtime import MPI_MAIN, PRELUDE, SYNC
-from bakeoff.agent.types import TestCase, Timing
+from bakeoff.agent.types import TargetParallelism, TestCase, Timing, TimingSetup
 
 MPI = Dialect(cxx="mpicxx", cc="mpicc", main=MPI_MAIN, prelude=PRELUDE, sync=SYNC)
 # Shared memory only; no spinning while idle (the ranks oversubscribe the cores); one thread
@@ -35,6 +38,7 @@ MPI_ENV = ("OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=non
            "OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
            "OMPI_MCA_plm=isolated OMP_NUM_THREADS=1 HWLOC_HIDE_ERRORS=1")
 SKIP_CXX_BINDINGS = ("-DOMPI_SKIP_MPICXX", "-DMPICH_SKIP_MPICXX")
+NOT_GROWN = "the large input as drawn (MPI runs are not grown)"
 UNEVEN = 60  # medium and large sizes are 7 more than a multiple of this: no rank count up to 6 divides them
 
 _CALLS_MPI = re.compile(r"\bMPI_[A-Z][A-Za-z_]*\s*\(|#\s*include\s*[<\"]mpi\.h[>\"]")
@@ -92,15 +96,37 @@ class MpiHarness(CHarness):
         # ``env``: the prefix may follow ``timeout`` or ``taskset``, which run commands, not assignments.
         return f"{pin}env {MPI_ENV} mpirun -np {ranks or max(self.ranks)} --bind-to none "
 
-    async def time(self, sources: Mapping[str, str], *, repeats: int = 5) -> dict[str, Timing]:
-        """Each candidate against the reference on the large input, interleaved, at
-        ``timing_threads`` ranks (the target rank count)."""
-        test = self.timing_input()
-        out: dict[str, Timing] = {}
+    async def timing_input(self, pin: str | None = None) -> tuple[TestCase, TimingSetup]:
+        """The large input as drawn (its sizes do not divide by small rank counts): MPI timing
+        inputs are not grown, the driver has no probe mode."""
+        test = c_timing.timing_input(self.plan, self.seed)
+        return test, TimingSetup(threads=0, size=dict(test.input["vars"]), sizing=NOT_GROWN)
+
+    async def time(self, sources: Mapping[str, str], *, repeats: int = 5,
+                   target: TargetParallelism | None = None) -> dict[str, Timing]:
+        """Each candidate against the reference on the large input, interleaved, at the target's
+        thread count as the rank count (no scaling curve). Distinct sources are timed once
+        each, one per CPU slot at a time (one at a time without slots)."""
+        goal = self.target(target)
+        ranks = max(1, goal.threads)
+        test, setup = await self.timing_input()
+        self.timing_setup = setup.model_copy(update={"threads": ranks, "threads_source": goal.source,
+                                                     "curve_threads": [ranks]})
+        slots = self.timing_options.slots
         done: dict[str, Timing | str] = {}
+
+        async def one(src: str) -> None:
+            async with slots.take() if slots else contextlib.nullcontext(None) as pin:
+                done[src] = await self._time_source(src, test, repeats, ranks, pin)
+
+        distinct = list(dict.fromkeys(sources.values()))
+        if slots:
+            await asyncio.gather(*(one(src) for src in distinct))
+        else:
+            for src in distinct:
+                await one(src)
+        out: dict[str, Timing] = {}
         for cid, src in sources.items():
-            if src not in done:
-                done[src] = await self._time_source(src, test, repeats)
             result = done[src]
             if isinstance(result, Timing):
                 out[cid] = result
@@ -108,15 +134,16 @@ class MpiHarness(CHarness):
                 self.timing_errors[cid] = result
         return out
 
-    async def _time_source(self, source: str, test: TestCase, repeats: int) -> Timing | str:
+    async def _time_source(self, source: str, test: TestCase, repeats: int, ranks: int,
+                           pin: str | None) -> Timing | str:
         binary, log = await self.builds.candidate(source, [])
         if binary is None:
             return f"does not build: {log}"
         name = f"timing_{digest(binary)}.txt"
         await self.workdir.write(name, spec_lines(self.plan, [test], [0]))
-        ranks = max(1, self.timing_threads)
-        pin = f"taskset -c {shlex.quote(self.cpus)} " if self.cpus else ""
+        if pin is None:
+            pin = f"taskset -c {shlex.quote(self.cpus)} " if self.cpus else ""
         cap = max(1, int(round(self.call_timeout)))
         res = await self.workdir.run(f"{self.launcher(pin, ranks)}./{binary} time {ranks} {repeats} 1 {cap} < {name}",
                                      self.call_timeout * (2 * repeats + 3) + 60)
-        return read_timing(res, repeats, ranks)
+        return read_timing(res, [ranks])

@@ -18,7 +18,8 @@ including that driver's text with its ``main`` renamed. Modes and output are the
                                      ``flaky`` when a rank count's runs disagree, ``fail`` when
                                      the result is wrong at some rank count
   ``drv time RANKS REPEATS WARMUP [CAP]``  ``R``/``L``/``X ref``/``X cand`` lines; the
-                                     candidate on every rank, the reference on rank 0
+                                     candidate on every rank, the reference on rank 0; RANKS is
+                                     one count (the launch's), ``L`` and ``X cand`` end with it
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ static int bk_ref_mode(const std::vector<Spec>& specs) {
 
 // Interleaved timing at the launch's rank count: the reference on rank 0, the candidate on all.
 static int bk_time(int argc, char** argv, const std::vector<Spec>& specs) {
-  int repeats = atoi(argv[3]), warmup = atoi(argv[4]);
+  int ranks = atoi(argv[2]), repeats = atoi(argv[3]), warmup = atoi(argv[4]);
   double cap = argc >= 6 ? atof(argv[5]) : 3600.0;
   const Spec& s = specs[0];
   double last_ref = 0;
@@ -243,11 +244,14 @@ static int bk_time(int argc, char** argv, const std::vector<Spec>& specs) {
         if (g_rank == 0) proto("R %.9f", last_ref);
       } else {
         double limit = std::min(cap, std::max(2.0, 20.0 * last_ref + 1.0));
-        if (g_rank == 0) proto("L %.9f", limit);
+        if (g_rank == 0) proto("L %.9f %d", limit, ranks);
         rc = bk_run_on(MPI_COMM_WORLD, s, nullptr, &secs, &err, limit);
         if (rc != 0) { if (g_rank == 0) proto("E cand %s", clean(err).c_str()); return 1; }
       }
-      if (r >= 0 && g_rank == 0) proto("X %s %.9f", ref_side ? "ref" : "cand", secs);
+      if (r >= 0 && g_rank == 0) {
+        if (ref_side) proto("X ref %.9f", secs);
+        else proto("X cand %.9f %d", secs, ranks);
+      }
     }
   }
   return 0;

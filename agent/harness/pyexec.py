@@ -7,8 +7,9 @@ assert and call runs under its own alarm. The process has a memory cap and a fil
 process group (killed whole at the wall-clock limit), and no access to bakeoff's modules.
 
 Two runners: ``run_jobs`` starts the processes on this machine (rlimits only; what the
-benchmarks on public data use), and ``SandboxRunner`` runs a whole batch inside a
-``Sandbox`` with one command (what bakeoff's product path uses: candidates are hostile).
+benchmarks on public data use), and ``SandboxRunner`` runs each job as one command inside
+a ``Sandbox``, under the sandbox's limits (what bakeoff's product path uses: candidates are
+hostile).
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import asyncio
 import json
 import math
 import os
-import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +42,7 @@ class PyJob(BaseModel):
     memory_mb: int = 1024
     hash_seed: int = 0
     call_repeats: int = 1  # times each call runs in the process (for timing)
+    cpus: int | None = None  # run on this many of the CPUs the process may use (for timing); None: all
 
 
 class CallResult(BaseModel):
@@ -118,18 +119,26 @@ def run_jobs(jobs: Sequence[PyJob], *, workers: int | None = None) -> list[PyRes
 
 
 class SandboxRunner:
-    """Runs jobs inside ``sandbox``: the child script and the batch are written into the
-    sandbox's workspace and one command runs them all, ``workers`` at a time, each job in a
-    fresh interpreter under its own wall-clock limit (``pyexec_child.batch``). Per-exec setup
-    (bubblewrap and a cgroup, or a docker exec) is paid once per batch, not once per program.
+    """Runs jobs inside a sandbox, each job as one sandbox command (``pyexec_child.batch`` of
+    one job: a fresh interpreter under the job's wall-clock limit), ``workers`` at a time.
+
+    One command per job puts each program under the sandbox's own limits (processes, memory,
+    output, wall time), enforced where the program cannot lift them: a program that trips one
+    fails alone, reported as ``killed: <the limit>``, and the others go on. Its memory is
+    bounded by the sandbox, not by an address-space rlimit. ``sandbox`` is one sandbox for
+    every program, or a function giving each program's source a sandbox of its own (so, on
+    Docker too, one program's fork bomb cannot take the process slots of another's).
     """
 
-    def __init__(self, sandbox: Sandbox, *, workers: int | None = None, root: str = ".bakeoff-py"):
-        self.sandbox = sandbox
+    def __init__(self, sandbox: Sandbox | Callable[[str], Awaitable[Sandbox]], *, workers: int | None = None,
+                 root: str = ".bakeoff-py"):
+        self._sandbox_for = sandbox if callable(sandbox) and not isinstance(sandbox, Sandbox) else None
+        self.sandbox = None if self._sandbox_for is not None else sandbox
         self.workers = workers or os.cpu_count() or 1
         self.root = root
-        self._installed = False
-        # One batch at a time: the batch already uses every worker, and the files are reused.
+        self._installed: set[int] = set()
+        self._serial = 0
+        # One batch at a time: the batch already uses every worker.
         self._lock: asyncio.Lock | None = None
 
     async def __call__(self, jobs: Sequence[PyJob], *, workers: int | None = None) -> list[PyResult]:
@@ -139,53 +148,58 @@ class SandboxRunner:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            return await self._run(list(jobs), workers or self.workers)
+            slots = asyncio.Semaphore(min(workers or self.workers, len(jobs)))
 
-    async def _run(self, jobs: list[PyJob], workers: int) -> list[PyResult]:
-        if not self._installed:
-            await self.sandbox.write_file(f"{self.root}/child.py", CHILD.read_text())
-            self._installed = True
-        walls = [_wall_limit(j) for j in jobs]
-        batch = [{"job": j.model_dump(), "wall": w} for j, w in zip(jobs, walls)]
-        await self.sandbox.write_file(f"{self.root}/jobs.json", json.dumps(batch))
-        await self.sandbox.write_file(f"{self.root}/out.jsonl", "")
-        workers = min(workers, len(jobs))
-        # The child enforces each job's wall limit; this bound only catches a lost batch.
-        rounds = -(-len(jobs) // workers)
-        backstop = rounds * max(walls) + 30.0
-        start = time.perf_counter()
-        res = await self.sandbox.exec(
-            ["python3", "-I", f"{self.root}/child.py", "batch", f"{self.root}/jobs.json", f"{self.root}/out.jsonl",
-             str(workers)],
-            timeout=backstop,
-        )
-        took = time.perf_counter() - start
+            async def one(job: PyJob) -> PyResult:
+                async with slots:  # waiters are woken in order: workers=1 keeps the jobs' order
+                    return await self._one(job)
+
+            return list(await asyncio.gather(*(one(j) for j in jobs)))
+
+    async def _one(self, job: PyJob) -> PyResult:
+        sandbox = await self._sandbox_for(job.source) if self._sandbox_for is not None else self.sandbox
+        assert sandbox is not None
+        if id(sandbox) not in self._installed:
+            await sandbox.write_file(f"{self.root}/child.py", CHILD.read_text())
+            self._installed.add(id(sandbox))
+        self._serial += 1
+        jobs_file, out_file = f"{self.root}/job-{self._serial}.json", f"{self.root}/out-{self._serial}.jsonl"
+        wall = _wall_limit(job)
+        # The sandbox's memory limit holds, not an address-space rlimit (which sanitizers break on).
+        await sandbox.write_file(jobs_file, json.dumps([{"job": job.model_dump() | {"memory_mb": 0}, "wall": wall}]))
+        await sandbox.write_file(out_file, "")
+        # The job's own wall limit ends it first; the command's is the backstop.
+        res = await sandbox.exec(["python3", "-I", f"{self.root}/child.py", "batch", jobs_file, out_file, "1"],
+                                 timeout=wall + 10.0)
         try:
-            text = (await self.sandbox.read_file(f"{self.root}/out.jsonl")).decode("utf-8", "replace")
-        except (FileNotFoundError, OSError):
+            text = (await sandbox.read_file(out_file)).decode("utf-8", "replace")
+        except (FileNotFoundError, OSError, ValueError):
             text = ""
-        reports: dict[int, dict[str, Any]] = {}
-        for line in text.splitlines():
-            try:
-                msg = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(msg, dict) and isinstance(msg.get("i"), int):
-                reports[msg["i"]] = msg
-        results = []
-        for i, job in enumerate(jobs):
-            msg = reports.get(i)
-            if msg is None:
-                # The batch died or hit its backstop before this job reported.
-                result = _collect(job, "", killed=res.timed_out)
-                if not res.timed_out:
-                    result.load_error = f"the sandboxed batch failed: {res.summary(300)}"
-                result.duration_s = took
-            else:
-                result = _collect(job, str(msg.get("out", "")), killed=bool(msg.get("killed")))
-                result.duration_s = float(msg.get("d", 0.0))
-            results.append(result)
-        return results
+        msg = next((m for m in _json_lines(text) if m.get("i") == 0), None)
+        if msg is None:
+            result = _collect(job, "", killed=res.timed_out)
+            result.duration_s = res.duration_s
+            if not res.timed_out:
+                result.load_error = f"the sandboxed run failed: {res.summary(300)}"
+        else:
+            result = _collect(job, str(msg.get("out", "")), killed=bool(msg.get("killed")))
+            result.duration_s = float(msg.get("d", 0.0))
+        if res.limit:  # it ran into a limit of the sandbox: that is its result, whatever it printed
+            result = _collect(job, "", killed=True)
+            result.load_error, result.duration_s = f"killed: {res.limit}", res.duration_s
+        return result
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    out = []
+    for line in text.splitlines():
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(msg, dict):
+            out.append(msg)
+    return out
 
 
 async def run_jobs_async(jobs: Sequence[PyJob], *, workers: int | None = None) -> list[PyResult]:

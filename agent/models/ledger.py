@@ -1,20 +1,17 @@
 """One run's cost and token account.
 
-Every model call of a run goes through a ``MeteredModel`` that writes what the call cost to
-the run's ``Ledger``: the report's cost and tokens are read from it and nowhere else. (The
-``Budget`` is the limit, possibly shared by several runs of a batch; the ledger is one run's
-account.) A stream that breaks before its usage arrives is charged an estimate, marked so.
+Every model call of a run goes through a ``BudgetedModel`` that writes what each part of the
+call cost to the run's ``Ledger``: the report's cost and tokens are read from it and nowhere
+else. (The ``Budget`` is the limit, possibly shared by several runs of a batch; the ledger is
+one run's account.) A stream that breaks before its usage arrives is charged an estimate,
+marked so, and the report says how much of the cost is estimated.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Sequence
 
 from pydantic import BaseModel
-
-from bakeoff.agent.events import EventBus
-from bakeoff.agent.seams import Completion, Message, Model
 
 
 class Charge(BaseModel):
@@ -58,44 +55,8 @@ class Ledger:
         with self._lock:
             return sum(c.cost_usd or 0.0 for c in self.charges if c.estimated)
 
-
-class MeteredModel:
-    """A model whose completions are charged to a run's ``Ledger``; streamed text becomes
-    ``model.delta`` events so a door can show the model writing."""
-
-    def __init__(self, inner: Model, ledger: Ledger, events: EventBus, role: str) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.ledger = ledger
-        self.events = events
-        self.role = role
-
-    async def complete(
-        self,
-        messages: Sequence[Message],
-        *,
-        n: int = 1,
-        temperature: float = 0.0,
-        max_tokens: int | None = None,
-    ) -> Completion:
-        completion = await self.inner.complete(messages, n=n, temperature=temperature, max_tokens=max_tokens)
-        self._charge(completion)
-        return completion
-
-    async def stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        temperature: float = 0.0,
-        max_tokens: int | None = None,
-    ) -> AsyncIterator[str | Completion]:
-        async for piece in self.inner.stream(messages, temperature=temperature, max_tokens=max_tokens):
-            if isinstance(piece, Completion):
-                self._charge(piece)
-            else:
-                self.events.emit("model.delta", role=self.role, text=piece)
-            yield piece
-
-    def _charge(self, completion: Completion) -> None:
-        self.ledger.record(Charge(role=self.role, model=completion.model, tokens=completion.usage.total_tokens,
-                                  cost_usd=completion.cost_usd))
+    @property
+    def estimated_tokens(self) -> int:
+        """The share of the tokens that is an estimate."""
+        with self._lock:
+            return sum(c.tokens for c in self.charges if c.estimated)

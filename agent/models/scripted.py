@@ -52,7 +52,10 @@ class ScriptedResponse(BaseModel):
         if (self.text is None) == (self.texts is None) or self.texts == []:
             raise ValueError("a scripted response needs exactly one of 'text' or a non-empty 'texts'")
         if self.match is not None:
-            re.compile(self.match)
+            try:
+                re.compile(self.match)
+            except re.error as e:  # a ValueError, so the file's error names this response
+                raise ValueError(f"match {self.match!r} is not a valid regular expression ({e})") from None
         return self
 
     def samples(self, n: int) -> list[str]:
@@ -148,6 +151,9 @@ class ScriptedModel:
             raw = yaml.safe_load(p.read_text(encoding="utf-8"))
         except OSError as e:
             raise ScriptFileError(f"scripted model file {p}: cannot read it ({e.strerror or e})") from e
+        except UnicodeDecodeError as e:
+            raise ScriptFileError(f"scripted model file {p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                                  f"offset {e.start}); save it as UTF-8") from None
         except yaml.YAMLError as e:
             raise ScriptFileError(f"scripted model file {p}: not valid YAML or JSON ({e})") from e
         try:

@@ -115,8 +115,8 @@ def _arguments(task: Task, tool: Tool, values: Mapping[int, Any]) -> BaseModel |
 
 
 def _time_limit(tool: Tool) -> float | None:
-    # A tool that does not declare ``time_limit_s`` yet (fan_out, for one) counts as None:
-    # the scheduler adds no limit of its own, its caller bounds it.
+    # None (fan_out's, for one) is no limit here: the run bounds such a tool, by its budget and
+    # its time limit (``Session.run``, ``--time-limit``), never the scheduler by a flat default.
     return getattr(tool, "time_limit_s", None)
 
 

@@ -6,11 +6,9 @@ harness's job, asking models is the caller's (``resolve_close_call`` takes calla
 
 Without a reference the vote is an agreement model over two kinds of evidence that one
 sampling model produced independently: candidates and tests. Candidates are grouped by
-identical behaviour (the tests they pass and, where probes ran, the values they return).
-Each generated test is weighted by how much of the candidate population it agrees with,
-each group by its size times the weighted tests it passes. Groups the tests cannot tell apart
-(a tie) are told apart by how many candidates return the same values on the probe inputs;
-when no test is passed at all, the largest group of equal outputs wins. See ``_agreement``.
+identical behaviour, each group scored by its size times the tests it passes (CodeT's dual
+agreement), with the departures from CodeT that ``agreement.RULE`` makes: the rule family
+and how the product's member was chosen (by cross-validation) are in ``agreement``.
 """
 
 from __future__ import annotations
@@ -20,13 +18,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from bakeoff.agent.selection.agreement import RULE, AgreementRule, group_support
 from bakeoff.agent.types import ExecutionMatrix, TestCase
 
 # Top groups whose scores are within this fraction of each other are a close call.
 CLOSE_MARGIN = 0.15
-# How strongly a generated test's weight follows the share of behaviours that pass it
-# (0: CodeT's plain count; 1: proportional). See _agreement_scores.
-AGREEMENT_POWER = 0.5
 
 
 class Group(BaseModel):
@@ -59,8 +55,11 @@ def _behaviour(matrix: ExecutionMatrix, cand: str, checks: Sequence[TestCase], p
     cells = matrix.cells.get(cand, {})
     outs = matrix.outputs.get(cand, {})
     passed = tuple(t.id for t in checks if cells.get(t.id) == "pass")
-    returned = tuple(outs.get(t.id, "!" + cells.get(t.id, "missing")) if cells.get(t.id) == "pass" else "!" + cells.get(t.id, "missing") for t in probes)
-    return passed, returned
+    returned = []
+    for t in probes:
+        cell = cells.get(t.id, "missing")
+        returned.append(outs.get(t.id, "!pass") if cell == "pass" else "!" + cell)
+    return passed, tuple(returned)
 
 
 def vote(
@@ -69,9 +68,11 @@ def vote(
     *,
     reference: bool,
     gate: Mapping[str, bool] | None = None,
+    rule: AgreementRule = RULE,
 ) -> Vote:
     """Who is correct. With a reference: passes every validated test, never flaky. Without:
-    the group of identical behaviour with the strongest agreement (see the module doc)."""
+    the group of identical behaviour with the strongest agreement under ``rule`` (see the
+    module doc; the product's rule unless a benchmark compares others)."""
     gated = [c for c in matrix.candidates if gate is not None and not gate.get(c, False)]
     flaky = [c for c in matrix.candidates if c not in gated and matrix.flaky(c)]
     eligible = [c for c in matrix.candidates if c not in gated and c not in flaky]
@@ -79,7 +80,7 @@ def vote(
         return Vote(method="none", flaky=flaky, gated=gated, reason=_nobody(gated, flaky))
     if reference:
         return _reference_vote(matrix, tests, eligible, flaky, gated)
-    return _agreement(matrix, tests, eligible, flaky, gated)
+    return _agreement(matrix, tests, eligible, flaky, gated, rule)
 
 
 def _nobody(gated: Sequence[str], flaky: Sequence[str]) -> str:
@@ -113,7 +114,7 @@ def _reference_vote(matrix, tests, eligible, flaky, gated) -> Vote:
     return Vote(method="reference", groups=scored, winners=winners, flaky=flaky, gated=gated, reason=reason, close_call=False)
 
 
-def _agreement(matrix, tests, eligible, flaky, gated) -> Vote:
+def _agreement(matrix, tests, eligible, flaky, gated, rule: AgreementRule) -> Vote:
     known = [t for t in tests if t.id in matrix.tests and t.valid is not False]
     checks = [t for t in known if not is_probe(t)]
     probes = [t for t in known if is_probe(t)]
@@ -121,27 +122,30 @@ def _agreement(matrix, tests, eligible, flaky, gated) -> Vote:
         return Vote(method="none", flaky=flaky, gated=gated, reason="no tests to vote with")
     behaviours: dict[tuple, list[str]] = {}
     for c in eligible:
-        behaviours.setdefault(_behaviour(matrix, c, checks, probes), []).append(c)
+        passed, returned = _behaviour(matrix, c, checks, probes)
+        behaviours.setdefault((passed, returned if rule.grouping == "outputs" else ()), []).append(c)
     keys = list(behaviours)
     sizes = [len(behaviours[k]) for k in keys]
     passes = [set(k[0]) for k in keys]
-    outputs = [k[1] for k in keys]
     # A behaviour that never passes a test nor returns a value has nothing to vote with.
-    alive = [bool(p) or any(not o.startswith("!") for o in out) for p, out in zip(passes, outputs)]
-    scores = _agreement_scores(sizes, passes, outputs, alive, checks)
+    alive = [bool(passes[i]) or any(_returns(matrix, c, probes) for c in behaviours[k]) for i, k in enumerate(keys)]
+    scores = group_support(rule, sizes, passes, alive, checks)
     order = sorted(range(len(keys)), key=lambda i: (-scores[i], -sizes[i], behaviours[keys[i]][0]))
     groups = [Group(members=behaviours[keys[i]], passed=sorted(passes[i]), score=scores[i]) for i in order]
     top = groups[0]
     if top.score <= 0:
-        return _majority(behaviours, keys, outputs, eligible, flaky, gated)
+        if rule.fallback:
+            return _majority(matrix, probes, eligible, flaky, gated)
+        return Vote(method="none", groups=groups, flaky=flaky, gated=gated, reason="no candidate passes a generated test")
     tied = [g for g in groups if g.score == top.score]
     tie_note = ""
-    if len(tied) > 1 and probes:
+    if len(tied) > 1 and probes and rule.tie_break:
         # Equal support from the tests: the groups whose returned values more of all the
         # candidates share win (the tests cannot tell them apart, the population can).
         agree = _population_agreement(matrix, eligible, probes)
-        best = max(agree(g.members[0]) for g in tied)
-        kept = [g for g in tied if agree(g.members[0]) == best]
+        mean = {id(g): sum(agree(c) for c in g.members) / len(g.members) for g in tied}
+        best = max(mean.values())
+        kept = [g for g in tied if mean[id(g)] == best]
         if len(kept) < len(tied):
             tie_note = f"; {len(tied)} groups tied on the tests, the one whose outputs most candidates share won"
             groups = kept + [g for g in groups if g not in kept]
@@ -150,13 +154,20 @@ def _agreement(matrix, tests, eligible, flaky, gated) -> Vote:
     # A tie (broken or not) is the closest call there is.
     runner_up = top.score if len(tied) > 1 or tie_note else (groups[1].score if len(groups) > 1 else 0.0)
     close = runner_up > 0 and (top.score - runner_up) <= CLOSE_MARGIN * top.score
+    same = "behave identically" if rule.grouping == "outputs" else "pass the same tests"
     reason = (
-        f"{len(top.members)} of {len(eligible)} eligible candidates behave identically, pass "
+        f"{len(top.members)} of {len(eligible)} eligible candidates {same}, pass "
         f"{len(top.passed)} of {len(checks)} generated tests and form the best-supported group "
         f"(score {top.score:.3g} vs {runner_up:.3g} for the next){tie_note}"
     )
     return Vote(method="dual-agreement", groups=groups, winners=winners, flaky=flaky, gated=gated,
                 close_call=close, reason=reason)
+
+
+def _returns(matrix: ExecutionMatrix, cand: str, probes: Sequence[TestCase]) -> bool:
+    """Whether the candidate returns a value on at least one probe input."""
+    cells = matrix.cells.get(cand, {})
+    return any(cells.get(t.id) == "pass" for t in probes)
 
 
 def _population_agreement(matrix: ExecutionMatrix, eligible: Sequence[str], probes: Sequence[TestCase]) -> Callable[[str], int]:
@@ -177,13 +188,16 @@ def _population_agreement(matrix: ExecutionMatrix, eligible: Sequence[str], prob
     return agree
 
 
-def _majority(behaviours, keys, outputs, eligible, flaky, gated) -> Vote:
+def _majority(matrix, probes, eligible, flaky, gated) -> Vote:
     """No test says anything (none parsed, or none passed): the largest group of candidates
     that return the same values on the probe inputs, as long as it has company. Independent
     samples that agree on every input are rarely wrong the same way by chance."""
-    sizes = {i: len(behaviours[k]) for i, k in enumerate(keys) if any(not o.startswith("!") for o in outputs[i])}
-    order = sorted(sizes, key=lambda i: (-sizes[i], behaviours[keys[i]][0]))
-    groups = [Group(members=behaviours[keys[i]], passed=[], score=float(sizes[i])) for i in order]
+    by_outputs: dict[tuple, list[str]] = {}
+    for c in eligible:
+        if _returns(matrix, c, probes):
+            by_outputs.setdefault(_behaviour(matrix, c, [], probes)[1], []).append(c)
+    groups = [Group(members=m, passed=[], score=float(len(m))) for m in by_outputs.values()]
+    groups.sort(key=lambda g: (-g.score, g.members[0]))
     if not groups or groups[0].score < 2:
         return Vote(method="none", groups=groups, flaky=flaky, gated=gated,
                     reason="no candidate passes a generated test or agrees with another on any input")
@@ -196,29 +210,3 @@ def _majority(behaviours, keys, outputs, eligible, flaky, gated) -> Vote:
         f"eligible candidates return the same values on every probe input (next group: {runner_up:.0f})"
     )
     return Vote(method="majority", groups=groups, winners=winners, flaky=flaky, gated=gated, close_call=close, reason=reason)
-
-
-def _agreement_scores(
-    sizes: Sequence[int],
-    passes: Sequence[set[str]],
-    outputs: Sequence[tuple[str, ...]],
-    alive: Sequence[bool],
-    checks: Sequence[TestCase],
-) -> list[float]:
-    """Support of each behaviour group: (candidates in it) x (tests it passes, each test
-    weighted by how widely it is agreed with).
-
-    CodeT's dual agreement counts every passed test alike, but a test written with a wrong
-    expected value is passed only by the candidates that share that very mistake, while a
-    right test is also passed by most partly-wrong behaviours (they are right on most
-    inputs). So a test counts by its generation count times the square root of the share
-    of distinct behaviours that pass it. Groups are finer than CodeT's (the values returned
-    on probe inputs split behaviours that pass the same tests), which breaks up large groups
-    of candidates that share a pass-set by accident.
-    """
-    live = [i for i in range(len(sizes)) if alive[i]]
-    if not live:
-        return [0.0] * len(sizes)
-    share = {t.id: sum(1 for i in live if t.id in passes[i]) / len(live) for t in checks}
-    weight = {t.id: t.weight * share[t.id] ** AGREEMENT_POWER for t in checks}
-    return [float(sizes[i] * sum(weight[t] for t in passes[i])) if alive[i] else 0.0 for i in range(len(sizes))]
