@@ -104,7 +104,7 @@ class DriverRuntime:
         cmd = (
             # The compiler's own temporary files in the build's directory too: one that is killed
             # cannot remove them, and the directory goes as a whole.
-            f"cd {shlex.quote(tmp)} && export TMPDIR=\"$PWD\" && {cxx} -x c++-header bk_rt.h -o bk_rt.h.gch && "
+            f"cd {shlex.quote(tmp)} && export TMPDIR=\"$PWD\" && {cxx} -x c++-header -c bk_rt.h -o bk_rt.h.gch && "
             f"{cxx} -c bk_main.cpp -o bk_main.o && cd .. && "
             f"(mv -T {shlex.quote(Path(tmp).name)} {shlex.quote(Path(rt).name)} 2>/dev/null || rm -rf {shlex.quote(Path(tmp).name)})"
         )
