@@ -277,7 +277,8 @@ async def main_async(args) -> int:
                                         results, args) for name in names if name in evals))
     t_timing = time.monotonic() - started - t_matrix
     elapsed = time.monotonic() - started
-    figures = report(results, elapsed, t_matrix, target, counts, data.name)
+    mpi = any(calls_mpi(problems[n]["prompt"]) for n in names)
+    figures = report(results, elapsed, t_matrix, target, counts, data.name, mpi)
     figures.update({"left_out_problems": skipped, "timing_s": t_timing, "timing_threads": target.threads,
                     "timing_threads_source": target.source, "timing_counts": counts,
                     "timing_cpu_sets": timing.slots.cpu_sets if timing.slots else [],
@@ -465,7 +466,7 @@ def fmt(x: Any, d: int = 3) -> str:
 
 
 def report(results: dict[str, list[dict]], elapsed: float, t_matrix: float, target: TargetParallelism,
-           counts: list[int], dataset: str) -> dict[str, Any]:
+           counts: list[int], dataset: str, mpi: bool = False) -> dict[str, Any]:
     figures: dict[str, Any] = {"models": {}, "dataset": dataset}
     cores = len(allowed_cpus())
     t = target.threads
@@ -493,8 +494,8 @@ def report(results: dict[str, list[dict]], elapsed: float, t_matrix: float, targ
     print(f"\nS{t} = serial reference time / sample time at {t} threads, both measured here (median of interleaved runs "
           "on an input grown until the reference takes 0.2 s per call, where memory allows), geometric mean over "
           "problems where the pick is correct and timed; mean-correct and best over the samples the labels call "
-          f"correct; race-free: and that ThreadSanitizer does not flag (MPI: at {t} ranks, on the large input as "
-          "drawn; the race check does not run).")
+          "correct; race-free: and that ThreadSanitizer does not flag."
+          + (f" MPI samples: at {t} ranks, on the large input as drawn; the race check does not run." if mpi else ""))
     return figures
 
 
