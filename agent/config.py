@@ -140,6 +140,10 @@ class Settings(BaseModel):
     max_replans: int = Field(2, ge=0, le=10)
     build: str | None = Field(None, description="build command (detected when unset)")
     test: str | None = Field(None, description="test command (detected when unset)")
+    threads: int | None = Field(
+        None, ge=1, le=4096,
+        description="threads candidates are timed at (unset: the CPUs the sandbox may use, from its affinity and cgroup quota)",
+    )
     command_timeout: float = Field(300.0, gt=0, description="seconds a candidate's build, test or benchmark may run")
 
     @property

@@ -394,13 +394,16 @@ class Session:
     # ------------------------------------------------------------------ delivering
 
     def candidate(self, report: RunReport, candidate_id: str | None = None) -> Candidate:
-        """The winner, or the candidate named ``candidate_id``."""
+        """The winner, the best correct candidate a not-faster run offers, or the candidate named ``candidate_id``."""
         if candidate_id is None:
             if report.winner is not None:
                 return report.winner
-            if report.patch.strip():
+            if report.status == "not-faster" and report.verdict and report.verdict.best:
+                candidate_id = report.verdict.best  # correct but not faster: offered, applied only when confirmed
+            elif report.patch.strip():
                 return Candidate(id="plan", patch=report.patch)  # the planner's own edits, unverified
-            raise SessionError("no verified winner in this run: name a candidate (see /candidates)")
+            else:
+                raise SessionError("no verified winner in this run: name a candidate (see /candidates)")
         for cand in report.candidates:
             if cand.id == candidate_id:
                 return cand

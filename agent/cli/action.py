@@ -204,7 +204,7 @@ def deliver(
         _fail(f"no report at {report_path}: the run step failed", code=1)
     report = load_json(report_path)
     outcome = do_deliver(gh, decided, report, repo=repo, mode=mode)
-    state = "done" if report.get("status") == "success" else "failed"
+    state = "done" if report.get("status") in ("success", "not-faster") else "failed"
     if decided.status_comment_id:
         gh.update_comment(decided.status_comment_id, status_body(decided, state, outcome + "\n\n" + report_markdown(report)))
     write_outputs(

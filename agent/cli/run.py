@@ -21,7 +21,7 @@ EXIT_UNVERIFIED = 4
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 a correct candidate was found (or the question answered); "
-    "1 no correct candidate (or the run failed); 2 usage or configuration error "
+    "1 no correct candidate, or (for a speed task) none faster than the original, or the run failed; 2 usage or configuration error "
     "(bad flag, missing repository, no model configured, no Docker); 3 budget exhausted; "
     "4 unverified: the planner changed files without a fan-out, so nothing checked the change; "
     "130, 143, 129 stopped by SIGINT, SIGTERM, SIGHUP (sandboxes removed first)."
@@ -30,6 +30,7 @@ EXIT_CODES_HELP = (
 STATUS_EXIT = {
     "success": EXIT_OK,
     "no-correct-candidate": EXIT_NO_CORRECT,
+    "not-faster": EXIT_NO_CORRECT,
     "error": EXIT_NO_CORRECT,
     "budget-exhausted": EXIT_BUDGET,
     "unverified": EXIT_UNVERIFIED,
@@ -115,6 +116,8 @@ def run_command(
     budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Tokens this run may spend."),
     sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else bubblewrap), docker, local (bubblewrap) or unsafe-local (no isolation)."),
     planner: str | None = typer.Option(None, "--planner", help="compiler (parallel plan) or react (one call per turn)."),
+    threads: int | None = typer.Option(None, "--threads", min=1,
+                                       help="Threads candidates are timed at (default: the CPUs the sandbox may use)."),
     time_limit: float | None = typer.Option(None, "--time-limit", metavar="SECONDS", help="Wall-clock seconds the run may take (default 3600)."),
 ) -> None:
     from rich.console import Console
@@ -129,7 +132,7 @@ def run_command(
     task = task_text(task)
     patch_target(patch)
     flags = {"model.default": model, "n": n, "budget_usd": budget, "budget_tokens": budget_tokens,
-             "sandbox": sandbox, "planner": planner, "time_limit_s": time_limit}
+             "sandbox": sandbox, "planner": planner, "threads": threads, "time_limit_s": time_limit}
     events = EventBus()
     err = Console(stderr=True)
     stop_progress = show_progress(events, err, jsonl=jsonl)

@@ -24,13 +24,16 @@ class MadeTests(BaseModel):
 
 
 def pick_harness(language: str, entry: str | None, source: str | None, sandbox: Sandbox | None,
-                 events: EventBus) -> DifferentialHarness | None:
+                 events: EventBus, goal: str = "") -> DifferentialHarness | None:
     """The differential harness for the entry function, with the base version as reference.
 
     None when there is no entry function or no harness for the language: the vote then
     rests on the repo's tests, the benchmark's output and the generated tests. The harness
     compiles and runs candidates in ``sandbox`` when one is given, else on this machine in a
-    temporary directory of its own (see ``FanOutSettings.harness_in_sandbox``).
+    temporary directory of its own (see ``FanOutSettings.harness_in_sandbox``). C/C++
+    candidates run under ``mpirun`` at several rank counts when the code calls MPI or the goal
+    asks for it (``mpi_harness``); their input spec is inferred from the source here and
+    checked when the tests are made.
     """
     if entry is None or source is None:
         return None
@@ -41,9 +44,34 @@ def pick_harness(language: str, entry: str | None, source: str | None, sandbox: 
         return PythonHarness(source, entry, runner=SandboxRunner(sandbox) if sandbox is not None else None)
     if language in ("c", "cpp"):
         from bakeoff.agent.harness.c_harness import CHarness
+        from bakeoff.agent.harness.c_spec import infer_spec
+        from bakeoff.agent.harness.mpi_harness import MpiHarness, wants_mpi
 
-        return CHarness(source, entry, language="c++" if language == "cpp" else "c", sandbox=sandbox, events=events)
+        kind = MpiHarness if wants_mpi(source, goal) else CHarness
+        harness = kind(source, entry, language="c++" if language == "cpp" else "c", sandbox=sandbox, events=events)
+        harness.draft = infer_spec(source, entry)
+        return harness
     return None
+
+
+async def settle_harness_spec(harness: DifferentialHarness, tester: Model | None, goal: str) -> tuple[bool, list[str]]:
+    """A C/C++ harness with an inferred spec gets it checked (the tester proposes one when the
+    inferred one fails): (whether the harness can test, notes for the report)."""
+    from bakeoff.agent.fanout.trajectory import model_errors
+    from bakeoff.agent.harness.c_spec_model import settle_spec
+
+    if getattr(harness, "draft", None) is None:
+        return True, []
+    try:
+        outcome = await settle_spec(harness, tester, goal)  # type: ignore[arg-type]
+    except model_errors() as exc:
+        return False, [f"no differential tests: the inferred input spec failed its check and the tester could not "
+                       f"propose one ({type(exc).__name__}: {exc})"[:300]]
+    if not outcome.testable:
+        return False, [f"no differential tests: no input spec passed its check ({'; '.join(outcome.problems)})"[:500]]
+    if outcome.source == "model":
+        return True, ["input spec proposed by the tester model (the inferred one failed its check)"]
+    return True, []
 
 
 async def make_tests(harness: DifferentialHarness | None, tester: Model | None, goal: str, source: str | None,
@@ -61,6 +89,12 @@ async def make_tests(harness: DifferentialHarness | None, tester: Model | None, 
             out.notes.append(f"no generated tests: {type(exc).__name__}: {exc}")
     if harness is not None:
         from bakeoff.agent.harness.edge_inputs import make_tests_with, propose_inputs
+
+        testable, notes = await settle_harness_spec(harness, tester if settings.test_samples else None, goal)
+        out.notes.extend(notes)
+        if not testable:
+            out.harness_failed = True
+            return out
 
         edge: list = []
         if tester is not None and entry and source and settings.test_samples:

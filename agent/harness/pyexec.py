@@ -42,6 +42,7 @@ class PyJob(BaseModel):
     memory_mb: int = 1024
     hash_seed: int = 0
     call_repeats: int = 1  # times each call runs in the process (for timing)
+    cpus: int | None = None  # run on this many of the CPUs the process may use (for timing); None: all
 
 
 class CallResult(BaseModel):

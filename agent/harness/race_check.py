@@ -70,7 +70,9 @@ def tsan_env(threads: int) -> str:
     sym = shutil.which("llvm-symbolizer") or next(iter(sorted(glob.glob("/usr/lib/llvm-*/bin/llvm-symbolizer"))), "")
     if sym:
         opts += f" external_symbolizer_path={sym}"
-    return f'OMP_NUM_THREADS={int(threads)} OMP_TOOL_LIBRARIES="$A" TSAN_OPTIONS={shlex.quote(opts)} '
+    # A report is symbolized inside the candidate's call: the driver's per-call limit must
+    # leave time for that, or a busy machine kills the run before the report is written.
+    return f'OMP_NUM_THREADS={int(threads)} OMP_TOOL_LIBRARIES="$A" TSAN_OPTIONS={shlex.quote(opts)} BK_MIN_LIMIT=30 '
 
 
 def parse_reports(stderr: str, only: Sequence[str] = ()) -> RaceReport:
