@@ -23,6 +23,7 @@ host, and never goes into a sandbox (a sandbox's environment is an allow-list th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -83,8 +84,8 @@ class DockerHost:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A resolved engine: what messages call it, the keyword arguments of ``docker.DockerClient``,
-    and the folder its TLS client key comes from (which no sandbox may get a copy of)."""
+    """A resolved engine: what messages call it, the keyword arguments of the docker SDK's
+    clients, and the folder its TLS client key comes from (which no sandbox may get a copy of)."""
 
     address: str
     kwargs: dict[str, Any] = field(compare=False)
@@ -106,7 +107,7 @@ class Endpoint:
 
 
 def client_kwargs(docker_host: DockerHost | None, environ: Mapping[str, str] | None = None) -> Endpoint:
-    """``docker_host`` as ``docker.DockerClient`` keyword arguments (``base_url`` and ``tls``, or
+    """``docker_host`` as the docker SDK's client keyword arguments (``base_url`` and ``tls``, or
     ``use_ssh_client``) and the address messages name. Raises ``DockerHostError``."""
     environ = os.environ if environ is None else environ
     docker_host = docker_host or DockerHost()
@@ -169,11 +170,15 @@ def _tls_from_folder(address: str, cert_path: str | None,
 
 
 def api_client(endpoint: Endpoint, **options: Any) -> APIClient:
-    """A low-level docker client of ``endpoint`` (``options``: ``timeout``, ``max_pool_size``).
+    """A low-level docker client of ``endpoint`` (``options``: ``timeout``, ``max_pool_size``)."""
+    return _engine_client_class()(**endpoint.kwargs, **options)
 
-    requests lets ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` replace the CA a client was given
-    (docker-py #2433), so a TLS engine would be checked against the wrong CA; here the engine's
-    own TLS settings win, as they do for the docker CLI."""
+
+@functools.cache
+def _engine_client_class() -> type[APIClient]:
+    """``docker.APIClient`` whose TLS settings are the engine's own. requests lets
+    ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` replace the CA a client was given (docker-py
+    #2433), so a TLS engine would be checked against the wrong CA; the docker CLI ignores them."""
     import docker
 
     class EngineClient(docker.APIClient):
@@ -183,7 +188,7 @@ def api_client(endpoint: Endpoint, **options: Any) -> APIClient:
                 merged["verify"] = self.verify
             return merged
 
-    return EngineClient(**endpoint.kwargs, **options)
+    return EngineClient
 
 
 # --------------------------------------------------------------------------- contexts
