@@ -29,9 +29,9 @@ from bakeoff.sandboxes.docker_engine import (
     DockerEngine,
     DockerImageError,
     DockerUnavailable,
-    engine_address,
     resolve_image,
 )
+from bakeoff.sandboxes.docker_host import DockerHost
 from bakeoff.sandboxes.docker_sandbox import HOME, USER, WORKDIR, DockerSandbox
 from bakeoff.sandboxes.workspace import WorkspaceError
 
@@ -125,7 +125,7 @@ class DockerBackend:
     one event loop: its blocking work runs in its own thread pool.
     """
 
-    _shared: dict[tuple[str, str | None, str | None], DockerBackend] = {}
+    _shared: dict[tuple[str, DockerHost, str | None, str | None], DockerBackend] = {}
     _shared_lock = threading.Lock()
 
     def __init__(
@@ -133,7 +133,7 @@ class DockerBackend:
         image: str | None = None,
         dockerfile: Path | None = None,
         *,
-        base_url: str | None = None,
+        docker_host: DockerHost | None = None,
         expiry_s: int = DEFAULT_EXPIRY_S,
         events: EventBus | None = None,
         max_threads: int = 64,
@@ -142,10 +142,10 @@ class DockerBackend:
             raise ValueError("name an image or a Dockerfile, not both")
         self.requested_image = image
         self.dockerfile = Path(dockerfile) if dockerfile else (None if image else DEFAULT_DOCKERFILE)
-        self.base_url = base_url
+        self.docker_host = docker_host or DockerHost()
         self.expiry_s = int(expiry_s)
         self.events = events or EventBus()
-        self.engine = DockerEngine(base_url, max_threads)
+        self.engine = DockerEngine(self.docker_host, max_threads)
         self._lock = threading.Lock()
         self._ready_lock = threading.Lock()
         self._image: str | None = None
@@ -163,13 +163,15 @@ class DockerBackend:
         atexit.register(self._remove_all_blocking)
 
     @classmethod
-    def shared(cls, image: str | None = None, dockerfile: Path | None = None) -> DockerBackend:
-        """The process's backend for this image (and this engine address)."""
-        key = (engine_address(), image, str(Path(dockerfile).resolve()) if dockerfile else None)
+    def shared(cls, image: str | None = None, dockerfile: Path | None = None,
+               docker_host: DockerHost | None = None) -> DockerBackend:
+        """The process's backend for this image on this engine."""
+        docker_host = docker_host or DockerHost()
+        key = (docker_host.address, docker_host, image, str(Path(dockerfile).resolve()) if dockerfile else None)
         with cls._shared_lock:
             backend = cls._shared.get(key)
             if backend is None or backend._closed:
-                backend = cls(image=image, dockerfile=dockerfile)
+                backend = cls(image=image, dockerfile=dockerfile, docker_host=docker_host)
                 cls._shared[key] = backend
             return backend
 
@@ -315,6 +317,8 @@ class DockerBackend:
         limits = limits or SandboxLimits()
         key = _limits_key(limits)
         await self.engine.run(self.ensure_image)
+        if self.engine.endpoint is not None:
+            self.engine.endpoint.refuse_copying(workspace.path)
         base = await self.engine.run(self._workspaces.get, workspace)
         started = time.monotonic()
         cid = self._take_warm(key)

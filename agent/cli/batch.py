@@ -46,6 +46,8 @@ def batch_command(
     budget: float | None = typer.Option(None, "--budget", help="Dollars the whole batch may spend."),
     budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Tokens the whole batch may spend."),
     sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else bubblewrap), docker, local (bubblewrap) or unsafe-local (no isolation)."),
+    docker_host: str | None = typer.Option(None, "--docker-host", help="The Docker engine sandboxes run on: tcp://HOST:PORT, ssh://USER@HOST, unix:///PATH or a docker context name (default: DOCKER_HOST, else this machine's)."),
+    docker_cert_path: Path | None = typer.Option(None, "--docker-cert-path", metavar="DIR", help="Folder of ca.pem, cert.pem and key.pem: TLS to a tcp:// --docker-host."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run again the tasks that ended in an error."),
     time_limit: float | None = typer.Option(None, "--time-limit", metavar="SECONDS", help="Wall-clock seconds each task may take (default 3600)."),
 ) -> None:
@@ -59,7 +61,8 @@ def batch_command(
     except ValueError as exc:
         fail(str(exc))
     flags = {"model.default": model, "n": n, "budget_usd": budget, "budget_tokens": budget_tokens,
-             "sandbox": sandbox, "workers": workers, "time_limit_s": time_limit}
+             "sandbox": sandbox, "workers": workers, "time_limit_s": time_limit,
+             "docker_host": docker_host, "docker_cert_path": str(docker_cert_path) if docker_cert_path else None}
     settings, _ = load(Path.cwd(), flags)
     from bakeoff.agent.models import model_for_role
 
@@ -241,9 +244,9 @@ class Batch:
         if todo:
             from bakeoff.sandboxes import choose_backend
 
-            from bakeoff.agent.session import make_pool
+            from bakeoff.agent.session import docker_host_of, make_pool
 
-            choice = choose_backend(self.settings.sandbox)
+            choice = choose_backend(self.settings.sandbox, docker_host_of(self.settings))
             self.console.print(f"sandboxes: {choice.backend} ({choice.reason})", markup=False)
             if choice.warning:
                 self.console.print(f"warning: {choice.warning}", style="yellow", markup=False)

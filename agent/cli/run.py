@@ -115,6 +115,8 @@ def run_command(
     budget: float | None = typer.Option(None, "--budget", help="Dollars this run may spend."),
     budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Tokens this run may spend."),
     sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else bubblewrap), docker, local (bubblewrap) or unsafe-local (no isolation)."),
+    docker_host: str | None = typer.Option(None, "--docker-host", help="The Docker engine sandboxes run on: tcp://HOST:PORT, ssh://USER@HOST, unix:///PATH or a docker context name (default: DOCKER_HOST, else this machine's)."),
+    docker_cert_path: Path | None = typer.Option(None, "--docker-cert-path", metavar="DIR", help="Folder of ca.pem, cert.pem and key.pem: TLS to a tcp:// --docker-host."),
     planner: str | None = typer.Option(None, "--planner", help="compiler (parallel plan) or react (one call per turn)."),
     threads: int | None = typer.Option(None, "--threads", min=1,
                                        help="Threads candidates are timed at (default: the CPUs the sandbox may use)."),
@@ -132,7 +134,8 @@ def run_command(
     task = task_text(task)
     patch_target(patch)
     flags = {"model.default": model, "n": n, "budget_usd": budget, "budget_tokens": budget_tokens,
-             "sandbox": sandbox, "planner": planner, "threads": threads, "time_limit_s": time_limit}
+             "sandbox": sandbox, "planner": planner, "threads": threads, "time_limit_s": time_limit,
+             "docker_host": docker_host, "docker_cert_path": str(docker_cert_path) if docker_cert_path else None}
     events = EventBus()
     err = Console(stderr=True)
     stop_progress = show_progress(events, err, jsonl=jsonl)

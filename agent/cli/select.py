@@ -66,17 +66,22 @@ def register(app: typer.Typer) -> None:
         spec: Path | None = typer.Option(
             None, "--spec", help="C/C++: a JSON input spec (sizes, lengths, value domains) instead of one inferred from the reference."
         ),
+        docker_host: str | None = typer.Option(None, "--docker-host", help="The Docker engine sandboxes run on: tcp://HOST:PORT, ssh://USER@HOST, unix:///PATH or a docker context name (default: DOCKER_HOST, else this machine's)."),
+        docker_cert_path: Path | None = typer.Option(None, "--docker-cert-path", metavar="DIR", help="Folder of ca.pem, cert.pem and key.pem: TLS to a tcp:// --docker-host."),
     ) -> None:
         """Pick the fastest candidate that behaves like the reference. Exit 0 with a winner; 1 without one, or when
         no correct candidate is faster than the reference (the best is named, not chosen); 2 for a usage error."""
         from bakeoff.agent.cli.stopping import Stopped, leave_now, run_stoppable
         from bakeoff.sandboxes import SandboxUnavailable
+        from bakeoff.sandboxes.docker_engine import DockerImageError
+        from bakeoff.sandboxes.docker_host import DockerHost
 
+        engine = DockerHost(docker_host, str(docker_cert_path) if docker_cert_path else None)
         options = SelectOptions(unordered=unordered, repeats=repeats, timing_repeats=timing_repeats, threads=threads,
                                 min_time_s=min_time, require_faster=require_faster, spec=spec)
         try:
-            verdict = run_stoppable(_select(reference, candidate, candidates_jsonl, tests, entry, options, sandbox))
-        except (UsageProblem, SandboxUnavailable) as exc:
+            verdict = run_stoppable(_select(reference, candidate, candidates_jsonl, tests, entry, options, sandbox, engine))
+        except (UsageProblem, SandboxUnavailable, DockerImageError) as exc:
             typer.echo(f"bakeoff select: {exc}", err=True)
             raise typer.Exit(2) from None
         except Stopped as stop:
@@ -141,23 +146,24 @@ def _default_entry(source: str, entry: str | None = None) -> str:
     return names[-1]
 
 
-async def _select(reference, candidate_paths, jsonl, test_paths, entry, options: SelectOptions, sandbox_kind="auto"):
+async def _select(reference, candidate_paths, jsonl, test_paths, entry, options: SelectOptions, sandbox_kind="auto",
+                  docker_host=None):
     import tempfile
 
     from bakeoff.agent.seams import Workspace
     from bakeoff.sandboxes import choose_backend, create_sandbox
     from bakeoff.sandboxes.pool import SandboxPerKey
 
-    choose_backend(sandbox_kind)  # a sandbox that cannot run here is the user's to fix, before any work
+    choose_backend(sandbox_kind, docker_host)  # a sandbox that cannot run here is the user's to fix, before any work
     ref_source = _read(reference, "reference")
     sources = _load_candidates(candidate_paths, jsonl)
     # An empty workspace: the harness writes what it runs into it. Python programs get a
     # sandbox each (one candidate's fork bomb cannot starve another's runs); C/C++ share one.
     with tempfile.TemporaryDirectory(prefix="bakeoff-select-") as tmp:
         if reference.suffix not in C_SUFFIXES:
-            async with SandboxPerKey(Workspace(path=Path(tmp)), sandbox_kind) as per_source:
+            async with SandboxPerKey(Workspace(path=Path(tmp)), sandbox_kind, docker_host=docker_host) as per_source:
                 return await _select_in(per_source, reference, ref_source, sources, test_paths, entry, options)
-        sandbox = await create_sandbox(Workspace(path=Path(tmp)), kind=sandbox_kind)
+        sandbox = await create_sandbox(Workspace(path=Path(tmp)), kind=sandbox_kind, docker_host=docker_host)
         try:
             return await _select_in(sandbox, reference, ref_source, sources, test_paths, entry, options)
         finally:
