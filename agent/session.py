@@ -78,6 +78,21 @@ class UsersFanOut:
         return await self.tool(args.model_copy(update={"n": self.n}), ctx)
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean the user must change something, not a bug: a model that cannot
+    be reached (after retries and fallbacks), a script that does not fit the run, a sandbox kind
+    that cannot run here, a patch that may not be applied. Each message says what to do."""
+    from bakeoff.agent.config import ConfigError, ModelNotConfigured
+    from bakeoff.agent.models.litellm import ModelCallFailed
+    from bakeoff.agent.models.scripted import ScriptExhausted, ScriptFileError
+    from bakeoff.agent.patches import PatchRejected
+    from bakeoff.agent.storage import DirectoryBusy
+    from bakeoff.sandboxes import SandboxUnavailable
+
+    return (ConfigError, ModelNotConfigured, SessionError, ModelCallFailed, ScriptExhausted, ScriptFileError,
+            SandboxUnavailable, PatchRejected, DirectoryBusy)
+
+
 def make_pool(settings: Settings) -> SandboxPool:
     """The sandbox pool for ``settings``: its kind, its size, and its image or Dockerfile."""
     image, dockerfile = settings.image, None
