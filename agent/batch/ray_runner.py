@@ -145,12 +145,23 @@ class RayRunner:
             ref = remote.remote(task.model_dump_json(), self.settings, self.flags, environ, keeper, board, attempt)
             flight[asyncio.wrap_future(ref.future())] = (task, attempt, ref)
 
+        by_id = {t.id: t for t in todo}
+        announced: set[tuple[str, int]] = set()
+
+        async def announce() -> None:
+            """Tell the batch where the tasks that started since the last look are running."""
+            for task_id, (node, attempt) in (await self.snapshot()).items():
+                if (task_id, attempt) not in announced and task_id in by_id:
+                    announced.add((task_id, attempt))
+                    hooks.started(by_id[task_id], node, attempt)
+
         try:
             while waiting or flight:
                 while waiting and len(flight) < self.slots:
                     task = waiting.pop()
                     submit(task, 1 + len(tries.get(task.id, [])))
-                done, _ = await asyncio.wait(list(flight), return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(list(flight), timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                await announce()
                 for fut in done:
                     task, attempt, _ref = flight.pop(fut)
                     outcome = await self._settle(fut, task, attempt, tries, hooks)
