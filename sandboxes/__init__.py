@@ -114,3 +114,13 @@ def reap_leftovers() -> int:
 
         removed += DockerBackend(image="bakeoff-reaper").reap_leftovers()
     return removed
+
+
+async def close_backends() -> None:
+    """Close what this process keeps between runs (Docker's warm containers), for a process
+    that lives on after its work, such as a Ray worker."""
+    import sys
+
+    backend = sys.modules.get("bakeoff.sandboxes.docker_backend")
+    if backend is not None:
+        await backend.DockerBackend.close_shared()

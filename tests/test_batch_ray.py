@@ -135,6 +135,36 @@ def test_one_budget_across_the_cluster_holds_at_40_calls_at_once_and_fails_close
     assert "cannot be checked" in res["closed"] and "no model call starts" in res["closed"]
 
 
+def containers() -> list[str]:
+    done = subprocess.run(["docker", "ps", "-aq", "--filter", "label=bakeoff.sandbox"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_ctrl_c_on_the_driver_cancels_the_cluster_and_leaves_no_container(cluster, tmp_path):
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        pytest.skip("no Docker engine answers here (CI starts one)")
+    repo = make_repo(tmp_path / "repo")
+    ids = [f"c{i}" for i in range(6)]
+    script = write_script(tmp_path / "s.json", first_token_s=1.0)
+    out = tmp_path / "out"
+    before = containers()
+    proc = subprocess.Popen([sys.executable, "-m", "bakeoff", "batch", str(task_file(tmp_path, ids, repo)), "--out",
+                             str(out), "--ray", cluster.address, "--model", f"scripted:{script}", "--sandbox", "docker",
+                             "--jsonl"], env=cli_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(set(containers()) - set(before)) < 2:  # candidates at work in containers
+        assert proc.poll() is None and time.monotonic() < deadline, "no sandbox started"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-4000:]
+    assert "stopped by SIGINT" in err and "Traceback" not in err
+    assert set(containers()) <= set(before)  # none left on any node (both use this engine)
+    assert len(results(out)) < len(ids)  # it really stopped mid-batch
+
+
 def test_a_node_killed_mid_batch_loses_and_duplicates_nothing(cluster, tmp_path):
     repo = make_repo(tmp_path / "repo")
     ids = [f"k{i}" for i in range(8)]

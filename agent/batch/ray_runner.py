@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ def _run_remote(task_json: str, settings: Settings, flags: dict[str, Any], envir
 
     from bakeoff.agent.batch.ray_budget import ClusterBudget
     from bakeoff.agent.session import make_pool
+    from bakeoff.sandboxes import close_backends
 
     task = BatchTask.model_validate_json(task_json)
     node = f"{node_name()}:{ray.get_runtime_context().get_node_id()[:8]}"
@@ -79,6 +81,7 @@ def _run_remote(task_json: str, settings: Settings, flags: dict[str, Any], envir
                                   scratch=scratch, node=node)
         finally:
             await pool.close()
+            await close_backends()  # this worker lives on: its warm containers must not
 
     return asyncio.run(go()).model_dump()
 
@@ -138,12 +141,12 @@ class RayRunner:
         remote = ray.remote(num_cpus=1, max_retries=0, scheduling_strategy="SPREAD")(_run_remote)
         environ = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
         waiting = list(reversed(todo))
-        flight: dict[asyncio.Future, tuple[BatchTask, int, Any]] = {}
+        flight: dict[asyncio.Future, tuple[BatchTask, int, Any, float]] = {}
         tries: dict[str, list[dict[str, Any]]] = {}
 
         def submit(task: BatchTask, attempt: int) -> None:
             ref = remote.remote(task.model_dump_json(), self.settings, self.flags, environ, keeper, board, attempt)
-            flight[asyncio.wrap_future(ref.future())] = (task, attempt, ref)
+            flight[asyncio.wrap_future(ref.future())] = (task, attempt, ref, time.monotonic())
 
         by_id = {t.id: t for t in todo}
         announced: set[tuple[str, int]] = set()
@@ -163,14 +166,16 @@ class RayRunner:
                 done, _ = await asyncio.wait(list(flight), timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
                 await announce()
                 for fut in done:
-                    task, attempt, _ref = flight.pop(fut)
+                    task, attempt, _ref, submitted = flight.pop(fut)
                     outcome = await self._settle(fut, task, attempt, tries, hooks)
                     if outcome is None:
                         waiting.append(task)
                     else:
+                        # From submission to the result here: the task's run plus what Ray adds.
+                        outcome.result["latency_s"] = round(time.monotonic() - submitted, 4)
                         hooks.finished(task, outcome)
         except asyncio.CancelledError:
-            await self._stop([ref for _, _, ref in flight.values()], hooks)
+            await self._stop([ref for _, _, ref, _ in flight.values()], hooks)
             raise
         finally:
             for actor in (keeper, board):
@@ -216,9 +221,11 @@ class RayRunner:
 
         for ref in refs:
             ray.cancel(ref, force=False)
+        left = refs
         if refs:
-            await asyncio.shield(asyncio.to_thread(ray.wait, refs, num_returns=len(refs), timeout=CANCEL_GRACE_S))
-        for ref in refs:
+            _, left = await asyncio.shield(asyncio.to_thread(ray.wait, refs, num_returns=len(refs),
+                                                             timeout=CANCEL_GRACE_S))
+        for ref in left:  # only those still running: Ray must not be asked to end a finished task
             ray.cancel(ref, force=True)
         await asyncio.shield(asyncio.to_thread(reap_cluster))
 
