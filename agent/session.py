@@ -84,6 +84,21 @@ def docker_host_of(settings: Settings) -> DockerHost:
     return DockerHost(settings.docker_host, settings.docker_cert_path)
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean the user must change something, not a bug: a model that cannot
+    be reached (after retries and fallbacks), a script that does not fit the run, a sandbox kind
+    that cannot run here, a patch that may not be applied. Each message says what to do."""
+    from bakeoff.agent.config import ConfigError, ModelNotConfigured
+    from bakeoff.agent.models.litellm import ModelCallFailed
+    from bakeoff.agent.models.scripted import ScriptExhausted, ScriptFileError
+    from bakeoff.agent.patches import PatchRejected
+    from bakeoff.agent.storage import DirectoryBusy
+    from bakeoff.sandboxes import SandboxUnavailable
+
+    return (ConfigError, ModelNotConfigured, SessionError, ModelCallFailed, ScriptExhausted, ScriptFileError,
+            SandboxUnavailable, PatchRejected, DirectoryBusy)
+
+
 def make_pool(settings: Settings) -> SandboxPool:
     """The sandbox pool for ``settings``: its kind, its size, its image or Dockerfile, its Docker engine."""
     image, dockerfile = settings.image, None

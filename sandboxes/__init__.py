@@ -111,3 +111,26 @@ async def create_sandbox(
 
 __all__ = ["BackendChoice", "HOW_TO_ISOLATE", "KINDS", "SandboxUnavailable", "UNSAFE_LOCAL", "choose_backend",
            "create_sandbox"]
+
+
+def reap_leftovers() -> int:
+    """Remove this machine's sandboxes whose owning process has died (containers when a Docker
+    engine answers, and bubblewrap sandboxes' directories and processes). How many went."""
+    from bakeoff.sandboxes.workspace import reap_stale
+
+    removed = reap_stale()
+    if _docker_engine()[0]:
+        from bakeoff.sandboxes.docker_backend import DockerBackend
+
+        removed += DockerBackend(image="bakeoff-reaper").reap_leftovers()
+    return removed
+
+
+async def close_backends() -> None:
+    """Close what this process keeps between runs (Docker's warm containers), for a process
+    that lives on after its work, such as a Ray worker."""
+    import sys
+
+    backend = sys.modules.get("bakeoff.sandboxes.docker_backend")
+    if backend is not None:
+        await backend.DockerBackend.close_shared()

@@ -175,6 +175,15 @@ class DockerBackend:
                 cls._shared[key] = backend
             return backend
 
+    @classmethod
+    async def close_shared(cls) -> None:
+        """Close every backend this process shared (their warm containers go too): for a
+        process that outlives its runs, such as a Ray worker."""
+        with cls._shared_lock:
+            backends, cls._shared = list(cls._shared.values()), {}
+        for backend in backends:
+            await backend.close()
+
     @property
     def image(self) -> str | None:
         """The image tag in use, once resolved."""

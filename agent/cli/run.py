@@ -45,25 +45,11 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean the user must change something (exit 2), not a bug.
+    """The exceptions that mean the user must change something (exit 2), not a bug
+    (``session.user_errors``)."""
+    from bakeoff.agent.session import user_errors as errors
 
-    A model that cannot be reached (after retries and fallbacks), a script that does not
-    fit the run, a sandbox kind that cannot run here, a patch that may not be applied: the
-    user fixes the configuration or the repository, and each message says how.
-    """
-    from bakeoff.agent.config import ConfigError
-    from bakeoff.agent.models.litellm import ModelCallFailed
-    from bakeoff.agent.config import ModelNotConfigured
-    from bakeoff.agent.models.scripted import ScriptExhausted, ScriptFileError
-    from bakeoff.agent.patches import PatchRejected
-    from bakeoff.agent.session import SessionError
-    from bakeoff.agent.storage import DirectoryBusy
-    from bakeoff.sandboxes import SandboxUnavailable
-
-    return (
-        ConfigError, ModelNotConfigured, SessionError, ModelCallFailed, ScriptExhausted, ScriptFileError,
-        SandboxUnavailable, PatchRejected, DirectoryBusy,
-    )
+    return errors()
 
 
 def load(repo: Path, flags: dict[str, Any]):
