@@ -202,10 +202,6 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
     return out
 
 
-async def run_jobs_async(jobs: Sequence[PyJob], *, workers: int | None = None) -> list[PyResult]:
-    return await asyncio.to_thread(run_jobs, jobs, workers=workers)
-
-
 # --------------------------------------------------------------------------- values
 
 
