@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     local = batch(task_file, script, root / "out-local", env, "--workers", str(args.workers))
     figures: dict = {"tasks": args.tasks, "cpus": os.cpu_count(), "local": summary(local, args.tasks)}
     log(f"local: {figures['local']}")
-    with local_cluster(root / "cluster") as cluster:
+    # Each node offers half the CPUs: the cluster runs as many tasks at once as the local batch.
+    with local_cluster(root / "cluster", cpus=max(1, args.workers // 2)) as cluster:
         ray_run = batch(task_file, script, root / "out-ray", env, "--ray", cluster.address)
         figures["ray"] = summary(ray_run, args.tasks)
         overheads = [r["latency_s"] - r["duration_s"] for r in ray_run["results"] if "latency_s" in r]

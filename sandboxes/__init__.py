@@ -113,16 +113,18 @@ __all__ = ["BackendChoice", "HOW_TO_ISOLATE", "KINDS", "SandboxUnavailable", "UN
            "create_sandbox"]
 
 
-def reap_leftovers() -> int:
+def reap_leftovers(group: str | None = None) -> int:
     """Remove this machine's sandboxes whose owning process has died (containers when a Docker
-    engine answers, and bubblewrap sandboxes' directories and processes). How many went."""
+    engine answers, and bubblewrap sandboxes' directories and processes), and with ``group``
+    every container made for that group, whoever made it. How many went."""
     from bakeoff.sandboxes.workspace import reap_stale
 
     removed = reap_stale()
     if _docker_engine()[0]:
         from bakeoff.sandboxes.docker_backend import DockerBackend
 
-        removed += DockerBackend(image="bakeoff-reaper").reap_leftovers()
+        backend = DockerBackend(image="bakeoff-reaper")
+        removed += backend.reap_leftovers() + (backend.remove_group(group) if group else 0)
     return removed
 
 

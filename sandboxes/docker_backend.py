@@ -45,6 +45,10 @@ LABEL_OWNER = "bakeoff.owner-pid"
 LABEL_HOST = "bakeoff.owner-host"
 LABEL_EXPIRES = "bakeoff.expires"
 LABEL_BACKEND = "bakeoff.backend"  # which DockerBackend object made it (for diagnostics and tests)
+# Containers made for one group of work (a batch on a Ray cluster) carry its id, so the whole
+# group can be removed at once when it is stopped, whichever worker made them.
+LABEL_GROUP = "bakeoff.group"
+GROUP_ENV = "BAKEOFF_SANDBOX_GROUP"
 
 AUTO_WARM_MAX = 4  # spares the pool grows to by itself; warm(n) may ask for more
 MIN_POOL_LIFE_S = 600  # a warm container closer than this to its expiry is not handed out
@@ -218,6 +222,8 @@ class DockerBackend:
         expires = time.time() + self.expiry_s
         labels = {LABEL: "1", LABEL_OWNER: str(os.getpid()), LABEL_HOST: socket.gethostname(),
                   LABEL_EXPIRES: str(int(expires)), LABEL_BACKEND: self.id}
+        if os.environ.get(GROUP_ENV):
+            labels[LABEL_GROUP] = os.environ[GROUP_ENV]
         created = self.engine.call(
             self.api.create_container, image, command=["sleep", str(self.expiry_s)], user=USER,
             working_dir=WORKDIR, labels=labels, host_config=_hardened_host_config(self.api, limits, labels),
@@ -400,6 +406,13 @@ class DockerBackend:
         if removed:
             self.events.emit("sandbox.reaped", backend="docker", containers=removed)
         return removed
+
+    def remove_group(self, group: str) -> int:
+        """Remove every container of ``group`` on this engine, whoever made it; how many."""
+        found = self.engine.call(self.api.containers, all=True, filters={"label": f"{LABEL_GROUP}={group}"})
+        for c in found:
+            self._remove_blocking(c["Id"])
+        return len(found)
 
     async def close(self) -> None:
         """Remove the warm pool and every sandbox still open; the backend is unusable after.

@@ -102,18 +102,19 @@ def _pids_with(needle: str) -> list[int]:
 
 
 @contextlib.contextmanager
-def local_cluster(root: Path, *, second_node: bool = True) -> Iterator[LocalCluster]:
-    """A head (``node_head``) and, by default, a second node (``node_b``) on 127.0.0.1."""
+def local_cluster(root: Path, *, second_node: bool = True, cpus: int = 2) -> Iterator[LocalCluster]:
+    """A head (``node_head``) and, by default, a second node (``node_b``) on 127.0.0.1, each
+    offering ``cpus`` CPUs to Ray."""
     if not RAY.exists():
         raise RuntimeError("ray is not installed: pip install 'bakeoff[ray]' (CI installs the extra)")
     temp = root / "ray"
     temp.mkdir(parents=True)
     cluster = LocalCluster(address=f"127.0.0.1:{_free_port()}", temp=temp)
     try:
-        cluster.start_node("node_head", head=True)
+        cluster.start_node("node_head", head=True, cpus=cpus)
         cluster.wait_for(1)
         if second_node:
-            cluster.start_node("node_b")
+            cluster.start_node("node_b", cpus=cpus)
             cluster.wait_for(2)
         yield cluster
     finally:

@@ -30,9 +30,18 @@ def cluster():
         yield c
 
 
+def steady_script(path: Path, **latency) -> Path:
+    """The scripted run of tests/test_session, asking for the builtin sum rather than for speed:
+    a speed task on a loaded machine may honestly end not-faster, which is not what these
+    tests are about."""
+    write_script(path, **latency)
+    path.write_text(path.read_text().replace("make total in calc.py faster", "make total in calc.py use the builtin sum"))
+    return path
+
+
 def task_file(tmp_path: Path, ids: list[str], repo: Path) -> Path:
     path = tmp_path / "tasks.jsonl"
-    path.write_text("".join(json.dumps({"id": i, "repo": str(repo), "instruction": "make total faster"}) + "\n"
+    path.write_text("".join(json.dumps({"id": i, "repo": str(repo), "instruction": "make total use the builtin sum"}) + "\n"
                             for i in ids))
     return path
 
@@ -48,7 +57,7 @@ def events(stdout: str) -> list[dict]:
 
 def test_without_ray_installed_the_flag_says_what_to_install(tmp_path):
     repo = make_repo(tmp_path / "repo")
-    script = write_script(tmp_path / "s.json")
+    script = steady_script(tmp_path / "s.json")
     code = ("import sys; sys.modules['ray'] = None; from bakeoff.agent.cli.main import main; "
             "sys.argv = ['bakeoff'] + sys.argv[1:]; main()")
     proc = subprocess.run([sys.executable, "-c", code, "batch", str(task_file(tmp_path, ["t1"], repo)), "--out",
@@ -61,7 +70,7 @@ def test_without_ray_installed_the_flag_says_what_to_install(tmp_path):
 def test_tasks_spread_over_both_nodes_and_only_the_driver_writes_out(cluster, tmp_path):
     repo = make_repo(tmp_path / "repo")
     ids = [f"t{i}" for i in range(6)]
-    script = write_script(tmp_path / "s.json")
+    script = steady_script(tmp_path / "s.json")
     out = tmp_path / "out"
     args = ("batch", str(task_file(tmp_path, ids, repo)), "--out", str(out), "--ray", cluster.address,
             "--model", f"scripted:{script}", "--jsonl")
@@ -135,6 +144,30 @@ def test_one_budget_across_the_cluster_holds_at_40_calls_at_once_and_fails_close
     assert "cannot be checked" in res["closed"] and "no model call starts" in res["closed"]
 
 
+def test_a_killed_driver_resumes_without_redoing_finished_tasks(cluster, tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    ids = [f"r{i}" for i in range(6)]
+    script = steady_script(tmp_path / "s.json", first_token_s=0.3)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "bakeoff", "batch", str(task_file(tmp_path, ids, repo)), "--out", str(out), "--ray",
+            cluster.address, "--model", f"scripted:{script}", "--workers", "2"]
+    proc = subprocess.Popen(args, env=cli_env(tmp_path), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while len(results(out)) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "no task finished in time"
+        time.sleep(0.2)
+    proc.kill()  # SIGKILL: no cleanup of its own; the cluster drops the tasks it owned
+    proc.wait(30)
+    first = {r["id"]: (out / "tasks" / r["id"] / "result.json").stat().st_mtime_ns for r in results(out)}
+    again = bakeoff(*args[3:], env=cli_env(tmp_path), cwd=tmp_path, timeout=600)
+    assert again.returncode == 0, [(r["id"], r.get("error")) for r in results(out) if r["status"] != "success"]
+    assert f"{len(first)} already finished" in again.stderr
+    done = results(out)
+    assert sorted(r["id"] for r in done) == ids and all(r["status"] == "success" for r in done)
+    assert all((out / "tasks" / i / "result.json").stat().st_mtime_ns == t for i, t in first.items())  # not redone
+
+
 def containers() -> list[str]:
     done = subprocess.run(["docker", "ps", "-aq", "--filter", "label=bakeoff.sandbox"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -146,7 +179,7 @@ def test_ctrl_c_on_the_driver_cancels_the_cluster_and_leaves_no_container(cluste
         pytest.skip("no Docker engine answers here (CI starts one)")
     repo = make_repo(tmp_path / "repo")
     ids = [f"c{i}" for i in range(6)]
-    script = write_script(tmp_path / "s.json", first_token_s=1.0)
+    script = steady_script(tmp_path / "s.json", first_token_s=1.0)
     out = tmp_path / "out"
     before = containers()
     proc = subprocess.Popen([sys.executable, "-m", "bakeoff", "batch", str(task_file(tmp_path, ids, repo)), "--out",
@@ -168,7 +201,7 @@ def test_ctrl_c_on_the_driver_cancels_the_cluster_and_leaves_no_container(cluste
 def test_a_node_killed_mid_batch_loses_and_duplicates_nothing(cluster, tmp_path):
     repo = make_repo(tmp_path / "repo")
     ids = [f"k{i}" for i in range(8)]
-    script = write_script(tmp_path / "s.json", first_token_s=0.5)  # a task takes seconds: time to kill
+    script = steady_script(tmp_path / "s.json", first_token_s=0.5)  # a task takes seconds: time to kill
     out = tmp_path / "out"
     labels = cluster.node_labels()
     node_b = next(i for i, label in labels.items() if label == "node_b")

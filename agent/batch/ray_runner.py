@@ -60,7 +60,7 @@ def connect(address: str) -> str:
 
 
 def _run_remote(task_json: str, settings: Settings, flags: dict[str, Any], environ: dict[str, str],
-                keeper: Any, board: Any, attempt: int) -> dict[str, Any]:
+                keeper: Any, board: Any, attempt: int, batch_id: str) -> dict[str, Any]:
     """The body of one Ray task, on whatever node it landed: run it, return its outcome."""
     import ray
 
@@ -69,6 +69,7 @@ def _run_remote(task_json: str, settings: Settings, flags: dict[str, Any], envir
     from bakeoff.sandboxes import close_backends
 
     task = BatchTask.model_validate_json(task_json)
+    os.environ["BAKEOFF_SANDBOX_GROUP"] = batch_id  # this batch's containers carry its id: Ctrl-C removes them all
     node = f"{node_name()}:{ray.get_runtime_context().get_node_id()[:8]}"
     board.started.remote(task.id, node, attempt)
     budget = ClusterBudget(keeper, settings.budget_usd, settings.budget_tokens)
@@ -87,23 +88,24 @@ def _run_remote(task_json: str, settings: Settings, flags: dict[str, Any], envir
 
 
 class ProgressBoard:
-    """An actor the tasks tell where they started: the driver's view of the nodes' work."""
+    """An actor the tasks tell where they started: the driver's live view of the nodes' work."""
 
     def __init__(self) -> None:
-        self.where: dict[str, tuple[str, int]] = {}
+        self.log: list[tuple[str, str, int]] = []
 
     def started(self, task_id: str, node: str, attempt: int) -> None:
-        self.where[task_id] = (node, attempt)
+        self.log.append((task_id, node, attempt))
 
-    def snapshot(self) -> dict[str, tuple[str, int]]:
-        return dict(self.where)
+    def since(self, seen: int) -> list[tuple[str, str, int]]:
+        """The starts after the first ``seen``."""
+        return self.log[seen:]
 
 
-def _reap_node() -> int:
-    """Remove the sandboxes on this node whose owning process is gone."""
+def _reap_node(group: str) -> int:
+    """Remove the sandboxes on this node whose owning process is gone, and the batch's containers."""
     from bakeoff.sandboxes import reap_leftovers
 
-    return reap_leftovers()
+    return reap_leftovers(group)
 
 
 @dataclass
@@ -136,50 +138,64 @@ class RayRunner:
         from bakeoff.agent.batch.ray_budget import start_keeper
 
         keeper = start_keeper(self.settings.budget_usd, self.settings.budget_tokens, f"bakeoff-budget-{self.batch_id}")
-        board = _on_this_node(ray.remote(num_cpus=0, max_restarts=0)(ProgressBoard)).remote()
-        self.board = board
+        self.board = _on_this_node(ray.remote(num_cpus=0, max_restarts=0)(ProgressBoard)).remote()
         remote = ray.remote(num_cpus=1, max_retries=0, scheduling_strategy="SPREAD")(_run_remote)
         environ = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
-        waiting = list(reversed(todo))
+        waiting, slots = list(reversed(todo)), self.slots
         flight: dict[asyncio.Future, tuple[BatchTask, int, Any, float]] = {}
         tries: dict[str, list[dict[str, Any]]] = {}
+        self.where: dict[str, str] = {}  # task id -> the node its latest attempt started on
+        self._announced: set[tuple[str, int]] = set()
+        watching = asyncio.create_task(self._watch({t.id: t for t in todo}, hooks))
 
         def submit(task: BatchTask, attempt: int) -> None:
-            ref = remote.remote(task.model_dump_json(), self.settings, self.flags, environ, keeper, board, attempt)
+            ref = remote.remote(task.model_dump_json(), self.settings, self.flags, environ, keeper, self.board, attempt,
+                                self.batch_id)
             flight[asyncio.wrap_future(ref.future())] = (task, attempt, ref, time.monotonic())
-
-        by_id = {t.id: t for t in todo}
-        announced: set[tuple[str, int]] = set()
-
-        async def announce() -> None:
-            """Tell the batch where the tasks that started since the last look are running."""
-            for task_id, (node, attempt) in (await self.snapshot()).items():
-                if (task_id, attempt) not in announced and task_id in by_id:
-                    announced.add((task_id, attempt))
-                    hooks.started(by_id[task_id], node, attempt)
 
         try:
             while waiting or flight:
-                while waiting and len(flight) < self.slots:
+                while waiting and len(flight) < slots:
                     task = waiting.pop()
                     submit(task, 1 + len(tries.get(task.id, [])))
-                done, _ = await asyncio.wait(list(flight), timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
-                await announce()
+                done, _ = await asyncio.wait(list(flight), return_when=asyncio.FIRST_COMPLETED)
                 for fut in done:
                     task, attempt, _ref, submitted = flight.pop(fut)
                     outcome = await self._settle(fut, task, attempt, tries, hooks)
                     if outcome is None:
                         waiting.append(task)
-                    else:
-                        # From submission to the result here: the task's run plus what Ray adds.
-                        outcome.result["latency_s"] = round(time.monotonic() - submitted, 4)
-                        hooks.finished(task, outcome)
+                        continue
+                    # From submission to the result here: the task's run plus what Ray adds.
+                    outcome.result["latency_s"] = round(time.monotonic() - submitted, 4)
+                    if (task.id, attempt) not in self._announced:  # it ran faster than the board is read
+                        self._announced.add((task.id, attempt))
+                        hooks.started(task, str(outcome.result.get("node")), attempt)
+                    hooks.finished(task, outcome)
         except asyncio.CancelledError:
             await self._stop([ref for _, _, ref, _ in flight.values()], hooks)
             raise
         finally:
-            for actor in (keeper, board):
+            watching.cancel()
+            for actor in (keeper, self.board):
                 ray.kill(actor)
+
+    async def _watch(self, by_id: dict[str, BatchTask], hooks: Hooks) -> None:
+        """Every half second: tell the batch where the tasks that started since are running."""
+        import ray
+
+        seen = 0
+        while True:
+            try:
+                fresh = await asyncio.wrap_future(self.board.since.remote(seen).future())
+            except ray.exceptions.RayError:
+                return  # the board is gone (the batch is ending): results still say where tasks ran
+            seen += len(fresh)
+            for task_id, node, attempt in fresh:
+                self.where[task_id] = node
+                if (task_id, attempt) not in self._announced and task_id in by_id:
+                    self._announced.add((task_id, attempt))
+                    hooks.started(by_id[task_id], node, attempt)
+            await asyncio.sleep(0.5)
 
     async def _settle(self, fut: asyncio.Future, task: BatchTask, attempt: int,
                       tries: dict[str, list[dict[str, Any]]], hooks: Hooks) -> TaskOutcome | None:
@@ -190,7 +206,7 @@ class RayRunner:
             outcome = TaskOutcome.model_validate(fut.result())
         except ray.exceptions.RayError as exc:
             kind = type(exc).__name__
-            where = (await self.snapshot()).get(task.id, ("?", attempt))[0]
+            where = (await self._started_on()).get(task.id) or self.where.get(task.id, "?")
             lost = any(k in LOST for k in (c.__name__ for c in type(exc).__mro__))
             tries.setdefault(task.id, []).append({"attempt": attempt, "node": where, "error": f"{kind}: {_first_line(exc)}"})
             if lost and attempt <= self.retries:
@@ -205,14 +221,15 @@ class RayRunner:
                                                              "status": outcome.result.get("status")}]
         return outcome
 
-    async def snapshot(self) -> dict[str, tuple[str, int]]:
-        """Where each task started (empty when the board cannot be asked)."""
+    async def _started_on(self) -> dict[str, str]:
+        """Where each task's latest attempt started, read from the board now ({} if it cannot be)."""
         import ray
 
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(self.board.snapshot.remote().future()), 5)
-        except (ray.exceptions.RayError, asyncio.TimeoutError, AttributeError):
+            log = await asyncio.wait_for(asyncio.wrap_future(self.board.since.remote(0).future()), 5)
+        except (ray.exceptions.RayError, asyncio.TimeoutError):
             return {}
+        return {task_id: node for task_id, node, _ in log}
 
     async def _stop(self, refs: list[Any], hooks: Hooks) -> None:
         """Cancel the tasks in flight, give them time to close their sandboxes, kill the rest,
@@ -227,7 +244,9 @@ class RayRunner:
                                                              timeout=CANCEL_GRACE_S))
         for ref in left:  # only those still running: Ray must not be asked to end a finished task
             ray.cancel(ref, force=True)
-        await asyncio.shield(asyncio.to_thread(reap_cluster))
+        if left:
+            await asyncio.shield(asyncio.to_thread(ray.wait, left, num_returns=len(left), timeout=10))
+        await asyncio.shield(asyncio.to_thread(reap_cluster, self.batch_id))
 
 
 def _on_this_node(actor: Any) -> Any:
@@ -238,13 +257,14 @@ def _on_this_node(actor: Any) -> Any:
         node_id=ray.get_runtime_context().get_node_id(), soft=False))
 
 
-def reap_cluster(timeout_s: float = 60.0) -> int:
-    """On every live node: remove sandboxes whose owner died. How many were removed."""
+def reap_cluster(group: str, timeout_s: float = 60.0) -> int:
+    """On every live node: remove sandboxes whose owner died, and every container of ``group``.
+    How many were removed."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     reap = ray.remote(num_cpus=0, max_retries=0)(_reap_node)
-    refs = [reap.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n["NodeID"], soft=False)).remote()
+    refs = [reap.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n["NodeID"], soft=False)).remote(group)
             for n in ray.nodes() if n.get("Alive")]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
     removed = 0
