@@ -138,3 +138,65 @@ def test_racecheck_output_is_read():
     assert report.summary.splitlines()[0].startswith("Error: Race reported between Write access")
     # The exit code alone (a summary cut off) still says racy.
     assert read_racecheck(ExecResult(exit_code=RACECHECK_EXIT, stdout="")).racy
+
+
+# Host code in .cu files: the driver built by nvcc runs it without a GPU, so with detection
+# faked the device path's building (the CUDA dialect), comparing, race check and timing are
+# the real ones. The race check's compute-sanitizer is a stand-in on PATH that reports a
+# hazard for binaries holding ``racy_marker``.
+HOST_REF = """
+__host__ __device__ inline float twice(float v) { return 2.0f * v; }
+void double_all(int n, float* y) { for (int i = 0; i < n; ++i) y[i] = twice(y[i]); }
+"""
+HOST_RIGHT = "void double_all(int n, float* y) { for (int i = 0; i < n; ++i) y[i] += y[i]; }\n"
+HOST_WRONG = "void double_all(int n, float* y) { for (int i = 1; i < n; ++i) y[i] += y[i]; }\n"
+HOST_RACY = HOST_RIGHT + "void racy_marker() {}\n"
+FAKE_SANITIZER = """#!/bin/sh
+shift 4  # --tool racecheck --error-exitcode 86
+bin="$1"
+"$@" > /dev/null
+if grep -aq racy_marker "$bin"; then
+  echo "========= Error: Race reported between Write access at k()+0x10 and Read access at k()+0x20"
+  echo "========= RACECHECK SUMMARY: 1 hazard displayed (1 error, 0 warnings)"
+  exit 86
+fi
+echo "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)"
+"""
+
+
+@pytest.mark.slow
+async def test_with_a_device_candidates_run_compare_racecheck_and_time(tmp_path, monkeypatch):
+    from bakeoff.agent.harness.c_spec import infer_spec
+    from bakeoff.agent.harness.c_timing import TimingOptions
+    from bakeoff.agent.harness.cuda_harness import ONE_HOST_THREAD, CudaHarness, Device
+    from bakeoff.agent.harness.sizing import SizingLimits
+
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "compute-sanitizer").write_text(FAKE_SANITIZER)
+    (tools / "compute-sanitizer").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{__import__('os').environ['PATH']}")
+
+    async def visible(self):
+        return Device(True)
+
+    monkeypatch.setattr(CudaHarness, "device", visible)
+    spec = infer_spec(HOST_REF, "double_all").constraints
+    spec["vars"]["n"]["medium"] = 4096  # the correctness runs' time limit follows the reference's: keep it clear of load
+    harness = CudaHarness(HOST_REF, "double_all", constraints=spec,
+                          timing=TimingOptions(sizing=SizingLimits(min_time_s=0.0)), cache_dir=tmp_path / "rt")
+    try:
+        tests = await harness.make_tests()
+        assert tests and all(t.valid for t in tests)
+        matrix = await harness.run_matrix({"right": HOST_RIGHT, "wrong": HOST_WRONG, "racy": HOST_RACY,
+                                           "broken": HOST_RIGHT.replace("y[i]", "z[i]", 1)}, tests)
+        assert matrix.passed("right") == frozenset(matrix.tests)
+        assert "fail" in matrix.cells["wrong"].values()
+        assert set(matrix.cells["racy"].values()) == {"flaky"} and "Race reported" in harness.races["racy"]
+        assert "broken" in harness.build_logs and "error" in harness.build_logs["broken"]
+        assert harness.threads == [1]
+        timings = await harness.time({"right": HOST_RIGHT}, repeats=2)
+        assert timings["right"].threads == 1 and timings["right"].speedup is not None
+        assert harness.timing_setup.threads_source == ONE_HOST_THREAD
+    finally:
+        await harness.close()
