@@ -4,7 +4,9 @@ No model is needed: the reference's outputs on generated inputs (and any given t
 correctness, and interleaved timing decides speed. Python candidates go through
 ``agent.harness.python_harness.PythonHarness``; C/C++ through ``agent.harness.c_harness.CHarness``
 (``mpi_harness.MpiHarness`` when the code calls MPI), with an input spec inferred from the
-reference and checked against it, or given with ``--spec``. Candidates are code someone else
+reference and checked against it, or given with ``--spec``; CUDA (``.cu``) through
+``cuda_harness.CudaHarness``, which without a visible CUDA device only builds the candidates
+and calls none of them correct. Candidates are code someone else
 wrote: they build and run only inside a sandbox (``--sandbox``).
 Top-level imports: typer and the standard library only, so ``bakeoff --help`` stays fast.
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import typer
 
-C_SUFFIXES = {".c", ".cc", ".cpp", ".cxx"}
+C_SUFFIXES = {".c", ".cc", ".cpp", ".cxx", ".cu"}
 
 
 class UsageProblem(Exception):
@@ -215,6 +217,8 @@ async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry,
         for c, s in sources.items()
     ]
     verdict = select(matrix, all_tests, candidates, reference=True, speed_task=options.require_faster)
+    if await _build_only(harness):
+        return _built_only(verdict, harness)
     if verdict.correct:
         # Python programs have a sandbox each: the reference's says what the candidates may use.
         probe = sandbox if isinstance(sandbox, Sandbox) else await sandbox(ref_source)
@@ -248,19 +252,44 @@ async def _c_harness(sandbox, reference, ref_source, sources, entry, options: Se
             raise UsageProblem(f"{spec_path} is not JSON ({exc.msg}): write the spec as one JSON object") from None
     language = "c" if reference.suffix == ".c" else "c++"
     kind = MpiHarness if any(calls_mpi(src) for src in [ref_source, *sources.values()]) else CHarness
+    if reference.suffix == ".cu":
+        from bakeoff.agent.harness.cuda_harness import CudaHarness
+
+        kind = CudaHarness
     try:
         harness = kind(ref_source, entry, language=language, unordered=options.unordered, repeats=options.repeats,
                        sandbox=sandbox, constraints=given,
                        timing=TimingOptions(sizing=SizingLimits(min_time_s=options.min_time_s)))
     except (SignatureError, ValueError) as exc:
         raise UsageProblem(f"{exc}: check --entry, or pass --spec FILE") from None
-    if given is None:
+    if given is None and not await _build_only(harness):
         outcome = await settle_spec(harness)
         if not outcome.testable:
             await harness.close()
             raise UsageProblem(f"no input spec for {entry}() passed its check against the reference "
                                f"({'; '.join(outcome.problems)[:400]}): pass one with --spec FILE")
     return harness
+
+
+async def _build_only(harness) -> bool:
+    """True for a CUDA harness that sees no CUDA device: its candidates are only built."""
+    build_only = getattr(harness, "build_only", None)
+    return build_only is not None and await build_only()
+
+
+def _built_only(verdict, harness):
+    """The verdict of candidates that were built and never run: none is correct or faster,
+    and the reason and each row say so."""
+    from bakeoff.agent.harness.cuda_harness import NO_DEVICE
+
+    built = [r.candidate for r in verdict.rows if r.built is not False]
+    why = next((n for n in harness.notes if n.startswith(NO_DEVICE)), NO_DEVICE)
+    reason = (f"no winner: {why}; {len(built)} of {len(verdict.rows)} candidates built, and none is called "
+              "correct or faster: nothing ran.")
+    rows = [r.model_copy(update={"correct": None, "note": "built; not run (no CUDA device)"}) if r.built is not False
+            else r for r in verdict.rows]
+    return verdict.model_copy(update={"winner": None, "correct": [], "method": "none", "reason": reason, "rows": rows,
+                                      "not_faster": False, "best": None})
 
 
 def _compiler_message(log: str) -> str:

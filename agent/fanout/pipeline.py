@@ -35,7 +35,7 @@ from bakeoff.agent.fanout.trajectory import Trajectory
 from bakeoff.agent.harness.protocol import DifferentialHarness
 from bakeoff.agent.selection.choose import choose, is_speed_task
 from bakeoff.agent.selection.table import render_table
-from bakeoff.agent.selection.vote import vote
+from bakeoff.agent.selection.vote import Vote, vote
 from bakeoff.agent.seams import Sandbox
 from bakeoff.agent.types import Candidate, FanOutResult, Timing, Verdict
 
@@ -72,6 +72,8 @@ async def fan_out(goal: str, files: Sequence[str], n: int, *, services: FanOutSe
                                   {c: t.profile_output for c, t in developing.items()}, baseline,
                                   reference=keeps_behaviour)
         ballot = vote(matrix, tests, reference=keeps_behaviour, gate=gate(candidates))
+        if made.build_only:
+            ballot = built_only(ballot)
         ballot = await settle_close_call(ballot, harness=harness, sources=sources, goal=goal, entry=ref.entry,
                                          reference=keeps_behaviour, services=services)
         timings, setup = await time_winners(ballot.winners, harness, sources,
@@ -80,6 +82,17 @@ async def fan_out(goal: str, files: Sequence[str], n: int, *, services: FanOutSe
     verdict = choose(ballot, candidates, matrix, tests, timings=timings or None, setup=setup,
                      speed_task=keeps_behaviour and is_speed_task(goal))
     return finish(verdict, candidates, timings, made, services)
+
+
+def built_only(ballot: Vote) -> Vote:
+    """No CUDA device: building and the repository's tests are all the candidates passed, and
+    neither shows a kernel correct, so no candidate is called correct (nor timed)."""
+    from bakeoff.agent.harness.cuda_harness import NO_DEVICE
+
+    built = sorted({c for g in ballot.groups for c in g.members} | set(ballot.flaky))
+    reason = (f"{NO_DEVICE}: {len(built)} candidate{'s' if len(built) != 1 else ''} built, and none is called "
+              "correct or faster: nothing ran on a GPU")
+    return ballot.model_copy(update={"winners": [], "method": "none", "close_call": False, "reason": reason})
 
 
 def check_request(files: Sequence[str], services: FanOutServices) -> None:

@@ -21,6 +21,8 @@ class MadeTests(BaseModel):
     tests: list[TestCase] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     harness_failed: bool = False
+    # No CUDA device: the candidates were only built, nothing ran, and no one is called correct.
+    build_only: bool = False
 
 
 def pick_harness(language: str, entry: str | None, source: str | None, sandbox: Sandbox | None,
@@ -33,7 +35,8 @@ def pick_harness(language: str, entry: str | None, source: str | None, sandbox: 
     temporary directory of its own (see ``FanOutSettings.harness_in_sandbox``). C/C++
     candidates run under ``mpirun`` at several rank counts when the code calls MPI or the goal
     asks for it (``mpi_harness``); their input spec is inferred from the source here and
-    checked when the tests are made.
+    checked when the tests are made. CUDA candidates are built with nvcc, and run only where
+    a CUDA device is visible (``cuda_harness``).
     """
     if entry is None or source is None:
         return None
@@ -49,6 +52,13 @@ def pick_harness(language: str, entry: str | None, source: str | None, sandbox: 
 
         kind = MpiHarness if wants_mpi(source, goal) else CHarness
         harness = kind(source, entry, language="c++" if language == "cpp" else "c", sandbox=sandbox, events=events)
+        harness.draft = infer_spec(source, entry)
+        return harness
+    if language == "cuda":
+        from bakeoff.agent.harness.c_spec import infer_spec
+        from bakeoff.agent.harness.cuda_harness import CudaHarness
+
+        harness = CudaHarness(source, entry, sandbox=sandbox, events=events)
         harness.draft = infer_spec(source, entry)
         return harness
     return None
@@ -87,6 +97,8 @@ async def make_tests(harness: DifferentialHarness | None, tester: Model | None, 
             out.tests.extend(await generate_tests(tester, goal, source, entry, n=settings.test_samples))
         except model_errors() as exc:
             out.notes.append(f"no generated tests: {type(exc).__name__}: {exc}")
+    if harness is not None and await built_only(harness, out):
+        return out
     if harness is not None:
         from bakeoff.agent.harness.edge_inputs import make_tests_with, propose_inputs
 
@@ -112,3 +124,20 @@ async def make_tests(harness: DifferentialHarness | None, tester: Model | None, 
             out.notes.append(f"no differential tests: {exc}"[:500])
             out.harness_failed = True
     return out
+
+
+async def built_only(harness: DifferentialHarness, out: MadeTests) -> bool:
+    """A CUDA harness that sees no device: the reference is built, no test is made, and the
+    report says the candidates are gated on building only (True then)."""
+    from bakeoff.agent.harness.cuda_harness import CudaHarness
+
+    if not isinstance(harness, CudaHarness) or not await harness.build_only():
+        return False
+    out.build_only = True
+    try:
+        await harness.make_tests()
+    except RuntimeError as exc:  # the reference itself does not build
+        out.harness_failed = True
+        out.notes.append(f"no differential tests: {exc}"[:500])
+    out.notes.extend(n for n in harness.notes if n not in out.notes)
+    return True

@@ -47,6 +47,8 @@ class Dialect:
     main: str = c_runtime.RUNTIME_MAIN
     prelude: str = ""
     sync: str = ""  # on candidate sides only: the reference runs alone
+    suffix: str = ".cpp"  # of a C++ side's file: ".cu" makes nvcc compile it as CUDA
+    pch: bool = True  # precompile the runtime header (g++'s .gch; nvcc reads the header itself)
 
 
 OPENMP = Dialect()
@@ -90,9 +92,9 @@ class DriverRuntime:
                 return rt
             if isinstance(self.workdir, LocalDir):
                 Path(self.rt_dir).mkdir(parents=True, exist_ok=True)
-                ready = (Path(rt) / "bk_main.o").exists() and (Path(rt) / "bk_rt.h.gch").exists()
+                ready = (Path(rt) / "bk_main.o").exists() and (not self.dialect.pch or (Path(rt) / "bk_rt.h.gch").exists())
             else:
-                ready = await self.workdir.exists(f"{rt}/bk_main.o") or await self._seed(rt)
+                ready = await self.workdir.exists(f"{rt}/bk_main.o") or (self.dialect.pch and await self._seed(rt))
             if not ready:
                 await self._build(rt, cxx)
             self._ready = True
@@ -101,10 +103,11 @@ class DriverRuntime:
     async def _build(self, rt: str, cxx: str) -> None:
         # Build in a private directory, then rename: other processes may share the cache.
         tmp = f"{rt}.tmp{os.getpid()}.{random.randrange(1 << 30)}"
+        pch = f"{cxx} -x c++-header -c bk_rt.h -o bk_rt.h.gch && " if self.dialect.pch else ""
         cmd = (
             # The compiler's own temporary files in the build's directory too: one that is killed
             # cannot remove them, and the directory goes as a whole.
-            f"cd {shlex.quote(tmp)} && export TMPDIR=\"$PWD\" && {cxx} -x c++-header -c bk_rt.h -o bk_rt.h.gch && "
+            f"cd {shlex.quote(tmp)} && export TMPDIR=\"$PWD\" && {pch}"
             f"{cxx} -c bk_main.cpp -o bk_main.o && cd .. && "
             f"(mv -T {shlex.quote(Path(tmp).name)} {shlex.quote(Path(rt).name)} 2>/dev/null || rm -rf {shlex.quote(Path(tmp).name)})"
         )
@@ -194,9 +197,9 @@ class DriverBuilds:
         d = self.dialect
         sync = d.sync if side == "cand" else ""
         if self.language == "c++":
-            files = {f"{stem}.cpp": c_driver.cxx_side(self.plan, side, source, self.support_for(source), literals,
-                                                      prelude=d.prelude, sync=sync)}
-            return files, f"{self.cxx} {inc} -c {stem}.cpp -o {stem}.o", [f"{stem}.o"]
+            files = {f"{stem}{d.suffix}": c_driver.cxx_side(self.plan, side, source, self.support_for(source), literals,
+                                                            prelude=d.prelude, sync=sync)}
+            return files, f"{self.cxx} {inc} -c {stem}{d.suffix} -o {stem}.o", [f"{stem}.o"]
         files = {
             f"{stem}.c": c_driver.c_side(source, self.support_for(source), side, prelude=d.prelude),
             f"{stem}.run.cpp": c_driver.c_runner(self.plan, side, literals, prelude=d.prelude, sync=sync),
