@@ -123,8 +123,7 @@ def reap_leftovers(group: str | None = None) -> int:
     if _docker_engine()[0]:
         from bakeoff.sandboxes.docker_backend import DockerBackend
 
-        backend = DockerBackend(image="bakeoff-reaper")
-        removed += backend.reap_leftovers() + (backend.remove_group(group) if group else 0)
+        removed += DockerBackend(image="bakeoff-reaper").reap_leftovers(group)
     return removed
 
 

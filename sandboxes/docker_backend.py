@@ -373,9 +373,10 @@ class DockerBackend:
 
     # ------------------------------------------------------------------ cleanup
 
-    def reap_leftovers(self) -> int:
+    def reap_leftovers(self, group: str | None = None) -> int:
         """Remove containers (and their volumes) whose owner process is dead or whose expiry
-        passed. Returns how many containers were removed. Called once at start-up."""
+        passed, and with ``group`` every container of that group, whoever made it. Returns how
+        many containers were removed. Called once at start-up."""
         import docker
 
         now = time.time()
@@ -394,7 +395,7 @@ class DockerBackend:
             except ValueError:
                 expires = 0.0
             dead_owner = labels.get(LABEL_HOST) == host and owner.isdigit() and not _pid_alive(int(owner))
-            if dead_owner or expires < now:
+            if dead_owner or expires < now or (group is not None and labels.get(LABEL_GROUP) == group):
                 self._remove_blocking(c["Id"])
                 removed += 1
         for v in self.engine.call(self.api.volumes, filters={"label": LABEL, "dangling": True}).get("Volumes") or []:
@@ -406,13 +407,6 @@ class DockerBackend:
         if removed:
             self.events.emit("sandbox.reaped", backend="docker", containers=removed)
         return removed
-
-    def remove_group(self, group: str) -> int:
-        """Remove every container of ``group`` on this engine, whoever made it; how many."""
-        found = self.engine.call(self.api.containers, all=True, filters={"label": f"{LABEL_GROUP}={group}"})
-        for c in found:
-            self._remove_blocking(c["Id"])
-        return len(found)
 
     async def close(self) -> None:
         """Remove the warm pool and every sandbox still open; the backend is unusable after.
