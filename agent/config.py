@@ -132,6 +132,11 @@ class Settings(BaseModel):
     # "unsafe-local" runs candidates with no isolation: the user's own choice, never a repository's.
     sandbox: Literal["auto", "local", "local+bwrap", "docker", "unsafe-local"] = "auto"
     image: str | None = Field(None, description="docker image or Dockerfile path for sandboxes")
+    docker_host: str | None = Field(
+        None, description="Docker engine for sandboxes: tcp://HOST:PORT, ssh://USER@HOST, unix:///PATH or a docker "
+                          "context name (unset: DOCKER_HOST, else this machine's engine)")
+    docker_cert_path: str | None = Field(
+        None, description="folder of ca.pem, cert.pem and key.pem: TLS to a tcp:// docker_host")
     rounds: int = Field(2, ge=0, le=10, description="repair rounds per candidate")
     workers: int = Field(2, ge=1, le=64, description="batch tasks run at once")
     max_sandboxes: int = Field(4, ge=1, le=128, description="sandboxes running candidates at once")
@@ -140,6 +145,10 @@ class Settings(BaseModel):
     max_replans: int = Field(2, ge=0, le=10)
     build: str | None = Field(None, description="build command (detected when unset)")
     test: str | None = Field(None, description="test command (detected when unset)")
+    threads: int | None = Field(
+        None, ge=1, le=4096,
+        description="threads candidates are timed at (unset: the CPUs the sandbox may use, from its affinity and cgroup quota)",
+    )
     command_timeout: float = Field(300.0, gt=0, description="seconds a candidate's build, test or benchmark may run")
 
     @property
@@ -349,6 +358,11 @@ def _merge(layers: list[tuple[dict[str, Any], str | Mapping[str, str]]],
         name = repository
         raise ConfigError(f"{name}: sandbox = \"unsafe-local\" turns isolation off, which a repository may not "
                           "choose for you: remove it, or pass --sandbox unsafe-local yourself")
+    for key in ("docker_host", "docker_cert_path"):
+        if merged.get(key) and repository and provenance.get(key) == repository:
+            raise ConfigError(f"{repository}: {key} would send your working tree (and, for a Docker context or "
+                              "certificates, your credentials) to an engine the repository chose: remove it, or "
+                              f"pass --{key.replace('_', '-')} yourself")
     try:
         settings = Settings.model_validate(_unflatten(merged))
     except ValidationError as exc:

@@ -15,6 +15,8 @@ def run_report(task: str, result: AgentResult, fan_outs: Sequence[FanOutResult],
                budget: Budget, *, run_id: str, base_commit: str | None) -> RunReport:
     """The report of one run. The last fan-out is the run's answer; every one is reported.
 
+    A speed task whose correct candidates are none of them faster than the original is
+    ``not-faster``: the best of them is the report's patch, offered but not applied.
     Without a fan-out, an edit the planner made with its own tools is ``unverified`` (no
     test, harness or vote checked it) and a run that changed nothing answered a question.
     """
@@ -25,7 +27,12 @@ def run_report(task: str, result: AgentResult, fan_outs: Sequence[FanOutResult],
     if fan is not None:
         report.verdict, report.candidates, report.winner = fan.verdict, list(fan.candidates), fan.winner
         report.patch = fan.patch or ""
-        if fan.winner is None:
+        if fan.winner is None and fan.verdict.not_faster:
+            # Correct but not faster: the best is offered as a patch, never shipped as a success.
+            best = next((c for c in fan.candidates if c.id == fan.verdict.best), None)
+            report.status, report.error = "not-faster", fan.verdict.reason
+            report.patch = best.patch if best is not None else ""
+        elif fan.winner is None:
             report.status = "no-correct-candidate"
             if budget_ran_out(budget, fan.candidates):
                 report.status, report.error = "budget-exhausted", "the budget ran out before a candidate was verified"

@@ -34,6 +34,7 @@ from bakeoff.agent.seams import Model, ToolContext, Workspace
 from bakeoff.agent.storage import new_run_dir, new_run_id, state_dir, write_atomic
 from bakeoff.agent.types import Candidate, FanOutResult, RunReport
 from bakeoff.sandboxes import BackendChoice
+from bakeoff.sandboxes.docker_host import DockerHost
 from bakeoff.sandboxes.pool import SandboxPool
 from bakeoff.tools.registry import Registry
 
@@ -78,12 +79,33 @@ class UsersFanOut:
         return await self.tool(args.model_copy(update={"n": self.n}), ctx)
 
 
+def docker_host_of(settings: Settings) -> DockerHost:
+    """The Docker engine ``settings`` name (``DockerHost()``: the environment's, as ``docker`` reads it)."""
+    return DockerHost(settings.docker_host, settings.docker_cert_path)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean the user must change something, not a bug: a model that cannot
+    be reached (after retries and fallbacks), a script that does not fit the run, a sandbox kind
+    that cannot run here, a patch that may not be applied. Each message says what to do."""
+    from bakeoff.agent.config import ConfigError, ModelNotConfigured
+    from bakeoff.agent.models.litellm import ModelCallFailed
+    from bakeoff.agent.models.scripted import ScriptExhausted, ScriptFileError
+    from bakeoff.agent.patches import PatchRejected
+    from bakeoff.agent.storage import DirectoryBusy
+    from bakeoff.sandboxes import SandboxUnavailable
+
+    return (ConfigError, ModelNotConfigured, SessionError, ModelCallFailed, ScriptExhausted, ScriptFileError,
+            SandboxUnavailable, PatchRejected, DirectoryBusy)
+
+
 def make_pool(settings: Settings) -> SandboxPool:
-    """The sandbox pool for ``settings``: its kind, its size, and its image or Dockerfile."""
+    """The sandbox pool for ``settings``: its kind, its size, its image or Dockerfile, its Docker engine."""
     image, dockerfile = settings.image, None
     if image and (image.endswith("Dockerfile") or Path(image).expanduser().is_file()):
         image, dockerfile = None, Path(image).expanduser()
-    return SandboxPool(kind=settings.sandbox, max_concurrent=settings.max_sandboxes, image=image, dockerfile=dockerfile)
+    return SandboxPool(kind=settings.sandbox, max_concurrent=settings.max_sandboxes, image=image, dockerfile=dockerfile,
+                       docker_host=docker_host_of(settings))
 
 
 class Session:
@@ -183,7 +205,8 @@ class Session:
             else:
                 data[key] = value
         settings = Settings.model_validate(data)
-        choice = choose_backend(settings.sandbox) if "sandbox" in changes else self.sandbox_choice
+        engine_changed = {"sandbox", "docker_host", "docker_cert_path"} & changes.keys()
+        choice = choose_backend(settings.sandbox, docker_host_of(settings)) if engine_changed else self.sandbox_choice
         budget_changed = "budget_usd" in changes or "budget_tokens" in changes
         self._configure(
             settings,
@@ -191,7 +214,8 @@ class Session:
             None if budget_changed else self._shared_budget,
         )
         self.sandbox_choice = choice
-        if {"sandbox", "max_sandboxes", "image"} & changes.keys() and self._pool is not self._shared_pool:
+        if {"sandbox", "max_sandboxes", "image", "docker_host", "docker_cert_path"} & changes.keys() \
+                and self._pool is not self._shared_pool:
             if self._pool is not None:
                 self._retired_pools.append(self._pool)  # closed with the session: runs are over
             self._pool = self._shared_pool
@@ -216,7 +240,7 @@ class Session:
         (the user can fix it: start Docker, or choose another kind) when it cannot run here."""
         from bakeoff.sandboxes import choose_backend
 
-        choice = choose_backend(self.settings.sandbox)
+        choice = choose_backend(self.settings.sandbox, docker_host_of(self.settings))
         if choice.backend != "docker":
             from bakeoff.sandboxes.workspace import sandbox_root
 
@@ -394,13 +418,16 @@ class Session:
     # ------------------------------------------------------------------ delivering
 
     def candidate(self, report: RunReport, candidate_id: str | None = None) -> Candidate:
-        """The winner, or the candidate named ``candidate_id``."""
+        """The winner, the best correct candidate a not-faster run offers, or the candidate named ``candidate_id``."""
         if candidate_id is None:
             if report.winner is not None:
                 return report.winner
-            if report.patch.strip():
+            if report.status == "not-faster" and report.verdict and report.verdict.best:
+                candidate_id = report.verdict.best  # correct but not faster: offered, applied only when confirmed
+            elif report.patch.strip():
                 return Candidate(id="plan", patch=report.patch)  # the planner's own edits, unverified
-            raise SessionError("no verified winner in this run: name a candidate (see /candidates)")
+            else:
+                raise SessionError("no verified winner in this run: name a candidate (see /candidates)")
         for cand in report.candidates:
             if cand.id == candidate_id:
                 return cand

@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from bakeoff.agent.types import Timing
+from bakeoff.agent.types import CurvePoint, Timing
 
 
 def median(xs: Sequence[float]) -> float:
@@ -55,6 +55,29 @@ def timing_from_samples(baseline: Sequence[float], candidate: Sequence[float], t
     return Timing(
         baseline_s=list(baseline), candidate_s=list(candidate), speedup=speed, low=low, high=high, threads=threads
     )
+
+
+def curve_threads(target: int) -> list[int]:
+    """The thread counts of a scaling curve: 1, 2, 4, ... below ``target``, then ``target``."""
+    counts, n = [], 1
+    while n < target:
+        counts.append(n)
+        n *= 2
+    return [*counts, max(1, target)]
+
+
+def timing_with_curve(baseline: Sequence[float], by_threads: Mapping[int, Sequence[float]], target: int) -> Timing:
+    """The Timing at ``target`` threads with the speedup at every thread count measured:
+    each count's samples against the same baseline samples (the original, interleaved
+    with all of them)."""
+    curve = []
+    for n in sorted(by_threads):
+        t = timing_from_samples(baseline, by_threads[n], n)
+        curve.append(CurvePoint(threads=n, speedup=t.speedup, low=t.low, high=t.high))
+    at_target = timing_from_samples(baseline, by_threads.get(target, []), target) if by_threads.get(target) else \
+        Timing(baseline_s=list(baseline), threads=target)
+    at_target.curve = curve
+    return at_target
 
 
 async def interleaved(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 # --------------------------------------------------------------------------- planning
 
@@ -47,8 +47,29 @@ class ToolCall(BaseModel):
 # --------------------------------------------------------------------------- candidates
 
 
+class CurvePoint(BaseModel):
+    """The speedup over the original at ``threads`` (ParEval's speedup_n) and its interval."""
+
+    threads: int
+    speedup: float | None = None  # None: no timing at this count (the run failed)
+    low: float | None = None
+    high: float | None = None
+    censored: bool = False  # stopped at its time limit: the speedup is at most ``high``
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def efficiency(self) -> float | None:
+        """ParEval's efficiency_n = speedup_n / n."""
+        return None if self.speedup is None else self.speedup / self.threads
+
+
 class Timing(BaseModel):
-    """Interleaved timing of a candidate against the baseline (A B A B ...)."""
+    """Interleaved timing of a candidate against the baseline (A B A B ...).
+
+    ``speedup``, ``low`` and ``high`` are at ``threads``, the target parallelism; ``curve``
+    holds the speedup at each thread count measured (1, 2, 4, ... up to the target), the
+    target's point included.
+    """
 
     baseline_s: list[float] = Field(default_factory=list)
     candidate_s: list[float] = Field(default_factory=list)
@@ -56,11 +77,31 @@ class Timing(BaseModel):
     low: float | None = None  # bootstrap interval of the speedup
     high: float | None = None
     threads: int | None = None
+    curve: list[CurvePoint] = Field(default_factory=list)
 
     @property
     def faster(self) -> bool:
         """Faster only when the whole interval lies above 1."""
         return self.low is not None and self.low > 1.0
+
+
+class TargetParallelism(BaseModel):
+    """How many threads (or processes) candidates are timed at, and who said so."""
+
+    threads: int = Field(ge=1)
+    source: str  # e.g. "--threads", "config threads", "cgroup CPU quota", "CPU affinity"
+
+
+class TimingSetup(BaseModel):
+    """What the timings of one fan-out or selection mean: the parallelism they were measured
+    at, the thread counts of the scaling curve, and the input they ran on."""
+
+    threads: int
+    threads_source: str = ""
+    curve_threads: list[int] = Field(default_factory=list)
+    size: dict[str, float] = Field(default_factory=dict)  # the timing input's size variables
+    reference_s: float | None = None  # the original's time per call at one thread on that input
+    sizing: str = ""  # how the size was reached, e.g. "grown until the original took 0.2 s"
 
 
 class Candidate(BaseModel):
@@ -139,9 +180,11 @@ class ReportRow(BaseModel):
     group: int | None = None
     flaky: bool = False
     correct: bool | None = None
-    speedup: float | None = None
+    speedup: float | None = None  # at the target parallelism
     low: float | None = None
     high: float | None = None
+    threads: int | None = None  # the target parallelism the speedup is at
+    curve: list[CurvePoint] = Field(default_factory=list)  # speedup at 1, 2, 4, ... target
     cost_usd: float = 0.0
     note: str = ""
 
@@ -155,6 +198,13 @@ class Verdict(BaseModel):
     reason: str = ""
     rows: list[ReportRow] = Field(default_factory=list)
     groups: list[list[str]] = Field(default_factory=list)
+    # A speed task ships only a winner whose interval at the target lies above 1; otherwise
+    # ``winner`` is None, ``not_faster`` is set and ``best`` names the correct candidate that
+    # is offered without being applied.
+    speed_task: bool = False
+    not_faster: bool = False
+    best: str | None = None
+    timing: TimingSetup | None = None
 
 
 class FanOutResult(BaseModel):
@@ -173,7 +223,9 @@ class RunReport(BaseModel):
     task: str
     # success: a verified winner (or a question answered without an edit); unverified: an
     # edit no fan-out checked (no tests, no harness), never shipped as a success.
-    status: Literal["success", "unverified", "no-correct-candidate", "budget-exhausted", "error"]
+    # not-faster: a speed task whose correct candidates are not faster than the original;
+    # the best of them is offered (``patch``), never applied as a success.
+    status: Literal["success", "unverified", "no-correct-candidate", "not-faster", "budget-exhausted", "error"]
     answer: str = ""
     verdict: Verdict | None = None
     winner: Candidate | None = None

@@ -11,6 +11,7 @@ sandboxes run at once.
 
 This module is the public face; the work is done, by job, in:
 
+- ``docker_host``: which engine (this machine's, or one named by tcp://, ssh://, a context);
 - ``docker_engine``: is an engine there, the connection and its threads, the sandbox image;
 - ``docker_backend``: containers, the warm pool, reaping leftovers (``DockerBackend``);
 - ``docker_sandbox``: one container as a Sandbox: commands, files, diff (``DockerSandbox``);
@@ -37,10 +38,12 @@ from bakeoff.sandboxes.docker_engine import (
     DockerUnavailable,
     engine_available,
 )
+from bakeoff.sandboxes.docker_host import DockerHost, DockerHostError
 from bakeoff.sandboxes.docker_sandbox import HOME, USER, WORKDIR, DockerSandbox, DockerSandboxGone
 
 __all__ = [
     "DEFAULT_DOCKERFILE", "DEFAULT_EXPIRY_S", "HOME", "IMAGE_REPOSITORY", "LABEL", "LABEL_BACKEND",
-    "LABEL_EXPIRES", "LABEL_HOST", "LABEL_OWNER", "USER", "WORKDIR", "DockerBackend", "DockerImageError",
-    "DockerSandbox", "DockerSandboxGone", "DockerUnavailable", "engine_available",
+    "LABEL_EXPIRES", "LABEL_HOST", "LABEL_OWNER", "USER", "WORKDIR", "DockerBackend", "DockerHost",
+    "DockerHostError", "DockerImageError", "DockerSandbox", "DockerSandboxGone", "DockerUnavailable",
+    "engine_available",
 ]

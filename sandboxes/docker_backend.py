@@ -29,9 +29,9 @@ from bakeoff.sandboxes.docker_engine import (
     DockerEngine,
     DockerImageError,
     DockerUnavailable,
-    engine_address,
     resolve_image,
 )
+from bakeoff.sandboxes.docker_host import DockerHost
 from bakeoff.sandboxes.docker_sandbox import HOME, USER, WORKDIR, DockerSandbox
 from bakeoff.sandboxes.workspace import WorkspaceError
 
@@ -45,6 +45,10 @@ LABEL_OWNER = "bakeoff.owner-pid"
 LABEL_HOST = "bakeoff.owner-host"
 LABEL_EXPIRES = "bakeoff.expires"
 LABEL_BACKEND = "bakeoff.backend"  # which DockerBackend object made it (for diagnostics and tests)
+# Containers made for one group of work (a batch on a Ray cluster) carry its id, so the whole
+# group can be removed at once when it is stopped, whichever worker made them.
+LABEL_GROUP = "bakeoff.group"
+GROUP_ENV = "BAKEOFF_SANDBOX_GROUP"
 
 AUTO_WARM_MAX = 4  # spares the pool grows to by itself; warm(n) may ask for more
 MIN_POOL_LIFE_S = 600  # a warm container closer than this to its expiry is not handed out
@@ -125,7 +129,7 @@ class DockerBackend:
     one event loop: its blocking work runs in its own thread pool.
     """
 
-    _shared: dict[tuple[str, str | None, str | None], DockerBackend] = {}
+    _shared: dict[tuple[str, DockerHost, str | None, str | None], DockerBackend] = {}
     _shared_lock = threading.Lock()
 
     def __init__(
@@ -133,7 +137,7 @@ class DockerBackend:
         image: str | None = None,
         dockerfile: Path | None = None,
         *,
-        base_url: str | None = None,
+        docker_host: DockerHost | None = None,
         expiry_s: int = DEFAULT_EXPIRY_S,
         events: EventBus | None = None,
         max_threads: int = 64,
@@ -142,10 +146,10 @@ class DockerBackend:
             raise ValueError("name an image or a Dockerfile, not both")
         self.requested_image = image
         self.dockerfile = Path(dockerfile) if dockerfile else (None if image else DEFAULT_DOCKERFILE)
-        self.base_url = base_url
+        self.docker_host = docker_host or DockerHost()
         self.expiry_s = int(expiry_s)
         self.events = events or EventBus()
-        self.engine = DockerEngine(base_url, max_threads)
+        self.engine = DockerEngine(self.docker_host, max_threads)
         self._lock = threading.Lock()
         self._ready_lock = threading.Lock()
         self._image: str | None = None
@@ -163,15 +167,26 @@ class DockerBackend:
         atexit.register(self._remove_all_blocking)
 
     @classmethod
-    def shared(cls, image: str | None = None, dockerfile: Path | None = None) -> DockerBackend:
-        """The process's backend for this image (and this engine address)."""
-        key = (engine_address(), image, str(Path(dockerfile).resolve()) if dockerfile else None)
+    def shared(cls, image: str | None = None, dockerfile: Path | None = None,
+               docker_host: DockerHost | None = None) -> DockerBackend:
+        """The process's backend for this image on this engine."""
+        docker_host = docker_host or DockerHost()
+        key = (docker_host.address, docker_host, image, str(Path(dockerfile).resolve()) if dockerfile else None)
         with cls._shared_lock:
             backend = cls._shared.get(key)
             if backend is None or backend._closed:
-                backend = cls(image=image, dockerfile=dockerfile)
+                backend = cls(image=image, dockerfile=dockerfile, docker_host=docker_host)
                 cls._shared[key] = backend
             return backend
+
+    @classmethod
+    async def close_shared(cls) -> None:
+        """Close every backend this process shared (their warm containers go too): for a
+        process that outlives its runs, such as a Ray worker."""
+        with cls._shared_lock:
+            backends, cls._shared = list(cls._shared.values()), {}
+        for backend in backends:
+            await backend.close()
 
     @property
     def image(self) -> str | None:
@@ -207,6 +222,8 @@ class DockerBackend:
         expires = time.time() + self.expiry_s
         labels = {LABEL: "1", LABEL_OWNER: str(os.getpid()), LABEL_HOST: socket.gethostname(),
                   LABEL_EXPIRES: str(int(expires)), LABEL_BACKEND: self.id}
+        if os.environ.get(GROUP_ENV):
+            labels[LABEL_GROUP] = os.environ[GROUP_ENV]
         created = self.engine.call(
             self.api.create_container, image, command=["sleep", str(self.expiry_s)], user=USER,
             working_dir=WORKDIR, labels=labels, host_config=_hardened_host_config(self.api, limits, labels),
@@ -315,6 +332,8 @@ class DockerBackend:
         limits = limits or SandboxLimits()
         key = _limits_key(limits)
         await self.engine.run(self.ensure_image)
+        if self.engine.endpoint is not None:
+            self.engine.endpoint.refuse_copying(workspace.path)
         base = await self.engine.run(self._workspaces.get, workspace)
         started = time.monotonic()
         cid = self._take_warm(key)
@@ -354,9 +373,10 @@ class DockerBackend:
 
     # ------------------------------------------------------------------ cleanup
 
-    def reap_leftovers(self) -> int:
+    def reap_leftovers(self, group: str | None = None) -> int:
         """Remove containers (and their volumes) whose owner process is dead or whose expiry
-        passed. Returns how many containers were removed. Called once at start-up."""
+        passed, and with ``group`` every container of that group, whoever made it. Returns how
+        many containers were removed. Called once at start-up."""
         import docker
 
         now = time.time()
@@ -375,7 +395,7 @@ class DockerBackend:
             except ValueError:
                 expires = 0.0
             dead_owner = labels.get(LABEL_HOST) == host and owner.isdigit() and not _pid_alive(int(owner))
-            if dead_owner or expires < now:
+            if dead_owner or expires < now or (group is not None and labels.get(LABEL_GROUP) == group):
                 self._remove_blocking(c["Id"])
                 removed += 1
         for v in self.engine.call(self.api.volumes, filters={"label": LABEL, "dangling": True}).get("Volumes") or []:

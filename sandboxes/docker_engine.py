@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from bakeoff.agent.events import EventBus
 from bakeoff.sandboxes import SandboxUnavailable
+from bakeoff.sandboxes.docker_host import DockerHost, Endpoint, api_client, client_kwargs, ssh_problem
 
 if TYPE_CHECKING:
-    from docker import APIClient, DockerClient
+    from docker import APIClient
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -44,33 +45,50 @@ class DockerImageError(RuntimeError):
 
 
 def engine_address() -> str:
-    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    """The environment's engine (what ``docker`` reaches when no engine is named)."""
+    return DockerHost().address
 
 
-def unreachable_message(reason: object) -> str:
-    return (f"no Docker engine reachable at {engine_address()}: start it, or use --sandbox local"
-            f" ({reason})")
+def unreachable_message(reason: object, address: str | None = None) -> str:
+    """Why the engine at ``address`` cannot be used, on one line, with what to do about it."""
+    address = address or engine_address()
+    said = " ".join(str(reason).split())
+    if "HTTP request to an HTTPS server" in said:
+        return (f"the Docker engine at {address} speaks TLS only: pass --docker-cert-path DIR (ca.pem, cert.pem, "
+                "key.pem) or set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH=DIR, or use --sandbox local")
+    if "SSL" in said or "certificate" in said.lower():
+        return (f"TLS with the Docker engine at {address} failed: its certificate must be signed by ca.pem, and "
+                f"cert.pem be a client certificate its CA signed; or use --sandbox local ({said})")
+    return f"no Docker engine reachable at {address}: start it, or use --sandbox local ({said})"
 
 
-def engine_available(timeout: float = 2.0) -> tuple[bool, str]:
-    """Whether a Docker engine answers, and if not, why (in words a user can act on)."""
+def engine_available(docker_host: DockerHost | None = None, timeout: float = 2.0) -> tuple[bool, str]:
+    """Whether the Docker engine answers, and if not, why (in words a user can act on).
+
+    Raises ``DockerHostError`` when the engine is not even named right (no such context,
+    missing certificates): that is the user's to fix whichever sandbox kind was asked for."""
     try:
         import docker
         import requests
     except ImportError as exc:
         return False, f"the docker Python package is missing ({exc}): pip install docker, or use --sandbox local"
+    endpoint = client_kwargs(docker_host)
+    if endpoint.over_ssh:
+        problem = ssh_problem(endpoint.kwargs["base_url"])
+        if problem is not None:
+            return False, f"the Docker engine at {endpoint.address} cannot be reached: {problem}; or use --sandbox local"
     try:
-        client = docker.from_env(timeout=max(1, int(round(timeout))))
+        client = api_client(endpoint, timeout=max(1, int(round(timeout))))
     except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-        return False, unreachable_message(exc)
+        return False, unreachable_message(exc, endpoint.address)
     try:
-        client.api.ping()
-        version = client.api.version().get("Version", "?")
+        client.ping()
+        version = client.version().get("Version", "?")
     except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-        return False, unreachable_message(exc)
+        return False, unreachable_message(exc, endpoint.address)
     finally:
         client.close()
-    return True, f"Docker engine {version} at {engine_address()}"
+    return True, f"Docker engine {version} at {endpoint.address}"
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -82,11 +100,13 @@ def is_connection_error(exc: BaseException) -> bool:
 class DockerEngine:
     """One connection to the engine (made on first use) and the threads its blocking calls run in."""
 
-    def __init__(self, base_url: str | None = None, max_threads: int = 64) -> None:
-        self.base_url = base_url
+    def __init__(self, docker_host: DockerHost | None = None, max_threads: int = 64) -> None:
+        self.docker_host = docker_host or DockerHost()
+        self.address = self.docker_host.address  # the resolved address once connected
+        self.endpoint: Endpoint | None = None  # set on connecting
         self.executor = concurrent.futures.ThreadPoolExecutor(max_threads, thread_name_prefix="bakeoff-docker")
         self._lock = threading.Lock()
-        self._client: DockerClient | None = None
+        self._client: APIClient | None = None
 
     @property
     def connected(self) -> bool:
@@ -101,15 +121,13 @@ class DockerEngine:
 
             with self._lock:
                 if self._client is None:
+                    endpoint = client_kwargs(self.docker_host)
+                    self.endpoint, self.address = endpoint, endpoint.address
                     try:
-                        if self.base_url:
-                            self._client = docker.DockerClient(base_url=self.base_url, timeout=60,
-                                                               max_pool_size=128)
-                        else:
-                            self._client = docker.from_env(timeout=60, max_pool_size=128)
+                        self._client = api_client(endpoint, timeout=60, max_pool_size=128)
                     except docker.errors.DockerException as exc:
-                        raise DockerUnavailable(unreachable_message(exc)) from exc
-        return self._client.api
+                        raise DockerUnavailable(unreachable_message(exc, self.address)) from exc
+        return self._client
 
     def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """One blocking engine call, with an engine that went away turned into DockerUnavailable."""
@@ -120,11 +138,11 @@ class DockerEngine:
         except docker.errors.APIError:
             raise
         except docker.errors.DockerException as exc:
-            raise DockerUnavailable(unreachable_message(exc)) from exc
+            raise DockerUnavailable(unreachable_message(exc, self.address)) from exc
         except Exception as exc:
             if is_connection_error(exc):
                 raise DockerUnavailable(
-                    f"the Docker engine at {self.base_url or engine_address()} stopped answering: {exc}. "
+                    f"the Docker engine at {self.address} stopped answering: {exc}. "
                     "Start it again, or use --sandbox local") from exc
             raise
 
@@ -147,7 +165,8 @@ def resolve_image(engine: DockerEngine, requested_image: str | None, dockerfile:
             engine.call(engine.api.inspect_image, requested_image)
         except docker.errors.ImageNotFound as exc:
             raise DockerImageError(
-                f"image {requested_image} not found on the engine: pull or build it first") from exc
+                f"image {requested_image} not found on the Docker engine at {engine.address}: pull or build it "
+                f"there first{_copy_hint(engine, requested_image, ', or ')}") from exc
         return requested_image
     assert dockerfile is not None
     try:
@@ -164,10 +183,17 @@ def resolve_image(engine: DockerEngine, requested_image: str | None, dockerfile:
     return tag
 
 
+def _copy_hint(engine: DockerEngine, image: str, lead: str) -> str:
+    """For an engine bakeoff was pointed at: how to copy an image this machine's engine has."""
+    if not engine.docker_host.named:
+        return ""
+    return f"{lead}copy it there from this machine's engine: docker save {image} | {engine.docker_host.cli} load"
+
+
 def _looks_offline(error: str, log: list[str]) -> bool:
     text = (error + "\n" + "\n".join(log)).lower()
     return any(sign in text for sign in ("temporary failure resolving", "could not resolve",
-                                         "failed to fetch", "network is unreachable"))
+                                         "failed to fetch", "network is unreachable", "no such host"))
 
 
 def _build(engine: DockerEngine, dockerfile: Path, tag: str, events: EventBus) -> None:
@@ -182,6 +208,7 @@ def _build(engine: DockerEngine, dockerfile: Path, tag: str, events: EventBus) -
         if _looks_offline(error, log):
             hint = (f"\nthe build could not reach the network: build the image yourself where it can "
                     f"(docker build -t {tag} {dockerfile.parent}), or name an image you have with --image")
+        hint += _copy_hint(engine, tag, "\n")
         raise DockerImageError(
             f"building the sandbox image from {dockerfile} failed: {error.strip()}\n"
             + "\n".join(log[-20:]) + hint)

@@ -53,6 +53,7 @@ from pathlib import Path
 from bakeoff.agent.events import EventBus
 from bakeoff.agent.seams import ExecResult, SandboxLimits, Workspace
 from bakeoff.sandboxes import limits as limit_words
+from bakeoff.sandboxes.base_template import prepare_copy_and_base
 from bakeoff.sandboxes.beneath import check_relative, open_dir_beneath, read_beneath, write_beneath
 from bakeoff.sandboxes.cgroups import Cgroup, cgroup_parents
 from bakeoff.sandboxes.local_isolation import (
@@ -70,7 +71,6 @@ from bakeoff.sandboxes.local_processes import SandboxBroken, SandboxProcesses, c
 from bakeoff.sandboxes.output import OutputCapture
 from bakeoff.sandboxes.workspace import (
     BaseSnapshot,
-    copy_workspace,
     new_sandbox_dir,
     reap_stale,
     remove_tree,
@@ -190,9 +190,7 @@ class LocalSandbox:
                 raise SandboxBroken(f"could not mount a size-capped tmpfs at {fs}")
         for sub in ("work", "home", "tmp"):
             (fs / sub).mkdir()
-        copy_workspace(workspace, fs / "work")
-        self._snapshot = BaseSnapshot.record(self.dir / "base.git", fs / "work")
-        os.chmod(self.dir / "base.git", 0o700)
+        self._snapshot = prepare_copy_and_base(workspace, fs / "work", self.dir / "base.git", root)
         if self.uid is not None:
             _chown_tree(fs, self.uid)
             # ``fs`` itself stays root's: the sandbox's user may not swap ``work`` for a link.

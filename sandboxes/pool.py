@@ -30,6 +30,7 @@ from typing import TypeVar
 from bakeoff.agent.events import EventBus
 from bakeoff.agent.seams import Sandbox, SandboxLimits, Workspace
 from bakeoff.sandboxes import choose_backend, create_sandbox
+from bakeoff.sandboxes.docker_host import DockerHost
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -47,6 +48,7 @@ class SandboxPool:
         dockerfile: Path | None = None,
         *,
         workspace: Workspace | None = None,
+        docker_host: DockerHost | None = None,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
@@ -55,6 +57,7 @@ class SandboxPool:
         self.max_concurrent = max_concurrent
         self.image = image
         self.dockerfile = dockerfile
+        self.docker_host = docker_host  # the Docker engine (None: the environment's)
         self.workspace = workspace  # what ``map`` copies when it is given no workspace
         self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self._live: set[Sandbox] = set()
@@ -68,7 +71,7 @@ class SandboxPool:
     def backend(self) -> str:
         """The backend this pool's sandboxes run on (resolved once, on first use)."""
         if self._backend is None:
-            self._backend = choose_backend(self.kind).backend
+            self._backend = choose_backend(self.kind, self.docker_host).backend
         return self._backend
 
     @property
@@ -89,7 +92,7 @@ class SandboxPool:
             return
         from bakeoff.sandboxes.docker_backend import DockerBackend
 
-        backend = DockerBackend.shared(image=self.image, dockerfile=self.dockerfile)
+        backend = DockerBackend.shared(image=self.image, dockerfile=self.dockerfile, docker_host=self.docker_host)
         if backend.image is not None:
             return
         started = time.monotonic()
@@ -131,8 +134,8 @@ class SandboxPool:
         # cancelled is finished, then closed, never left behind (``close`` waits for it).
         if self._closed:  # closed while its user waited for a slot
             raise RuntimeError("the sandbox pool is closed")
-        job = asyncio.ensure_future(create_sandbox(workspace, self.backend, self.limits,
-                                                   image=self.image, dockerfile=self.dockerfile))
+        job = asyncio.ensure_future(create_sandbox(workspace, self.backend, self.limits, image=self.image,
+                                                   dockerfile=self.dockerfile, docker_host=self.docker_host))
         self._creating.add(job)
         job.add_done_callback(self._creating.discard)
         try:
@@ -211,12 +214,14 @@ class SandboxPerKey:
     fork bomb holding every process slot) cannot touch another key's."""
 
     def __init__(self, workspace: Workspace, kind: str = "auto", limits: SandboxLimits | None = None, *,
-                 image: str | None = None, dockerfile: Path | None = None) -> None:
+                 image: str | None = None, dockerfile: Path | None = None,
+                 docker_host: DockerHost | None = None) -> None:
         self.workspace = workspace
         self.kind = kind
         self.limits = limits
         self.image = image
         self.dockerfile = dockerfile
+        self.docker_host = docker_host
         self._made: dict[str, asyncio.Task[Sandbox]] = {}
         self._closed = False
 
@@ -225,8 +230,8 @@ class SandboxPerKey:
             raise RuntimeError("these sandboxes are closed")
         task = self._made.get(key)
         if task is None:
-            task = asyncio.ensure_future(create_sandbox(self.workspace, self.kind, self.limits,
-                                                        image=self.image, dockerfile=self.dockerfile))
+            task = asyncio.ensure_future(create_sandbox(self.workspace, self.kind, self.limits, image=self.image,
+                                                        dockerfile=self.dockerfile, docker_host=self.docker_host))
             self._made[key] = task
         return await asyncio.shield(task)  # a cancelled caller does not cancel a shared creation
 

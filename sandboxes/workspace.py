@@ -94,7 +94,7 @@ def copy_workspace(workspace: Workspace, dest: Path) -> None:
     src = workspace.path
     if not src.is_dir():
         raise WorkspaceError(f"workspace {src} is not a directory")
-    try:
+    with disk_full_as_workspace_error(src):
         if workspace.commit is None:
             shutil.copytree(src, dest, symlinks=True, ignore=shutil.ignore_patterns(".git"),
                             dirs_exist_ok=True)
@@ -102,6 +102,14 @@ def copy_workspace(workspace: Workspace, dest: Path) -> None:
         with git_failures_as_workspace_errors():
             tar = repository.archive(src, workspace.commit)
         safe_extract(tar, dest)
+
+
+@contextlib.contextmanager
+def disk_full_as_workspace_error(src: Path) -> Iterator[None]:
+    """A copy of workspace ``src`` that runs out of space raises a ``WorkspaceError`` saying
+    which limit to raise; other failures pass through."""
+    try:
+        yield
     except (OSError, shutil.Error, WorkspaceError) as exc:
         if "No space left" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC:
             raise WorkspaceError(f"workspace {src} does not fit in the sandbox's disk limit: "
@@ -222,31 +230,46 @@ def safe_extract(tar_bytes: bytes, dest: Path) -> list[str]:
     device files and FIFOs.
     Returns the names extracted; ``WorkspaceError`` when a safe archive does not fit.
     """
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    names = check_archive(tar_bytes)
+    extract_checked(tar_bytes, dest)
+    return names
+
+
+def check_archive(tar_bytes: bytes) -> list[str]:
+    """The names in a tar archive, after ``safe_extract``'s checks (``UnsafeArchive`` if any fails)."""
     with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:*") as tar:
         members = tar.getmembers()
-        names = []
-        for m in members:
-            _check_member(m)
-            names.append(m.name)
-        # Links are checked where their names put them; an entry beneath a linked directory
-        # would be written wherever the link leads, so none is accepted.
-        links = {PurePosixPath(m.name).parts for m in members if m.issym()}
-        for m in members:
-            parts = PurePosixPath(m.name).parts
-            if any(parts[:k] in links for k in range(1, len(parts))):
-                raise UnsafeArchive(f"entry {m.name} lies beneath a symlink in the archive")
-        if shutil.which("tar") is None:
-            # The checks above are complete; the "tar" filter is a second line of defence.
-            tar.extractall(dest, members=members, filter="tar")
-            return names
+    names = []
+    for m in members:
+        _check_member(m)
+        names.append(m.name)
+    # Links are checked where their names put them; an entry beneath a linked directory
+    # would be written wherever the link leads, so none is accepted.
+    links = {PurePosixPath(m.name).parts for m in members if m.issym()}
+    for m in members:
+        parts = PurePosixPath(m.name).parts
+        if any(parts[:k] in links for k in range(1, len(parts))):
+            raise UnsafeArchive(f"entry {m.name} lies beneath a symlink in the archive")
+    return names
+
+
+def extract_checked(tar_bytes: bytes, dest: Path) -> None:
+    """Extract an archive that ``check_archive`` passed into ``dest`` (empty or bakeoff's own).
+
+    ``WorkspaceError`` when it does not fit."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    if shutil.which("tar") is None:
+        # The checks are complete; the "tar" filter is a second line of defence.
+        with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:*") as tar:
+            tar.extractall(dest, filter="tar")
+        return
     # GNU tar writes 1,000 files in a fraction of tarfile's time; the members are checked.
     proc = subprocess.run(["tar", "-x", "--no-same-owner", "--no-same-permissions", "-C", str(dest)],
                           input=tar_bytes, capture_output=True)
     if proc.returncode != 0:  # checked and safe, but it did not fit (disk full, say)
         raise WorkspaceError(f"tar could not extract into {dest}: {proc.stderr.decode(errors='replace').strip()}")
-    return names
 
 
 def _check_member(m: tarfile.TarInfo) -> None:

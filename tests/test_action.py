@@ -364,6 +364,28 @@ def test_deliver_without_winner_reports_and_proposes_nothing(tmp_path, monkeypat
     assert outputs["conclusion"] == "no-correct-candidate"
 
 
+def test_deliver_of_a_correct_but_slower_candidate_posts_no_winner_but_the_table_and_the_curve(tmp_path, monkeypatch):
+    out = write_result(tmp_path, status="not-faster")
+    report = json.loads((out / "report.json").read_text())
+    report["patch"] = PATCH  # the offered candidate's patch: never posted as a suggestion
+    report["verdict"].update(
+        winner=None, best="c2", not_faster=True,
+        reason="correct, but no candidate is faster than the original (best 0.80x [0.76, 0.95]) at 16 threads: c2 is "
+               "offered, not applied",
+        timing={"threads": 16, "threads_source": "the sandbox's CPU affinity (16 CPUs)", "curve_threads": [1, 2, 4, 8, 16],
+                "size": {"n": 8388608}, "reference_s": 0.21, "sizing": "scaled x2 until the original took 0.21 s"})
+    report["verdict"]["rows"][1].update(speedup=0.8, low=0.76, high=0.95, threads=16, curve=[
+        {"threads": 1, "speedup": 0.5}, {"threads": 2, "speedup": 0.7}, {"threads": 16, "speedup": 0.8}])
+    (out / "report.json").write_text(json.dumps(report))
+    with FakeGitHub() as server:
+        res, outputs = run_deliver(tmp_path, monkeypatch, server, "review", trigger_file(tmp_path), out)
+    assert res.exit_code == 0
+    assert [m for m, _, _ in server.requests] == ["PATCH"]  # the status comment only: no review, no suggestion
+    body = server.requests[0][2]["body"]
+    assert "bakeoff finished" in body and "**Result:** not-faster. correct, but no candidate is faster" in body
+    assert "| speedup at 16 threads | scaling |" in body and "| c2 (best, not faster) |" in body and "1:0.5 2:0.7 16:0.8" in body
+    assert "Timing: timed at 16 threads (the sandbox's CPU affinity (16 CPUs)); input n=8.38861e+06" in body
+    assert outputs["conclusion"] == "not-faster" and "not faster than the base" in outputs["winner-summary"]
 # ------------------------------------------------------------------ the PR never configures the Action
 
 # What a hostile pull request puts in its checkout: its own Dockerfile as the image (built with

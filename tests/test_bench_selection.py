@@ -114,20 +114,32 @@ def test_select_pareval_on_a_slice(tmp_path):
 
     data = tmp_path / "data"
     name, model = "55_transform_relu", "codellama-7b-hf"
+    untestable = "05_fft_inverse_fft"  # its reference calls fft(), which only a person or a model can supply
     source = bench_data("pareval-omp-dev")
     _slice(source, data, {
-        "problems.jsonl": lambda r: r["name"] == name,
-        "candidates.jsonl": lambda r: r["name"] == name and r["model"] == model and r["index"] < 6,
+        "problems.jsonl": lambda r: r["name"] in (name, untestable),
+        "candidates.jsonl": lambda r: r["name"] in (name, untestable) and r["model"] == model and r["index"] < 6,
     })
     shutil.copy(source / "score.py", data / "score.py")
     out = tmp_path / "pareval.json"
     assert select_pareval.main(["--data", str(data), "--problems", "all", "--json", str(out), "--repeats", "3",
                                 "--picks", str(tmp_path / "picks.jsonl")]) == 0
     fig = json.loads(out.read_text())
+    assert fig["specs"] == "inferred"
+    assert list(fig["untestable"]) == [untestable] and "fft" in fig["untestable"][untestable]
+    assert [r["path"] for r in fig["rows"][model] if r["name"] == untestable] == ["untestable"]
+    picks = [json.loads(x) for x in (tmp_path / "picks.jsonl").read_text().splitlines()]
+    assert {(p["name"], p["chosen_index"]) for p in picks if p["name"] == untestable} == {(untestable, 0)}
     for key in ("selected_accuracy", "random_accuracy", "oracle", "gap_closed", "speedup_pick",
                 "speedup_mean_correct", "speedup_oracle", "disagree_with_labels"):
         assert key in fig and key in fig["models"][model]
-    rows = [json.loads(x) for x in (data / "candidates.jsonl").read_text().splitlines()]
+    # The comparison row: the hand-written specs, on the problem both can test.
+    assert select_pareval.main(["--data", str(data), "--problems", "all", "--json", str(out), "--repeats", "3",
+                                "--picks", str(tmp_path / "picks.jsonl"), "--only", "55_", "--constraints",
+                                str(ROOT / "bench" / "pareval" / "constraints.json")]) == 0
+    fig = json.loads(out.read_text())
+    assert fig["specs"] == "file" and fig["untestable"] == {}
+    rows = [json.loads(x) for x in (data / "candidates.jsonl").read_text().splitlines() if json.loads(x)["name"] == name]
     labels = {r["index"]: r["labels"]["are_all_valid"] for r in rows}
     pick = json.loads((tmp_path / "picks.jsonl").read_text().splitlines()[0])
     assert pick["name"] == name and pick["model"] == model
@@ -135,3 +147,35 @@ def test_select_pareval_on_a_slice(tmp_path):
     assert any(labels.values()) and labels[pick["chosen_index"]]
     assert fig["selected_accuracy"] == 1.0
     assert fig["random_accuracy"] == pytest.approx(sum(labels.values()) / len(labels))
+
+
+@pytest.mark.slow
+def test_select_pareval_on_an_mpi_slice(tmp_path):
+    import gzip
+
+    import select_pareval
+
+    data = tmp_path / "data"
+    name, model = "27_reduce_average", "codellama-7b-hf"
+    source = bench_data("pareval-mpi-dev")
+    data.mkdir()
+    rows = [json.loads(x) for x in gzip.decompress((source / "candidates.jsonl.gz").read_bytes()).decode().splitlines() if x]
+    # Six samples of one mixed pair: some the labels call right, some wrong.
+    mine = [r for r in rows if r["name"] == name and r["model"] == model]
+    right = [r for r in mine if r["labels"]["are_all_valid"]][:3]
+    wrong = [r for r in mine if not r["labels"]["are_all_valid"] and r["labels"]["did_build"]][:3]
+    assert right and wrong
+    (data / "candidates.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in right + wrong).encode()))
+    (data / "problems.jsonl").write_text("".join(x + "\n" for x in (source / "problems.jsonl").read_text().splitlines()
+                                                 if x and json.loads(x)["name"] == name))
+    shutil.copy(source / "score.py", data / "score.py")
+    out = tmp_path / "mpi.json"
+    assert select_pareval.main(["--data", str(data), "--problems", "all", "--json", str(out), "--repeats", "2",
+                                "--medium-tests", "1", "--picks", str(tmp_path / "picks.jsonl")]) == 0
+    fig = json.loads(out.read_text())
+    for key in ("selected_accuracy", "random_accuracy", "oracle", "gap_closed", "speedup_pick", "specs"):
+        assert key in fig
+    assert fig["dataset"] == "data" and fig["specs"] == "inferred" and fig["untestable"] == {}
+    pick = json.loads((tmp_path / "picks.jsonl").read_text().splitlines()[0])
+    assert {r["index"]: r["labels"]["are_all_valid"] for r in right + wrong}[pick["chosen_index"]]
+    assert fig["selected_accuracy"] == 1.0 and fig["random_accuracy"] == pytest.approx(len(right) / (len(right) + len(wrong)))

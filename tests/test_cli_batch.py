@@ -95,8 +95,9 @@ def test_killed_batch_resumes_without_redoing_finished_tasks(tmp_path):
     assert done_before == ["t1"]
     first = out / "tasks" / done_before[0] / "result.json"
     first_text, first_mtime = first.read_text(), first.stat().st_mtime_ns
-    interrupted = out / "tasks" / ids[len(done_before)]
-    assert interrupted.is_dir() and not (interrupted / "result.json").exists()
+    # The interrupted task worked in its scratch folder; --out has no result of it, half or whole.
+    interrupted = ids[len(done_before)]
+    assert (out / "scratch" / interrupted).is_dir() and not (out / "tasks" / interrupted).exists()
 
     proc = subprocess.run(args, env=cli_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -105,6 +106,7 @@ def test_killed_batch_resumes_without_redoing_finished_tasks(tmp_path):
     assert [r["id"] for r in results] == ids and all(r["status"] == "success" for r in results)
     assert first.read_text() == first_text and first.stat().st_mtime_ns == first_mtime  # not redone
     assert not [p for p in out.rglob("*.tmp")]  # no half-written file anywhere
+    assert not (out / "scratch" / interrupted).exists()  # the killed run's scratch went when it ran again
 
 
 def test_a_task_on_a_missing_repository_fails_alone(tmp_path):

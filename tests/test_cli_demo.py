@@ -21,12 +21,22 @@ def snapshot(root: Path) -> dict[str, str]:
 def test_demo_runs_the_example_in_a_copy_with_the_scripted_model_and_says_so(tmp_path):
     before = snapshot(EXAMPLES)
     proc = bakeoff("demo", "--n", "2", "--json", env=cli_env(tmp_path), cwd=tmp_path, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "scripted model" in proc.stderr and "omp_kernel.yaml" in proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["model"] == "scripted" and doc["status"] == "success"
+    # A correct parallel version ships only when it is faster here; on a busy two-core machine it
+    # may not be, and then it is offered, not shipped, with exit 1 (never "success" at 0.8x).
+    assert (doc["status"], proc.returncode) in (("success", 0), ("not-faster", 1)), proc.stderr[-3000:]
+    verdict = doc["verdict"]
+    if doc["status"] == "success":
+        winner = next(r for r in verdict["rows"] if r["candidate"] == verdict["winner"])
+        assert winner["low"] > 1.0
+    else:
+        assert doc["winner"] is None and verdict["best"] and verdict["reason"].startswith(
+            "correct, but no candidate is faster than the original (best ")
+    assert doc["model"] == "scripted"
     assert len(doc["report"]) == 2  # --n caps what the scripted plan asks for
     assert "#pragma omp parallel for" in doc["patch"]
+    assert verdict["timing"]["threads"] >= 1 and verdict["timing"]["size"]
     assert snapshot(EXAMPLES) == before  # the package's files were never written
 
 

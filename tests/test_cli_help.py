@@ -17,7 +17,8 @@ try:
     app()
 except SystemExit as exc:
     code = exc.code
-heavy = sorted(m for m in ("litellm", "docker", "git", "openai", "bakeoff.agent.models.litellm", "bakeoff.agent.session") if m in sys.modules)
+heavy = sorted(m for m in ("litellm", "docker", "git", "openai", "bakeoff.agent.models.litellm", "bakeoff.agent.session",
+                          "bakeoff.agent.types", "bakeoff.agent.harness", "bakeoff.agent.selection") if m in sys.modules)
 print("PROBE" + json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
 """
 

@@ -8,6 +8,25 @@ import pytest
 
 from tests.test_session import CALC, WRONG_EDIT, bakeoff, cli_env, git, make_repo, write_script
 
+SLOWER_EDIT = """\
+The same sum, with five times the additions.
+
+calc.py
+<<<<<<< SEARCH
+    s = 0
+    for x in xs:
+        s = s + x
+    return s
+=======
+    s = 0
+    for x in xs:
+        for _ in range(5):
+            s = s + x
+        s = s - 4 * x
+    return s
+>>>>>>> REPLACE
+"""
+
 
 @pytest.fixture
 def repo(tmp_path):
@@ -99,3 +118,39 @@ def test_no_docker_engine_says_what_to_do(repo, tmp_path):
     proc = bakeoff("run", "--repo", str(repo), "--model", f"scripted:{script}", "--sandbox", "docker", "x", env=env)
     assert proc.returncode == 2
     assert "no Docker engine reachable" in proc.stderr and "--sandbox local" in proc.stderr
+
+
+def test_a_correct_but_slower_candidate_is_offered_not_applied_and_exits_1(repo, tmp_path):
+    script = write_script(tmp_path / "s.json", editors=[SLOWER_EDIT, WRONG_EDIT])
+    proc = bakeoff("run", "--repo", str(repo), "--model", f"scripted:{script}", "--json", "--apply", "--threads", "1",
+                   "make total faster", env=cli_env(tmp_path))
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "not-faster" and doc["winner"] is None
+    verdict = doc["verdict"]
+    assert verdict["best"] == "c1" and verdict["not_faster"] and verdict["correct"] == ["c1"]
+    assert verdict["reason"].startswith("correct, but no candidate is faster than the original (best ")
+    assert doc["error"] == verdict["reason"]
+    assert "range(5)" in doc["patch"]  # offered ...
+    assert "not applied" in proc.stderr and (repo / "calc.py").read_text() == CALC  # ... never applied
+    assert verdict["timing"]["threads"] == 1 and verdict["timing"]["threads_source"] == "threads setting"
+
+
+def test_the_result_table_shows_the_target_the_scaling_curve_and_the_input_size():
+    from rich.console import Console
+
+    from bakeoff.agent.cli.render import print_result
+    from bakeoff.agent.types import CurvePoint, ReportRow, RunReport, TimingSetup, Verdict
+
+    curve = [CurvePoint(threads=1, speedup=0.93), CurvePoint(threads=2, speedup=1.8),
+             CurvePoint(threads=4, speedup=3.5, low=3.3, high=3.6)]
+    verdict = Verdict(winner=None, best="c1", not_faster=False, method="reference", reason="c1 won: ...",
+                      rows=[ReportRow(candidate="c1", correct=True, speedup=3.5, low=3.3, high=3.6, threads=4, curve=curve)],
+                      timing=TimingSetup(threads=4, threads_source="--threads", curve_threads=[1, 2, 4], size={"N": 2048.0},
+                                         reference_s=0.25, sizing="scaled x4 until the original took 0.25 s per call"))
+    console = Console(record=True, width=200)
+    print_result(console, RunReport(task="t", status="success", verdict=verdict))
+    text = console.export_text()
+    assert "speedup @4" in text and "scaling" in text and "1:0.93 2:1.8 4:3.5" in text
+    assert "3.50x [3.30, 3.60]" in text
+    assert "timed at 4 threads (--threads); input N=2048; scaled x4 until the original took 0.25 s per call" in text

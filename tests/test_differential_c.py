@@ -11,7 +11,9 @@ import pytest
 from bakeoff.agent.harness.c_signature import SignatureError, guess_language, parse_signature
 from bakeoff.agent.harness.cuda import build_and_run_cuda
 from bakeoff.agent.harness.c_harness import CHarness
+from bakeoff.agent.harness.c_timing import TimingOptions
 from bakeoff.agent.harness.protocol import DifferentialHarness
+from bakeoff.agent.harness.sizing import SizingLimits
 
 # --------------------------------------------------------------------------- parsing
 
@@ -148,7 +150,9 @@ def sum_run():
     """One harness, every kind of candidate at once (the driver runtime is built only once)."""
 
     async def go():
-        h = CHarness(REFERENCE, "total", constraints=SUM_CONSTRAINTS, small_tests=3, medium_tests=1, repeats=5)
+        # Timed at 2 threads whatever the machine has, on an input grown until the reference takes 0.05 s.
+        h = CHarness(REFERENCE, "total", constraints=SUM_CONSTRAINTS, small_tests=3, medium_tests=1, repeats=5,
+                     timing=TimingOptions(threads=2, sizing=SizingLimits(min_time_s=0.05)))
         assert isinstance(h, DifferentialHarness)
         assert h.threads[-1] >= 4  # oversubscribed beyond the cores
         try:
@@ -219,6 +223,8 @@ def test_timing_has_an_interval(sum_run):
         assert len(t.baseline_s) == 3 and len(t.candidate_s) == 3
         assert t.low <= t.speedup <= t.high
         assert t.threads == 2
+        # The scaling curve: 1 and 2 threads, the target's point the timing's own.
+        assert [p.threads for p in t.curve] == [1, 2] and t.curve[-1].speedup == t.speedup
 
 
 CRAWL = """

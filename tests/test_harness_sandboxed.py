@@ -209,7 +209,7 @@ def _select(tmp_path: Path, reference: str, hostile: str, suffix: str, *extra: s
     (tmp_path / f"hostile{suffix}").write_text(hostile)
     return CliRunner().invoke(app, ["select", "--reference", str(tmp_path / f"ref{suffix}"),
                                     "--candidate", str(tmp_path / f"hostile{suffix}"), "--json",
-                                    "--sandbox", "local+bwrap", "--timing-repeats", "2", *extra])
+                                    "--sandbox", "local+bwrap", "--timing-repeats", "2", "--any-speed", *extra])
 
 
 def test_bakeoff_select_runs_python_candidates_in_a_sandbox(tmp_path, probe):

@@ -27,6 +27,7 @@ FLOORS: list[list[str]] = [
     ["bakeoff.agent.selection", "bakeoff.agent.harness", "bakeoff.agent.planning", "bakeoff.agent.github"],
     ["bakeoff.agent.fanout"],
     ["bakeoff.agent.session", "bakeoff.agent.report"],
+    ["bakeoff.agent.batch"],
     ["bakeoff.agent.cli", "bakeoff.__main__", "bakeoff"],
 ]
 FLOOR = {room: i for i, rooms in enumerate(FLOORS) for room in rooms}

@@ -30,6 +30,7 @@ from bakeoff.sandboxes.docker import (
     DockerUnavailable,
     engine_available,
 )
+from bakeoff.sandboxes.docker_host import DockerHost
 from bakeoff.sandboxes.workspace import UnsafeArchive, WorkspaceError
 from tests.test_sandbox_docker import docker_backend  # noqa: F401  (the session fixture)
 
@@ -377,7 +378,7 @@ class EngineProxy:
 async def test_20_engine_dying_mid_run(docker_backend, workspace, tmp_path) -> None:
     path = tmp_path / "engine.sock"
     proxy = EngineProxy(path).start()
-    backend = DockerBackend(base_url=f"unix://{path}")
+    backend = DockerBackend(docker_host=DockerHost(f"unix://{path}"))
     try:
         sb = await backend.create(workspace)
         running = asyncio.create_task(sb.exec("sleep 30"))

@@ -148,7 +148,7 @@ def test_beneath_refuses_every_way_out_and_follows_links_that_stay(tmp_path: Pat
 
 
 def test_auto_and_local_refuse_without_docker_or_bubblewrap(monkeypatch) -> None:
-    monkeypatch.setattr(sandboxes, "_docker_engine", lambda: (False, "no Docker engine reachable (test)"))
+    monkeypatch.setattr(sandboxes, "_docker_engine", lambda _host=None: (False, "no Docker engine reachable (test)"))
     monkeypatch.setattr(sandboxes, "_bwrap", lambda: (False, "bwrap is not installed (test)"))
     for kind in ("auto", "local", "local+bwrap"):
         with pytest.raises(SandboxUnavailable) as err:
@@ -173,7 +173,7 @@ def test_only_the_demos_own_scripted_example_may_fall_back_to_unsafe_local(monke
     settings, provenance = load_settings(tmp_path, environ={})
     err = Console(file=open(os.devnull, "w"), record=True)
     assert demo_sandbox(settings, provenance, scripted, err) is settings  # an isolating sandbox is here
-    monkeypatch.setattr(sandboxes, "_docker_engine", lambda: (False, "no Docker engine reachable (test)"))
+    monkeypatch.setattr(sandboxes, "_docker_engine", lambda _host=None: (False, "no Docker engine reachable (test)"))
     monkeypatch.setattr(sandboxes, "_bwrap", lambda: (False, "bwrap is not installed (test)"))
     weak = demo_sandbox(settings, provenance, scripted, err)
     assert weak.sandbox == "unsafe-local" and "no isolation" in err.export_text()

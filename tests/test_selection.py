@@ -10,6 +10,7 @@ from bakeoff.agent.selection.close_call import parse_judgement, resolve_close_ca
 from bakeoff.agent.selection.table import render_table
 from bakeoff.agent.selection.agreement import CODET_RULE, FAMILY, RULE, AgreementRule, group_support
 from bakeoff.agent.selection.vote import Group, Vote, vote
+from bakeoff.agent.seams import ExecResult
 from bakeoff.agent.types import Candidate, ExecutionMatrix, TestCase, Timing
 
 
@@ -139,8 +140,10 @@ CHOOSE_CASES = [
     # (name, timings, diff sizes, expected winner)
     ("faster only with a separated interval", {"a": timing(2.0, 1.8, 2.2), "b": timing(3.0, 2.5, 3.5)}, {"a": 1, "b": 50},
      "b"),
-    ("overlapping intervals tie: smaller diff", {"a": timing(2.0, 1.5, 2.6), "b": timing(2.3, 1.9, 2.8)},
+    ("overlapping intervals and close medians tie: smaller diff", {"a": timing(2.0, 1.5, 2.6), "b": timing(2.05, 1.9, 2.8)},
      {"a": 3, "b": 10}, "a"),
+    ("overlapping intervals, a clearly better median: the faster", {"a": timing(2.0, 1.5, 2.6),
+                                                                     "b": timing(2.3, 1.9, 2.8)}, {"a": 3, "b": 10}, "b"),
     ("no timings: smaller diff", {}, {"a": 9, "b": 2}, "b"),
     ("untimed loses to a proven speed-up", {"a": timing(1.5, 1.2, 1.8)}, {"a": 40, "b": 1}, "a"),
     ("untimed ties with an unproven one", {"a": timing(1.1, 0.9, 1.3)}, {"a": 40, "b": 1}, "b"),
@@ -232,6 +235,109 @@ def test_parse_judgement(text, n, expected):
     assert parse_judgement(text, n) == expected
 
 
+# --------------------------------------------------------------------------- speed at the target
+
+
+def driver_answer(candidate_s, counts, rounds: int = 5, reference_s: float = 1.0) -> ExecResult:
+    """What the C driver's ``time`` mode prints for a candidate of known speed: rounds of the
+    reference (at the target) and the candidate at each thread count, in the driver's order,
+    with a little deterministic jitter."""
+    lines = [f"@@BK R {reference_s:.9f}"]
+    for r in range(-1, rounds):
+        jitter = 1.0 + 0.01 * ((r * 7) % 3 - 1)
+        order = [0, *counts] if r % 2 == 0 else [*reversed(counts), 0]
+        for t in order:
+            secs = (reference_s if t == 0 else candidate_s(t)) * jitter
+            if t:
+                lines.append(f"@@BK L 20.25 {t}")
+            else:
+                lines.append(f"@@BK R {secs:.9f}")
+            if r >= 0:
+                lines.append(f"@@BK X {'ref' if t == 0 else 'cand'} {secs:.9f} {t or counts[-1]}")
+    return ExecResult(exit_code=0, stdout="\n".join(lines))
+
+
+def plateau(t: int) -> float:
+    """Fastest at 2 threads, then it stops scaling (a critical section, a serial phase)."""
+    return 1.0 / min(t, 2) * 0.55
+
+
+def scales(t: int) -> float:
+    """Slower at 2 threads, but it keeps scaling."""
+    return 1.0 / t * 1.3
+
+
+@pytest.mark.parametrize("target,expected", [(16, "scales"), (2, "plateau")])
+def test_the_choice_is_by_the_speedup_at_the_target_not_at_two_threads(target, expected):
+    from bakeoff.agent.harness.c_timing import read_timing
+    from bakeoff.agent.stats import curve_threads
+
+    counts = curve_threads(target)
+    timings = {name: read_timing(driver_answer(fn, counts), counts) for name, fn in
+               (("plateau", plateau), ("scales", scales))}
+    assert [p.threads for p in timings["scales"].curve] == counts
+    two = {name: next(p for p in t.curve if p.threads == 2) for name, t in timings.items()}
+    assert two["plateau"].speedup > two["scales"].speedup  # at 2 threads the plateau is ahead
+    m, tests = build({"plateau": "pp", "scales": "pp"})
+    verdict = choose(vote(m, tests, reference=True), [Candidate(id="plateau"), Candidate(id="scales")], m, tests,
+                     timings=timings, diff_sizes={"plateau": 1, "scales": 50}, speed_task=True)
+    assert verdict.winner == expected and "it is the fastest" in verdict.reason
+    row = {r.candidate: r for r in verdict.rows}[expected]
+    assert row.threads == target and row.speedup == timings[expected].speedup
+    assert row.curve[-1].efficiency == pytest.approx(row.curve[-1].speedup / target)
+
+
+SLOWER = Timing(baseline_s=[1.0, 1.0], candidate_s=[1.25, 1.25], speedup=0.80, low=0.76, high=0.95, threads=2)
+
+
+def test_a_speed_task_never_ships_a_winner_that_is_not_faster():
+    m, tests = build({"a": "pp", "b": "pf"})
+    v = vote(m, tests, reference=True)
+    verdict = choose(v, [Candidate(id="a"), Candidate(id="b")], m, tests, timings={"a": SLOWER}, speed_task=True)
+    assert verdict.winner is None and verdict.best == "a" and verdict.not_faster and verdict.correct == ["a"]
+    assert verdict.reason.startswith("correct, but no candidate is faster than the original (best 0.80x [0.76, 0.95])")
+    assert "at 2 threads: a is offered, not applied" in verdict.reason
+    # Not a speed task: the correct candidate is the answer, whatever its speed.
+    assert choose(v, [Candidate(id="a")], m, tests, timings={"a": SLOWER}).winner == "a"
+    # A speed task whose winner could not be timed makes no claim either.
+    untimed = choose(v, [Candidate(id="a")], m, tests, speed_task=True)
+    assert untimed.winner is None and "none could be timed" in untimed.reason
+
+
+def test_a_faster_winner_of_a_speed_task_ships():
+    m, tests = build({"a": "pp"})
+    verdict = choose(vote(m, tests, reference=True), [Candidate(id="a")], m, tests,
+                     timings={"a": timing(1.3, 1.1, 1.5)}, speed_task=True)
+    assert verdict.winner == "a" and not verdict.not_faster and verdict.best is None
+
+
+@pytest.mark.parametrize("goal,speed", [
+    ("make total in calc.py faster", True), ("parallelize the loop in kernel.c", True),
+    ("port this kernel to OpenMP", True), ("make the slow function quicker", True),
+    ("fix the failing test", False), ("rename total to grand_total", False),
+])
+def test_which_tasks_ask_for_speed(goal, speed):
+    from bakeoff.agent.selection.choose import is_speed_task
+
+    assert is_speed_task(goal) is speed
+
+
+def test_the_table_shows_the_target_the_curve_and_the_offered_candidate():
+    from rich.console import Console
+
+    from bakeoff.agent.types import CurvePoint, TimingSetup
+
+    m, tests = build({"a": "pp"})
+    curve = [CurvePoint(threads=1, speedup=0.5, low=0.4, high=0.6), CurvePoint(threads=2, speedup=0.8, low=0.76, high=0.95)]
+    setup = TimingSetup(threads=2, threads_source="CPU affinity (2 CPUs)", curve_threads=[1, 2], size={"n": 4096.0},
+                        reference_s=0.31, sizing="scaled x8 until the original took 0.31 s per call at one thread")
+    verdict = choose(vote(m, tests, reference=True), [Candidate(id="a")], m, tests,
+                     timings={"a": SLOWER.model_copy(update={"curve": curve})}, speed_task=True, setup=setup)
+    console = Console(record=True, width=200)
+    console.print(render_table(verdict))
+    text = console.export_text()
+    assert "speedup @2" in text and "1:0.5 2:0.8" in text and "? a" in text
+    assert "timed at 2 threads (CPU affinity (2 CPUs)); input n=4096; scaled x8" in text
 # --------------------------------------------------------------------------- the rule family
 
 def test_the_family_holds_codet_and_the_product_rule():

@@ -165,17 +165,23 @@ async def test_fan_out_picks_the_correct_fast_candidate_and_rejects_race_and_off
     )
 
     by_strategy = {c.strategy: c for c in result.candidates}
-    assert result.winner is not None and result.winner.strategy == "omp-reduction", result.report_table
-    assert result.patch == result.winner.patch and "reduction(+:total)" in result.patch
+    # The reduction is the pick; it ships when it is faster than the base here, and on a busy
+    # two-core machine it may not be: then it is offered, not shipped (never a slower "winner").
+    chosen = result.winner or next((c for c in result.candidates if c.id == result.verdict.best), None)
+    assert chosen is not None and chosen.strategy == "omp-reduction", result.report_table
+    assert "reduction(+:total)" in chosen.patch
+    assert result.patch == (chosen.patch if result.winner else "")
+    assert result.winner is not None or result.verdict.reason.startswith("correct, but no candidate is faster")
     correct = set(result.verdict.correct)
     for wrong in ("omp-manual-split", "omp-simd", "omp-tasks"):  # off-by-one, data race, missing reduction
         assert by_strategy[wrong].id not in correct, result.report_table
     assert by_strategy["omp-schedule"].id in correct  # slower, but correct
     row = {r.candidate: r for r in result.verdict.rows}
-    assert row[by_strategy["omp-manual-split"].id].tests_passed < row[result.winner.id].tests_passed
+    assert row[by_strategy["omp-manual-split"].id].tests_passed < row[chosen.id].tests_passed
     assert all(c.id in result.report_table for c in result.candidates)
-    assert f"* {result.winner.id}" in result.report_table  # the winner is marked
-    assert result.winner.id in result.verdict.reason
+    assert f"{'*' if result.winner else '?'} {chosen.id}" in result.report_table  # the pick is marked
+    assert chosen.id in result.verdict.reason
+    assert row[chosen.id].curve and row[chosen.id].threads == result.verdict.timing.threads
     kinds = {e.kind for e in seen}
     assert {"fanout.start", "fanout.end", "candidate.state"} <= kinds
     assert (repo / "kernel.c").read_text() == (EXAMPLES / "omp_kernel" / "kernel.c").read_text()

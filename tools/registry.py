@@ -25,11 +25,6 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._tools)
 
-    def filtered(self, names: Iterable[str]) -> Registry:
-        """A registry holding only the named tools (compose, don't flag)."""
-        wanted = set(names)
-        return Registry(t for n, t in self._tools.items() if n in wanted)
-
     def schemas(self) -> list[dict]:
         """One entry per tool: name, description, and the JSON schema of its arguments."""
         return [

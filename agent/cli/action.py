@@ -143,14 +143,15 @@ def _run_quietly(settings, repo: Path, decided):
     from bakeoff.agent.config import ConfigError, ModelNotConfigured
     from bakeoff.agent.events import EventBus
     from bakeoff.agent.github.trigger import task_text
-    from bakeoff.agent.session import Session, SessionError
+    from bakeoff.agent.session import Session, SessionError, docker_host_of
     from bakeoff.sandboxes import SandboxUnavailable
     from bakeoff.sandboxes.pool import SandboxPool
 
     events = EventBus()
     events.subscribe(lambda e: print(json.dumps({"kind": e.kind, **e.data}, default=str)[:300], file=sys.stderr))
     # The image as named, never a Dockerfile guessed from a path (see github/settings.py).
-    pool = SandboxPool(kind=settings.sandbox, max_concurrent=settings.max_sandboxes, image=settings.image)
+    pool = SandboxPool(kind=settings.sandbox, max_concurrent=settings.max_sandboxes, image=settings.image,
+                       docker_host=docker_host_of(settings))
 
     async def go():
         try:
@@ -204,7 +205,7 @@ def deliver(
         _fail(f"no report at {report_path}: the run step failed", code=1)
     report = load_json(report_path)
     outcome = do_deliver(gh, decided, report, repo=repo, mode=mode)
-    state = "done" if report.get("status") == "success" else "failed"
+    state = "done" if report.get("status") in ("success", "not-faster") else "failed"
     if decided.status_comment_id:
         gh.update_comment(decided.status_comment_id, status_body(decided, state, outcome + "\n\n" + report_markdown(report)))
     write_outputs(

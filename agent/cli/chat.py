@@ -43,6 +43,8 @@ def chat_command(
     n: int | None = typer.Option(None, "--n", help="Candidates developed in parallel."),
     budget: float | None = typer.Option(None, "--budget", help="Dollars the whole chat session may spend."),
     sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else bubblewrap), docker, local (bubblewrap) or unsafe-local (no isolation)."),
+    docker_host: str | None = typer.Option(None, "--docker-host", help="The Docker engine sandboxes run on: tcp://HOST:PORT, ssh://USER@HOST, unix:///PATH or a docker context name (default: DOCKER_HOST, else this machine's)."),
+    docker_cert_path: Path | None = typer.Option(None, "--docker-cert-path", metavar="DIR", help="Folder of ca.pem, cert.pem and key.pem: TLS to a tcp:// --docker-host."),
     yes: bool = typer.Option(False, "--yes", help="Apply each winner without asking (its diff is still shown)."),
     branch: str | None = typer.Option(None, "--branch", help="Commit applied changes on this new branch."),
 ) -> None:
@@ -50,7 +52,8 @@ def chat_command(
     from bakeoff.agent.events import EventBus
 
     events = EventBus()
-    flags = {"model.default": model, "n": n, "budget_usd": budget, "sandbox": sandbox}
+    flags = {"model.default": model, "n": n, "budget_usd": budget, "sandbox": sandbox,
+             "docker_host": docker_host, "docker_cert_path": str(docker_cert_path) if docker_cert_path else None}
     session = open_session(repo, flags, events)
     Chat(session, events, yes=yes, branch=branch).loop()
 
@@ -276,6 +279,7 @@ class Chat:
         )
 
     def sandbox(self, arg: str | None) -> None:
+        from bakeoff.agent.session import docker_host_of
         from bakeoff.sandboxes import KINDS, SandboxUnavailable, choose_backend
 
         if arg:
@@ -283,7 +287,7 @@ class Chat:
         self.console.print(f"  sandbox: {self.session.settings.sandbox}", markup=False)
         for kind in KINDS:  # every backend, and whether it runs here
             try:
-                choice = choose_backend(kind)
+                choice = choose_backend(kind, docker_host_of(self.session.settings))
                 state = f"runs here as {choice.backend}" if kind == "auto" else f"available ({choice.reason})"
             except SandboxUnavailable as exc:
                 state = f"not available: {exc}"

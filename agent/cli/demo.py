@@ -36,6 +36,8 @@ def demo_command(
     task: str | None = typer.Option(None, "--task", help="A task of your own instead of the example's."),
     n: int | None = typer.Option(None, "--n", help="Candidates developed in parallel."),
     sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else bubblewrap), docker, local (bubblewrap) or unsafe-local (no isolation)."),
+    docker_host: str | None = typer.Option(None, "--docker-host", help="The Docker engine sandboxes run on: tcp://HOST:PORT, ssh://USER@HOST, unix:///PATH or a docker context name (default: DOCKER_HOST, else this machine's)."),
+    docker_cert_path: Path | None = typer.Option(None, "--docker-cert-path", metavar="DIR", help="Folder of ca.pem, cert.pem and key.pem: TLS to a tcp:// --docker-host."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON document."),
     keep: bool = typer.Option(False, "--keep", help="Keep the temporary copy (its path is printed)."),
     time_limit: float | None = typer.Option(None, "--time-limit", metavar="SECONDS", help="Wall-clock seconds the run may take (default 3600)."),
@@ -57,7 +59,9 @@ def demo_command(
     stopped: Stopped | None = None
     try:
         repo = copy_example(source, workdir / example)
-        settings, provenance = load(repo, {"n": n, "sandbox": sandbox, "time_limit_s": time_limit})
+        flags = {"n": n, "sandbox": sandbox, "time_limit_s": time_limit, "docker_host": docker_host,
+                 "docker_cert_path": str(docker_cert_path) if docker_cert_path else None}
+        settings, provenance = load(repo, flags)
         override = demo_model(settings, provenance, example, err)
         settings = demo_sandbox(settings, provenance, override, err)
         err.print(f"working on a copy of the example at {repo}")
@@ -110,10 +114,11 @@ def demo_model(settings, provenance: dict[str, str], example: str, err):
 def demo_sandbox(settings, provenance: dict[str, str], override, err):
     """The settings, with the bundled example's scripted (so trusted) candidates allowed to
     run unisolated when no Docker or bubblewrap is here and no sandbox was asked for: said
-    loudly. A live model's candidates never are."""
+    loudly. A live model's candidates never are, nor any when a Docker engine was named."""
     from bakeoff.sandboxes import HOW_TO_ISOLATE, UNSAFE_LOCAL, SandboxUnavailable, choose_backend
 
-    if override is None or settings.sandbox != "auto" or provenance.get("sandbox") != "default":
+    if override is None or settings.sandbox != "auto" or provenance.get("sandbox") != "default" \
+            or settings.docker_host or settings.docker_cert_path:
         return settings
     try:
         choose_backend("auto")

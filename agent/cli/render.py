@@ -208,7 +208,7 @@ class Progress(RunNotices):
     def _on_run_end(self, d: dict[str, Any]) -> None:
         self.stop()
         status = d.get("status", "?")
-        style = "green" if status == "success" else "yellow" if status == "no-correct-candidate" else "red"
+        style = "green" if status == "success" else "yellow" if status in ("no-correct-candidate", "not-faster") else "red"
         winner = f" winner {d['winner']}" if d.get("winner") else ""
         err = f" ({escape(str(d['error']))})" if d.get("error") and status != "success" else ""
         self._line(
@@ -296,6 +296,8 @@ class Progress(RunNotices):
             self._live.update(self.board.table())
         if d.get("winner"):
             self._verdict = f"  [green]winner[/green] {d['winner']}: {escape(short(d.get('reason', ''), 120))}"
+        elif d.get("best"):
+            self._verdict = f"  [yellow]not faster[/yellow] {escape(short(d.get('reason', ''), 160))}"
         else:
             self._verdict = f"  [yellow]no correct candidate[/yellow] {escape(short(d.get('reason', ''), 120))}"
 
@@ -326,24 +328,31 @@ class Progress(RunNotices):
 
 
 def report_table(report: RunReport) -> Table:
-    """The selection table: one row per candidate, the same data as the JSON report."""
+    """The selection table: one row per candidate, the same data as the JSON report. The
+    speedup is at the target parallelism; "scaling" is the curve at 1, 2, 4, ... threads."""
+    from bakeoff.agent.selection.table import curve_text
+
     table = Table(title="bake-off", title_justify="left")
+    setup = report.verdict.timing if report.verdict else None
+    at = f" @{setup.threads}" if setup else ""
     # Which model wrote each candidate, when several editor models shared the work.
     models = {c.id: c.model for c in report.candidates}
     several = len(set(models.values())) > 1
     for col in ("candidate", *(("model",) if several else ()), "built", "tests", "group", "flaky", "correct",
-                "speedup", "cost", "note"):
+                f"speedup{at}", "scaling", "cost", "note"):
         table.add_column(col)
     winner = report.winner.id if report.winner else None
+    best = report.verdict.best if report.verdict else None
     rows = report.verdict.rows if report.verdict else []
     if rows:
         for r in rows:
+            mark, style = (" *", "bold green") if r.candidate == winner else (" ?", "yellow") if r.candidate == best else ("", "")
             table.add_row(
-                Text(r.candidate + (" *" if r.candidate == winner else ""), style="bold green" if r.candidate == winner else ""),
+                Text(r.candidate + mark, style=style),
                 *((r.model or models.get(r.candidate, ""),) if several else ()),
                 _yes_no(r.built), f"{r.tests_passed}/{r.tests_total}",
                 "-" if r.group is None else str(r.group), "yes" if r.flaky else "no", _yes_no(r.correct),
-                speedup_text(r.speedup, r.low, r.high), money(r.cost_usd), r.note,
+                speedup_text(r.speedup, r.low, r.high), curve_text(r.curve) if r.curve else "-", money(r.cost_usd), r.note,
             )
     else:
         for c in report.candidates:
@@ -351,7 +360,7 @@ def report_table(report: RunReport) -> Table:
                 c.id + (" *" if c.id == winner else ""), *((c.model,) if several else ()), _yes_no(c.built),
                 "-" if c.tests_passed is None else str(c.tests_passed), "-", "-", "-",
                 speedup_text(c.timing.speedup, c.timing.low, c.timing.high) if c.timing else "-",
-                money(c.cost_usd), c.error or "",
+                curve_text(c.timing.curve) if c.timing and c.timing.curve else "-", money(c.cost_usd), c.error or "",
             )
     return table
 
@@ -363,14 +372,21 @@ def _yes_no(value: bool | None) -> str:
 def print_result(console: Console, report: RunReport, *, show_patch: bool = True) -> None:
     """A finished run for people: answer, table, verdict, winning patch, cost."""
     parts: list[Any] = []
-    if report.answer:
+    if report.answer and report.status != "not-faster":  # the verdict, not the model's summary, says what happened
         parts.append(Text(report.answer))
     if report.candidates or (report.verdict and report.verdict.rows):
         parts.append(report_table(report))
     if report.verdict and report.verdict.reason:
         parts.append(Text(f"verdict ({report.verdict.method}): {report.verdict.reason}"))
-    if report.error and report.status != "success":
+    if report.verdict and report.verdict.timing:
+        from bakeoff.agent.selection.table import setup_text
+
+        parts.append(Text(setup_text(report.verdict.timing), style="dim"))
+    if report.error and report.status not in ("success", "not-faster"):
         parts.append(Text(f"{report.status}: {report.error}", style="red"))
+    if report.status == "not-faster" and report.verdict and report.verdict.best:
+        parts.append(Text(f"not-faster: candidate {report.verdict.best} is correct but not faster than the original; "
+                          "it is offered (its patch), not applied", style="yellow"))
     if show_patch and report.patch:
         parts.append(Text(report.patch))
     estimated = (f" (of which {money(report.estimated_usd)} / {report.estimated_tokens} tokens estimated: "

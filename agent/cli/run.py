@@ -21,7 +21,7 @@ EXIT_UNVERIFIED = 4
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 a correct candidate was found (or the question answered); "
-    "1 no correct candidate (or the run failed); 2 usage or configuration error "
+    "1 no correct candidate, or (for a speed task) none faster than the original, or the run failed; 2 usage or configuration error "
     "(bad flag, missing repository, no model configured, no Docker); 3 budget exhausted; "
     "4 unverified: the planner changed files without a fan-out, so nothing checked the change; "
     "130, 143, 129 stopped by SIGINT, SIGTERM, SIGHUP (sandboxes removed first)."
@@ -30,6 +30,7 @@ EXIT_CODES_HELP = (
 STATUS_EXIT = {
     "success": EXIT_OK,
     "no-correct-candidate": EXIT_NO_CORRECT,
+    "not-faster": EXIT_NO_CORRECT,
     "error": EXIT_NO_CORRECT,
     "budget-exhausted": EXIT_BUDGET,
     "unverified": EXIT_UNVERIFIED,
@@ -44,25 +45,11 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean the user must change something (exit 2), not a bug.
+    """The exceptions that mean the user must change something (exit 2), not a bug
+    (``session.user_errors``)."""
+    from bakeoff.agent.session import user_errors as errors
 
-    A model that cannot be reached (after retries and fallbacks), a script that does not
-    fit the run, a sandbox kind that cannot run here, a patch that may not be applied: the
-    user fixes the configuration or the repository, and each message says how.
-    """
-    from bakeoff.agent.config import ConfigError
-    from bakeoff.agent.models.litellm import ModelCallFailed
-    from bakeoff.agent.config import ModelNotConfigured
-    from bakeoff.agent.models.scripted import ScriptExhausted, ScriptFileError
-    from bakeoff.agent.patches import PatchRejected
-    from bakeoff.agent.session import SessionError
-    from bakeoff.agent.storage import DirectoryBusy
-    from bakeoff.sandboxes import SandboxUnavailable
-
-    return (
-        ConfigError, ModelNotConfigured, SessionError, ModelCallFailed, ScriptExhausted, ScriptFileError,
-        SandboxUnavailable, PatchRejected, DirectoryBusy,
-    )
+    return errors()
 
 
 def load(repo: Path, flags: dict[str, Any]):
@@ -114,7 +101,11 @@ def run_command(
     budget: float | None = typer.Option(None, "--budget", help="Dollars this run may spend."),
     budget_tokens: int | None = typer.Option(None, "--budget-tokens", help="Tokens this run may spend."),
     sandbox: str | None = typer.Option(None, "--sandbox", help="auto (docker when an engine answers, else bubblewrap), docker, local (bubblewrap) or unsafe-local (no isolation)."),
+    docker_host: str | None = typer.Option(None, "--docker-host", help="The Docker engine sandboxes run on: tcp://HOST:PORT, ssh://USER@HOST, unix:///PATH or a docker context name (default: DOCKER_HOST, else this machine's)."),
+    docker_cert_path: Path | None = typer.Option(None, "--docker-cert-path", metavar="DIR", help="Folder of ca.pem, cert.pem and key.pem: TLS to a tcp:// --docker-host."),
     planner: str | None = typer.Option(None, "--planner", help="compiler (parallel plan) or react (one call per turn)."),
+    threads: int | None = typer.Option(None, "--threads", min=1,
+                                       help="Threads candidates are timed at (default: the CPUs the sandbox may use)."),
     time_limit: float | None = typer.Option(None, "--time-limit", metavar="SECONDS", help="Wall-clock seconds the run may take (default 3600)."),
 ) -> None:
     from rich.console import Console
@@ -129,7 +120,8 @@ def run_command(
     task = task_text(task)
     patch_target(patch)
     flags = {"model.default": model, "n": n, "budget_usd": budget, "budget_tokens": budget_tokens,
-             "sandbox": sandbox, "planner": planner, "time_limit_s": time_limit}
+             "sandbox": sandbox, "planner": planner, "threads": threads, "time_limit_s": time_limit,
+             "docker_host": docker_host, "docker_cert_path": str(docker_cert_path) if docker_cert_path else None}
     events = EventBus()
     err = Console(stderr=True)
     stop_progress = show_progress(events, err, jsonl=jsonl)

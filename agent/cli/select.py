@@ -2,23 +2,39 @@
 
 No model is needed: the reference's outputs on generated inputs (and any given tests) decide
 correctness, and interleaved timing decides speed. Python candidates go through
-``agent.testgen.PythonHarness``; C/C++ through ``agent.differential_c.CHarness``. Candidates
-are code someone else wrote: they build and run only inside a sandbox (``--sandbox``).
+``agent.harness.python_harness.PythonHarness``; C/C++ through ``agent.harness.c_harness.CHarness``
+(``mpi_harness.MpiHarness`` when the code calls MPI), with an input spec inferred from the
+reference and checked against it, or given with ``--spec``; CUDA (``.cu``) through
+``cuda_harness.CudaHarness``, which without a visible CUDA device only builds the candidates
+and calls none of them correct. Candidates are code someone else
+wrote: they build and run only inside a sandbox (``--sandbox``).
 Top-level imports: typer and the standard library only, so ``bakeoff --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
-C_SUFFIXES = {".c", ".cc", ".cpp", ".cxx"}
+C_SUFFIXES = {".c", ".cc", ".cpp", ".cxx", ".cu"}
 
 
 class UsageProblem(Exception):
     """Something the user can fix; the message says how."""
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    unordered: bool = False
+    repeats: int = 3
+    timing_repeats: int = 5
+    threads: int | None = None  # the target parallelism; None: the CPUs the sandbox may use
+    min_time_s: float = 0.2  # the timing input grows until the reference takes this long per call
+    require_faster: bool = True  # a winner must be faster than the reference
+    spec: Path | None = None  # C/C++: a JSON input spec instead of one inferred and checked
 
 
 def register(app: typer.Typer) -> None:
@@ -38,16 +54,36 @@ def register(app: typer.Typer) -> None:
         sandbox: str = typer.Option(
             "auto", "--sandbox", help="Where candidates run: auto (Docker if an engine answers, else bubblewrap), docker, local (bubblewrap), unsafe-local (no isolation: trusted code only)."
         ),
+        threads: int | None = typer.Option(
+            None, "--threads", min=1, help="Threads the candidates are timed at (default: the CPUs the sandbox may use)."
+        ),
+        min_time: float = typer.Option(
+            0.2, "--min-time", min=0.0,
+            help="Grow the timing input until the reference takes this many seconds per call at one thread (0: as drawn).",
+        ),
+        require_faster: bool = typer.Option(
+            True, "--require-faster/--any-speed",
+            help="Ship only a candidate faster than the reference (default), or any correct one.",
+        ),
+        spec: Path | None = typer.Option(
+            None, "--spec", help="C/C++: a JSON input spec (sizes, lengths, value domains) instead of one inferred from the reference."
+        ),
+        docker_host: str | None = typer.Option(None, "--docker-host", help="The Docker engine sandboxes run on: tcp://HOST:PORT, ssh://USER@HOST, unix:///PATH or a docker context name (default: DOCKER_HOST, else this machine's)."),
+        docker_cert_path: Path | None = typer.Option(None, "--docker-cert-path", metavar="DIR", help="Folder of ca.pem, cert.pem and key.pem: TLS to a tcp:// --docker-host."),
     ) -> None:
-        """Pick the fastest candidate that behaves like the reference. Exit 0 with a winner, 1 without."""
+        """Pick the fastest candidate that behaves like the reference. Exit 0 with a winner; 1 without one, or when
+        no correct candidate is faster than the reference (the best is named, not chosen); 2 for a usage error."""
         from bakeoff.agent.cli.stopping import Stopped, leave_now, run_stoppable
         from bakeoff.sandboxes import SandboxUnavailable
+        from bakeoff.sandboxes.docker_engine import DockerImageError
+        from bakeoff.sandboxes.docker_host import DockerHost
 
+        engine = DockerHost(docker_host, str(docker_cert_path) if docker_cert_path else None)
+        options = SelectOptions(unordered=unordered, repeats=repeats, timing_repeats=timing_repeats, threads=threads,
+                                min_time_s=min_time, require_faster=require_faster, spec=spec)
         try:
-            verdict = run_stoppable(
-                _select(reference, candidate, candidates_jsonl, tests, entry, unordered, repeats, timing_repeats, sandbox)
-            )
-        except (UsageProblem, SandboxUnavailable) as exc:
+            verdict = run_stoppable(_select(reference, candidate, candidates_jsonl, tests, entry, options, sandbox, engine))
+        except (UsageProblem, SandboxUnavailable, DockerImageError) as exc:
             typer.echo(f"bakeoff select: {exc}", err=True)
             raise typer.Exit(2) from None
         except Stopped as stop:
@@ -112,57 +148,58 @@ def _default_entry(source: str, entry: str | None = None) -> str:
     return names[-1]
 
 
-async def _select(reference, candidate_paths, jsonl, test_paths, entry, unordered, repeats, timing_repeats,
-                  sandbox_kind="auto"):
+async def _select(reference, candidate_paths, jsonl, test_paths, entry, options: SelectOptions, sandbox_kind="auto",
+                  docker_host=None):
     import tempfile
 
     from bakeoff.agent.seams import Workspace
     from bakeoff.sandboxes import choose_backend, create_sandbox
     from bakeoff.sandboxes.pool import SandboxPerKey
 
-    choose_backend(sandbox_kind)  # a sandbox that cannot run here is the user's to fix, before any work
+    choose_backend(sandbox_kind, docker_host)  # a sandbox that cannot run here is the user's to fix, before any work
     ref_source = _read(reference, "reference")
     sources = _load_candidates(candidate_paths, jsonl)
     # An empty workspace: the harness writes what it runs into it. Python programs get a
     # sandbox each (one candidate's fork bomb cannot starve another's runs); C/C++ share one.
     with tempfile.TemporaryDirectory(prefix="bakeoff-select-") as tmp:
         if reference.suffix not in C_SUFFIXES:
-            async with SandboxPerKey(Workspace(path=Path(tmp)), sandbox_kind) as per_source:
-                return await _select_in(per_source, reference, ref_source, sources, test_paths, entry, unordered,
-                                        repeats, timing_repeats)
-        sandbox = await create_sandbox(Workspace(path=Path(tmp)), kind=sandbox_kind)
+            async with SandboxPerKey(Workspace(path=Path(tmp)), sandbox_kind, docker_host=docker_host) as per_source:
+                return await _select_in(per_source, reference, ref_source, sources, test_paths, entry, options)
+        sandbox = await create_sandbox(Workspace(path=Path(tmp)), kind=sandbox_kind, docker_host=docker_host)
         try:
-            return await _select_in(sandbox, reference, ref_source, sources, test_paths, entry, unordered, repeats,
-                                    timing_repeats)
+            return await _select_in(sandbox, reference, ref_source, sources, test_paths, entry, options)
         finally:
             await sandbox.close()
 
 
-async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry, unordered, repeats, timing_repeats):
+async def _harness(sandbox, reference: Path, ref_source: str, sources, entry: str | None, options: SelectOptions):
+    """The differential harness for the reference's language, and the entry function it compares."""
+    from bakeoff.agent.harness.sizing import SizingLimits
+
+    if reference.suffix in C_SUFFIXES:
+        return await _c_harness(sandbox, reference, ref_source, sources, entry, options), entry
+    from bakeoff.agent.harness.pyexec import SandboxRunner
+    from bakeoff.agent.harness.python_harness import PythonHarness
+
+    entry = _default_entry(ref_source, entry)
+    try:
+        return PythonHarness(ref_source, entry, unordered=options.unordered, repeats=options.repeats,
+                             runner=SandboxRunner(sandbox), sizing=SizingLimits(min_time_s=options.min_time_s)), entry
+    except ValueError as exc:
+        raise UsageProblem(f"{exc}: pass --entry NAME") from None
+
+
+async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry, options: SelectOptions):
+    from bakeoff.agent.harness.parallelism import target_parallelism
+    from bakeoff.agent.seams import Sandbox
     from bakeoff.agent.selection.choose import select
     from bakeoff.agent.types import Candidate
 
-    if reference.suffix in C_SUFFIXES:
-        try:
-            from bakeoff.agent.harness.c_harness import CHarness
-        except ImportError as exc:
-            raise UsageProblem(f"C/C++ candidates need agent.differential_c, which this installation lacks ({exc})") from None
-        if not entry:
-            raise UsageProblem("for C/C++ pass --entry NAME: the function whose results are compared")
-        language = "c" if reference.suffix == ".c" else "c++"
-        harness = CHarness(ref_source, entry, language=language, unordered=unordered, repeats=repeats, sandbox=sandbox)
-        given = []
-    else:
-        from bakeoff.agent.harness.pyexec import SandboxRunner
-        from bakeoff.agent.harness.python_harness import PythonHarness
+    harness, entry = await _harness(sandbox, reference, ref_source, sources, entry, options)
+    given = []
+    if reference.suffix not in C_SUFFIXES:
         from bakeoff.agent.harness.testgen import parse_generated_tests
 
-        entry = _default_entry(ref_source, entry)
-        try:
-            harness = PythonHarness(ref_source, entry, unordered=unordered, repeats=repeats, runner=SandboxRunner(sandbox))
-        except ValueError as exc:
-            raise UsageProblem(f"{exc}: pass --entry NAME") from None
-        given = []
         for p in test_paths:
             for t in parse_generated_tests(_read(p, "test file"), entry):
                 given.append(t.model_copy(update={"kind": "given", "id": f"given-{len(given)}"}))
@@ -179,12 +216,80 @@ async def _select_in(sandbox, reference, ref_source, sources, test_paths, entry,
         else Candidate(id=c, source=s, error=_load_error(matrix, c))
         for c, s in sources.items()
     ]
-    verdict = select(matrix, all_tests, candidates, reference=True)
+    verdict = select(matrix, all_tests, candidates, reference=True, speed_task=options.require_faster)
+    if await _build_only(harness):
+        return _built_only(verdict, harness)
     if verdict.correct:
-        timings = await harness.time({c: sources[c] for c in verdict.correct}, repeats=timing_repeats)
+        # Python programs have a sandbox each: the reference's says what the candidates may use.
+        probe = sandbox if isinstance(sandbox, Sandbox) else await sandbox(ref_source)
+        target = await target_parallelism(options.threads, sandbox=probe, setting="--threads")
+        timings = await harness.time({c: sources[c] for c in verdict.correct}, repeats=options.timing_repeats,
+                                     target=target)
         diff_sizes = {c: _diff_lines(ref_source, sources[c]) for c in verdict.correct}
-        verdict = select(matrix, all_tests, candidates, reference=True, timings=timings, diff_sizes=diff_sizes)
+        verdict = select(matrix, all_tests, candidates, reference=True, timings=timings, diff_sizes=diff_sizes,
+                         speed_task=options.require_faster, setup=harness.timing_setup)
     return verdict
+
+
+async def _c_harness(sandbox, reference, ref_source, sources, entry, options: SelectOptions):
+    """The C/C++ harness (the MPI one when the code calls MPI), driven by the given spec or by
+    one inferred from the reference and checked against it."""
+    from bakeoff.agent.harness.c_harness import CHarness
+    from bakeoff.agent.harness.c_signature import SignatureError
+    from bakeoff.agent.harness.c_spec_model import settle_spec
+    from bakeoff.agent.harness.c_timing import TimingOptions
+    from bakeoff.agent.harness.mpi_harness import MpiHarness, calls_mpi
+    from bakeoff.agent.harness.sizing import SizingLimits
+
+    if not entry:
+        raise UsageProblem("for C/C++ pass --entry NAME: the function whose results are compared")
+    given = None
+    spec_path = options.spec
+    if spec_path is not None:
+        try:
+            given = json.loads(_read(spec_path, "spec"))
+        except json.JSONDecodeError as exc:
+            raise UsageProblem(f"{spec_path} is not JSON ({exc.msg}): write the spec as one JSON object") from None
+    language = "c" if reference.suffix == ".c" else "c++"
+    kind = MpiHarness if any(calls_mpi(src) for src in [ref_source, *sources.values()]) else CHarness
+    if reference.suffix == ".cu":
+        from bakeoff.agent.harness.cuda_harness import CudaHarness
+
+        kind = CudaHarness
+    try:
+        harness = kind(ref_source, entry, language=language, unordered=options.unordered, repeats=options.repeats,
+                       sandbox=sandbox, constraints=given,
+                       timing=TimingOptions(sizing=SizingLimits(min_time_s=options.min_time_s)))
+    except (SignatureError, ValueError) as exc:
+        raise UsageProblem(f"{exc}: check --entry, or pass --spec FILE") from None
+    if given is None and not await _build_only(harness):
+        outcome = await settle_spec(harness)
+        if not outcome.testable:
+            await harness.close()
+            raise UsageProblem(f"no input spec for {entry}() passed its check against the reference "
+                               f"({'; '.join(outcome.problems)[:400]}): pass one with --spec FILE")
+    return harness
+
+
+async def _build_only(harness) -> bool:
+    """True for a CUDA harness that sees no CUDA device: its candidates are only built."""
+    build_only = getattr(harness, "build_only", None)
+    return build_only is not None and await build_only()
+
+
+def _built_only(verdict, harness):
+    """The verdict of candidates that were built and never run: none is correct or faster,
+    and the reason and each row say so."""
+    from bakeoff.agent.harness.cuda_harness import NO_DEVICE
+
+    built = [r.candidate for r in verdict.rows if r.built is not False]
+    why = next((n for n in harness.notes if n.startswith(NO_DEVICE)), NO_DEVICE)
+    reason = (f"no winner: {why}; {len(built)} of {len(verdict.rows)} candidates built, and none is called "
+              "correct or faster: nothing ran.")
+    rows = [r.model_copy(update={"correct": None, "note": "built; not run (no CUDA device)"}) if r.built is not False
+            else r for r in verdict.rows]
+    return verdict.model_copy(update={"winner": None, "correct": [], "method": "none", "reason": reason, "rows": rows,
+                                      "not_faster": False, "best": None})
 
 
 def _compiler_message(log: str) -> str:

@@ -9,8 +9,10 @@ The whole data flow of a fan-out, one step per line of ``fan_out``:
     matrix      every candidate on every test                                   matrix.py
     vote        who is correct (the base version is the reference)             selection/vote.py
     close call  top groups close: inputs that tell them apart, a judge decides   close_calls.py
-    timing      the winners timed against the base, interleaved                 timing.py
-    choice      the fastest correct candidate, with the report's table          selection/choose.py
+    timing      the winners timed against the base, interleaved, at the target   timing.py
+                parallelism, on an input grown until the base takes long enough
+    choice      the fastest correct candidate (for a speed task: only one       selection/choose.py
+                faster than the base), with the report's table
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from bakeoff.agent.fanout.tests import MadeTests, make_tests, pick_harness
 from bakeoff.agent.fanout.timing import time_winners
 from bakeoff.agent.fanout.trajectory import Trajectory
 from bakeoff.agent.harness.protocol import DifferentialHarness
-from bakeoff.agent.selection.choose import choose
+from bakeoff.agent.selection.choose import choose, is_speed_task
 from bakeoff.agent.selection.table import render_table
-from bakeoff.agent.selection.vote import vote
+from bakeoff.agent.selection.vote import Vote, vote
 from bakeoff.agent.seams import Sandbox
 from bakeoff.agent.types import Candidate, FanOutResult, Timing, Verdict
 
@@ -70,13 +72,27 @@ async def fan_out(goal: str, files: Sequence[str], n: int, *, services: FanOutSe
                                   {c: t.profile_output for c, t in developing.items()}, baseline,
                                   reference=keeps_behaviour)
         ballot = vote(matrix, tests, reference=keeps_behaviour, gate=gate(candidates))
+        if made.build_only:
+            ballot = built_only(ballot)
         ballot = await settle_close_call(ballot, harness=harness, sources=sources, goal=goal, entry=ref.entry,
                                          reference=keeps_behaviour, services=services)
-        timings = await time_winners(ballot.winners, harness, sources,
-                                     {c: developing[c].final_files for c in ballot.winners}, baseline,
-                                     services.pool, services.workspace, services.settings, services.events)
-    verdict = choose(ballot, candidates, matrix, tests, timings=timings or None)
+        timings, setup = await time_winners(ballot.winners, harness, sources,
+                                            {c: developing[c].final_files for c in ballot.winners}, baseline, base_sb,
+                                            services.pool, services.workspace, services.settings, services.events)
+    verdict = choose(ballot, candidates, matrix, tests, timings=timings or None, setup=setup,
+                     speed_task=keeps_behaviour and is_speed_task(goal))
     return finish(verdict, candidates, timings, made, services)
+
+
+def built_only(ballot: Vote) -> Vote:
+    """No CUDA device: building and the repository's tests are all the candidates passed, and
+    neither shows a kernel correct, so no candidate is called correct (nor timed)."""
+    from bakeoff.agent.harness.cuda_harness import NO_DEVICE
+
+    built = sorted({c for g in ballot.groups for c in g.members} | set(ballot.flaky))
+    reason = (f"{NO_DEVICE}: {len(built)} candidate{'s' if len(built) != 1 else ''} built, and none is called "
+              "correct or faster: nothing ran on a GPU")
+    return ballot.model_copy(update={"winners": [], "method": "none", "close_call": False, "reason": reason})
 
 
 def check_request(files: Sequence[str], services: FanOutServices) -> None:
@@ -105,7 +121,7 @@ class Reference:
         harness = pick_harness(
             language_of([path]) if path else language, entry,
             inline_includes(source, headers) if source else None,
-            sb if services.settings.harness_in_sandbox else None, services.events,
+            sb if services.settings.harness_in_sandbox else None, services.events, goal,
         )
         return cls(entry, path, source, headers, harness, keeps_behaviour)
 
@@ -129,7 +145,8 @@ def finish(verdict: Verdict, candidates: list[Candidate], timings: dict[str, Tim
     for cid, timing in timings.items():
         by_id[cid].timing = timing
     winner = by_id.get(verdict.winner) if verdict.winner else None
-    services.events.emit("fanout.end", winner=verdict.winner, reason=verdict.reason, correct=verdict.correct)
+    services.events.emit("fanout.end", winner=verdict.winner, reason=verdict.reason, correct=verdict.correct,
+                         best=verdict.best, timing=verdict.timing.model_dump(mode="json") if verdict.timing else None)
     return FanOutResult(verdict=verdict, candidates=candidates, winner=winner,
                         patch=winner.patch if winner else "", report_table=table_text(verdict))
 

@@ -30,6 +30,7 @@ class FanOutSettings(BaseModel):
     profile: str | None = None  # benchmark command; detected when None
     profile_repeats: int = Field(3, ge=1)  # interleaved pairs per candidate in its trajectory
     timing_repeats: int = Field(5, ge=1)  # interleaved pairs per winner at selection
+    threads: int | None = Field(None, ge=1)  # the target parallelism; None: the CPUs the sandbox may use
     command_timeout_s: float = 300.0
     test_samples: int = Field(1, ge=0)  # tester model samples (0: no generated tests)
     # The differential harness (Python and C/C++) runs candidates' code in the base sandbox.
@@ -41,7 +42,7 @@ class FanOutSettings(BaseModel):
     def from_settings(cls, settings: Settings) -> FanOutSettings:
         """The session's settings, as far as they concern a fan-out."""
         return cls(max_n=settings.max_n, rounds=settings.rounds, build=settings.build, test=settings.test,
-                   command_timeout_s=settings.command_timeout)
+                   threads=settings.threads, command_timeout_s=settings.command_timeout)
 
 
 @dataclass

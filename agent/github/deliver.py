@@ -33,6 +33,9 @@ def deliver(gh: GitHub, trigger: Trigger, report: dict[str, Any], *, repo: Path,
     winner = (report.get("verdict") or {}).get("winner")
     if report.get("status") == "unverified":
         return "The change was never verified (no fan-out built and tested it), so nothing is proposed."
+    if report.get("status") == "not-faster":
+        best = (report.get("verdict") or {}).get("best")
+        return f"Candidate {best} is correct but not faster than the base, so nothing is proposed."
     if report.get("status") != "success" or not patch.strip():
         return "No candidate was shown correct, so nothing is proposed."
     problems = validate_patch(patch, repo)

@@ -30,11 +30,13 @@ def report_markdown(report: dict[str, Any]) -> str:
     """The candidate table and the cost, as Markdown, from a RunReport's JSON."""
     verdict = report.get("verdict") or {}
     rows = verdict.get("rows") or []
+    setup = verdict.get("timing") or {}
+    at = f" at {setup['threads']} threads" if setup.get("threads") else ""  # "@16" would read as a mention
     lines = [
         f"**Result:** {report.get('status', '?')}. {verdict.get('reason', '')}".strip(),
         "",
-        "| candidate | built | tests passed | group | flaky | speedup | cost |",
-        "|---|---|---|---|---|---|---|",
+        f"| candidate | built | tests passed | group | flaky | speedup{at} | scaling | cost |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         speed = "–"
@@ -42,14 +44,32 @@ def report_markdown(report: dict[str, Any]) -> str:
             speed = f"{r['speedup']:.2f}x"
             if r.get("low") is not None and r.get("high") is not None:
                 speed += f" [{r['low']:.2f}, {r['high']:.2f}]"
-        mark = " 🏆" if r.get("candidate") == verdict.get("winner") else ""
+        mark = " 🏆" if r.get("candidate") == verdict.get("winner") else " (best, not faster)" \
+            if r.get("candidate") == verdict.get("best") else ""
         lines.append(
             f"| {r.get('candidate')}{mark} | {_yes(r.get('built'))} | {r.get('tests_passed', 0)}/{r.get('tests_total', 0)}"
             f" | {r.get('group') if r.get('group') is not None else '–'} | {_yes(r.get('flaky'))} | {speed}"
-            f" | ${r.get('cost_usd', 0.0):.4f} |"
+            f" | {_curve(r.get('curve') or [])} | ${r.get('cost_usd', 0.0):.4f} |"
         )
+    if setup:
+        lines += ["", f"Timing: {_setup(setup)}."]
     lines += ["", f"Total cost: ${report.get('cost_usd', 0.0):.4f} ({report.get('tokens', 0)} tokens)."]
     return "\n".join(lines)
+
+
+def _curve(points: list[dict[str, Any]]) -> str:
+    """The scaling curve from the report's JSON, as the terminal table shows it."""
+    from bakeoff.agent.selection.table import curve_text
+    from bakeoff.agent.types import CurvePoint
+
+    return curve_text([CurvePoint.model_validate(p) for p in points]) if points else "–"
+
+
+def _setup(setup: dict[str, Any]) -> str:
+    from bakeoff.agent.selection.table import setup_text
+    from bakeoff.agent.types import TimingSetup
+
+    return setup_text(TimingSetup.model_validate(setup))
 
 
 def _yes(value: Any) -> str:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import random
 import shlex
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +32,26 @@ from bakeoff.agent.harness.c_workdir import LOG_LIMIT, LocalDir, SandboxDir, Wor
 BuildResult = tuple[str | None, str | None]
 
 
-def cxx_command(flags: Sequence[str]) -> str:
+def cxx_command(flags: Sequence[str], compiler: str = "g++") -> str:
     std = [] if any(f.startswith("-std=") for f in flags) else ["-std=c++17"]
-    return shlex.join(["g++", *std, *flags])
+    return shlex.join([compiler, *std, *flags])
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What a parallel model changes in a driver build: the compilers, the driver's ``main``,
+    code each side gets after its includes (``prelude``) and around the timed call (``sync``)."""
+
+    cxx: str = "g++"
+    cc: str = "gcc"
+    main: str = c_runtime.RUNTIME_MAIN
+    prelude: str = ""
+    sync: str = ""  # on candidate sides only: the reference runs alone
+    suffix: str = ".cpp"  # of a C++ side's file: ".cu" makes nvcc compile it as CUDA
+    pch: bool = True  # precompile the runtime header (g++'s .gch; nvcc reads the header itself)
+
+
+OPENMP = Dialect()
 
 
 def default_runtime_dir() -> str:
@@ -54,10 +73,11 @@ class DriverRuntime:
     """The precompiled runtime header and the driver's main object, built once per flag set and machine."""
 
     def __init__(self, workdir: WorkDir, rt_dir: str, flags: Sequence[str], limiter: asyncio.Semaphore,
-                 build_timeout: float):
+                 build_timeout: float, dialect: Dialect = OPENMP):
         self.workdir = workdir
         self.rt_dir = rt_dir
         self.flags = list(flags)
+        self.dialect = dialect
         self.limiter = limiter
         self.build_timeout = build_timeout
         self.lock = asyncio.Lock()
@@ -66,15 +86,15 @@ class DriverRuntime:
     async def ensure(self) -> str:
         """The runtime's directory, built there first when no one has built it yet."""
         async with self.lock:
-            cxx = cxx_command(self.flags)
-            rt = f"{self.rt_dir}/{digest(cxx, c_runtime.RUNTIME_HEADER, c_runtime.RUNTIME_MAIN)}"
+            cxx = cxx_command(self.flags, self.dialect.cxx)
+            rt = f"{self.rt_dir}/{digest(cxx, c_runtime.RUNTIME_HEADER, self.dialect.main)}"
             if self._ready:
                 return rt
             if isinstance(self.workdir, LocalDir):
                 Path(self.rt_dir).mkdir(parents=True, exist_ok=True)
-                ready = (Path(rt) / "bk_main.o").exists() and (Path(rt) / "bk_rt.h.gch").exists()
+                ready = (Path(rt) / "bk_main.o").exists() and (not self.dialect.pch or (Path(rt) / "bk_rt.h.gch").exists())
             else:
-                ready = await self.workdir.exists(f"{rt}/bk_main.o") or await self._seed(rt)
+                ready = await self.workdir.exists(f"{rt}/bk_main.o") or (self.dialect.pch and await self._seed(rt))
             if not ready:
                 await self._build(rt, cxx)
             self._ready = True
@@ -83,17 +103,18 @@ class DriverRuntime:
     async def _build(self, rt: str, cxx: str) -> None:
         # Build in a private directory, then rename: other processes may share the cache.
         tmp = f"{rt}.tmp{os.getpid()}.{random.randrange(1 << 30)}"
+        pch = f"{cxx} -x c++-header -c bk_rt.h -o bk_rt.h.gch && " if self.dialect.pch else ""
         cmd = (
             # The compiler's own temporary files in the build's directory too: one that is killed
             # cannot remove them, and the directory goes as a whole.
-            f"cd {shlex.quote(tmp)} && export TMPDIR=\"$PWD\" && {cxx} -x c++-header bk_rt.h -o bk_rt.h.gch && "
+            f"cd {shlex.quote(tmp)} && export TMPDIR=\"$PWD\" && {pch}"
             f"{cxx} -c bk_main.cpp -o bk_main.o && cd .. && "
             f"(mv -T {shlex.quote(Path(tmp).name)} {shlex.quote(Path(rt).name)} 2>/dev/null || rm -rf {shlex.quote(Path(tmp).name)})"
         )
         try:
             await self.workdir.run(f"mkdir -p {shlex.quote(tmp)}", 30)
             await self.workdir.write(f"{tmp}/bk_rt.h", c_runtime.RUNTIME_HEADER)
-            await self.workdir.write(f"{tmp}/bk_main.cpp", c_runtime.RUNTIME_MAIN)
+            await self.workdir.write(f"{tmp}/bk_main.cpp", self.dialect.main)
             res = await run_limited(self.workdir, self.limiter, cmd, self.build_timeout)
         except BaseException:
             # Interrupted (Ctrl-C, SIGTERM): the half-built directory goes; the cache keeps only
@@ -117,7 +138,7 @@ class DriverRuntime:
             return False
         scratch = Path(tempfile.mkdtemp(prefix="bakeoff-diff-"))
         host = DriverRuntime(LocalDir(scratch), default_runtime_dir(), self.flags,
-                             asyncio.Semaphore(os.cpu_count() or 2), self.build_timeout)
+                             asyncio.Semaphore(os.cpu_count() or 2), self.build_timeout, self.dialect)
         try:
             built = Path(await host.ensure())
         finally:
@@ -135,6 +156,7 @@ class DriverBuilds:
     def __init__(self, *, language: str, flags: Sequence[str], reference_source: str, plan: DriverPlan, support: str,
                  workdir: WorkDir, runtime: DriverRuntime, limiter: asyncio.Semaphore, build_timeout: float):
         self.language = language
+        self.dialect = runtime.dialect
         self.flags = list(flags)
         self.reference_source = reference_source
         self.plan = plan
@@ -148,7 +170,7 @@ class DriverBuilds:
 
     @property
     def cxx(self) -> str:
-        return cxx_command(self.flags)
+        return cxx_command(self.flags, self.dialect.cxx)
 
     @property
     def lib(self) -> str:
@@ -156,7 +178,9 @@ class DriverBuilds:
 
     def stem(self, kind: str, source: str, literals: Sequence[Mapping[str, Any]]) -> str:
         """The name of a build: a candidate's names the reference too (both are in its binary)."""
-        parts = [self.language, self.cxx, source, literal_digest(literals)]
+        # The plan is in the generated code: a harness that changes its spec builds anew.
+        parts = [self.language, self.cxx, source, literal_digest(literals),
+                 json.dumps(self.plan.constraints, sort_keys=True, default=str)]
         if kind in ("cand", "tsan"):
             parts.append(self.reference_source)
         return f"{kind}_{digest(*parts)}"
@@ -170,14 +194,17 @@ class DriverBuilds:
                  rt: str) -> tuple[dict[str, str], str, list[str]]:
         """Files to write, the command that makes the side's objects, and those objects."""
         inc = f"-I {shlex.quote(rt)}"
+        d = self.dialect
+        sync = d.sync if side == "cand" else ""
         if self.language == "c++":
-            files = {f"{stem}.cpp": c_driver.cxx_side(self.plan, side, source, self.support_for(source), literals)}
-            return files, f"{self.cxx} {inc} -c {stem}.cpp -o {stem}.o", [f"{stem}.o"]
+            files = {f"{stem}{d.suffix}": c_driver.cxx_side(self.plan, side, source, self.support_for(source), literals,
+                                                            prelude=d.prelude, sync=sync)}
+            return files, f"{self.cxx} {inc} -c {stem}{d.suffix} -o {stem}.o", [f"{stem}.o"]
         files = {
-            f"{stem}.c": c_driver.c_side(source, self.support_for(source), side),
-            f"{stem}.run.cpp": c_driver.c_runner(self.plan, side, literals),
+            f"{stem}.c": c_driver.c_side(source, self.support_for(source), side, prelude=d.prelude),
+            f"{stem}.run.cpp": c_driver.c_runner(self.plan, side, literals, prelude=d.prelude, sync=sync),
         }
-        cc = shlex.join(["gcc", *self.flags])
+        cc = shlex.join([d.cc, *self.flags])
         cmd = (
             f"{cc} -c {stem}.c -o {stem}.raw.o && "
             f"nm -g --defined-only -P {stem}.raw.o | awk '{{print $1\" bk_{side}_\"$1}}' > {stem}.syms && "

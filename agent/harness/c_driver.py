@@ -284,8 +284,10 @@ def _call_and_outputs(sig: Signature, callee: str) -> tuple[str, str]:
     return call, "\n      ".join(puts)
 
 
-def run_function(plan: DriverPlan, side: str, callee: str, literals: Sequence[Mapping[str, Any]]) -> str:
-    """The C++ definition of ``bk_<side>_run`` calling ``callee`` (e.g. ``::bk_cand::fn``)."""
+def run_function(plan: DriverPlan, side: str, callee: str, literals: Sequence[Mapping[str, Any]], sync: str = "") -> str:
+    """The C++ definition of ``bk_<side>_run`` calling ``callee`` (e.g. ``::bk_cand::fn``);
+    ``sync``: a statement run just before the clock starts and just before it stops (an MPI
+    barrier, so the time is the slowest rank's)."""
     g = _Gen(plan, f"::bk_{side}")
     _generate_inputs(g, plan, literals)
     gen_body = "\n".join(g.lines)
@@ -302,8 +304,10 @@ int bk_{side}_run(uint64_t seed, const double* P, int literal, int threads, bk::
 {body}
   omp_set_num_threads(threads);
   try {{
+    {sync}
     double t0_ = omp_get_wtime();
     {call};
+    {sync}
     *secs = omp_get_wtime() - t0_;
     if (out) {{
       {put_code}
@@ -329,13 +333,15 @@ def split_includes(source: str) -> tuple[str, str]:
     return includes, _INCLUDE.sub("", source)
 
 
-def cxx_side(plan: DriverPlan, side: str, source: str, support: str, literals: Sequence[Mapping[str, Any]]) -> str:
-    """One C++ translation unit: the source in ``namespace bk_<side>`` plus its runner."""
+def cxx_side(plan: DriverPlan, side: str, source: str, support: str, literals: Sequence[Mapping[str, Any]],
+             prelude: str = "", sync: str = "") -> str:
+    """One C++ translation unit: the source in ``namespace bk_<side>`` plus its runner;
+    ``prelude`` comes right after the includes (``Dialect``)."""
     includes, body = split_includes(source)
     return (
-        f'#include "bk_rt.h"\n{includes}\nnamespace bk_{side} {{\n#line 1 "{side}.cpp"\n{body}\n'
+        f'#include "bk_rt.h"\n{includes}\n{prelude}\nnamespace bk_{side} {{\n#line 1 "{side}.cpp"\n{body}\n'
         f"{support}\n}}\nnamespace bk_{side} {{\n{_struct_serializers(plan.signature)}\n}}\n"
-        + run_function(plan, side, f"::bk_{side}::{plan.signature.name}", literals)
+        + run_function(plan, side, f"::bk_{side}::{plan.signature.name}", literals, sync)
     )
 
 
@@ -352,9 +358,12 @@ C_PRELUDE = """#include <stdio.h>
 """
 
 
-def c_side(source: str, support: str, side: str) -> str:
+def c_side(source: str, support: str, side: str, prelude: str = "") -> str:
     """One C translation unit; its global symbols get the prefix ``bk_<side>_`` after compiling."""
-    return f'{C_PRELUDE}#line 1 "{side}.c"\n{source}\n{support}\n'
+    includes, body = split_includes(source)
+    if not prelude:  # as written: the includes stay where the source has them
+        includes, body = "", source
+    return f'{C_PRELUDE}{includes}\n{prelude}\n#line 1 "{side}.c"\n{body}\n{support}\n'
 
 
 def _c_param(p: Param, ns: str) -> str:
@@ -366,7 +375,7 @@ def _c_param(p: Param, ns: str) -> str:
     return f"{base} {p.name}"
 
 
-def c_runner(plan: DriverPlan, side: str, literals: Sequence[Mapping[str, Any]]) -> str:
+def c_runner(plan: DriverPlan, side: str, literals: Sequence[Mapping[str, Any]], prelude: str = "", sync: str = "") -> str:
     """The C++ runner for a C side: struct definitions, the renamed prototype, ``bk_<side>_run``."""
     sig = plan.signature
     ns = f"::bk_{side}"
@@ -376,8 +385,8 @@ def c_runner(plan: DriverPlan, side: str, literals: Sequence[Mapping[str, Any]])
     structs = "\n".join(s.text for s in sig.structs.values())
     proto = f'extern "C" {sig.returns.spell(ns)} bk_{side}_{sig.name}(' + ", ".join(_c_param(p, ns) for p in sig.params) + ");"
     return (
-        f'#include "bk_rt.h"\nnamespace bk_{side} {{\n{structs}\n{proto}\n{_struct_serializers(sig)}\n}}\n'
-        + run_function(plan, side, f"::bk_{side}::bk_{side}_{sig.name}", literals)
+        f'#include "bk_rt.h"\n{prelude}\nnamespace bk_{side} {{\n{structs}\n{proto}\n{_struct_serializers(sig)}\n}}\n'
+        + run_function(plan, side, f"::bk_{side}::bk_{side}_{sig.name}", literals, sync)
     )
 
 

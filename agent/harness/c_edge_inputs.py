@@ -38,8 +38,9 @@ class SizeDomain:
 
 
 def size_domains(plan: DriverPlan) -> dict[str, SizeDomain]:
-    """Per size variable: from 0 (or, when the constraints name the variable, the bottom of its
-    small range: the domain they state) up to the largest size the correctness tests run."""
+    """Per size variable: from 0 (or, when the constraints name the variable, its ``min``, else
+    the bottom of its small range: the domain they state) up to the largest size the
+    correctness tests run."""
     explicit = bool(plan.constraints.get("vars"))
     out: dict[str, SizeDomain] = {}
     for name, spec in plan.vars.items():
@@ -47,7 +48,8 @@ def size_domains(plan: DriverPlan) -> dict[str, SizeDomain]:
         sizes = [float(x) for x in (small if isinstance(small, list) else [small])]
         medium = spec.get("medium")
         top = max([*sizes, *([float(medium)] if isinstance(medium, int | float) else [])], default=0.0)
-        out[name] = SizeDomain(lo=int(min(sizes)) if explicit and sizes else 0,
+        lo = int(spec["min"]) if isinstance(spec.get("min"), int | float) else (int(min(sizes)) if explicit and sizes else 0)
+        out[name] = SizeDomain(lo=lo,
                                hi=max(int(top), SIZE_FLOOR), pow2=bool(spec.get("pow2")))
     return out
 

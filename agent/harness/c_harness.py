@@ -8,7 +8,9 @@ per test, then the candidate at every thread count several times, and compares i
 process (``c_runs``): exact for integers, relative/absolute tolerance for floats,
 order-insensitive when asked. A result that changes between runs or thread counts is
 ``flaky`` (a race); so is a candidate ThreadSanitizer catches racing (``c_race``). Timing
-runs the candidate against the reference in one process (``c_timing``).
+runs the candidate against the reference in one process, at the target parallelism and at
+1, 2, 4, ... threads below it, on an input grown until the reference takes long enough
+(``c_timing``, ``sizing``).
 
 Processes run through a ``Sandbox`` when one is given; otherwise as plain subprocesses in a
 temporary directory, with the same timeouts (faster, and what the benchmarks use)
@@ -18,6 +20,8 @@ temporary directory, with the same timeouts (faster, and what the benchmarks use
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import random
 import shlex
@@ -29,16 +33,20 @@ from typing import Any, Literal
 
 from bakeoff.agent.events import EventBus
 from bakeoff.agent.harness import c_plan
-from bakeoff.agent.harness.c_build import DriverBuilds, DriverRuntime, default_runtime_dir
+from bakeoff.agent.harness.c_build import OPENMP, Dialect, DriverBuilds, DriverRuntime, default_runtime_dir
 from bakeoff.agent.harness.c_race import THREADS as RACE_THREADS
 from bakeoff.agent.harness.c_race import RaceCheck
 from bakeoff.agent.harness.c_runs import DriverRuns, check_args, read_cell
 from bakeoff.agent.harness.c_signature import Signature, guess_language, parse_signature
-from bakeoff.agent.harness.c_timing import DriverTiming, timing_input
+from bakeoff.agent.harness.c_spec import SpecDraft
+from bakeoff.agent.harness.c_timing import DriverTiming, TimingOptions, timing_input
 from bakeoff.agent.harness.c_workdir import LocalDir, SandboxDir, WorkDir
+from bakeoff.agent.harness.parallelism import local_view
 from bakeoff.agent.harness.protocol import DifferentialHarness
+from bakeoff.agent.harness.sizing import MIB, SizingLimits
 from bakeoff.agent.seams import ExecResult, Sandbox
-from bakeoff.agent.types import ExecutionMatrix, TestCase, Timing
+from bakeoff.agent.stats import curve_threads
+from bakeoff.agent.types import ExecutionMatrix, TargetParallelism, TestCase, Timing, TimingSetup
 
 def _default_threads() -> list[int]:
     cores = os.cpu_count() or 2
@@ -66,8 +74,25 @@ def _by_source(sources: Mapping[str, str]) -> dict[str, list[str]]:
     return by_source
 
 
+def _memory_for_sizing(sandbox: Sandbox | None) -> float:
+    """A quarter of the sandbox's memory limit: timing holds the inputs of both sides and copies."""
+    limits = getattr(sandbox, "limits", None)
+    memory = getattr(limits, "memory_bytes", None)
+    return memory / 4 if memory else 512 * MIB
+
+
+def _sizing_limits(timing: TimingOptions, sandbox: Sandbox | None) -> SizingLimits:
+    """How far the timing input may grow: the options' limits, the sandbox's memory by default."""
+    sizing = timing.sizing or SizingLimits()
+    if sizing.memory_bytes is None:
+        sizing = dataclasses.replace(sizing, memory_bytes=_memory_for_sizing(sandbox))
+    return sizing
+
+
 class CHarness(DifferentialHarness):
     """Differential harness for one C or C++ function (see ``agent.harness.protocol``)."""
+
+    dialect: Dialect = OPENMP  # the compilers and driver main of the parallel model
 
     def __init__(
         self,
@@ -88,7 +113,7 @@ class CHarness(DifferentialHarness):
         seed: int = 0,
         call_timeout: float = 10.0,
         build_timeout: float = 120.0,
-        timing_threads: int = 2,
+        timing: TimingOptions | None = None,
         jobs: int | None = None,
         limiter: asyncio.Semaphore | None = None,
         events: EventBus | None = None,
@@ -98,17 +123,16 @@ class CHarness(DifferentialHarness):
     ):
         self.reference_source, self.function = reference_source, function
         self.language: str = language or guess_language(reference_source)
-        self.constraints: Mapping[str, Any] = dict(constraints or {})
         self.signature: Signature = parse_signature(reference_source, function)
-        self.plan = c_plan.build_plan(self.signature, self.constraints)
         self.threads, self.repeats = list(threads or _default_threads()), repeats
-        self.float_rel = float(self.constraints.get("float_rel", float_rel))
-        self.float_abs = float(self.constraints.get("float_abs", float_abs))
-        self.unordered = bool(self.constraints.get("unordered", unordered))
+        self._comparison = (float_rel, float_abs, unordered)  # unless the constraints say otherwise
         self.flags = list(compile_flags)
         self.small_tests, self.medium_tests, self.seed = small_tests, medium_tests, seed
         self.call_timeout, self.build_timeout = call_timeout, build_timeout
-        self.timing_threads = timing_threads
+        self.timing_options = timing or TimingOptions()
+        self.sizing = _sizing_limits(self.timing_options, sandbox)
+        self.timing_setup: TimingSetup | None = None  # how the winners were timed, once they are
+        self._sized: tuple[TestCase, TimingSetup] | None = None
         self.events = events
         # One command at a time in a sandbox: its limits (memory, processes) are for the whole
         # sandbox, and two compilers at once can exceed them.
@@ -122,23 +146,48 @@ class CHarness(DifferentialHarness):
         self.races: dict[str, str] = {}  # candidate id -> the TSan report that made it flaky
         self.race_counts: dict[str, int] = {}  # candidate id -> how many TSan reports it had
         self.matched: dict[str, dict[str, tuple[int, int]]] = {}  # candidate id -> test id -> (runs matching the reference, runs)
+        # A spec inferred from the source and not yet checked against the reference: whoever
+        # makes the tests settles it first (``c_spec_model.settle_spec``); None for a given spec.
+        self.draft: SpecDraft | None = None
         self._sandbox = sandbox
-        self._workdir, rt_dir, self._tmp = _workdir(sandbox, cache_dir)
-        self._assemble(rt_dir, cpus)
+        self._workdir, self.rt_dir, self._tmp = _workdir(sandbox, cache_dir)
+        self.cpus = cpus
+        self.use_constraints(constraints or {})
+
+    @property
+    def workdir(self) -> WorkDir:
+        """Where this harness writes and runs its drivers (spec checks run there too)."""
+        return self._workdir
+
+    def use_constraints(self, constraints: Mapping[str, Any]) -> None:
+        """Drive the function with this plan from now on (``c_plan``'s vocabulary): an inferred
+        spec once it has been validated (``c_spec_check``), or one a person wrote."""
+        self.constraints = dict(constraints)
+        self.plan = c_plan.build_plan(self.signature, self.constraints)
+        float_rel, float_abs, unordered = self._comparison
+        self.float_rel = float(self.constraints.get("float_rel", float_rel))
+        self.float_abs = float(self.constraints.get("float_abs", float_abs))
+        self.unordered = bool(self.constraints.get("unordered", unordered))
+        self._sized = None  # a new plan: the timing input is drawn and sized again
+        self._assemble(self.rt_dir, self.cpus)
 
     def _assemble(self, rt_dir: str, cpus: str | None) -> None:
         """The collaborators that build, run, time and race-check, all in one work directory."""
         # Driver runs (not compiles) pinned to these CPUs, e.g. "0,1" to measure on two cores.
         pin = f"taskset -c {shlex.quote(cpus)} " if cpus else ""
-        runtime = DriverRuntime(self._workdir, rt_dir, self.flags, self.limiter, self.build_timeout)
+        runtime = DriverRuntime(self._workdir, rt_dir, self.flags, self.limiter, self.build_timeout, self.dialect)
         self.builds = DriverBuilds(language=self.language, flags=self.flags, reference_source=self.reference_source,
                                    plan=self.plan, support=str(self.constraints.get("support", "")),
                                    workdir=self._workdir, runtime=runtime, limiter=self.limiter,
                                    build_timeout=self.build_timeout)
-        self.runs = DriverRuns(self._workdir, self.limiter, self.plan, self.call_timeout, pin)
-        self.timing = DriverTiming(self.builds, self._workdir, self.call_timeout, self.timing_threads, pin)
+        self.runs = DriverRuns(self._workdir, self.limiter, self.plan, self.call_timeout, self.launcher(pin))
+        self.timing = DriverTiming(self.builds, self._workdir, self.call_timeout, pin, self.timing_options.budget_s)
         self.race_checker = RaceCheck(self.builds, self._workdir, self.limiter, build_timeout=self.build_timeout,
                                       pin=pin, on_skip=self._race_check_skipped)
+
+    def launcher(self, pin: str) -> str:
+        """What the correctness runs' command starts with (``MpiHarness``: ``mpirun``)."""
+        return pin
 
     def _emit(self, kind: str, **data: Any) -> None:
         if self.events is not None:
@@ -258,18 +307,54 @@ class CHarness(DifferentialHarness):
 
     # ------------------------------------------------------------------ timing
 
-    def timing_input(self) -> TestCase:
-        return timing_input(self.plan, self.seed)
+    def target(self, target: TargetParallelism | None) -> TargetParallelism:
+        if target is not None:
+            return target
+        if self.timing_options.threads is not None:
+            return TargetParallelism(threads=self.timing_options.threads, source="the harness's timing threads")
+        return local_view()
 
-    async def time(self, sources: Mapping[str, str], *, repeats: int = 5) -> dict[str, Timing]:
-        """Candidate against reference on the large input at ``timing_threads`` threads, A B A B
-        inside one process, timing only the call. Run this with nothing else running."""
-        test = self.timing_input()
-        out: dict[str, Timing] = {}
+    async def timing_input(self, pin: str | None = None) -> tuple[TestCase, TimingSetup]:
+        """The input every candidate is timed on: the large size, scaled until the reference
+        takes ``sizing.min_time_s`` per call at one thread (within its caps); sized once."""
+        if self._sized is None:
+            test, sized = await self.timing.sized_input(timing_input(self.plan, self.seed), self.sizing, pin)
+            setup = TimingSetup(threads=0, size=dict(test.input["vars"]), reference_s=sized.seconds, sizing=sized.why)
+            self._sized = (test, setup)
+            self._emit("differential.timing_input", function=self.function, size=setup.size,
+                       reference_s=sized.seconds, why=sized.why)
+        return self._sized
+
+    async def time(self, sources: Mapping[str, str], *, repeats: int = 5,
+                   target: TargetParallelism | None = None) -> dict[str, Timing]:
+        """Each candidate against the reference on the sized input, at the target parallelism
+        and at 1, 2, 4, ... below it (the scaling curve), interleaved inside one process and
+        timing only the call. Distinct sources are timed once each, one per CPU slot at a time.
+        Run this with nothing else running (but other timings on other CPU slots)."""
+        goal = self.target(target)
+        counts = list(self.timing_options.curve) or curve_threads(goal.threads)
+        slots = self.timing_options.slots
+        async with slots.take() if slots else contextlib.nullcontext(None) as pin:
+            test, setup = await self.timing_input(pin)
+        self.timing_setup = setup.model_copy(update={"threads": counts[-1], "threads_source": goal.source,
+                                                     "curve_threads": counts})
         done: dict[str, Timing | str] = {}
+        # A warm-up round pays for first-call costs (the thread pool, first touches); next to a
+        # call of a tenth of a second or more they are noise, and the round is not worth its time.
+        warmup = 0 if (setup.reference_s or 0.0) >= 0.1 else 1
+
+        async def one(src: str) -> None:
+            async with slots.take() if slots else contextlib.nullcontext(None) as pin:
+                done[src] = await self.timing.time_source(src, test, repeats, counts, pin, warmup)
+
+        distinct = list(dict.fromkeys(sources.values()))
+        if slots:
+            await asyncio.gather(*(one(src) for src in distinct))
+        else:
+            for src in distinct:
+                await one(src)
+        out: dict[str, Timing] = {}
         for cid, src in sources.items():
-            if src not in done:
-                done[src] = await self.timing.time_source(src, test, repeats)
             result = done[src]
             if isinstance(result, Timing):
                 out[cid] = result

@@ -7,7 +7,8 @@ them, so both sides see the same data.
 Constraints (a mapping, e.g. from a JSON file), all optional:
 
 ``vars``      size variables: ``{"N": {"small": [2, 8], "medium": 64, "large": 600}}``
-              (``"pow2": true`` draws powers of two);
+              (``"pow2": true`` draws powers of two; ``"min"``: the smallest size the
+              function accepts, where edge cases may go below the small range, e.g. 0);
               small tests draw from the range, one medium test exposes races, the timing
               input uses large. Default: ``{"n": {"small": [1, 16], "medium": 2048,
               "large": 1048576}}``.

@@ -82,6 +82,10 @@ class DriverRuns:
         self.plan = plan
         self.call_timeout = call_timeout
         self.pin = pin  # e.g. "taskset -c 0,1 ": drivers (not compilers) run on these CPUs
+        # A program that hangs or crashes on one input is not run on any other: an MPI
+        # deadlock or MPI error (a collective some ranks skip, a bad count) seldom depends on
+        # the input, and every run after it costs a launch of all its ranks.
+        self.death_ends_all = False
 
     async def protocol(self, binary: str, args: str, tests: Sequence[TestCase], per_test_runs: int,
                        first: ExecResult | None = None) -> dict[int, list[str]]:
@@ -106,11 +110,15 @@ class DriverRuns:
             elif not hung:
                 why = f"crashed (exit {res.exit_code}): {res.stderr.strip()[-300:]}"
             elif limit is not None and began == stuck and limit < self.call_timeout:
-                why = f"no result within {limit:.2f}s (its limit: 20x the reference's time plus 0.25s)"
+                why = f"no result within {limit:.2f}s (its limit: 20x the reference's time plus a margin)"
             else:
                 why = f"no result within {self.call_timeout:g}s"
             results[stuck] = ["timeout" if hung else "error", why]
-            if hung:
+            if self.death_ends_all:
+                for i in remaining:
+                    results.setdefault(i, ["timeout" if hung else "error",
+                                           f"not run: it {'hung' if hung else 'crashed'} on {tests[stuck].id}"])
+            elif hung:
                 # A program past its limit on one input is not run on those at least as large:
                 # each would cost the limit again, and end the same way.
                 for i in no_smaller(tests, stuck, remaining):

@@ -6,17 +6,25 @@ It is compiled once per harness as a precompiled header (``bk_rt.h``) and one ob
 
 Protocol (``@@BK`` lines on a private copy of stdout; the program's own stdout goes to
 /dev/null so a candidate's debug prints cannot corrupt it):
-  ``drv ref``                        per test: ``T idx ok <digest> <preview>`` or ``T idx exc``
+  ``drv ref``                        per test: ``T idx ok <digest> <preview> <s>`` (s: building the
+                                     inputs and the call) or ``T idx exc``
   ``drv check REL ABS UNORD THREADS REPEATS ALARM`` (a candidate call may take 20x the
                                      reference's time plus 0.25 s, at most ALARM seconds; after
                                      a test that did not pass, later tests run once, at THREADS[0])
                                      per test: ``B idx`` before, ``L idx <s>`` the candidate's
                                      limit, ``T idx <status> <ref> <cand> <matches>/<runs>
                                      <detail>`` after
-  ``drv time THREADS REPEATS WARMUP [CAP]`` ``X ref <s>`` / ``X cand <s>`` per call, interleaved;
-                                     ``R <s>`` after every reference call, ``L <s>`` before every
-                                     candidate call: its limit (20x the reference plus 0.25 s, at
-                                     most CAP); past it the process ends with SIGALRM
+  ``drv time THREADS REPEATS WARMUP [CAP [BUDGET]]`` THREADS is a list ("1,2,4"): the candidate
+                                     runs at each count, the reference at the last (the target),
+                                     one reference call per round: ``ref, 1, 2, 4`` then
+                                     ``4, 2, 1, ref``, alternating; ``X ref <s> <t>`` / ``X cand <s>
+                                     <t>`` per recorded call, ``R <s>`` after every reference call,
+                                     ``L <s> <t>`` before every candidate call: its limit (10x the
+                                     reference plus 0.25 s, at most CAP); past it the process ends
+                                     with SIGALRM. After 2 recorded rounds it stops once BUDGET
+                                     seconds have passed.
+  ``drv probe ALARM``                per test, the reference once at one thread: ``P idx <s> <peak
+                                     resident KiB>``, or ``E idx <why>``
 Tests come on stdin, one per line: ``idx seed literal nP P0 P1 ...``.
 """
 
@@ -27,6 +35,7 @@ RUNTIME_HEADER = r"""
 #include <unistd.h>
 #include <signal.h>
 #include <sys/time.h>
+#include <sys/resource.h>
 
 namespace bk {
 
@@ -191,6 +200,7 @@ std::string preview(const Val& v, size_t atoms) {
 }  // namespace bk
 
 static FILE* g_proto = nullptr;
+static double g_min_limit = 0.5;
 static void proto(const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
@@ -241,11 +251,12 @@ int main(int argc, char** argv) {
     for (auto& s : specs) {
       bk::Val v; double secs = 0; std::string err;
       proto("B %d", s.idx);
+      double t0 = omp_get_wtime();
       if (bk_cand_run(s.seed, s.P.data(), s.literal, 1, &v, &secs, &err) != 0) {
         proto("T %d exc %s", s.idx, clean(err).c_str());
         continue;
       }
-      proto("T %d ok %s %s", s.idx, bk::digest(v).c_str(), clean(bk::preview(v, 12)).c_str());
+      proto("T %d ok %s %s %.6f", s.idx, bk::digest(v).c_str(), clean(bk::preview(v, 12)).c_str(), omp_get_wtime() - t0);
     }
     return 0;
   }
@@ -256,6 +267,9 @@ int main(int argc, char** argv) {
     for (char* p = strtok(argv[5], ","); p; p = strtok(nullptr, ",")) threads.push_back(atoi(p));
     int repeats = atoi(argv[6]);
     unsigned alarm_s = (unsigned)atoi(argv[7]);
+    // BK_MIN_LIMIT: a floor for the limit, for runs whose tools need time of their own in the
+    // call (ThreadSanitizer symbolizing a report); 0.5 s otherwise.
+    g_min_limit = getenv("BK_MIN_LIMIT") ? atof(getenv("BK_MIN_LIMIT")) : 0.5;
     bool disqualified = false;
     for (auto& s : specs) {
       proto("B %d", s.idx);
@@ -269,7 +283,7 @@ int main(int argc, char** argv) {
       alarm(0);
       // A candidate gets 20x the reference's time (plus a margin), never more than ALARM:
       // one that is that much slower than the serial code is of no use, and it would eat the budget.
-      double limit = std::min((double)alarm_s, std::max(0.5, 20.0 * secs + 0.25));
+      double limit = std::min((double)alarm_s, std::max(g_min_limit, 20.0 * secs + 0.25));
       proto("L %d %.3f", s.idx, limit);
       std::vector<bk::Val> outs;
       std::string status, detail = "-";
@@ -308,35 +322,58 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
+  if (mode == "probe") {
+    unsigned alarm_s = argc >= 3 ? (unsigned)atoi(argv[2]) : 0;
+    for (auto& s : specs) {
+      double secs = 0; std::string err;
+      alarm(alarm_s);
+      int rc = bk_ref_run(s.seed, s.P.data(), s.literal, 1, nullptr, &secs, &err);
+      alarm(0);
+      if (rc != 0) { proto("E %d %s", s.idx, clean(err).c_str()); continue; }
+      struct rusage ru;
+      getrusage(RUSAGE_SELF, &ru);
+      proto("P %d %.9f %ld", s.idx, secs, (long)ru.ru_maxrss);
+    }
+    return 0;
+  }
   if (mode == "time" && argc >= 5 && !specs.empty()) {
-    int threads = atoi(argv[2]), repeats = atoi(argv[3]), warmup = atoi(argv[4]);
+    std::vector<int> threads;
+    for (char* p = strtok(argv[2], ","); p; p = strtok(nullptr, ",")) threads.push_back(atoi(p));
+    if (threads.empty()) return 2;
+    int repeats = atoi(argv[3]), warmup = atoi(argv[4]);
     double cap = argc >= 6 ? atof(argv[5]) : 3600.0;
+    double budget = argc >= 7 ? atof(argv[6]) : 0.0;
+    int target = threads.back(), k = (int)threads.size();
     auto& s = specs[0];
-    // The reference once first, so that every candidate call has a limit: 20x the
+    // The reference once first, so that every candidate call has a limit: 10x the
     // reference's last time plus 0.25 s (``L``), never more than CAP. A candidate that slow
-    // is of no use, and timing it to the end would cost minutes.
+    // is of no use for speed, and timing it to the end would cost minutes.
     double last_ref = 0; std::string err0;
     if (bk_ref_run(s.seed, s.P.data(), s.literal, 1, nullptr, &last_ref, &err0) != 0) {
       proto("E ref %s", clean(err0).c_str());
       return 1;
     }
     proto("R %.9f", last_ref);
+    double started = omp_get_wtime();
     for (int r = -warmup; r < repeats; ++r) {
-      for (int side = 0; side < 2; ++side) {
-        // Alternate which goes first so a drift in machine load does not favour one side.
-        bool ref_side = ((r & 1) == 0) == (side == 0);
+      if (r >= 2 && budget > 0 && omp_get_wtime() - started > budget) break;
+      for (int j = 0; j <= k; ++j) {
+        // Alternate the order (ref first, then ref last) so a drift in machine load does not favour one side.
+        bool forward = (r & 1) == 0;
+        bool ref_side = forward ? j == 0 : j == k;
+        int t = ref_side ? target : (forward ? threads[j - 1] : threads[k - 1 - j]);
         double secs = 0; std::string err;
         if (!ref_side) {
-          double limit = std::min(cap, std::max(0.5, 20.0 * last_ref + 0.25));
-          proto("L %.9f", limit);
+          double limit = std::min(cap, std::max(0.5, 10.0 * last_ref + 0.25));
+          proto("L %.9f %d", limit, t);
           timer(limit);
         }
-        int rc = ref_side ? bk_ref_run(s.seed, s.P.data(), s.literal, threads, nullptr, &secs, &err)
-                          : bk_cand_run(s.seed, s.P.data(), s.literal, threads, nullptr, &secs, &err);
+        int rc = ref_side ? bk_ref_run(s.seed, s.P.data(), s.literal, t, nullptr, &secs, &err)
+                          : bk_cand_run(s.seed, s.P.data(), s.literal, t, nullptr, &secs, &err);
         timer(0);
         if (rc != 0) { proto("E %s %s", ref_side ? "ref" : "cand", clean(err).c_str()); return 1; }
         if (ref_side) { last_ref = secs; proto("R %.9f", secs); }
-        if (r >= 0) proto("X %s %.9f", ref_side ? "ref" : "cand", secs);
+        if (r >= 0) proto("X %s %.9f %d", ref_side ? "ref" : "cand", secs, t);
       }
     }
     return 0;

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from bakeoff.agent.seams import ExecResult, Sandbox
 
-_PROBE = r"""
+PROBE = r"""
 #include <cstdio>
 #include <cuda_runtime.h>
 int main() {
@@ -34,6 +34,16 @@ int main() {
   return 0;
 }
 """
+
+
+def read_probe(probe: ExecResult) -> tuple[bool, str]:
+    """(whether the CUDA runtime sees a device, why not when it does not) from the probe's run."""
+    line = probe.stdout.strip().splitlines()[-1] if probe.stdout.strip() else ""
+    if line.startswith("probe-devices") and line.split()[1:2] != ["0"]:
+        return True, ""
+    if line.startswith("probe-error"):
+        return False, line.split(" ", 2)[2] if len(line.split(" ", 2)) > 2 else line
+    return False, "the runtime reports 0 devices" if line else probe.summary(300)
 
 
 class CudaRun(BaseModel):
@@ -94,16 +104,14 @@ async def build_and_run_cuda(
 
     try:
         await write("prog.cu", source)
-        await write("probe.cu", _PROBE)
+        await write("probe.cu", PROBE)
         cc = shlex.join([nvcc, *flags])
         build = await run(f"{cc} -o prog prog.cu", build_timeout)
         if not build.ok:
             return CudaRun(built=False, build_log=build.summary(4000), message="nvcc could not build the program")
         probe = await run(f"{shlex.quote(nvcc)} -o probe probe.cu && ./probe", build_timeout)
-        line = probe.stdout.strip().splitlines()[-1] if probe.stdout.strip() else ""
-        if not line.startswith("probe-devices") or line.split()[1] == "0":
-            why = line.split(" ", 2)[2] if line.startswith("probe-error") else (
-                "the runtime reports 0 devices" if line else probe.summary(300))
+        present, why = read_probe(probe)
+        if not present:
             return CudaRun(built=True, build_log=build.summary(4000), no_device=True,
                            message=f"no CUDA device: the program built, but it was not run ({why})")
         result = await run("./prog " + " ".join(shlex.quote(a) for a in args), run_timeout)

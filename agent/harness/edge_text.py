@@ -87,6 +87,20 @@ def json_items(text: str) -> tuple[list[Any], bool]:
     return items, whole
 
 
+def json_object(text: str) -> dict[str, Any] | None:
+    """The first JSON object of a fenced block (or of the whole text), read as leniently as
+    ``json_items`` reads items; None when there is none."""
+    for block in _FENCE.findall(text) or [text]:
+        try:
+            values = [_loads(block)]
+        except ValueError:
+            values, _ = _scan(block)
+        for value in values:
+            if isinstance(value, dict):
+                return value
+    return None
+
+
 def gist(text: str) -> str:
     """The start of a model's answer, on one line, for a note."""
     one = " ".join(text.split())

@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from bakeoff.agent.types import ExecutionMatrix, TestCase, Timing
+from bakeoff.agent.types import ExecutionMatrix, TargetParallelism, TestCase, Timing, TimingSetup
 
 
 @runtime_checkable
 class DifferentialHarness(Protocol):
     language: str
+    timing_setup: TimingSetup | None  # what the last ``time`` measured at and on
 
     async def make_tests(self, extra_inputs: Sequence[Any] = ()) -> list[TestCase]:
         """Inputs from the function's types plus ``extra_inputs`` (model-proposed edge cases),
@@ -31,6 +32,9 @@ class DifferentialHarness(Protocol):
         on every test."""
         ...
 
-    async def time(self, sources: Mapping[str, str], *, repeats: int = 5) -> dict[str, Timing]:
-        """Interleaved timing of each candidate against the reference on a larger input."""
+    async def time(self, sources: Mapping[str, str], *, repeats: int = 5,
+                   target: TargetParallelism | None = None) -> dict[str, Timing]:
+        """Interleaved timing of each candidate against the reference on an input grown until
+        the reference takes long enough, at the ``target`` parallelism (default: the CPUs
+        this process may use), with the scaling curve at 1, 2, 4, ... below it."""
         ...

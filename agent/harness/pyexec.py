@@ -42,6 +42,7 @@ class PyJob(BaseModel):
     memory_mb: int = 1024
     hash_seed: int = 0
     call_repeats: int = 1  # times each call runs in the process (for timing)
+    cpus: int | None = None  # run on this many of the CPUs the process may use (for timing); None: all
 
 
 class CallResult(BaseModel):
@@ -199,10 +200,6 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
         if isinstance(msg, dict):
             out.append(msg)
     return out
-
-
-async def run_jobs_async(jobs: Sequence[PyJob], *, workers: int | None = None) -> list[PyResult]:
-    return await asyncio.to_thread(run_jobs, jobs, workers=workers)
 
 
 # --------------------------------------------------------------------------- values

@@ -14,11 +14,17 @@ import statistics
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
+from bakeoff.agent.harness.parallelism import local_view
 from bakeoff.agent.harness.protocol import DifferentialHarness
 from bakeoff.agent.harness.pyexec import CallResult, PyJob, PyResult, decode, run_jobs, signature, values_equal
+from bakeoff.agent.harness.sizing import Probe, SizingLimits, grow
 from bakeoff.agent.harness.testgen import call_of, mutate_inputs, parameters, typed_inputs
-from bakeoff.agent.stats import timing_from_samples
-from bakeoff.agent.types import ExecutionMatrix, Outcome, TestCase, Timing
+from bakeoff.agent.stats import curve_threads, timing_with_curve
+from bakeoff.agent.types import ExecutionMatrix, Outcome, TargetParallelism, TestCase, Timing, TimingSetup
+
+# The largest call text a timing input may have: every timing process parses the literal (a
+# 1 MB list literal takes CPython seconds), so sizing stops there.
+MAX_CALL_CHARS = 1 << 16
 
 # A runner takes a batch of jobs (and optionally ``workers=``, how many run at once) and returns
 # their results in order: ``pyexec.run_jobs`` (host processes, blocking) or a
@@ -53,6 +59,8 @@ class PythonHarness(DifferentialHarness):
         timing_size: int = 2000,
         timeout_s: float = 2.0,
         seed: int = 0,
+        sizing: SizingLimits | None = None,
+        timing_threads: int | None = None,
     ):
         self.reference_source = reference_source
         self.entry = entry
@@ -62,9 +70,13 @@ class PythonHarness(DifferentialHarness):
         self.repeats = repeats
         self.count = count
         self.size = size
-        self.timing_size = timing_size
+        self.timing_size = timing_size  # the timing input's size before sizing grows it
         self.timeout_s = timeout_s
         self.seed = seed
+        self.sizing = sizing or SizingLimits()
+        self.timing_threads = timing_threads
+        self.timing_setup: TimingSetup | None = None
+        self._sized: tuple[str, TimingSetup] | None = None
         parameters(reference_source, entry)  # the user's error, reported now: no such function
 
     async def _run(self, jobs: Sequence[PyJob], workers: int | None = None) -> list[PyResult]:
@@ -153,16 +165,46 @@ class PythonHarness(DifferentialHarness):
             return "pass", signature(first)
         return ("pass" if self._same(test.expected, first) else "fail"), signature(first)
 
-    async def time(self, sources: Mapping[str, str], *, repeats: int = 5) -> dict[str, Timing]:
-        """Interleaved timing (reference, candidate, ...) of one call on a larger typed input;
-        each sample is the median of 3 calls in one fresh process. The processes of one
-        candidate run one at a time in the order of ``agent.stats.interleaved`` (a warm-up
-        pair, then A B, B A, ...), as one batch: one sandbox command per candidate."""
-        call = typed_inputs(self.reference_source, self.entry, count=1, size=self.timing_size, seed=self.seed + 1)[0]
-        order = ["ref", "cand"]  # the unrecorded warm-up pair
+    def _timing_call(self, size: int) -> str:
+        return typed_inputs(self.reference_source, self.entry, count=1, size=size, seed=self.seed + 1)[0]
+
+    async def timing_input(self) -> tuple[str, TimingSetup]:
+        """The call every candidate is timed on: the typed input of ``timing_size``, grown until
+        the reference takes ``sizing.min_time_s`` per call (within its caps); sized once."""
+        if self._sized is None:
+            async def probe(scale: float) -> Probe | None:
+                call = self._timing_call(max(1, round(self.timing_size * scale)))
+                if len(call) > MAX_CALL_CHARS:
+                    return Probe(0.0, too_large=True)
+                job = PyJob(source=self.reference_source, entry=self.entry, calls=[call],
+                            timeout_s=2 * self.sizing.max_time_s, max_timeouts=1, cpus=1)
+                cell = (await self._run([job], workers=1))[0].calls[0]
+                return Probe(cell.seconds[0]) if cell.outcome == "pass" and cell.seconds else None
+
+            sized = await grow(probe, self.sizing, key=lambda s: max(1, round(self.timing_size * s)))
+            size = max(1, round(self.timing_size * sized.scale))
+            self._sized = (self._timing_call(size), TimingSetup(threads=0, size={"size": float(size)},
+                                                                reference_s=sized.seconds, sizing=sized.why))
+        return self._sized
+
+    async def time(self, sources: Mapping[str, str], *, repeats: int = 5,
+                   target: TargetParallelism | None = None) -> dict[str, Timing]:
+        """Interleaved timing of one call on the sized typed input, the candidate on 1, 2, 4,
+        ... up to the target's CPUs (its processes pinned to them), the reference on the
+        target's; each sample is one call (the median of 3 when the input is short) in one fresh process. The processes of
+        one candidate run one at a time: an unrecorded warm-up round, then rounds alternating
+        the reference first and last (as in ``agent.stats.interleaved``), as one batch: one
+        sandbox command per candidate."""
+        goal = target or (TargetParallelism(threads=self.timing_threads, source="the harness's timing threads")
+                          if self.timing_threads else local_view())
+        counts = curve_threads(goal.threads)
+        call, setup = await self.timing_input()
+        self.timing_setup = setup.model_copy(update={"threads": goal.threads, "threads_source": goal.source,
+                                                     "curve_threads": counts})
+        sides: list[int] = [0, *reversed(counts)]  # the warm-up round; 0 is the reference
         for i in range(repeats):
             # Alternate which goes first so a drift in machine load does not favour one side.
-            order += ["ref", "cand"] if i % 2 == 0 else ["cand", "ref"]
+            sides += [0, *counts] if i % 2 == 0 else [*reversed(counts), 0]
 
         def seconds(res: PyResult) -> float:
             cell = res.calls[0] if res.calls else None
@@ -170,15 +212,16 @@ class PythonHarness(DifferentialHarness):
                 return float("inf")
             return statistics.median(cell.seconds)
 
+        # On an input long enough one call is a sample; on a short one, the median of 3.
+        per_process = 1 if (setup.reference_s or 0.0) >= self.sizing.min_time_s > 0 else 3
         timings: dict[str, Timing] = {}
         for c, src in sources.items():
-            jobs = [
-                PyJob(source=self.reference_source if side == "ref" else src, entry=self.entry, calls=[call],
-                      call_repeats=3, timeout_s=30.0, max_timeouts=1)
-                for side in order
-            ]
+            jobs = [PyJob(source=src if side else self.reference_source, entry=self.entry, calls=[call],
+                          call_repeats=per_process, timeout_s=30.0, max_timeouts=1, cpus=side or goal.threads)
+                    for side in sides]
             results = await self._run(jobs, workers=1)
-            base = [seconds(r) for side, r in list(zip(order, results))[2:] if side == "ref"]
-            cand = [seconds(r) for side, r in list(zip(order, results))[2:] if side == "cand"]
-            timings[c] = timing_from_samples(base, cand)
+            recorded = list(zip(sides, results))[len(counts) + 1:]
+            base = [seconds(r) for side, r in recorded if side == 0]
+            by_threads = {t: [seconds(r) for side, r in recorded if side == t] for t in counts}
+            timings[c] = timing_with_curve(base, by_threads, goal.threads)
         return timings

@@ -105,11 +105,6 @@ class PlanStream:
             return None
         return await self._completion
 
-    async def only_tasks(self) -> AsyncIterator[Task]:
-        """The tasks alone (errors are collected in ``errors``): what the scheduler consumes."""
-        async for item in self:
-            if isinstance(item, Task):
-                yield item
 
 
 def stream_plan(model: Model, messages: Sequence[Message], registry: Registry, *, known_ids: Iterable[int] = ()) -> PlanStream:
