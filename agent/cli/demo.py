@@ -171,4 +171,8 @@ def run_demo(settings, repo: Path, override, task: str, json_out: bool, err) -> 
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
         print_result(Console(), report)
+    if report.status == "not-faster":
+        # The demo shows a whole run; where the example cannot gain (a busy or a one-core
+        # machine) its honest verdict is not-faster, and the demo still did its job.
+        return 0
     return STATUS_EXIT.get(report.status, 1)
