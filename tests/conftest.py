@@ -83,3 +83,22 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where everything it needs is provided (.ci/run): {why}"
     return report
+
+
+# Test files that count or stop machine-wide things (containers on the engine, processes and
+# mounts, a Ray cluster, sandbox user ids under a private sandbox directory) or assert how
+# long something takes: `make test` runs them alone, after the rest has run two files at a
+# time (pytest-xdist, --dist loadfile).
+SERIAL_FILES = {
+    "test_batch_ray.py", "test_cli_bad_input.py", "test_cli_runs_finish.py", "test_compiler.py",
+    "test_differential_c.py", "test_docker_host.py", "test_harness_sandboxed.py", "test_models.py",
+    "test_parallelism.py", "test_plan_parsing.py", "test_pool.py", "test_reliability_candidates.py",
+    "test_reliability_docker.py", "test_reliability_local.py", "test_sandbox_docker.py", "test_sandbox_local.py",
+    "test_sandbox_hostile_docker.py", "test_sandbox_hostile_local.py", "test_scheduler.py", "test_stopping.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SERIAL_FILES:
+            item.add_marker(pytest.mark.serial)
