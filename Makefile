@@ -19,8 +19,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/bakeoff demo
 
-# Two passes: the tests that share nothing machine-wide two files at a time, then those that
-# count containers and processes, stop a Ray cluster or time things, alone (tests/conftest.py).
+# Two passes: most tests two files at a time, then those that stop a Ray cluster, count the
+# engine's containers, send signals or rest on timings at every core, alone (tests/conftest.py).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -n 2 --dist loadfile -m "not live and not serial" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -q -ra -m "serial and not live" $(PYTEST_ARGS)
