@@ -12,6 +12,7 @@ import json
 import math
 import re
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console, Group
@@ -103,9 +104,7 @@ class RunNotices:
     ``Progress`` shows them with its ``_line``."""
 
     _building = False
-
-    def _line(self, markup: str) -> None:
-        raise NotImplementedError
+    _line: Callable[[str], None]  # Progress's: one line above the live board
 
     def _on_repo_uncommitted(self, d: dict[str, Any]) -> None:
         paths = ", ".join(d.get("paths") or [])
