@@ -15,8 +15,9 @@ used only for scoring.
 With ``--data ../shared/bench/pareval-mpi-dev`` the samples call MPI: they run under ``mpirun``
 (``agent.harness.mpi_harness.MpiHarness``) at 1, 2, 3, 4 and oversubscribed rank counts, rank
 0's result is compared, and winners are timed at the target parallelism as a rank count, on
-the large input as drawn (MPI timing inputs are not grown; there is no curve, so the columns
-at 2 threads stay empty); the table and JSON keys are the same.
+the large input grown until the serial reference takes ``--min-time`` per call at one rank
+(there is no curve, so the columns at 2 threads stay empty); the table and JSON keys are the
+same.
 
 Each problem's input spec (sizes, how lengths follow from them, value domains) is inferred
 from its serial source and doc comment (``agent.harness.c_spec``) and checked against the
@@ -49,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bakeoff.agent.harness.c_harness import CHarness  # noqa: E402
+from bakeoff.agent.harness.c_plan import ConstraintError  # noqa: E402
 from bakeoff.agent.harness.c_signature import SignatureError  # noqa: E402
 from bakeoff.agent.harness.c_spec import infer_spec  # noqa: E402
 from bakeoff.agent.harness.c_spec_check import settle  # noqa: E402
@@ -179,7 +181,7 @@ async def evaluate_problem(prob: dict, models: list[str], samples, constraints: 
         tests = await harness.make_tests()
         if not tests:
             raise Untestable("the reference rejects every input: " + "; ".join(harness.notes)[:300])
-    except (Untestable, RuntimeError) as exc:
+    except (Untestable, RuntimeError, ConstraintError) as exc:
         await harness.close()
         raise Untestable(str(exc)[:600]) from None
     matrix = await harness.run_matrix(sources, tests)
@@ -495,7 +497,7 @@ def report(results: dict[str, list[dict]], elapsed: float, t_matrix: float, targ
           "on an input grown until the reference takes 0.2 s per call, where memory allows), geometric mean over "
           "problems where the pick is correct and timed; mean-correct and best over the samples the labels call "
           "correct; race-free: and that ThreadSanitizer does not flag."
-          + (f" MPI samples: at {t} ranks, on the large input as drawn; the race check does not run." if mpi else ""))
+          + (f" MPI samples: at {t} ranks, on the input sized at one rank; the race check does not run." if mpi else ""))
     return figures
 
 

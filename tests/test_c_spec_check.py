@@ -59,6 +59,22 @@ async def test_a_wrong_length_breaks_the_reference_under_the_sanitizers_and_the_
 
 
 @pytest.mark.slow
+async def test_a_spec_whose_expression_breaks_on_a_drawn_size_is_dropped_not_raised():
+    draft = infer_spec(GAP, "gap")
+    broken = SpecDraft(constraints=copy.deepcopy(draft.constraints), degree=draft.degree)
+    broken.constraints["vars"]["n"]["small"] = [2, 16]
+    broken.constraints["args"] = {"x": {"range": ["0", "1/(n-2)"]}}  # n = 2 is drawn: a division by zero
+    broken.constraints["edge"] = [{"vars": {"n": 2}}]
+    h = _harness(GAP, "gap")
+    try:
+        kept = await settle(h, [("given", broken), ("inferred", draft)])
+        assert kept.testable and kept.source == "inferred", kept.notes
+        assert any("given spec dropped" in n and "cannot drive the function" in n for n in kept.notes), kept.notes
+    finally:
+        await h.close()
+
+
+@pytest.mark.slow
 async def test_sizes_only_the_smallest_inputs_break_are_repaired_and_idle_sizes_are_dropped():
     h = _harness(GAP, "gap")
     try:

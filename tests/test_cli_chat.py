@@ -50,7 +50,7 @@ class Terminal:
                 if self.seen.find(text, self.pos) < 0:
                     break
             self.read_some(0.2)
-        raise AssertionError(f"did not see {text!r}; output so far:\n{self.seen[-3000:]}")
+        raise AssertionError(f"did not see {text!r}; output so far:\n{self.seen[-12000:]}")
 
     def send(self, line: str) -> None:
         os.write(self.fd, (line + "\n").encode())

@@ -17,6 +17,7 @@ from bakeoff.agent.fanout.tests import pick_harness
 from bakeoff.agent.harness.c_harness import CHarness
 from bakeoff.agent.harness.c_timing import TimingOptions
 from bakeoff.agent.harness.mpi_harness import MpiHarness, calls_mpi, default_ranks, uneven, wants_mpi
+from bakeoff.agent.harness.sizing import SizingLimits
 
 REFERENCE = """/* Return the sum of the vector x. */
 double total(std::vector<double> const& x) {
@@ -59,7 +60,7 @@ def test_which_code_wants_mpi_and_sizes_that_do_not_divide():
 async def test_mpi_mistakes_fail_and_a_correct_rewrite_passes_at_every_rank_count():
     h = MpiHarness(REFERENCE, "total", language="c++", small_tests=3, medium_tests=1, ranks=[1, 2, 3, 4, 5],
                    constraints={"vars": {"n": {"small": [5, 16], "medium": 100000, "large": 400000}}},
-                   timing=TimingOptions(threads=2))
+                   timing=TimingOptions(threads=2, sizing=SizingLimits(min_time_s=0.01, budget_s=5.0)))
     try:
         tests = await h.make_tests()
         assert len(tests) == 4 and tests[-1].input["vars"]["n"] % 60 == 7  # no rank count divides it
@@ -76,7 +77,9 @@ async def test_mpi_mistakes_fail_and_a_correct_rewrite_passes_at_every_rank_coun
         assert all(h.matched["good"][t.id] == (10, 10) for t in tests)
         timings = await h.time({"good": GOOD}, repeats=3)
         assert timings["good"].threads == 2 and len(timings["good"].candidate_s) == 3
-        assert h.timing_setup.threads == 2 and h.timing_setup.curve_threads == [2] and h.timing_setup.reference_s is None
+        assert h.timing_setup.threads == 2 and h.timing_setup.curve_threads == [2]
+        # The timing input was grown (probed under mpirun at one rank) until the sum took long enough.
+        assert h.timing_setup.size["n"] > 400000 and h.timing_setup.reference_s >= 0.005, h.timing_setup
     finally:
         await h.close()
 

@@ -93,7 +93,7 @@ def adjacency(r: _Rules) -> None:
         if side is None or elem_class(p) not in ("int", "uint", "bool"):
             continue
         spec = r.spec(p.name)
-        spec["bernoulli"] = f"min(0.5, 2/{side})"
+        spec["bernoulli"] = f"min(0.5, 2/max(1, {side}))"  # an empty graph (side 0) is an input too
         if undirected:
             spec["symmetric"] = side
             spec["zero_diagonal"] = side

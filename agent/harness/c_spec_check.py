@@ -267,7 +267,10 @@ async def _check_once(harness: CHarness, constraints: dict[str, Any], degree: in
     except (c_plan.ConstraintError, ValueError, TypeError, ArithmeticError) as exc:
         return _Check(False, constraints, [f"the spec cannot drive the function: {exc}"])
     tests = _tests(constraints, small=6, seed=harness.seed)
-    answers = await _sanitized_run(harness, constraints, tests)
+    try:
+        answers = await _sanitized_run(harness, constraints, tests)
+    except (c_plan.ConstraintError, ValueError, TypeError, ArithmeticError) as exc:  # a size that breaks an expression
+        return _Check(False, constraints, [f"the spec cannot drive the function on its own inputs: {exc}"])
     if isinstance(answers, str):
         check = _Check(True, constraints, notes=[answers])
     else:
@@ -276,7 +279,10 @@ async def _check_once(harness: CHarness, constraints: dict[str, Any], degree: in
             return check
         if not any("undefined behaviour on every input" in n for n in check.notes):
             check.notes.append(f"the reference runs clean under ASan/UBSan on {len(tests)} inputs")
-    growth = await _check_growth(harness, constraints, degree)
+    try:
+        growth = await _check_growth(harness, constraints, degree)
+    except (c_plan.ConstraintError, ValueError, TypeError, ArithmeticError) as exc:
+        return _Check(False, constraints, [f"the spec cannot drive the function on its large input: {exc}"])
     growth.notes = check.notes + growth.notes
     return growth
 

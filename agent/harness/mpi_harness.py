@@ -6,7 +6,9 @@ launch: 1, 2, 3, 4 and more ranks than cores. Inputs are sized so they do not di
 by those counts; rank 0's result is compared with the serial reference's; a deadlock ends
 at a time limit (a timeout), a wrong result at any rank count is a failure, results that
 differ between runs at one rank count are flaky. Winners are timed against the reference at
-the target rank count, on the large input as drawn (not grown: the MPI driver has no probe). Everything else (tests, specs, the vote's matrix) is ``CHarness``'s.
+the target rank count, on the large input grown until the reference takes the sizing's time
+per call at one rank (every rank holds a copy of the input, so the memory cap is shared by the
+ranks timed). Everything else (tests, specs, the vote's matrix) is ``CHarness``'s.
 
 Launches use shared memory only (``OMPI_MCA_btl=self,vader``), so they need no network and
 run inside sandboxes that have none; as root, Open MPI needs its run-as-root switches.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import shlex
@@ -38,7 +41,6 @@ MPI_ENV = ("OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=non
            "OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
            "OMPI_MCA_plm=isolated OMP_NUM_THREADS=1 HWLOC_HIDE_ERRORS=1")
 SKIP_CXX_BINDINGS = ("-DOMPI_SKIP_MPICXX", "-DMPICH_SKIP_MPICXX")
-NOT_GROWN = "the large input as drawn (MPI runs are not grown)"
 UNEVEN = 60  # medium and large sizes are 7 more than a multiple of this: no rank count up to 6 divides them
 
 _CALLS_MPI = re.compile(r"\bMPI_[A-Z][A-Za-z_]*\s*\(|#\s*include\s*[<\"]mpi\.h[>\"]")
@@ -96,20 +98,28 @@ class MpiHarness(CHarness):
         # ``env``: the prefix may follow ``timeout`` or ``taskset``, which run commands, not assignments.
         return f"{pin}env {MPI_ENV} mpirun -np {ranks or max(self.ranks)} --bind-to none "
 
-    async def timing_input(self, pin: str | None = None) -> tuple[TestCase, TimingSetup]:
-        """The large input as drawn (its sizes do not divide by small rank counts): MPI timing
-        inputs are not grown, the driver has no probe mode."""
-        test = c_timing.timing_input(self.plan, self.seed)
-        return test, TimingSetup(threads=0, size=dict(test.input["vars"]), sizing=NOT_GROWN)
+    async def timing_input(self, pin: str | None = None, ranks: int = 1) -> tuple[TestCase, TimingSetup]:
+        """The large input, grown until the reference takes ``sizing.min_time_s`` per call at one
+        rank (probed under ``mpirun -np 1``); its memory cap is shared by the ``ranks`` that
+        will each hold a copy. Sized once."""
+        if self._sized is None:
+            launch = self.launcher(self.timing.pin if pin is None else pin, 1)
+            limits = dataclasses.replace(self.sizing, memory_bytes=self.sizing.memory_bytes / max(1, ranks) if self.sizing.memory_bytes else None)
+            test, sized = await self.timing.sized_input(c_timing.timing_input(self.plan, self.seed), limits, launch)
+            setup = TimingSetup(threads=0, size=dict(test.input["vars"]), reference_s=sized.seconds, sizing=sized.why)
+            self._sized = (test, setup)
+            self._emit("differential.timing_input", function=self.function, size=setup.size,
+                       reference_s=sized.seconds, why=sized.why)
+        return self._sized
 
     async def time(self, sources: Mapping[str, str], *, repeats: int = 5,
                    target: TargetParallelism | None = None) -> dict[str, Timing]:
-        """Each candidate against the reference on the large input, interleaved, at the target's
+        """Each candidate against the reference on the sized input, interleaved, at the target's
         thread count as the rank count (no scaling curve). Distinct sources are timed once
         each, one per CPU slot at a time (one at a time without slots)."""
         goal = self.target(target)
         ranks = max(1, goal.threads)
-        test, setup = await self.timing_input()
+        test, setup = await self.timing_input(ranks=ranks)
         self.timing_setup = setup.model_copy(update={"threads": ranks, "threads_source": goal.source,
                                                      "curve_threads": [ranks]})
         slots = self.timing_options.slots

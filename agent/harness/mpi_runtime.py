@@ -17,6 +17,7 @@ including that driver's text with its ``main`` renamed. Modes and output are the
                                      as the OpenMP driver's, with rank counts for thread counts:
                                      ``flaky`` when a rank count's runs disagree, ``fail`` when
                                      the result is wrong at some rank count
+  ``drv probe ALARM``                 rank 0, the reference at one rank: ``P idx <s> <peak KiB>``
   ``drv time RANKS REPEATS WARMUP [CAP]``  ``R``/``L``/``X ref``/``X cand`` lines; the
                                      candidate on every rank, the reference on rank 0; RANKS is
                                      one count (the launch's), ``L`` and ``X cand`` end with it
@@ -222,6 +223,29 @@ static int bk_ref_mode(const std::vector<Spec>& specs) {
   return 0;
 }
 
+// The reference once on each test at one rank (rank 0; the others wait): its time and the
+// process's peak resident memory (``P idx <s> <KiB>``), or ``E idx <why>``: what sizing reads.
+static int bk_probe(int argc, char** argv, const std::vector<Spec>& specs) {
+  unsigned alarm_s = argc >= 3 ? (unsigned)atoi(argv[2]) : 0;
+  for (auto& s : specs) {
+    if (g_rank == 0) {
+      double secs = 0; std::string err;
+      alarm(alarm_s);
+      int rc = bk_ref_run(s.seed, s.P.data(), s.literal, 1, nullptr, &secs, &err);
+      alarm(0);
+      if (rc != 0) {
+        proto("E %d %s", s.idx, clean(err).c_str());
+      } else {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        proto("P %d %.9f %ld", s.idx, secs, (long)ru.ru_maxrss);
+      }
+    }
+    bk_wait_all();
+  }
+  return 0;
+}
+
 // Interleaved timing at the launch's rank count: the reference on rank 0, the candidate on all.
 static int bk_time(int argc, char** argv, const std::vector<Spec>& specs) {
   int ranks = atoi(argv[2]), repeats = atoi(argv[3]), warmup = atoi(argv[4]);
@@ -269,6 +293,7 @@ int main(int argc, char** argv) {
   if (mode == "ref") rc = bk_ref_mode(specs);
   else if (mode == "check" && argc >= 8) rc = bk_check(argc, argv, specs);
   else if (mode == "time" && argc >= 5 && !specs.empty()) rc = bk_time(argc, argv, specs);
+  else if (mode == "probe") rc = bk_probe(argc, argv, specs);
   fflush(g_proto);
   MPI_Finalize();
   return rc;
