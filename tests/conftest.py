@@ -13,9 +13,17 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import socket
 
 import pytest
+
+# A suite started in the background by a shell without job control (``cmd &`` in a script, as
+# CI runners may) inherits SIGINT ignored, and every bakeoff it starts would then rightly stay
+# deaf to Ctrl-C, as under nohup. The tests that press Ctrl-C are about bakeoff in a terminal:
+# this process, and through it every child, gets the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex

@@ -122,7 +122,9 @@ def test_select_pareval_on_a_slice(tmp_path):
     })
     shutil.copy(source / "score.py", data / "score.py")
     out = tmp_path / "pareval.json"
-    assert select_pareval.main(["--data", str(data), "--problems", "all", "--json", str(out), "--repeats", "3",
+    # Small timing inputs and one medium test: the figures' keys and the picks are what is checked here.
+    quick = ["--repeats", "3", "--min-time", "0.02", "--medium-tests", "1"]
+    assert select_pareval.main(["--data", str(data), "--problems", "all", "--json", str(out), *quick,
                                 "--picks", str(tmp_path / "picks.jsonl")]) == 0
     fig = json.loads(out.read_text())
     assert fig["specs"] == "inferred"
@@ -134,7 +136,7 @@ def test_select_pareval_on_a_slice(tmp_path):
                 "speedup_mean_correct", "speedup_oracle", "disagree_with_labels"):
         assert key in fig and key in fig["models"][model]
     # The comparison row: the hand-written specs, on the problem both can test.
-    assert select_pareval.main(["--data", str(data), "--problems", "all", "--json", str(out), "--repeats", "3",
+    assert select_pareval.main(["--data", str(data), "--problems", "all", "--json", str(out), *quick,
                                 "--picks", str(tmp_path / "picks.jsonl"), "--only", "55_", "--constraints",
                                 str(ROOT / "bench" / "pareval" / "constraints.json")]) == 0
     fig = json.loads(out.read_text())
@@ -171,7 +173,7 @@ def test_select_pareval_on_an_mpi_slice(tmp_path):
     shutil.copy(source / "score.py", data / "score.py")
     out = tmp_path / "mpi.json"
     assert select_pareval.main(["--data", str(data), "--problems", "all", "--json", str(out), "--repeats", "2",
-                                "--medium-tests", "1", "--picks", str(tmp_path / "picks.jsonl")]) == 0
+                                "--min-time", "0.02", "--medium-tests", "1", "--picks", str(tmp_path / "picks.jsonl")]) == 0
     fig = json.loads(out.read_text())
     for key in ("selected_accuracy", "random_accuracy", "oracle", "gap_closed", "speedup_pick", "specs"):
         assert key in fig

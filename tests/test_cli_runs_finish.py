@@ -60,7 +60,7 @@ def results(out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [1, 2, 4])
+@pytest.mark.parametrize("workers", [1, 4])
 def test_batch_at_default_settings_finishes(tmp_path, workers):
     repo = defaults_repo(tmp_path / "repo")
     script = plan_script(tmp_path / "s.json")
@@ -81,8 +81,8 @@ def test_batch_at_default_settings_finishes(tmp_path, workers):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("max_sandboxes", [1, 2])
-def test_a_run_of_four_candidates_in_one_or_two_sandboxes_finishes(tmp_path, max_sandboxes):
+@pytest.mark.parametrize("max_sandboxes", [1])  # the tightest: every held sandbox beside one candidate slot
+def test_a_run_of_four_candidates_in_one_sandbox_slot_finishes(tmp_path, max_sandboxes):
     repo = defaults_repo(tmp_path / "repo")
     script = plan_script(tmp_path / "s.json")
     env = cli_env(tmp_path, BAKEOFF_MAX_SANDBOXES=str(max_sandboxes))
