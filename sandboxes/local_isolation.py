@@ -97,6 +97,8 @@ def _python_binds() -> tuple[tuple[Path, Path], ...]:
     prefix through a read-only bind mount under the sandbox root, which anyone may traverse.
     """
     prefixes = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+    if os.geteuid() == 0:
+        drop_deleted_views(sandbox_root())
     binds = []
     for prefix in sorted(prefixes):
         if any(prefix == Path(d) or Path(d) in prefix.parents for d in _HOST_DIRS):
@@ -114,6 +116,26 @@ def _python_binds() -> tuple[tuple[Path, Path], ...]:
                         raise SandboxBroken(f"cannot expose {prefix} to sandboxes: {proc.stderr.decode().strip()}")
         binds.append((view, prefix))
     return tuple(binds)
+
+
+def drop_deleted_views(root: Path) -> list[Path]:
+    """Unmount the interpreter views under ``root`` whose interpreter was deleted (a throwaway
+    venv's): nothing can use them any more, and each would otherwise hold a mount until reboot."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    prefix = os.path.realpath(root) + "/.python-"
+    dropped = []
+    for fields in (line.split(" ") for line in lines):
+        if len(fields) > 4 and fields[3].endswith("//deleted") and _unescape(fields[4]).startswith(prefix):
+            view = Path(_unescape(fields[4]))
+            with _locked(view.with_name(view.name + ".lock")):
+                if subprocess.run(["umount", "-l", str(view)], capture_output=True).returncode == 0:
+                    with contextlib.suppress(OSError):
+                        view.rmdir()
+                    dropped.append(view)
+    return dropped
 
 
 def is_mount_point(path: Path) -> bool:

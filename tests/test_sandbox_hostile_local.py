@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import shutil
 import stat
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from bakeoff.agent.seams import SandboxLimits, Workspace
 from bakeoff.sandboxes import SandboxUnavailable, choose_backend
 from bakeoff.sandboxes.beneath import read_beneath, write_beneath
 from bakeoff.sandboxes.local import LocalSandbox
-from bakeoff.sandboxes.local_isolation import _python_binds, is_mount_point
+from bakeoff.sandboxes.local_isolation import _python_binds, drop_deleted_views, is_mount_point
 
 LIMITS = SandboxLimits(wall_seconds=30, max_processes=64, memory_bytes=256 * 2**20)
 
@@ -200,6 +202,27 @@ async def test_unsafe_local_forbids_privilege_gains_and_says_what_it_allows(tmp_
 
 
 # --------------------------------------------------------------------------- the Python bind mount
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="views are bind mounts only bakeoff running as root makes")
+def test_a_view_of_a_deleted_interpreter_is_unmounted(tmp_path: Path) -> None:
+    """A throwaway venv's interpreter view (a test's, a CI job's) is dropped once it is gone."""
+    venv, root = tmp_path / "venv", tmp_path / "root"
+    (venv / "bin").mkdir(parents=True)
+    view = root / ".python-0123456789ab"
+    view.mkdir(parents=True)
+    kept = root / ".python-ba9876543210"
+    kept.mkdir()
+    for src, dst in ((venv, view), (tmp_path, kept)):
+        subprocess.run(["mount", "--bind", str(src), str(dst)], check=True)
+    try:
+        assert drop_deleted_views(root) == [] and is_mount_point(view)  # its venv still exists
+        shutil.rmtree(venv)
+        assert drop_deleted_views(root) == [view]
+        assert not is_mount_point(view) and not view.exists() and is_mount_point(kept)
+    finally:
+        for point in (view, kept):
+            subprocess.run(["umount", "-l", str(point)], capture_output=True)
 
 
 def test_the_python_bind_mount_is_made_once_however_many_runs() -> None:
