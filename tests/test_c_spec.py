@@ -199,7 +199,7 @@ def test_lengths_follow_the_docs_shapes():
 def test_an_adjacency_matrix_and_index_arguments():
     args = args_of(SHORTEST, "shortestPathLength")
     assert args["A"]["len"] == "N*N" and args["A"]["symmetric"] == "N" and args["A"]["zero_diagonal"] == "N"
-    assert args["A"]["bernoulli"] == "min(0.5, 2/N)"
+    assert args["A"]["bernoulli"] == "min(0.5, 2/max(1, N))"
     # source and dest index dist(N): they are no sizes, they stay inside [0, N-1].
     assert args["source"]["range"] == [0, "N-1"] and args["dest"]["range"] == [0, "N-1"]
     assert set(infer_spec(SHORTEST, "shortestPathLength").constraints["vars"]) == {"N"}
