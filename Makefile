@@ -22,5 +22,5 @@ demo: $(STAMP)
 # Two passes: most tests two files at a time, then those that stop a Ray cluster, count the
 # engine's containers, send signals or rest on timings at every core, alone (tests/conftest.py).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -n 2 --dist loadfile -m "not live and not serial" $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -q -ra -m "serial and not live" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra --durations=25 -n 2 --dist loadfile -m "not live and not serial" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra --durations=25 -m "serial and not live" $(PYTEST_ARGS)

@@ -19,11 +19,13 @@ import socket
 import pytest
 
 # A suite started in the background by a shell without job control (``cmd &`` in a script, as
-# CI runners may) inherits SIGINT ignored, and every bakeoff it starts would then rightly stay
-# deaf to Ctrl-C, as under nohup. The tests that press Ctrl-C are about bakeoff in a terminal:
-# this process, and through it every child, gets the default.
-if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+# CI runners may) inherits SIGINT ignored, and one started under nohup SIGHUP; every bakeoff it
+# starts would then rightly stay deaf to them. The tests that send them are about bakeoff in a
+# terminal: this process, and through it every child, gets the defaults back.
+for _sig, _default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGHUP, signal.SIG_DFL),
+                       (signal.SIGTERM, signal.SIG_DFL)):
+    if signal.getsignal(_sig) is signal.SIG_IGN:
+        signal.signal(_sig, _default)
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex

@@ -37,7 +37,8 @@ def test_batch_at_default_settings_finishes(tmp_path, workers):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("max_sandboxes", [1])  # the tightest: every held sandbox beside one candidate slot
+# The tightest: the planner's scratch sandbox and the fan-out's base held beside one candidate slot.
+@pytest.mark.parametrize("max_sandboxes", [1])
 def test_a_run_of_four_candidates_in_one_sandbox_slot_finishes(tmp_path, max_sandboxes):
     repo = defaults_repo(tmp_path / "repo")
     script = plan_script(tmp_path / "s.json")

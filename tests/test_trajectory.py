@@ -7,7 +7,6 @@ the differential harnesses, the vote.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -238,15 +237,6 @@ async def test_fan_out_tool_schema_and_a_missing_editor(tmp_path):
     with pytest.raises(FanOutError, match="editor model"):
         await tool(FanOutArgs(goal="g", files=["a.c"]), ToolContext())
     assert seen == []
-
-
-async def test_fan_out_finishes_with_a_pool_of_one_sandbox(tmp_path):
-    # The base sandbox is held open beside the candidates without taking their one slot.
-    repo = repo_copy(tmp_path, "slow_python")
-    svc = services(repo, script("slow_python"), EventBus())
-    svc.pool = SandboxPool(kind="local", max_concurrent=1)
-    result = await asyncio.wait_for(fan_out(PY_GOAL, ["pairs.py"], 2, services=svc), timeout=300)
-    assert len(result.candidates) == 2 and svc.pool.live == 0
 
 
 # --------------------------------------------------------------------------- pure helpers
