@@ -41,6 +41,11 @@ from bakeoff.tools.registry import Registry
 ROLES = ("planner", "joiner", "editor", "tester", "judge")
 
 
+def _no_commit(repo: Path) -> str:
+    """Why ``repo`` has no base commit, in words."""
+    return "has no commits yet" if repository.is_repository(repo) else "is not a git repository"
+
+
 class SessionError(Exception):
     """Something the user can fix (a missing repository, nothing to apply, a changed tree)."""
 
@@ -250,15 +255,17 @@ class Session:
 
     # ------------------------------------------------------------------ running
 
-    def _no_commit(self) -> str:
-        """Why there is no base commit, in words."""
-        return "has no commits yet" if repository.is_repository(self.repo) else "is not a git repository"
+    def check_can_apply(self) -> None:
+        """``SessionError`` when no result could be applied here: there is no commit to apply it on."""
+        if repository.head_commit(self.repo) is None:
+            fix = "commit your files first (git add -A && git commit), then run again, or " * repository.is_repository(self.repo)
+            raise SessionError(f"{self.repo} {_no_commit(self.repo)}: {fix}save the patch with --patch FILE instead")
 
     def _context(self) -> str:
         s = self.settings
         lines = [
             f"Repository: {self.repo} " + (f"at commit {self.base_commit}." if self.base_commit
-                                           else f"(it {self._no_commit()})."),
+                                           else f"(it {_no_commit(self.repo)})."),
             f"Candidates per fan_out: {s.n}; repair rounds: {s.rounds}.",
         ]
         if s.build:
@@ -452,10 +459,7 @@ class Session:
         if not patch.strip():
             raise SessionError(f"candidate {cand.id} changed nothing: nothing to apply")
         if report.base_commit is None:
-            raise SessionError(f"{self.repo} {self._no_commit()}: "
-                               + ("commit your files first (git add -A && git commit), then run again, or "
-                                  if repository.is_repository(self.repo) else "")
-                               + "save the patch with --patch FILE instead")
+            self.check_can_apply()
         current = repository.head_commit(self.repo)
         if current != report.base_commit:
             raise SessionError(

@@ -92,6 +92,7 @@ def test_a_repository_with_no_commits_is_named_so(tmp_path):
     assert "has no commits yet" in said and "not a git repository" not in said
     assert "git add -A && git commit" in said
     assert (repo / "calc.py").read_text() == CALC
+    assert not (tmp_path / "state" / "runs").exists()  # said before the run: no model was paid for
 
 
 def test_a_file_that_is_not_utf8_is_named_with_its_encoding(tmp_path):

@@ -126,6 +126,11 @@ def run_command(
     err = Console(stderr=True)
     stop_progress = show_progress(events, err, jsonl=jsonl)
     session = open_session(repo, flags, events)
+    if apply:
+        try:
+            session.check_can_apply()  # before any model is paid for
+        except user_errors() as exc:
+            fail(f"cannot --apply: {exc}")
     if session.sandbox_choice is not None and session.sandbox_choice.warning:
         err.print(f"warning: {session.sandbox_choice.warning}", style="yellow", markup=False)
     try:
