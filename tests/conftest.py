@@ -113,7 +113,8 @@ LONGEST_FIRST = (
     "test_cli_runs_no_deadlock.py", "test_cli_shared_places.py", "test_cli_run.py", "test_harness_sandboxed.py",
     "test_reliability_candidates.py", "test_cli_runs_finish.py", "test_c_spec_check.py", "test_bench_selection.py",
     "test_live_faults.py", "test_cuda_harness.py", "test_mpi_harness.py", "test_wheel.py", "test_cli_chat.py",
-    "test_cli_demo.py", "test_session.py", "test_cli_batch.py", "test_race_check.py", "test_cli_bad_input.py",
+    "test_cli_demo.py", "test_session.py", "test_cli_batch.py", "test_race_check.py", "test_fanout_waves.py",
+    "test_cli_bad_input.py",
 )
 
 
