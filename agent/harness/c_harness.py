@@ -314,11 +314,12 @@ class CHarness(DifferentialHarness):
             return TargetParallelism(threads=self.timing_options.threads, source="the harness's timing threads")
         return local_view()
 
-    async def timing_input(self, pin: str | None = None) -> tuple[TestCase, TimingSetup]:
+    async def timing_input(self, pin: str | None = None, limits: SizingLimits | None = None) -> tuple[TestCase, TimingSetup]:
         """The input every candidate is timed on: the large size, scaled until the reference
-        takes ``sizing.min_time_s`` per call at one thread (within its caps); sized once."""
+        takes ``sizing.min_time_s`` per call at one thread (within ``limits``, by default the
+        harness's); sized once. ``pin`` prefixes each probe's command."""
         if self._sized is None:
-            test, sized = await self.timing.sized_input(timing_input(self.plan, self.seed), self.sizing, pin)
+            test, sized = await self.timing.sized_input(timing_input(self.plan, self.seed), limits or self.sizing, pin)
             setup = TimingSetup(threads=0, size=dict(test.input["vars"]), reference_s=sized.seconds, sizing=sized.why)
             self._sized = (test, setup)
             self._emit("differential.timing_input", function=self.function, size=setup.size,

@@ -25,7 +25,6 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bakeoff.agent.harness import c_timing
 from bakeoff.agent.harness.c_build import Dialect
 from bakeoff.agent.harness.c_harness import CHarness
 from bakeoff.agent.harness.c_runs import spec_lines
@@ -102,15 +101,10 @@ class MpiHarness(CHarness):
         """The large input, grown until the reference takes ``sizing.min_time_s`` per call at one
         rank (probed under ``mpirun -np 1``); its memory cap is shared by the ``ranks`` that
         will each hold a copy. Sized once."""
-        if self._sized is None:
-            launch = self.launcher(self.timing.pin if pin is None else pin, 1)
-            limits = dataclasses.replace(self.sizing, memory_bytes=self.sizing.memory_bytes / max(1, ranks) if self.sizing.memory_bytes else None)
-            test, sized = await self.timing.sized_input(c_timing.timing_input(self.plan, self.seed), limits, launch)
-            setup = TimingSetup(threads=0, size=dict(test.input["vars"]), reference_s=sized.seconds, sizing=sized.why)
-            self._sized = (test, setup)
-            self._emit("differential.timing_input", function=self.function, size=setup.size,
-                       reference_s=sized.seconds, why=sized.why)
-        return self._sized
+        launch = self.launcher(self.timing.pin if pin is None else pin, 1)
+        memory = self.sizing.memory_bytes
+        limits = dataclasses.replace(self.sizing, memory_bytes=memory / max(1, ranks) if memory else None)
+        return await super().timing_input(launch, limits)
 
     async def time(self, sources: Mapping[str, str], *, repeats: int = 5,
                    target: TargetParallelism | None = None) -> dict[str, Timing]:
