@@ -38,6 +38,19 @@ def test_top_level_help_lists_the_doors_without_heavy_imports():
         assert command in out
 
 
+def test_the_console_script_starts_no_event_loop_for_help():
+    """``main`` installs the signal handling every door shares; asyncio (and the ssl it pulls
+    in, about 40 ms) is imported where a loop starts, so ``--help`` does not pay for it."""
+    code = ("import sys; sys.argv = ['bakeoff', '--help']\n"
+            "from bakeoff.agent.cli.main import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
+            "print('LOADED', sorted(m for m in ('asyncio', 'ssl', 'litellm', 'docker') if m in sys.modules),"
+            " file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "LOADED []" in proc.stderr and "run" in proc.stdout
+
+
 @pytest.mark.parametrize("command", ["run", "chat", "batch", "demo", "config"])
 def test_each_command_help_is_light(command):
     result, out, _ = probe(command, "--help")

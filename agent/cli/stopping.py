@@ -21,7 +21,6 @@ once (``reading_input``): nothing else can end that wait. The console script ins
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import os
@@ -32,7 +31,10 @@ import threading
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+if TYPE_CHECKING:  # asyncio is imported where a loop starts: ``bakeoff --help`` runs none
+    import asyncio
 
 T = TypeVar("T")
 
@@ -139,6 +141,8 @@ class StoppableLoop:
     """
 
     def __init__(self) -> None:
+        import asyncio
+
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self._executor = ThreadPoolExecutor(thread_name_prefix="bakeoff")
@@ -219,6 +223,8 @@ class StoppableLoop:
     def close(self) -> None:
         """Finish what is still running (cancelled, ``CLEANUP_S`` at most) and close the loop.
         Threads still at work get ``CLEANUP_S`` more; one blocked for good is left behind."""
+        import asyncio
+
         loop = self.loop
         if loop.is_closed():
             return
