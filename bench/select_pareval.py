@@ -156,7 +156,7 @@ def make_harness(prob: dict, constraints: dict | None, limiter, args, timing: Ti
             prob["serial_source"], prob["function_name"], language="c++", constraints=constraints,
             compile_flags=("-O3", "-fopenmp"), limiter=limiter, call_timeout=args.call_timeout,
             medium_tests=args.medium_tests if args.medium_tests is not None else (1 if kind is MpiHarness else 3),
-            cpus=args.pin or None, timing=timing,
+            cpus=args.pin or None, timing=timing, **({"sizes": args.mpi_sizes} if kind is MpiHarness else {}),
             **({counts: [int(t) for t in args.threads.split(",")]} if args.threads else {}),
         )
     except (SignatureError, ValueError) as exc:
@@ -284,7 +284,11 @@ async def main_async(args) -> int:
     figures.update({"left_out_problems": skipped, "timing_s": t_timing, "timing_threads": target.threads,
                     "timing_threads_source": target.source, "timing_counts": counts,
                     "timing_cpu_sets": timing.slots.cpu_sets if timing.slots else [],
-                    "specs": "file" if hand_written is not None else "inferred", "untestable": untestable})
+                    "specs": "file" if hand_written is not None else "inferred", "untestable": untestable,
+                    **({"mpi_sizes": args.mpi_sizes} if mpi else {})})
+    if mpi and args.mpi_sizes == "even":
+        print("\nMPI sizes: even (powers of two, 1, 2, 4 and 8 ranks, no edge cases): ParEval's own conditions, "
+              "a comparison row for its labels, which do not see a remainder of n / ranks dropped")
     print(f"\ninput specs: {'hand-written, ' + args.constraints if hand_written is not None else 'inferred from each serial source and checked'}")
     if skipped:
         print(f"\nleft out (matrix not finished within {args.problem_timeout:.0f}s): {', '.join(skipped)}")
@@ -533,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--medium-tests", type=int, default=None,
                     help="larger inputs per problem, run to expose races (default 3; MPI: 1, every rank holds a copy)")
     ap.add_argument("--threads", default="", help="thread (MPI: rank) counts for correctness runs (default 1, 2, cores, 2x and 4x cores; MPI: 1-4 and cores+1)")
+    ap.add_argument("--mpi-sizes", choices=["uneven", "even"], default="uneven",
+                    help="MPI samples: uneven (sizes no small rank count divides, bakeoff's own harness) or even "
+                         "(powers of two at 1, 2, 4, 8 ranks, no edge cases: the conditions ParEval's labels were made in)")
     ap.add_argument("--pin", default="", help="run the drivers (not the compilers) on these CPUs, e.g. 0,1")
     ap.add_argument("--problem-timeout", type=float, default=600.0,
                     help="a problem whose matrix takes longer is left out (and counted as such)")

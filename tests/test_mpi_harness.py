@@ -16,7 +16,7 @@ from bakeoff.agent.events import EventBus
 from bakeoff.agent.fanout.tests import pick_harness
 from bakeoff.agent.harness.c_harness import CHarness
 from bakeoff.agent.harness.c_timing import TimingOptions
-from bakeoff.agent.harness.mpi_harness import MpiHarness, calls_mpi, default_ranks, uneven, wants_mpi
+from bakeoff.agent.harness.mpi_harness import EVEN_RANKS, MpiHarness, calls_mpi, default_ranks, even, uneven, wants_mpi
 from bakeoff.agent.harness.sizing import SizingLimits
 
 REFERENCE = """/* Return the sum of the vector x. */
@@ -54,6 +54,33 @@ def test_which_code_wants_mpi_and_sizes_that_do_not_divide():
     spec = uneven({"vars": {"n": {"small": [1, 16], "medium": 1 << 20, "large": 8000}, "m": {"medium": 1024, "pow2": True}}})
     assert all(spec["vars"]["n"][s] % k for s in ("medium", "large") for k in (2, 3, 4, 5, 6))
     assert spec["vars"]["m"]["medium"] == 1024
+
+
+def test_even_sizes_are_powers_of_two_every_rank_count_divides_and_drop_edge_cases():
+    spec = even({"vars": {"n": {"small": [1, 16], "medium": 100007, "large": 8000}, "k": {"small": [2, 4]}},
+                 "edge": [{"vars": {"n": 0}}], "float_rel": 1e-6})
+    n, k = spec["vars"]["n"], spec["vars"]["k"]
+    assert n["pow2"] and n["small"] == [8, 16] and n["medium"] == 65536 and n["large"] == 4096
+    assert k["small"] == [8, 8] and "edge" not in spec and spec["float_rel"] == 1e-6
+    assert all(n[s] % r == 0 for s in ("medium", "large") for r in EVEN_RANKS)
+    with pytest.raises(ValueError, match="uneven"):
+        MpiHarness(REFERENCE, "total", language="c++", sizes="odd")
+
+
+@pytest.mark.slow
+async def test_a_dropped_remainder_passes_only_where_every_size_divides():
+    """The comparison row's conditions (ParEval's): the remainder bug that uneven sizes catch
+    goes unseen, which is why the benchmark's labels call such samples correct."""
+    h = MpiHarness(REFERENCE, "total", language="c++", small_tests=2, medium_tests=1, sizes="even",
+                   constraints={"vars": {"n": {"small": [5, 16], "medium": 100000, "large": 400000}}})
+    try:
+        assert h.ranks == EVEN_RANKS
+        tests = await h.make_tests()
+        assert all(t.input["vars"]["n"] % 8 == 0 for t in tests)
+        m = await h.run_matrix({"good": GOOD, "drops": DROPS_REMAINDER}, tests)
+        assert set(m.cells["good"].values()) == {"pass"} and set(m.cells["drops"].values()) == {"pass"}
+    finally:
+        await h.close()
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import os
 import re
 import shlex
@@ -75,14 +76,44 @@ def uneven(constraints: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+EVEN_RANKS = [1, 2, 4, 8]
+
+
+def even(constraints: Mapping[str, Any]) -> dict[str, Any]:
+    """The constraints under the conditions ParEval's labels were made in, for a comparison row
+    in the benchmark, never for a user's code: every size a power of two of at least 8 (so the
+    rank counts of ``EVEN_RANKS`` all divide it) and no edge cases. A candidate that drops the
+    remainder of ``n / ranks`` passes here and fails under ``uneven``."""
+    out = dict(constraints)
+    out.pop("edge", None)
+    if not out.get("vars"):
+        return out
+    out["vars"] = {}
+    for name, given in constraints["vars"].items():
+        spec = {**given, "pow2": True}
+        small = spec.get("small", [1, 16])
+        if isinstance(small, list):
+            spec["small"] = [max(EVEN_RANKS[-1], int(small[0])), max(EVEN_RANKS[-1], int(small[1]))]
+        for size in ("medium", "large"):
+            value = spec.get(size)
+            if isinstance(value, int | float) and value >= EVEN_RANKS[-1]:
+                spec[size] = 1 << int(math.log2(value))
+        out["vars"][name] = spec
+    return out
+
+
 class MpiHarness(CHarness):
     """Differential harness for one C/C++ function whose candidates use MPI."""
 
     dialect = MPI
 
     def __init__(self, reference_source: str, function: str, *, ranks: Sequence[int] | None = None,
-                 repeats: int = 2, compile_flags: Sequence[str] = ("-O2", "-fopenmp"), **kwargs: Any):
-        self.ranks = sorted(set(ranks or default_ranks()))
+                 repeats: int = 2, compile_flags: Sequence[str] = ("-O2", "-fopenmp"),
+                 sizes: str = "uneven", **kwargs: Any):
+        if sizes not in ("uneven", "even"):
+            raise ValueError(f"sizes must be 'uneven' or 'even', not {sizes!r}")
+        self.sizes = sizes
+        self.ranks = sorted(set(ranks or (EVEN_RANKS if sizes == "even" else default_ranks())))
         kwargs["race_check"] = False  # ThreadSanitizer does not understand MPI's processes
         kwargs.pop("threads", None)
         # Without the deprecated C++ bindings mpi.h compiles in a third of the time.
@@ -90,7 +121,7 @@ class MpiHarness(CHarness):
         super().__init__(reference_source, function, threads=self.ranks, repeats=repeats, compile_flags=flags, **kwargs)
 
     def use_constraints(self, constraints: Mapping[str, Any]) -> None:
-        super().use_constraints(uneven(constraints))
+        super().use_constraints(even(constraints) if self.sizes == "even" else uneven(constraints))
         self.runs.death_ends_all = True
 
     def launcher(self, pin: str, ranks: int | None = None) -> str:
