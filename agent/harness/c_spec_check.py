@@ -228,6 +228,9 @@ async def _check_growth(harness: CHarness, constraints: dict[str, Any], degree: 
             check.problems.append(f"{took}, over its budget of {budget:g} s")
             check.notes.append(f"{took}: its sizes scaled to the budget ({budget:g} s)")
     if check.ok and medium is not None and large is not None and large >= MEASURABLE_S and large < GROWTH * medium:
+        again = await _timed_run(harness, ["medium", "large"])  # a busy machine can blur one measurement
+        medium, large = min(medium, again["medium"] or medium), min(large, again["large"] or large)
+    if check.ok and medium is not None and large is not None and large >= MEASURABLE_S and large < GROWTH * medium:
         check.ok = False
         check.problems.append(f"the reference takes no longer on the large input ({large:.4f} s) than on the medium one "
                               f"({medium:.4f} s): the spec's sizes drive no work")
