@@ -150,6 +150,8 @@ class Settings(BaseModel):
         description="threads candidates are timed at (unset: the CPUs the sandbox may use, from its affinity and cgroup quota)",
     )
     command_timeout: float = Field(300.0, gt=0, description="seconds a candidate's build, test or benchmark may run")
+    gpus: bool = Field(False, description="hand this machine's NVIDIA GPUs to the sandboxes, so CUDA candidates run, "
+                                          "are compared and timed (off: they are only built)")
 
     @property
     def max_n(self) -> int:
@@ -358,6 +360,9 @@ def _merge(layers: list[tuple[dict[str, Any], str | Mapping[str, str]]],
         name = repository
         raise ConfigError(f"{name}: sandbox = \"unsafe-local\" turns isolation off, which a repository may not "
                           "choose for you: remove it, or pass --sandbox unsafe-local yourself")
+    if merged.get("gpus") and repository and provenance.get("gpus") == repository:
+        raise ConfigError(f"{repository}: gpus = true would let the candidates reach this machine's GPUs, which a "
+                          "repository may not choose for you: remove it, or pass --gpus yourself")
     for key in ("docker_host", "docker_cert_path"):
         if merged.get(key) and repository and provenance.get(key) == repository:
             raise ConfigError(f"{repository}: {key} would send your working tree (and, for a Docker context or "

@@ -65,6 +65,7 @@ class SandboxLimits(BaseModel):
     output_bytes: int = 256 * 1024  # per stream; head and tail are kept
     disk_bytes: int = 1024 * 1024 * 1024  # writable space (docker tmpfs / workspace cap)
     cpus: float | None = None  # docker: CPU quota; None means all
+    gpus: bool = False  # this machine's NVIDIA devices inside (CUDA candidates run and are timed)
 
 
 class Workspace(BaseModel):

@@ -58,7 +58,7 @@ MIN_POOL_LIFE_S = 600  # a warm container closer than this to its expiry is not 
 def _limits_key(limits: SandboxLimits) -> str:
     # Only what shapes the container itself; per-command limits do not split the pool.
     fields = ("max_processes", "memory_bytes", "disk_bytes", "cpus", "max_file_bytes",
-              "max_open_files", "cpu_seconds")
+              "max_open_files", "cpu_seconds", "gpus")
     return json.dumps({f: getattr(limits, f) for f in fields}, sort_keys=True)
 
 
@@ -89,7 +89,7 @@ def _hardened_host_config(api: APIClient, limits: SandboxLimits, labels: dict[st
     The workspace is a tmpfs *volume* rather than a tmpfs mount because the engine's archive
     calls (how files go in and out) cannot reach tmpfs mounts of a read-only container.
     """
-    from docker.types import DriverConfig, Mount, Ulimit
+    from docker.types import DeviceRequest, DriverConfig, Mount, Ulimit
 
     inodes = max(4096, limits.disk_bytes // 4096)
     workspace = Mount(
@@ -117,6 +117,8 @@ def _hardened_host_config(api: APIClient, limits: SandboxLimits, labels: dict[st
             Ulimit(name="core", soft=0, hard=0),
         ],
         ipc_mode="private",
+        # The engine's ``--gpus all``, only when asked for: it needs the NVIDIA container toolkit.
+        device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])] if limits.gpus else None,
         init=True,  # an init reaps orphans, so killed children do not pile up as zombies
         auto_remove=True,  # when the expiry keeper ends, the container and its volume go
     )
@@ -232,8 +234,15 @@ class DockerBackend:
         cid = created["Id"]
         try:
             self.engine.call(self.api.start, cid)
-        except BaseException:
+        except BaseException as exc:
             self._remove_blocking(cid)
+            if limits.gpus and "device driver" in str(exc):
+                from bakeoff.sandboxes import SandboxUnavailable
+
+                raise SandboxUnavailable(
+                    "gpus = true, but this Docker engine cannot hand GPUs to a container (it needs the NVIDIA "
+                    "container toolkit: nvidia-ctk runtime configure --runtime=docker): install it, or use "
+                    "--sandbox local+bwrap, or set gpus = false to build CUDA candidates only") from exc
             raise
         self.events.emit("sandbox.container.start", container=cid[:12])
         return cid, expires

@@ -63,6 +63,7 @@ from bakeoff.sandboxes.local_isolation import (
     build_env,
     bwrap_argv,
     bwrap_status,
+    gpu_devices,
     looks_secret,
     sandbox_path,
     unsafe_local_warning,
@@ -284,8 +285,8 @@ class LocalSandbox:
                 raise SandboxBroken("could not create a cgroup for the command")
             if self._bwrap:
                 inside = INSIDE_WORKSPACE if rel == "." else f"{INSIDE_WORKSPACE}/{rel}"
-                argv = bwrap_argv(work=fs / "work", home=fs / "home", tmp=fs / "tmp",
-                                  chdir=inside) + ["--", *argv]
+                argv = bwrap_argv(work=fs / "work", home=fs / "home", tmp=fs / "tmp", chdir=inside,
+                                  gpus=gpu_devices() if limits.gpus else ()) + ["--", *argv]
             return await self._run(argv, environment, cwd_fd, timeout, cgroup)
         finally:
             os.close(cwd_fd)

@@ -18,7 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from bakeoff.sandboxes.local_processes import SandboxBroken, all_pids, drop_to, uid_of
@@ -186,7 +186,13 @@ def unsafe_local_warning(why: str) -> str:
             f"{who}; no privilege gain (setuid) is allowed ({why})")
 
 
-def bwrap_argv(*, work: Path, home: Path, tmp: Path, chdir: str) -> list[str]:
+def gpu_devices(dev: Path = Path("/dev")) -> list[str]:
+    """This machine's NVIDIA device files (``nvidia0``, ``nvidiactl``, ``nvidia-uvm``, ...),
+    which a CUDA program needs to reach its GPU; none where there is no driver."""
+    return sorted(str(p) for p in dev.glob("nvidia*") if not p.is_dir())
+
+
+def bwrap_argv(*, work: Path, home: Path, tmp: Path, chdir: str, gpus: Sequence[str] = ()) -> list[str]:
     argv = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
             "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox"]
     for d in _HOST_DIRS:
@@ -195,8 +201,10 @@ def bwrap_argv(*, work: Path, home: Path, tmp: Path, chdir: str) -> list[str]:
             argv += ["--symlink", os.readlink(p), d]
         elif p.is_dir():
             argv += ["--ro-bind", d, d]
-    argv += ["--proc", "/proc", "--dev", "/dev",
-             "--bind", str(work), INSIDE_WORKSPACE,
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    for device in gpus:  # only when asked for (``SandboxLimits.gpus``): the GPUs, nothing else of /dev
+        argv += ["--dev-bind", device, device]
+    argv += ["--bind", str(work), INSIDE_WORKSPACE,
              "--bind", str(home), INSIDE_HOME,
              "--bind", str(tmp), "/tmp"]
     # After /tmp: an interpreter living under /tmp (a virtualenv in a clone there) must not be

@@ -41,6 +41,7 @@ def batch_command(
     docker_cert_path: Path | None = typer.Option(None, "--docker-cert-path", metavar="DIR", help="Folder of ca.pem, cert.pem and key.pem: TLS to a tcp:// --docker-host."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run again the tasks that ended in an error."),
     time_limit: float | None = typer.Option(None, "--time-limit", metavar="SECONDS", help="Wall-clock seconds each task may take (default 3600)."),
+    gpus: bool | None = typer.Option(None, "--gpus/--no-gpus", help="Hand this machine's NVIDIA GPUs to the sandboxes: CUDA candidates then run and are timed (default: off, built only)."),
     ray: str | None = typer.Option(None, "--ray", metavar="ADDRESS", help="Run the tasks on a Ray cluster: its address (host:port), or auto (a running cluster, else a local one). Needs pip install 'bakeoff[ray]'."),
     ray_retries: int = typer.Option(2, "--ray-retries", min=0, metavar="N", help="With --ray: times a task whose node or worker died is run again elsewhere."),
     jsonl: bool = typer.Option(False, "--jsonl", help="Stream the batch's events (task start, retry, its run's events, end; each with its node) as JSON lines on stdout."),
@@ -57,7 +58,7 @@ def batch_command(
     except ValueError as exc:
         fail(str(exc))
     flags = {"model.default": model, "n": n, "budget_usd": budget, "budget_tokens": budget_tokens,
-             "sandbox": sandbox, "workers": workers, "time_limit_s": time_limit,
+             "sandbox": sandbox, "workers": workers, "time_limit_s": time_limit, "gpus": gpus,
              "docker_host": docker_host, "docker_cert_path": str(docker_cert_path) if docker_cert_path else None}
     settings, _ = load(Path.cwd(), flags)
     _check_scripted(settings)

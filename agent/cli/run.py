@@ -107,6 +107,7 @@ def run_command(
     threads: int | None = typer.Option(None, "--threads", min=1,
                                        help="Threads candidates are timed at (default: the CPUs the sandbox may use)."),
     time_limit: float | None = typer.Option(None, "--time-limit", metavar="SECONDS", help="Wall-clock seconds the run may take (default 3600)."),
+    gpus: bool | None = typer.Option(None, "--gpus/--no-gpus", help="Hand this machine's NVIDIA GPUs to the sandboxes: CUDA candidates then run and are timed (default: off, built only)."),
 ) -> None:
     from rich.console import Console
 
@@ -121,7 +122,7 @@ def run_command(
     patch_target(patch)
     flags = {"model.default": model, "n": n, "budget_usd": budget, "budget_tokens": budget_tokens,
              "sandbox": sandbox, "planner": planner, "threads": threads, "time_limit_s": time_limit,
-             "docker_host": docker_host, "docker_cert_path": str(docker_cert_path) if docker_cert_path else None}
+             "gpus": gpus, "docker_host": docker_host, "docker_cert_path": str(docker_cert_path) if docker_cert_path else None}
     events = EventBus()
     err = Console(stderr=True)
     stop_progress = show_progress(events, err, jsonl=jsonl)

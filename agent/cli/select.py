@@ -35,6 +35,7 @@ class SelectOptions:
     min_time_s: float = 0.2  # the timing input grows until the reference takes this long per call
     require_faster: bool = True  # a winner must be faster than the reference
     spec: Path | None = None  # C/C++: a JSON input spec instead of one inferred and checked
+    gpus: bool | None = None  # the machine's NVIDIA GPUs in the sandbox; None: for a CUDA reference only
 
 
 def register(app: typer.Typer) -> None:
@@ -65,9 +66,8 @@ def register(app: typer.Typer) -> None:
             True, "--require-faster/--any-speed",
             help="Ship only a candidate faster than the reference (default), or any correct one.",
         ),
-        spec: Path | None = typer.Option(
-            None, "--spec", help="C/C++: a JSON input spec (sizes, lengths, value domains) instead of one inferred from the reference."
-        ),
+        spec: Path | None = typer.Option(None, "--spec", help="C/C++: a JSON input spec (sizes, lengths, value domains) instead of one inferred from the reference."),
+        gpus: bool | None = typer.Option(None, "--gpus/--no-gpus", help="Hand this machine's NVIDIA GPUs to the sandbox (default: for a .cu reference only)."),
         docker_host: str | None = typer.Option(None, "--docker-host", help="The Docker engine sandboxes run on: tcp://HOST:PORT, ssh://USER@HOST, unix:///PATH or a docker context name (default: DOCKER_HOST, else this machine's)."),
         docker_cert_path: Path | None = typer.Option(None, "--docker-cert-path", metavar="DIR", help="Folder of ca.pem, cert.pem and key.pem: TLS to a tcp:// --docker-host."),
     ) -> None:
@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
 
         engine = DockerHost(docker_host, str(docker_cert_path) if docker_cert_path else None)
         options = SelectOptions(unordered=unordered, repeats=repeats, timing_repeats=timing_repeats, threads=threads,
-                                min_time_s=min_time, require_faster=require_faster, spec=spec)
+                                min_time_s=min_time, require_faster=require_faster, spec=spec, gpus=gpus)
         try:
             verdict = run_stoppable(_select(reference, candidate, candidates_jsonl, tests, entry, options, sandbox, engine))
         except (UsageProblem, SandboxUnavailable, DockerImageError) as exc:
@@ -152,7 +152,7 @@ async def _select(reference, candidate_paths, jsonl, test_paths, entry, options:
                   docker_host=None):
     import tempfile
 
-    from bakeoff.agent.seams import Workspace
+    from bakeoff.agent.seams import SandboxLimits, Workspace
     from bakeoff.sandboxes import choose_backend, create_sandbox
     from bakeoff.sandboxes.pool import SandboxPerKey
 
@@ -165,7 +165,9 @@ async def _select(reference, candidate_paths, jsonl, test_paths, entry, options:
         if reference.suffix not in C_SUFFIXES:
             async with SandboxPerKey(Workspace(path=Path(tmp)), sandbox_kind, docker_host=docker_host) as per_source:
                 return await _select_in(per_source, reference, ref_source, sources, test_paths, entry, options)
-        sandbox = await create_sandbox(Workspace(path=Path(tmp)), kind=sandbox_kind, docker_host=docker_host)
+        gpus = options.gpus if options.gpus is not None else reference.suffix == ".cu"
+        sandbox = await create_sandbox(Workspace(path=Path(tmp)), kind=sandbox_kind, docker_host=docker_host,
+                                       limits=SandboxLimits(gpus=True) if gpus else None)
         try:
             return await _select_in(sandbox, reference, ref_source, sources, test_paths, entry, options)
         finally:

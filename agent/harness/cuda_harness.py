@@ -30,6 +30,7 @@ from bakeoff.agent.harness.c_race import race_inputs
 from bakeoff.agent.harness.c_runs import spec_lines
 from bakeoff.agent.harness.c_workdir import LOG_LIMIT, cap, digest, run_limited
 from bakeoff.agent.harness.cuda import PROBE, read_probe
+from bakeoff.sandboxes.local_isolation import gpu_devices
 from bakeoff.agent.seams import ExecResult
 from bakeoff.agent.types import ExecutionMatrix, TargetParallelism, TestCase, Timing
 
@@ -87,6 +88,9 @@ class CudaHarness(CHarness):
                 res = await run_limited(self.workdir, self.limiter, "nvcc -o bk_probe bk_probe.cu && ./bk_probe",
                                         self.build_timeout)
                 present, why = read_probe(res) if res.ok else (False, f"the device probe did not build: {res.summary(300)}")
+                if not present and gpu_devices():
+                    why += ("; this machine has NVIDIA devices the sandbox was not given: pass --gpus "
+                            "(or set gpus = true) for CUDA candidates to run")
                 self._device = Device(present, why)
                 self._emit("cuda.device", function=self.function, present=present, why=why)
                 if not present:
