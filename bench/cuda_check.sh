@@ -12,15 +12,16 @@
 # reports even when the result comes out right). Then it runs
 #
 #   bakeoff select --reference ref.cu --candidate stride.cu --candidate racy.cu --entry scale \
-#                  --sandbox unsafe-local --any-speed --json
+#                  --sandbox local --any-speed --json
 #
 # and prints the verdict. Expected on a GPU: `stride` correct (and timed), `racy` not (flaky:
 # racecheck's hazard; without compute-sanitizer the check is skipped with a note, and the race
 # is caught only if it changes a result). Without a device the verdict says "no CUDA device:
 # candidates are gated on building only" and names no winner; the script says which it saw.
 #
-# unsafe-local: the bubblewrap sandbox makes its own /dev, without /dev/nvidia*, so a GPU is
-# not visible inside it; these candidates are this script's own code.
+# The bubblewrap sandbox (`local`) is given the machine's /dev/nvidia* (select does that for
+# a .cu reference: --gpus); where bubblewrap is not installed the script says so and runs
+# with --sandbox unsafe-local instead (these candidates are this script's own code).
 #
 # Variables: PYTHON (default: .venv/bin/python if there, else python3), OUT (where the verdict
 # and the log go; default bench/out).
@@ -41,6 +42,9 @@ nvcc --version | tail -1
 if command -v nvidia-smi >/dev/null && nvidia-smi -L; then :; else echo "nvidia-smi sees no GPU"; fi
 if command -v compute-sanitizer >/dev/null; then compute-sanitizer --version | head -1
 else echo "no compute-sanitizer: the race check is skipped"; fi
+
+if command -v bwrap >/dev/null; then SANDBOX=local; else SANDBOX=unsafe-local; echo "no bwrap: --sandbox unsafe-local"; fi
+echo "sandbox: $SANDBOX"
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
@@ -99,7 +103,7 @@ EOF
 
 set +e
 "$PYTHON" -m bakeoff select --reference "$WORK/ref.cu" --candidate "$WORK/stride.cu" --candidate "$WORK/racy.cu" \
-  --entry scale --sandbox unsafe-local --any-speed --timing-repeats 3 --json > "$OUT/cuda_check.json"
+  --entry scale --sandbox "$SANDBOX" --any-speed --timing-repeats 3 --json > "$OUT/cuda_check.json"
 status=$?
 set -e
 cat "$OUT/cuda_check.json"
