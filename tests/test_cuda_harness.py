@@ -202,16 +202,17 @@ async def test_with_a_device_candidates_run_compare_racecheck_and_time(tmp_path,
         await harness.close()
 
 
-def test_without_the_gpus_handed_over_the_verdict_says_how(tmp_path, monkeypatch):
+
+async def test_without_the_gpus_handed_over_no_device_says_how(monkeypatch):
     """On a machine with NVIDIA devices that the sandbox was not given (``--no-gpus``), "no CUDA
     device" comes with what to do about it."""
     import bakeoff.agent.harness.cuda_harness as cuda_harness
 
     monkeypatch.setattr(cuda_harness, "gpu_devices", lambda: ["/dev/nvidia0"])
-    (tmp_path / "ref.cu").write_text(REFERENCE)
-    (tmp_path / "wider.cu").write_text(BUILDS)
-    result = CliRunner().invoke(app, ["select", "--reference", str(tmp_path / "ref.cu"), "--candidate",
-                                      str(tmp_path / "wider.cu"), "--entry", "scale", "--sandbox", "local",
-                                      "--no-gpus", "--json"])
-    assert result.exit_code == 1, result.output
-    assert "the sandbox was not given: pass --gpus" in result.output, result.output
+    harness = cuda_harness.CudaHarness(REFERENCE, "scale")
+    try:
+        device = await harness.device()
+    finally:
+        await harness.close()
+    assert not device.present and "the sandbox was not given: pass --gpus" in device.why
+    assert any("pass --gpus" in note for note in harness.notes)
