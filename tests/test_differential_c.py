@@ -247,12 +247,33 @@ async def test_a_candidate_far_slower_than_the_reference_is_timed_only_up_to_its
     finally:
         await h.close()
     crawl = timings["crawl"]
-    # Stopped at 20x the reference plus 0.25 s (the quadratic loop needs minutes here).
-    assert crawl.candidate_s and 0.5 <= crawl.candidate_s[0] < 5
+    # Stopped at 10x the reference plus 0.25 s and twice the input's building time (the
+    # quadratic loop needs minutes here).
+    assert crawl.candidate_s and 0.5 <= crawl.candidate_s[0] < 10
     assert crawl.low == 0.0 and crawl.speedup == crawl.high and crawl.high < 0.1
     assert timings["serial"].candidate_s and len(timings["serial"].candidate_s) == 3
     assert took < 60
 
+
+
+FIRST = """
+#include <vector>
+int first(const std::vector<int>& x) { return x.empty() ? 0 : x[0]; }
+"""
+
+
+async def test_building_a_large_input_does_not_count_against_a_candidates_limit():
+    """The call takes nanoseconds; building 30M numbers takes over half a second, under the same
+    alarm. The candidate (the reference itself) is timed, not cut off at 10x the call."""
+    h = CHarness(FIRST, "first", constraints={"vars": {"n": {"small": [1, 4], "medium": 100, "large": 30_000_000}}},
+                 call_timeout=30.0, timing=TimingOptions(threads=1, sizing=SizingLimits(min_time_s=0.0)))
+    try:
+        timings = await h.time({"same": FIRST}, repeats=2)
+    finally:
+        await h.close()
+    same = timings["same"]
+    assert not any(p.censored for p in same.curve), same
+    assert len(same.candidate_s) == 2 and max(same.candidate_s) < 0.5, same
 
 
 async def test_past_its_limit_on_an_input_a_candidate_is_not_run_on_those_as_large():
