@@ -221,7 +221,11 @@ def test_a_sort_by_one_field_gets_unique_wide_keys():
 
 def test_sparse_coo_entries_and_an_output_the_formula_reads():
     args = args_of(SPMV, "spmv")
-    assert args["A"]["coo"] == {"rows": "M", "cols": "N", "density": "min(0.3, 16/N)", "row": "row", "col": "column"}
+    assert args["A"]["coo"] == {"rows": "M", "cols": "N", "density": "min(0.3, 16/max(1, N))", "row": "row",
+                                "col": "column"}
+    from bakeoff.agent.harness.c_plan import evaluate
+
+    assert evaluate(args["A"]["coo"]["density"], {"M": 0, "N": 0}) == 0.3  # an empty matrix, drawn as an edge case
     assert args["x"]["len"] == "N" and args["y"] == {"len": "M", "init": "random"}
 
 

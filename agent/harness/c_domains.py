@@ -142,7 +142,7 @@ def sparse(r: _Rules) -> None:
             continue
         dims = shapes.get(p.name) or (r.sizes[:2] if len(r.sizes) >= 2 else [r.sizes[0], r.sizes[0]])
         rows, cols = dims[0], dims[-1]
-        r.spec(p.name)["coo"] = {"rows": rows, "cols": cols, "density": f"min(0.3, 16/{cols})",
+        r.spec(p.name)["coo"] = {"rows": rows, "cols": cols, "density": f"min(0.3, 16/max(1, {cols}))",  # an empty matrix is an input too
                                  "row": fields[0], "col": fields[1]}
         r.note(f"{p.name}: a sparse {rows}x{cols} matrix in COO format, sorted by row then column (doc)")
 
