@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bakeoff.agent.seams import SandboxLimits
+
 DEFAULT = "default"
 MODEL_ROLES = ("planner", "editor", "tester", "judge")  # the joiner uses the planner's model
 
@@ -152,6 +154,10 @@ class Settings(BaseModel):
     command_timeout: float = Field(300.0, gt=0, description="seconds a candidate's build, test or benchmark may run")
     gpus: bool = Field(False, description="hand this machine's NVIDIA GPUs to the sandboxes, so CUDA candidates run, "
                                           "are compared and timed (off: they are only built)")
+
+    def sandbox_limits(self) -> SandboxLimits | None:
+        """What the settings change in every sandbox's limits (None: the defaults)."""
+        return SandboxLimits(gpus=True) if self.gpus else None
 
     @property
     def max_n(self) -> int:

@@ -30,7 +30,7 @@ from bakeoff.agent.events import EventBus, JsonlSink
 from bakeoff.agent.fanout.settings import FanOutServices, FanOutSettings
 from bakeoff.agent.models.budget import Budget, BudgetedModel, BudgetExceeded
 from bakeoff.agent.models.ledger import Ledger
-from bakeoff.agent.seams import Model, SandboxLimits, ToolContext, Workspace
+from bakeoff.agent.seams import Model, ToolContext, Workspace
 from bakeoff.agent.storage import new_run_dir, new_run_id, state_dir, write_atomic
 from bakeoff.agent.types import Candidate, FanOutResult, RunReport
 from bakeoff.sandboxes import BackendChoice
@@ -110,7 +110,7 @@ def make_pool(settings: Settings) -> SandboxPool:
     if image and (image.endswith("Dockerfile") or Path(image).expanduser().is_file()):
         image, dockerfile = None, Path(image).expanduser()
     return SandboxPool(kind=settings.sandbox, max_concurrent=settings.max_sandboxes, image=image, dockerfile=dockerfile,
-                       docker_host=docker_host_of(settings), limits=SandboxLimits(gpus=True) if settings.gpus else None)
+                       docker_host=docker_host_of(settings), limits=settings.sandbox_limits())
 
 
 class Session:

@@ -145,14 +145,13 @@ def _run_quietly(settings, repo: Path, decided):
     from bakeoff.agent.github.trigger import task_text
     from bakeoff.agent.session import Session, SessionError, docker_host_of
     from bakeoff.sandboxes import SandboxUnavailable
-    from bakeoff.agent.seams import SandboxLimits
     from bakeoff.sandboxes.pool import SandboxPool
 
     events = EventBus()
     events.subscribe(lambda e: print(json.dumps({"kind": e.kind, **e.data}, default=str)[:300], file=sys.stderr))
     # The image as named, never a Dockerfile guessed from a path (see github/settings.py).
     pool = SandboxPool(kind=settings.sandbox, max_concurrent=settings.max_sandboxes, image=settings.image,
-                       docker_host=docker_host_of(settings), limits=SandboxLimits(gpus=True) if settings.gpus else None)
+                       docker_host=docker_host_of(settings), limits=settings.sandbox_limits())
 
     async def go():
         try:
