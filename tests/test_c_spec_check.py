@@ -180,3 +180,41 @@ async def test_growth_blurred_by_a_busy_machine_is_measured_once_more(monkeypatc
     measured({"medium": 0.43, "large": 0.50}, {"medium": 0.40, "large": 0.52})
     check = await c_spec_check._check_growth(None, {"vars": {}}, 1)
     assert not check.ok and "takes no longer on the large input" in check.problems[0]
+
+
+WORK = """/* n * n units of work on x. */
+double work(std::vector<double> const& x) {
+  volatile double s = 0;
+  const long n = (long)x.size();
+  for (long i = 0; i < n * n; ++i) s = s + (double)(i % 7);
+  return s;
+}
+"""
+
+
+@pytest.mark.parametrize(("large", "rounds"), [(100, 3), (120000, 1)])
+async def test_an_input_over_its_budget_is_timed_once_not_three_times(large, rounds, monkeypatch):
+    """The growth check times each size three times, the least counting; an input already over
+    its budget is scaled and checked again, so its further runs would only cost."""
+    from bakeoff.agent.harness import c_spec_check
+
+    monkeypatch.setattr(c_spec_check, "LARGE_BUDGET_S", 0.25)  # its alarm: 1 s
+    h = _harness(WORK, "work")
+    commands: list[str] = []
+    try:
+        h.use_constraints({"vars": {"x": {"small": [1, 4], "medium": 100, "large": large}}})
+        run = h.workdir.run
+
+        async def counted(cmd, timeout):
+            commands.append(cmd)
+            return await run(cmd, timeout)
+
+        h.workdir.run = counted
+        times = await c_spec_check._timed_run(h, ["medium", "large"])
+    finally:
+        await h.close()
+    timed = [c for c in commands if " ref 1 < spec_" in c]
+    assert len(timed) == rounds, commands
+    assert times["medium"] is not None and times["medium"] < c_spec_check.MEDIUM_BUDGET_S
+    if rounds == 1:  # 1.4e10 steps: cut off by its alarm, past the large budget
+        assert times["large"] is None or times["large"] > c_spec_check.LARGE_BUDGET_S

@@ -40,6 +40,15 @@ async def test_an_input_long_enough_already_is_kept():
     assert sized.scale == 1.0 and probed == [1.0] and "takes 0.50 s" in sized.why
 
 
+@pytest.mark.parametrize("p", [1.0, 3.0])
+async def test_an_input_far_longer_than_needed_shrinks_toward_the_aim(p):
+    # 1.2 s per call at the drawn size: every timing call would cost four times what it needs.
+    probe, probed = model(1.2, p)
+    sized = await grow(probe, LIMITS)
+    assert sized.scale < 1 and LIMITS.min_time_s <= sized.seconds <= 2 * 1.5 * LIMITS.min_time_s, (sized, probed)
+    assert len(probed) <= 3 and len(set(probed)) == len(probed)
+
+
 async def test_memory_bounds_the_growth_and_says_so():
     # A memory-bound kernel: 64 MiB at scale 1, 10 us of work; 0.2 s would need 20,000x the data.
     probe, probed = model(1e-5, 1.0, memory_at_1=64 * MIB)

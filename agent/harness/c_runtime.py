@@ -254,11 +254,17 @@ int main(int argc, char** argv) {
   std::string mode = argv[1];
   std::vector<Spec> specs = read_specs();
   if (mode == "ref") {
+    // ``ref [ALARM]``: an input the reference cannot finish within ALARM seconds ends the run
+    // (its ``T`` line is missing; those before it are written).
+    unsigned alarm_s = argc >= 3 ? (unsigned)atoi(argv[2]) : 0;
     for (auto& s : specs) {
       bk::Val v; double secs = 0; std::string err;
       proto("B %d", s.idx);
       double t0 = omp_get_wtime();
-      if (bk_cand_run(s.seed, s.P.data(), s.literal, 1, &v, &secs, &err) != 0) {
+      alarm(alarm_s);
+      int rc = bk_cand_run(s.seed, s.P.data(), s.literal, 1, &v, &secs, &err);
+      alarm(0);
+      if (rc != 0) {
         proto("T %d exc %s", s.idx, clean(err).c_str());
         continue;
       }
@@ -299,12 +305,19 @@ int main(int argc, char** argv) {
       // Once a candidate has failed a test, the rest only need its answers: one run each.
       std::vector<int> ts = disqualified ? std::vector<int>{threads[0]} : threads;
       int reps = disqualified ? 1 : repeats;
+      // Repeats look for answers that vary from run to run (a race). Once a candidate's runs on
+      // this input have cost what the repeats of one twice as slow as the reference would, it
+      // runs once per thread count: a far slower candidate would spend the budget on repeats,
+      // and ThreadSanitizer still looks for its races if it passes.
+      double repeat_budget = std::max(0.5, 2.0 * secs * (double)(threads.size() * repeats)), spent = 0;
       for (int t : ts) {
         for (int r = 0; r < reps && status.empty(); ++r) {
+          if (r > 0 && spent > repeat_budget) break;
           bk::Val c;
           timer(limit);
           int rc = bk_cand_run(s.seed, s.P.data(), s.literal, t, &c, &secs, &err);
           timer(0);
+          spent += secs;
           ++runs;
           if (rc != 0) { status = "error"; detail = "exception at " + std::to_string(t) + " threads: " + err; break; }
           long long at = bk::mismatch(ref, c, rel, abs_tol);

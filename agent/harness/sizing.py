@@ -119,10 +119,12 @@ def _next_scale(ok: list[tuple[float, Probe]], measured: list[tuple[float, Probe
         return scale * max(1.0 / limits.max_step, min(0.8, (aim / last.seconds) ** (1.0 / p)))
     scale, last = _best(ok, limits)
     if last.seconds >= limits.min_time_s:
-        # Long enough; far past the aim (a costlier timing than needed), shrink once toward it.
-        if last.seconds > 2 * aim and len(measured) >= 2 and scale * (aim / last.seconds) ** (1.0 / p) > min(
-                s for s, _ in measured):
-            return scale * (aim / last.seconds) ** (1.0 / p)
+        # Long enough; far past the aim (every timing call would cost more than needed), shrink
+        # toward it: below the drawn input too, but never to a scale at or below one already
+        # found too short.
+        target = scale * (aim / last.seconds) ** (1.0 / p)
+        if last.seconds > 2 * aim and (len(measured) == 1 or target > min(s for s, _ in measured)):
+            return target
         return None
     step = min(limits.max_step, max(1.25, (aim / max(last.seconds, 1e-6)) ** (1.0 / p)))
     if last.memory_bytes:
