@@ -300,6 +300,31 @@ async def test_past_its_limit_on_an_input_a_candidate_is_not_run_on_those_as_lar
     assert [h.matched["crawl"][t] for t in medium] == [(0, 1)] * 3
     assert took < 20
 
+SLEEPY = """#include <unistd.h>
+double total(std::vector<double> const& x) {
+  usleep(200000);  // right, but 0.2 s a call whatever the input: far slower than the reference
+  double s = 0;
+  for (double v : x) s += v;
+  return s;
+}
+"""
+
+
+async def test_a_far_slower_candidate_runs_once_per_thread_count_after_its_repeat_budget():
+    # The reference takes microseconds: the repeats may cost 0.5 s (the floor) per input. The
+    # serial copy runs all 2 x 3 times; the sleepy one 0.2, 0.4, 0.6 s at 1 thread, then once at 2.
+    h = CHarness(REFERENCE, "total", constraints={"vars": {"n": {"small": [1, 4], "medium": 1000}}},
+                 small_tests=1, medium_tests=1, threads=[1, 2], repeats=3, call_timeout=30.0)
+    try:
+        tests = await h.make_tests()
+        m = await h.run_matrix({"sleepy": SLEEPY, "serial": SERIAL}, tests)
+    finally:
+        await h.close()
+    assert all(m.cells[c][t.id] == "pass" for c in ("sleepy", "serial") for t in tests)
+    assert all(h.matched["serial"][t.id] == (6, 6) for t in tests)
+    assert all(h.matched["sleepy"][t.id] == (4, 4) for t in tests), h.matched["sleepy"]
+
+
 UNORDERED_REF = """
 /* Store the indices of the positive values of x in out (any order); return how many. */
 int positives(std::vector<int> const& x, std::vector<int> &out) {
