@@ -72,6 +72,10 @@ def test_bad_task_files_exit_2(tmp_path):
 
 
 @pytest.mark.slow
+# Alone (the serial pass, tests/conftest.py): every task must ship, and a task ships only when its
+# candidate's speedup interval lies above 1, which two loaded cores can blur (a 3.2x median with
+# an interval from 0.87 was seen in the parallel pass).
+@pytest.mark.serial
 def test_killed_batch_resumes_without_redoing_finished_tasks(tmp_path):
     repo = make_repo(tmp_path / "repo")
     tasks = tmp_path / "tasks.jsonl"

@@ -181,6 +181,10 @@ def _raise_floors(constraints: dict[str, Any], floor: int) -> bool:
 _T_LINE = re.compile(r"@@BK T (\d+) (\w+)(?: \S+ \S+ ([0-9.eE+-]+))?")
 
 
+def _budget(size: str) -> float:
+    return MEDIUM_BUDGET_S if size == "medium" else LARGE_BUDGET_S
+
+
 async def _timed_run(harness: CHarness, sizes: Sequence[str]) -> dict[str, float | None]:
     """Seconds the reference takes to build each input and run on it, the least of ``TIMES``
     runs (None: it did not finish within the budget's allowance, or threw). The runs go in
@@ -204,7 +208,7 @@ async def _timed_run(harness: CHarness, sizes: Sequence[str]) -> dict[str, float
             if m.group(2) == "ok" and m.group(3):
                 seen[size] = True
                 found[size] = min(float(m.group(3)), found[size] or float("inf"))
-        if not all(seen.values()) or any((found[s] or 0) > (MEDIUM_BUDGET_S if s == "medium" else LARGE_BUDGET_S) for s in sizes):
+        if not all(seen.values()) or any((found[s] or 0) > _budget(s) for s in sizes):
             break
     return found
 
@@ -227,7 +231,8 @@ async def _check_growth(harness: CHarness, constraints: dict[str, Any], degree: 
     check = _Check(ok=True, constraints=constraints)
     times = await _timed_run(harness, ["medium", "large"])
     medium, large = times["medium"], times["large"]
-    for size, t, budget in (("medium", medium, MEDIUM_BUDGET_S), ("large", large, LARGE_BUDGET_S)):
+    for size, t in (("medium", medium), ("large", large)):
+        budget = _budget(size)
         if t is None or t > budget:
             _scale(constraints, size, budget / 2 / (t or 4 * budget), degree)
             check.ok, check.retry = False, True

@@ -120,8 +120,8 @@ def _next_scale(ok: list[tuple[float, Probe]], measured: list[tuple[float, Probe
     scale, last = _best(ok, limits)
     if last.seconds >= limits.min_time_s:
         # Long enough; far past the aim (every timing call would cost more than needed), shrink
-        # toward it: below the drawn input too, but never to a scale at or below one already
-        # found too short.
+        # toward it: below the drawn input when that is the only probe, else never below the
+        # smallest scale probed (a shrink that fell short is not retried).
         target = scale * (aim / last.seconds) ** (1.0 / p)
         if last.seconds > 2 * aim and (len(measured) == 1 or target > min(s for s, _ in measured)):
             return target
